@@ -1,0 +1,59 @@
+"""The standard VAE of Kingma & Welling (2013)."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from pyrovae.base import ImageModel
+from pyrovae.errors import unknown_name
+from pyrovae.likelihoods import Likelihood
+from pyrovae.nn import ConvDecoder, mlp
+from pyrovae.registry import register_model
+from pyrovae.sites import DATA_PLATE, LATENT, OBSERVED
+
+
+@register_model("vae")
+class VAE(ImageModel):
+    """VAE: z ~ N(0, I), x ~ p(x | decoder(z)) (Kingma & Welling 2013, sec. 3).
+
+    ``decoder`` is ``"mlp"`` (layers ``hidden``) or ``"conv"`` (MLP ``hidden`` then
+    transposed convolutions with ``channels``); ``likelihood`` is ``"bernoulli"``,
+    ``"gaussian"`` (``sigma`` fixed or ``"learned"`` per pixel) or ``"continuous_bernoulli"``.
+    """
+
+    def __init__(self, x_shape: Sequence[int], latent_dim: int = 20, *, decoder: str = "mlp",
+                 hidden: Sequence[int] = (400,), activation: str = "relu",
+                 likelihood: str = "bernoulli", sigma: float | str = 0.1,
+                 channels: Sequence[int] = (64, 32)):
+        super().__init__(x_shape, latent_dim)
+        self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
+        if decoder == "mlp":
+            self.net = torch.nn.Sequential(
+                mlp([latent_dim, *hidden, math.prod(self.x_shape)], activation),
+                torch.nn.Unflatten(-1, self.x_shape))
+        elif decoder == "conv":
+            self.net = ConvDecoder(latent_dim, self.x_shape, channels, hidden, activation)
+        else:
+            raise unknown_name("decoder", decoder, ("mlp", "conv"))
+
+    def prior(self, num: int) -> dist.Distribution:
+        loc = torch.zeros(num, self.latent_dim, device=self._device())
+        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+    def _device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def forward(self, x: torch.Tensor) -> None:
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            z = pyro.sample(LATENT, self.prior(x.shape[0]))
+            pyro.sample(OBSERVED, self.likelihood(self.net(z)), obs=x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.mean(self.net(z))
+
+    def sample_prior(self, num: int) -> torch.Tensor:
+        return self.prior(num).sample()

@@ -1,0 +1,148 @@
+"""`pyrovae fit | evaluate | sample | reconstruct | latent | list`."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from . import experiment, plots
+from .config import apply_overrides, config_from_dict, load_config
+from .errors import PyrovaeError
+from .registry import available
+
+
+def _fmt(term: dict) -> str:
+    return f"{term['mean']:.2f} +- {term['stderr']:.2f}"
+
+
+def cmd_fit(args) -> None:
+    if args.resume:
+        config = experiment.read_config(args.resume)
+        print(f"resuming {args.resume}")
+        result = experiment.train(config, resume=True, progress=not args.no_progress)
+    else:
+        if not args.config:
+            raise PyrovaeError("pyrovae fit needs a CONFIG file, or --resume RUN_DIR")
+        config = load_config(args.config)
+        raw = config.to_dict()
+        if args.data_root:
+            raw["data"]["root"] = args.data_root
+        for key in ("run_dir", "device", "seed"):
+            if getattr(args, key) is not None:
+                raw[key] = getattr(args, key)
+        config = config_from_dict(apply_overrides(raw, args.set))
+        result = experiment.train(config, progress=not args.no_progress)
+    print(f"trained {result.step} steps; best validation ELBO {result.best_val_elbo:.2f} nats")
+    run = experiment.load_run(config.run_dir, device=config.device)
+    for path in experiment.draw_report(run, config.run_dir):
+        print(f"wrote {path}")
+
+
+def _load(args):
+    run = experiment.load_run(args.run_dir, which=args.checkpoint, device=args.device)
+    if args.data_root:
+        run.config = dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, root=args.data_root))
+    if getattr(args, "limit", None):
+        run.config = dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, test_limit=args.limit,
+                                                                              val_limit=args.limit))
+    return run
+
+
+def cmd_evaluate(args) -> None:
+    run = _load(args)
+    out = experiment.evaluate(run, split=args.split, num_samples=args.num_samples, seed=args.seed)
+    path = Path(args.run_dir) / f"eval_{args.split}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
+          f"K = {out['num_samples']} samples each, checkpoint at step {out['step']}")
+    print(f"  ELBO            {_fmt(out['elbo'])} nats per datapoint (mean +- standard error)")
+    print(f"  reconstruction  {_fmt(out['reconstruction'])} nats   E_q[log p(x|z)]")
+    print(f"  KL              {_fmt(out['kl'])} nats   E_q[log q(z|x) - log p(z)]")
+    print(f"  ELBO            {out['elbo_bits_per_dim']:.4f} bits per dimension (negated)")
+    print(f"wrote {path}")
+
+
+def cmd_sample(args) -> None:
+    run = _load(args)
+    out = Path(args.out or Path(args.run_dir) / "samples.png")
+    plots.save_grid(run.model.sample(args.num), out)
+    print(f"wrote {out}")
+
+
+def cmd_reconstruct(args) -> None:
+    run = _load(args)
+    x = experiment.observed(experiment.load_data(run.config, "test", run.device), 104729)[:args.num]
+    out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
+    plots.save_grid(experiment.reconstructions(run, x), out)
+    print(f"wrote {out} (each original beside its reconstruction)")
+
+
+def cmd_latent(args) -> None:
+    run = _load(args)
+    for path in experiment.draw_report(run, args.run_dir, latent_points=args.limit or 5000)[2:]:
+        print(f"wrote {path}")
+
+
+def cmd_list(args) -> None:
+    for kind, table in available().items():
+        print(f"{kind}:")
+        for name, doc in table.items():
+            print(f"  {name:<18} {doc}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders in Pyro.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="train a model and guide from a config (TOML or JSON)")
+    f.add_argument("config", nargs="?", help="config file, e.g. configs/mnist_vae.toml")
+    f.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    f.add_argument("--data-root", help="dataset folder (default: $PYROVAE_DATA, else ./data)")
+    f.add_argument("--run-dir", help="where to write the run (default: the config's run_dir)")
+    f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    f.add_argument("--seed", type=int)
+    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(fn=cmd_fit)
+
+    def run_cmd(name, help_, fn, **extra):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("run_dir")
+        s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+        s.add_argument("--data-root")
+        s.add_argument("--device")
+        for flag, kw in extra.items():
+            s.add_argument(flag, **kw)
+        s.set_defaults(fn=fn)
+        return s
+
+    run_cmd("evaluate", "test-set ELBO per datapoint with its standard error", cmd_evaluate,
+            **{"--num-samples": dict(type=int, help="particles per datapoint (default: the config's eval_samples)"),
+               "--split": dict(default="test", choices=["test", "val"]),
+               "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
+               "--seed": dict(type=int, default=0)})
+    run_cmd("sample", "PNG grid of images decoded from prior draws", cmd_sample,
+            **{"--num": dict(type=int, default=64), "--out": dict()})
+    run_cmd("reconstruct", "PNG grid of test images and their reconstructions", cmd_reconstruct,
+            **{"--num": dict(type=int, default=32), "--out": dict()})
+    run_cmd("latent", "latent scatter (and manifold grid for 2D latents)", cmd_latent,
+            **{"--limit": dict(type=int, help="number of test points to embed")})
+    sub.add_parser("list", help="registered models and guides").set_defaults(fn=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except PyrovaeError as e:
+        print(f"pyrovae: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Typed, frozen experiment configs, read from TOML or JSON as data (never evaluated)."""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "mnist"              #: mnist | fashion_mnist | binarized_mnist
+    pixels: str = "dynamic"          #: dynamic | static | continuous
+    root: str | None = None          #: data root; else $PYROVAE_DATA, else ./data
+    val_size: int = 10000            #: images held out of the training set for validation
+    train_size: int | None = None    #: use only the first N training images (smoke runs)
+    val_limit: int | None = None     #: use only the first N validation images
+    test_limit: int | None = None    #: use only the first N test images
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "elbo"          #: elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO)
+    num_particles: int = 1           #: vectorized particles per datapoint
+    epochs: int = 10
+    max_steps: int | None = None     #: stop after this many steps (overrides epochs)
+    batch_size: int = 128
+    lr: float = 1e-3
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"    #: constant | exponential | cosine (stepped each epoch)
+    lr_gamma: float = 0.99           #: decay per epoch for lr_schedule = exponential
+    grad_clip: float | None = None   #: clip the gradient norm to this value
+    beta: float = 1.0                #: KL weight (beta-VAE); its schedule below
+    kl_schedule: str = "constant"    #: constant | linear | cyclical
+    warmup_steps: int = 0            #: linear schedule: steps to reach beta
+    cycles: int = 4                  #: cyclical schedule: number of cycles
+    cycle_ratio: float = 0.5         #: cyclical schedule: fraction of a cycle spent rising
+    val_samples: int = 1             #: particles per datapoint for the validation ELBO
+    early_stopping: int | None = None  #: stop after this many epochs without a better validation ELBO
+    checkpoint_every: int = 1000     #: steps between checkpoints (and at each epoch end)
+    log_every: int = 50              #: steps between metric lines and progress-bar updates
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered model or guide: its name and constructor options."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Config:
+    model: Component = Component("vae", {"latent_dim": 20, "hidden": [400]})
+    guide: Component = Component("mlp", {"hidden": [400]})
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    device: str = "auto"             #: auto (CUDA when present) | cpu | cuda | cuda:1 ...
+    run_dir: str = "runs/default"
+    eval_samples: int = 100          #: particles per datapoint for `evaluate`'s ELBO
+
+    def to_dict(self) -> dict:
+        """Plain data in the layout of the config files (what ``config_from_dict`` reads)."""
+        raw = dataclasses.asdict(self)
+        for key in ("model", "guide"):
+            raw[key] = {"name": raw[key]["name"], **raw[key]["options"]}
+        return json.loads(json.dumps(raw))
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+
+def _check_type(where: str, value: Any, hint: Any) -> Any:
+    """Check ``value`` against a simple type hint, allowing int for float; return it coerced."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    for t in options:
+        if t is type(None) and value is None:
+            return None
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (str, bool) and isinstance(value, t):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in options)
+    raise ConfigError(f"config key {where} must be {names}, got {value!r}")
+
+
+def _section(cls, where: str, raw: Mapping[str, Any]):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config section [{where}] must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {where}.{key}{hint} Known keys in [{where}]: {', '.join(known)}")
+        values[key] = _check_type(f"{where}.{key}", value, hints[key])
+    return cls(**values)
+
+
+def _component(where: str, raw: Any, default: Component) -> Component:
+    if raw is None:
+        return default
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config section [{where}] must be a table with a `name`, got {raw!r}")
+    raw = dict(raw)
+    name = raw.pop("name", default.name)
+    if not isinstance(name, str):
+        raise ConfigError(f"config key {where}.name must be a string, got {name!r}")
+    return Component(name, raw)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build a Config from plain data, rejecting unknown keys and wrong types with the fix named."""
+    raw = dict(raw)
+    top = {f.name for f in dataclasses.fields(Config)}
+    for key in raw:
+        if key not in top:
+            close = difflib.get_close_matches(key, sorted(top), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {key!r}{hint} Known top-level keys: {', '.join(sorted(top))}")
+    d = Config()
+    hints = typing.get_type_hints(Config)
+    scalars = {k: _check_type(k, raw[k], hints[k]) for k in ("seed", "device", "run_dir", "eval_samples") if k in raw}
+    return Config(model=_component("model", raw.get("model"), d.model),
+                  guide=_component("guide", raw.get("guide"), d.guide),
+                  data=_section(DataConfig, "data", raw.get("data", {})),
+                  train=_section(TrainConfig, "train", raw.get("train", {})), **scalars)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read a TOML or JSON config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no config file at {path}")
+    text = path.read_text()
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from e
+    return config_from_dict(raw)
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides (values parsed as TOML, else taken as strings)."""
+    raw = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+        key, text = item.split("=", 1)
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return raw

@@ -1,0 +1,222 @@
+"""Datasets as tensors on the training device, pixel modes and a batch iterator.
+
+A split is loaded once into one float tensor of shape (N, C, H, W) with values in
+[0, 1] and batched by indexing a shuffled permutation, so the training step does no
+per-sample work. Pixel modes:
+
+- ``dynamic``: x ~ Bernoulli(intensity), resampled each time a batch is drawn
+  (Burda et al. 2015, section 5);
+- ``static``: binarized once with a fixed seed (or the fixed binarization of
+  ``binarized_mnist``, Salakhutdinov & Murray 2008);
+- ``continuous``: grey levels in [0, 1].
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .errors import DataError, unknown_name
+
+DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
+PIXEL_MODES = ("dynamic", "static", "continuous")
+STATIC_BINARIZATION_SEED = 1234
+
+_TORCHVISION = {
+    "mnist": ("MNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    "fashion_mnist": ("FashionMNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+}
+BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
+BINARIZED_MNIST_SIZES = {"train": 50000, "valid": 10000, "test": 10000}
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: ``root`` if given, else ``$PYROVAE_DATA``, else ``./data``."""
+    if root is None:
+        root = os.environ.get("PYROVAE_DATA") or "data"
+    return Path(root).expanduser()
+
+
+def cache_dir() -> Path:
+    """Where pyrovae unpacks archives it must not write beside: ``$PYROVAE_CACHE`` or ``~/.cache/pyrovae``."""
+    return Path(os.environ.get("PYROVAE_CACHE") or Path.home() / ".cache" / "pyrovae")
+
+
+@dataclass
+class Split:
+    """One split of a dataset: ``images`` (N, C, H, W) in [0, 1] and ``labels`` (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    pixels: str
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
+    def to(self, device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device), self.pixels)
+
+    def slice(self, n: int | None) -> "Split":
+        if n is None or n >= len(self):
+            return self
+        return Split(self.images[:n], self.labels[:n], self.pixels)
+
+    def observe(self, index: torch.Tensor | slice | None = None,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The pixels the model sees for ``index``: a fresh Bernoulli draw in dynamic mode."""
+        x = self.images if index is None else self.images[index]
+        if self.pixels == "dynamic":
+            return torch.bernoulli(x, generator=generator)
+        return x
+
+
+def _torchvision_arrays(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision
+
+    cls_name, files = _TORCHVISION[name]
+    cls = getattr(torchvision.datasets, cls_name)
+    raw = root / cls_name / "raw"
+    unpacked = all((raw / f).exists() for f in files)
+    packed = all((raw / f"{f}.gz").exists() for f in files)
+    if unpacked:
+        ds = cls(str(root), train=train, download=False)
+    elif packed:
+        # Never unpack beside the user's files: copy the archives into the cache, where
+        # torchvision checks their md5 and unpacks them without touching the network.
+        work = cache_dir() / "torchvision"
+        (work / cls_name / "raw").mkdir(parents=True, exist_ok=True)
+        for f in files:
+            dst = work / cls_name / "raw" / f"{f}.gz"
+            if not dst.exists() or dst.stat().st_size != (raw / f"{f}.gz").stat().st_size:
+                shutil.copyfile(raw / f"{f}.gz", dst)
+        try:
+            ds = cls(str(work), train=train, download=True)
+        except RuntimeError as e:
+            raise DataError(f"{name}: the archives in {raw} failed torchvision's md5 check ({e}); "
+                            "replace them with the original files") from e
+    else:
+        try:
+            ds = cls(str(root), train=train, download=True)
+        except Exception as e:  # network errors come as URLError, RuntimeError, OSError...
+            listing = ", ".join(f"{f}.gz" for f in files)
+            raise DataError(
+                f"{name} is not in {raw} and could not be downloaded ({type(e).__name__}: {e}). "
+                f"Put the four files {listing} into {raw}, or point --data-root / $PYROVAE_DATA "
+                "at a folder holding them.") from e
+    return ds.data, ds.targets
+
+
+def read_amat(path: Path, expected_rows: int | None = None) -> torch.Tensor:
+    """Read a binarized-MNIST ``.amat`` file (gzipped or not): one image per line of 0/1 values."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    rows = raw.split(b"\n")
+    if rows and rows[-1] == b"":
+        rows.pop()
+    width = len(rows[0]) if rows else 0
+    ok = width > 0 and width % 2 == 1 and all(len(r) == width for r in rows)
+    if ok:
+        chars = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), width)
+        ok = bool((chars[:, 1::2] == ord(" ")).all()) and bool(np.isin(chars[:, ::2], (48, 49)).all())
+    if not ok or (expected_rows is not None and len(rows) != expected_rows):
+        raise DataError(f"{path} is not a binarized-MNIST .amat file (one line per image of "
+                        f"space-separated 0/1 values, {expected_rows} lines); replace it with the original")
+    pixels = chars[:, ::2] - ord("0")
+    side = int(round(pixels.shape[1] ** 0.5))
+    return torch.from_numpy(pixels.astype(np.float32)).reshape(-1, 1, side, side)
+
+
+def _binarized_mnist(root: Path, split: str) -> torch.Tensor:
+    folder = root / "BinarizedMNIST"
+    name = f"binarized_mnist_{split}.amat"
+    for candidate in (folder / f"{name}.gz", folder / name):
+        if candidate.exists():
+            return read_amat(candidate, BINARIZED_MNIST_SIZES[split])
+    try:
+        from torchvision.datasets.utils import download_url
+
+        download_url(BINARIZED_MNIST_URL + name, str(folder), name)
+    except Exception as e:
+        raise DataError(
+            f"binarized_mnist: {folder / name}(.gz) is missing and could not be downloaded "
+            f"({type(e).__name__}: {e}). Put binarized_mnist_{{train,valid,test}}.amat(.gz) into "
+            f"{folder}, or point --data-root / $PYROVAE_DATA at a folder holding BinarizedMNIST/.") from e
+    return read_amat(folder / name, BINARIZED_MNIST_SIZES[split])
+
+
+def load_split(name: str, split: str, *, pixels: str = "dynamic", root=None,
+               val_size: int = 10000, device="cpu") -> Split:
+    """Load ``split`` ("train", "val" or "test") of dataset ``name`` onto ``device``.
+
+    For MNIST and Fashion-MNIST the validation split is the last ``val_size`` images of
+    the official training set, which training never sees; ``binarized_mnist`` has its
+    own 50k/10k/10k splits.
+    """
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, DATASETS)
+    if pixels not in PIXEL_MODES:
+        raise unknown_name("pixel mode", pixels, PIXEL_MODES)
+    if split not in ("train", "val", "test"):
+        raise unknown_name("split", split, ("train", "val", "test"))
+    root = data_root(root)
+    if name == "binarized_mnist":
+        if pixels != "static":
+            raise DataError("binarized_mnist is binarized once already: set pixels = \"static\" "
+                            "(or use dataset \"mnist\" for dynamic or continuous pixels)")
+        images = _binarized_mnist(root, {"train": "train", "val": "valid", "test": "test"}[split])
+        labels = torch.full((images.shape[0],), -1, dtype=torch.long)  # the .amat files carry no labels
+        return Split(images, labels, pixels).to(device)
+    data, targets = _torchvision_arrays(name, root, train=split != "test")
+    if split != "test":
+        if not 0 <= val_size < data.shape[0]:
+            raise DataError(f"val_size must be in [0, {data.shape[0]}), got {val_size}")
+        cut = data.shape[0] - val_size
+        data, targets = (data[:cut], targets[:cut]) if split == "train" else (data[cut:], targets[cut:])
+    images = data.to(torch.float32).div_(255.0).unsqueeze(1)
+    if pixels == "static":
+        g = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED + ("train", "val", "test").index(split))
+        images = torch.bernoulli(images, generator=g)
+    return Split(images, targets.clone(), pixels).to(device)
+
+
+class Batches:
+    """Minibatches of a device-resident split, by indexing a shuffled permutation.
+
+    The permutation of epoch ``e`` depends only on ``(seed, e)``, so a run resumed in the
+    middle of an epoch sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, data: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0,
+                 drop_last: bool = False):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be positive, got {batch_size}")
+        self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
+        self.seed, self.drop_last = seed, drop_last
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """Yield the batches of ``epoch`` from batch number ``start`` on."""
+        n = len(self.data)
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(n, generator=g).to(self.data.images.device)
+        else:
+            perm = torch.arange(n, device=self.data.images.device)
+        for b in range(start, len(self)):
+            yield self.data.observe(perm[b * self.batch_size:(b + 1) * self.batch_size])

@@ -1,0 +1,176 @@
+"""Per-datapoint log importance weights and the estimates read off them.
+
+The one core is
+
+    log w[k, n] = log p(x_n, z_nk) - log q(z_nk | x_n),   z_nk ~ q(. | x_n),
+
+computed by tracing the guide and replaying the model under a vectorized particle
+plate, with each site's log-density summed over every dim except the particle and
+``"data"`` plate dims. The ELBO of datapoint n is the mean over k (Kingma & Welling
+2013, eq. 3); everything else is a consumer of the same tensors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.util import site_is_subsample
+
+from .errors import PyrovaeError
+from .sites import DATA_PLATE
+
+PARTICLE_PLATE = "_pyrovae_particles"
+
+
+class LogProbTerms(NamedTuple):
+    """Per-datapoint log-densities of one set of K particles, each of shape (K, N)."""
+
+    log_lik: torch.Tensor    #: sum over observed sites of log p(x | z)
+    log_prior: torch.Tensor  #: sum over latent sites of log p(z)
+    log_q: torch.Tensor      #: sum over guide sites of log q(z | x)
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        return self.log_lik + self.log_prior - self.log_q
+
+
+def _plate_nesting(model: Callable, guide: Callable, args, kwargs) -> int:
+    """The number of vectorized plate dims the model and guide use (Pyro counts them the same way)."""
+    with poutine.block(), torch.no_grad():
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    dims = [-f.dim for tr in (guide_tr, model_tr) for site in tr.nodes.values()
+            if site["type"] == "sample" and not site_is_subsample(site) for f in site["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+def _site_log_prob(site: dict, particle_dim: int, num_particles: int) -> torch.Tensor:
+    """A site's log-density, masked but not scaled, summed to shape (K, N)."""
+    frames = {f.name: f for f in site["cond_indep_stack"]}
+    if DATA_PLATE not in frames:
+        raise PyrovaeError(f"sample site {site['name']!r} is outside the {DATA_PLATE!r} plate; "
+                           f"per-datapoint weights need every sample site inside `pyro.plate({DATA_PLATE!r}, N)`")
+    data = frames[DATA_PLATE]
+    lp = site["fn"].log_prob(site["value"])
+    if site["mask"] is not None:
+        lp = lp * site["mask"]  # masked-out entries contribute nothing, as in Pyro's ELBOs
+    while lp.dim() < -particle_dim:
+        lp = lp.unsqueeze(0)
+    lp = lp.movedim((particle_dim, data.dim), (0, 1))
+    lp = lp.reshape(lp.shape[0], lp.shape[1], -1).sum(-1)
+    return lp.expand(num_particles, data.size)
+
+
+def log_prob_terms(model: Callable, guide: Callable, *args, num_samples: int = 1,
+                   max_plate_nesting: int | None = None, **kwargs) -> LogProbTerms:
+    """log p(x|z), log p(z) and log q(z|x) per particle and datapoint, each (K, N).
+
+    One vectorized pass with K = ``num_samples`` particles; no chunking (see
+    :func:`log_weights` for the chunked core).
+    """
+    if max_plate_nesting is None:
+        max_plate_nesting = _plate_nesting(model, guide, args, kwargs)
+    particle_dim = -max_plate_nesting - 1
+
+    def vectorize(fn):
+        def wrapped(*a, **k):
+            with pyro.plate(PARTICLE_PLATE, num_samples, dim=particle_dim):
+                return fn(*a, **k)
+        return wrapped
+
+    guide_tr = poutine.trace(vectorize(guide)).get_trace(*args, **kwargs)
+    model_tr = poutine.trace(poutine.replay(vectorize(model), trace=guide_tr)).get_trace(*args, **kwargs)
+    zero = None
+    log_lik = log_prior = log_q = zero
+    for site in model_tr.nodes.values():
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        lp = _site_log_prob(site, particle_dim, num_samples)
+        if site["is_observed"]:
+            log_lik = lp if log_lik is None else log_lik + lp
+        else:
+            log_prior = lp if log_prior is None else log_prior + lp
+    for site in guide_tr.nodes.values():
+        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
+            lp = _site_log_prob(site, particle_dim, num_samples)
+            log_q = lp if log_q is None else log_q + lp
+    if log_lik is None:
+        raise PyrovaeError("the model has no observed sample site; pass the data as `obs=`")
+    zeros = torch.zeros_like(log_lik)
+    return LogProbTerms(log_lik, zeros if log_prior is None else log_prior, zeros if log_q is None else log_q)
+
+
+def _chunks(total: int, size: int):
+    for start in range(0, total, size):
+        yield start, min(size, total - start)
+
+
+def _slice_args(args, kwargs, n: int, start: int, stop: int):
+    """Slice every tensor argument whose leading dim is the data size ``n``."""
+    cut = lambda a: a[start:stop] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
+def _data_size(args, kwargs) -> int:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor) and a.dim() > 0:
+            return a.shape[0]
+    raise PyrovaeError("no tensor argument to read the number of datapoints from")
+
+
+def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, particle_chunk: int | None = None,
+              data_chunk: int | None = None, reduce: Callable[[LogProbTerms], torch.Tensor | tuple],
+              **kwargs):
+    """Apply ``reduce`` to the :class:`LogProbTerms` of chunks of particles and datapoints.
+
+    ``reduce`` maps terms of shape (k, n) to tensors of shape (k, n) (concatenated over
+    particle chunks, then data chunks) -- the building block of the chunked estimators.
+    """
+    n = _data_size(args, kwargs)
+    data_chunk = data_chunk or n
+    particle_chunk = particle_chunk or num_samples
+    nesting = None
+    out_cols = []
+    for start, size in _chunks(n, data_chunk):
+        a, k = _slice_args(args, kwargs, n, start, start + size)
+        if nesting is None:
+            nesting = _plate_nesting(model, guide, a, k)
+        rows = [reduce(log_prob_terms(model, guide, *a, num_samples=kk, max_plate_nesting=nesting, **k))
+                for _, kk in _chunks(num_samples, particle_chunk)]
+        out_cols.append(torch.cat(rows, 0))
+    return torch.cat(out_cols, 1)
+
+
+@torch.no_grad()
+def log_weights(model: Callable, guide: Callable, *args, num_samples: int = 1,
+                particle_chunk: int | None = None, data_chunk: int | None = None, **kwargs) -> torch.Tensor:
+    """log w[k, n] = log p(x_n, z_nk) - log q(z_nk | x_n), shape (K, N), chunked over K and N."""
+    return map_terms(model, guide, *args, num_samples=num_samples, particle_chunk=particle_chunk,
+                     data_chunk=data_chunk, reduce=lambda t: t.log_weights, **kwargs)
+
+
+@torch.no_grad()
+def elbo(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs) -> torch.Tensor:
+    """Per-datapoint ELBO estimate, mean over K particles of log w (Kingma & Welling 2013, eq. 3); shape (N,)."""
+    return log_weights(model, guide, *args, num_samples=num_samples, **kwargs).mean(0)
+
+
+@torch.no_grad()
+def elbo_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs) -> dict[str, torch.Tensor]:
+    """Per-datapoint ELBO and its split into reconstruction E_q[log p(x|z)] and
+    KL = E_q[log q(z|x) - log p(z)] (Kingma & Welling 2013, eq. 7), each Monte Carlo over K; shape (N,)."""
+    stacked = map_terms(model, guide, *args, num_samples=num_samples,
+                        reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior], -1), **kwargs)
+    recon, kl = stacked.mean(0).unbind(-1)
+    return {"elbo": recon - kl, "reconstruction": recon, "kl": kl}
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
+    """Mean over datapoints and its standard error s / sqrt(N)."""
+    values = values.double()
+    n = values.numel()
+    se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
+    return values.mean().item(), se

@@ -1,0 +1,86 @@
+"""Network blocks shared by models and guides: MLPs and 28x28-style conv stacks."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .errors import ConfigError, unknown_name
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU,
+               "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise unknown_name("activation", name, ACTIVATIONS)
+    return ACTIVATIONS[name]()
+
+
+def mlp(sizes: Sequence[int], act: str = "relu") -> nn.Sequential:
+    """Linear layers of the given sizes with ``act`` between them (none after the last)."""
+    if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
+        raise ConfigError(f"an MLP needs at least an input and an output size, all positive; got {list(sizes)}")
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(int(a), int(b)))
+        if i < len(sizes) - 2:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+def _check_conv_shape(shape: Sequence[int], channels: Sequence[int]) -> None:
+    if len(shape) != 3:
+        raise ConfigError(f"conv networks take images of shape (C, H, W); got {tuple(shape)}")
+    f = 2 ** len(channels)
+    if shape[1] % f or shape[2] % f:
+        raise ConfigError(f"conv networks with {len(channels)} stride-2 layers need H and W divisible "
+                          f"by {f}; got {tuple(shape)}. Use fewer `channels` or an MLP.")
+
+
+class ConvEncoder(nn.Module):
+    """Stride-2 4x4 convolutions (each halves H and W), then an MLP to ``out_dim``."""
+
+    def __init__(self, x_shape: Sequence[int], out_dim: int, channels: Sequence[int] = (32, 64),
+                 hidden: Sequence[int] = (256,), act: str = "relu"):
+        super().__init__()
+        _check_conv_shape(x_shape, channels)
+        layers: list[nn.Module] = []
+        c_in = x_shape[0]
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), activation(act)]
+            c_in = c
+        self.conv = nn.Sequential(*layers, nn.Flatten())
+        f = 2 ** len(channels)
+        flat = c_in * (x_shape[1] // f) * (x_shape[2] // f)
+        self.head = mlp([flat, *hidden, out_dim], act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.conv(x))
+
+
+class ConvDecoder(nn.Module):
+    """An MLP from ``in_dim`` to a feature map, then stride-2 transposed convolutions to ``x_shape``."""
+
+    def __init__(self, in_dim: int, x_shape: Sequence[int], channels: Sequence[int] = (64, 32),
+                 hidden: Sequence[int] = (256,), act: str = "relu", out_channels: int | None = None):
+        super().__init__()
+        _check_conv_shape(x_shape, channels)
+        f = 2 ** len(channels)
+        self.map_shape = (channels[0], x_shape[1] // f, x_shape[2] // f)
+        self.head = nn.Sequential(mlp([in_dim, *hidden, math.prod(self.map_shape)], act), activation(act))
+        layers: list[nn.Module] = []
+        outs = [*channels[1:], out_channels or x_shape[0]]
+        for i, (a, b) in enumerate(zip(channels, outs)):
+            layers.append(nn.ConvTranspose2d(a, b, 4, stride=2, padding=1))
+            if i < len(outs) - 1:
+                layers.append(activation(act))
+        self.deconv = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        h = self.head(z).reshape(-1, *self.map_shape)
+        out = self.deconv(h)
+        return out.reshape(*batch, *out.shape[1:])

@@ -1,0 +1,71 @@
+"""Figures: image grids, training curves, latent scatter and manifold (matplotlib, Agg)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid, save_image  # noqa: E402
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
+    """Write images (N, C, H, W) in [0, 1] as one PNG grid."""
+    save_image(make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0), path)
+    return Path(path)
+
+
+def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
+    """Training loss per logged step and validation ELBO per epoch."""
+    steps = [r for r in rows if r.get("kind") == "step"]
+    epochs = [r for r in rows if r.get("kind") == "epoch" and "val_elbo" in r]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if steps:
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train loss (-ELBO, beta-weighted)")
+    if epochs:
+        ax.plot([r["step"] for r in epochs], [-r["val_elbo"] for r in epochs], "o-", label="validation -ELBO")
+    ax.set_xlabel("step")
+    ax.set_ylabel("nats per datapoint")
+    if steps or epochs:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def pca_2d(z: torch.Tensor) -> torch.Tensor:
+    """Project codes (N, D) onto their first two principal components (identity for D <= 2)."""
+    if z.shape[1] <= 2:
+        return z
+    zc = z - z.mean(0)
+    _, _, v = torch.linalg.svd(zc, full_matrices=False)
+    return zc @ v[:2].T
+
+
+def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
+    """Posterior means coloured by label (PCA to 2D when the latent is larger)."""
+    z2 = pca_2d(z.detach().cpu().float())
+    fig, ax = plt.subplots(figsize=(6, 5))
+    sc = ax.scatter(z2[:, 0], z2[:, 1], c=labels.cpu(), cmap="tab10", s=3, alpha=0.7)
+    if (labels >= 0).any():
+        fig.colorbar(sc, ax=ax, label="label")
+    ax.set_xlabel("z1" if z.shape[1] <= 2 else "PC 1")
+    ax.set_ylabel("z2" if z.shape[1] <= 2 else "PC 2")
+    ax.set_title("posterior means E_q[z | x]")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+@torch.no_grad()
+def manifold_grid(decode, n: int = 20, device="cpu") -> torch.Tensor:
+    """Decode an n x n grid of 2D codes at the N(0, 1) quantiles 0.05..0.95 (Kingma & Welling 2013, fig. 4)."""
+    q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
+    zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
+    z = torch.stack([zx, zy], -1).reshape(-1, 2).to(device)
+    return decode(z)

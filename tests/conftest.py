@@ -1,0 +1,32 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+if "PYROVAE_DATA" not in os.environ and SHARED.exists():
+    os.environ["PYROVAE_DATA"] = str(SHARED)  # a checkout with ../shared beside it (as in CI)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pyro():
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    yield
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def ppca():
+    """A 2-latent probabilistic PCA on 5-pixel 'images' and 40 datapoints drawn from it, in float64."""
+    from pyrovae.models import LinearGaussian
+
+    torch.manual_seed(1)
+    model = LinearGaussian((1, 1, 5), latent_dim=2, sigma=0.7, init_scale=0.8).double()
+    with torch.no_grad():
+        model.bias.copy_(torch.randn(5, dtype=torch.float64))
+        z = torch.randn(40, 2, dtype=torch.float64)
+        x = model.decode(z) + 0.7 * torch.randn(40, 1, 1, 5, dtype=torch.float64)
+    return model, x

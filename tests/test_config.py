@@ -1,0 +1,53 @@
+"""Configs are data: typed, checked, with the fix named."""
+from pathlib import Path
+
+import pytest
+
+from pyrovae.config import Config, apply_overrides, config_from_dict, load_config
+from pyrovae.errors import ConfigError
+from pyrovae.experiment import build
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_load_and_build(path):
+    cfg = load_config(path)
+    model, guide = build(cfg, (1, 28, 28))
+    assert model.latent_dim == guide.latent_dim
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_dianne_reference_run_is_one_config_away():
+    cfg = load_config(Path(__file__).parents[1] / "configs" / "dianne_mnist_2d.toml")
+    assert cfg.model.options["latent_dim"] == 2
+    assert cfg.model.options["hidden"] == [512, 512, 512] and cfg.guide.options["hidden"] == [512, 512, 512]
+    assert (cfg.train.batch_size, cfg.train.max_steps, cfg.train.num_particles) == (128, 5000, 1)
+    assert cfg.model.options["likelihood"] == "bernoulli"
+
+
+def test_unknown_keys_name_the_closest_one():
+    with pytest.raises(ConfigError, match=r"train\.epoch.*did you mean 'epochs'"):
+        config_from_dict({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="unknown config key 'sed'.*did you mean 'seed'"):
+        config_from_dict({"sed": 1})
+
+
+def test_wrong_types_are_named():
+    with pytest.raises(ConfigError, match=r"train\.batch_size must be int"):
+        config_from_dict({"train": {"batch_size": "128"}})
+    with pytest.raises(ConfigError, match=r"train\.grad_clip must be float or null"):
+        config_from_dict({"train": {"grad_clip": "big"}})
+    assert config_from_dict({"train": {"lr": 1}}).train.lr == 1.0
+
+
+def test_toml_errors_and_overrides(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nepochs = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    raw = apply_overrides(Config().to_dict(), ["train.epochs=3", "model.hidden=[10, 10]", "device=cpu"])
+    cfg = config_from_dict(raw)
+    assert cfg.train.epochs == 3 and cfg.model.options["hidden"] == [10, 10] and cfg.device == "cpu"
+    with pytest.raises(ConfigError, match="section.key=value"):
+        apply_overrides({}, ["epochs"])
