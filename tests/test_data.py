@@ -58,14 +58,15 @@ def test_corrupt_amat_is_named(tmp_path):
         data.load_split("binarized_mnist", "test", pixels="static", root=tmp_path)
 
 
-def test_missing_dataset_offline_says_where_to_put_which_files(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name,folder", [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
+def test_missing_dataset_offline_says_where_to_put_which_files(tmp_path, monkeypatch, name, folder):
     import torchvision
 
     def offline(self):
         raise urllib.error.URLError("no network")
-    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
-    with pytest.raises(DataError, match=r"train-images-idx3-ubyte\.gz.*MNIST/raw"):
-        data.load_split("mnist", "train", root=tmp_path)
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)  # FashionMNIST inherits it
+    with pytest.raises(DataError, match=rf"train-images-idx3-ubyte\.gz.*{folder}/raw"):
+        data.load_split(name, "train", root=tmp_path)
 
 
 def test_root_resolution(monkeypatch, tmp_path):

@@ -105,3 +105,27 @@ def test_plain_callables_with_param_store_parameters():
     assert store["s"].item() == pytest.approx(0.5 ** 0.5, abs=0.05)
     lw = estimators.log_weights(model, guide, x, num_samples=4)
     assert lw.shape == (4, 400)
+
+
+@pytest.mark.parametrize("likelihood,pixels_binary,decoder,guide_name,objective", [
+    ("gaussian", False, "mlp", "mlp", "meanfield"),
+    ("continuous_bernoulli", False, "conv", "conv", "meanfield"),
+    ("bernoulli", True, "conv", "mlp", "elbo"),
+])
+def test_every_likelihood_and_objective_trains(likelihood, pixels_binary, decoder, guide_name, objective):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 8, 8, generator=g)
+    x = torch.bernoulli(x, generator=g) if pixels_binary else x
+    sigma = {"sigma": "learned"} if likelihood == "gaussian" else {}
+    cfg = Config(model=Component("vae", {"latent_dim": 3, "hidden": [16], "decoder": decoder, "channels": [8, 4],
+                                         "likelihood": likelihood, **sigma}),
+                 guide=Component(guide_name, {"hidden": [16], **({"channels": [4, 8]} if guide_name == "conv" else {})}))
+    model, guide = build(cfg, (1, 8, 8))
+    config = TrainConfig(epochs=6, batch_size=32, lr=1e-2, objective=objective, num_particles=3, grad_clip=5.0,
+                         lr_schedule="exponential", lr_gamma=0.5, kl_schedule="cyclical", cycles=2, log_every=2)
+    result = pyrovae.fit(model, guide, x, x, config=config, progress=False)
+    epochs = [r for r in result.metrics if r["kind"] == "epoch"]
+    steps = [r for r in result.metrics if r["kind"] == "step"]
+    assert epochs[-1]["val_elbo"] > epochs[0]["val_elbo"]
+    assert [r["lr"] for r in steps[::1]][:3] == pytest.approx([1e-2, 5e-3, 2.5e-3])  # 2 steps per epoch
+    assert min(r["beta"] for r in steps) < 0.5 and max(r["beta"] for r in steps) == 1.0
