@@ -23,8 +23,7 @@ from torch.distributions import Bernoulli, Normal
 import pyrovae
 from pyrovae import estimators
 from pyrovae.config import TrainConfig
-from pyrovae.data import Batches, load_split
-from pyrovae.experiment import observed
+from pyrovae.data import EVAL_BINARIZATION_SEED, Batches, load_split
 from pyrovae.guides import MLPGuide
 from pyrovae.models import VAE
 from pyrovae.train import resolve_device
@@ -67,7 +66,7 @@ def main() -> None:
     device = resolve_device(a.device)
     train = load_split("mnist", "train", pixels="dynamic", root=a.data_root, device=device)
     test = load_split("mnist", "test", pixels="dynamic", root=a.data_root, device=device)
-    x_test = observed(test, 104729)
+    x_test = test.observe_fixed(EVAL_BINARIZATION_SEED)
 
     pyro.set_rng_seed(a.seed)
     model0, guide0 = VAE(train.shape, 20, hidden=[400]), MLPGuide(train.shape, 20, hidden=[400])

@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
 from . import experiment, plots
+from .data import EVAL_BINARIZATION_SEED
 from .config import apply_overrides, config_from_dict, load_config
 from .errors import PyrovaeError
 from .registry import available
@@ -34,7 +36,8 @@ def cmd_fit(args) -> None:
                 raw[key] = getattr(args, key)
         config = config_from_dict(apply_overrides(raw, args.set))
         result = experiment.train(config, progress=not args.no_progress)
-    print(f"trained {result.step} steps; best validation ELBO {result.best_val_elbo:.2f} nats")
+    best = f"; best validation ELBO {result.best_val_elbo:.2f} nats" if math.isfinite(result.best_val_elbo) else ""
+    print(f"trained {result.step} steps{best}")
     run = experiment.load_run(config.run_dir, device=config.device)
     for path in experiment.draw_report(run, config.run_dir):
         print(f"wrote {path}")
@@ -60,7 +63,8 @@ def cmd_evaluate(args) -> None:
     print(f"  ELBO            {_fmt(out['elbo'])} nats per datapoint (mean +- standard error)")
     print(f"  reconstruction  {_fmt(out['reconstruction'])} nats   E_q[log p(x|z)]")
     print(f"  KL              {_fmt(out['kl'])} nats   E_q[log q(z|x) - log p(z)]")
-    print(f"  ELBO            {out['elbo_bits_per_dim']:.4f} bits per dimension (negated)")
+    if "elbo_bits_per_dim" in out:
+        print(f"  -ELBO           {out['elbo_bits_per_dim']:.4f} bits per dimension")
     print(f"wrote {path}")
 
 
@@ -73,7 +77,7 @@ def cmd_sample(args) -> None:
 
 def cmd_reconstruct(args) -> None:
     run = _load(args)
-    x = experiment.observed(experiment.load_data(run.config, "test", run.device), 104729)[:args.num]
+    x = experiment.load_data(run.config, "test", run.device).observe_fixed(EVAL_BINARIZATION_SEED)[:args.num]
     out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
     plots.save_grid(experiment.reconstructions(run, x), out)
     print(f"wrote {out} (each original beside its reconstruction)")

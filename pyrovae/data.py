@@ -27,6 +27,7 @@ from .errors import DataError, unknown_name
 DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
 PIXEL_MODES = ("dynamic", "static", "continuous")
 STATIC_BINARIZATION_SEED = 1234
+EVAL_BINARIZATION_SEED = 104729  #: seed of the one binarization a dynamic test set is evaluated on
 
 _TORCHVISION = {
     "mnist": ("MNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -80,6 +81,10 @@ class Split:
         if self.pixels == "dynamic":
             return torch.bernoulli(x, generator=generator)
         return x
+
+    def observe_fixed(self, seed: int) -> torch.Tensor:
+        """All pixels with one seeded binarization in dynamic mode: data to validate or evaluate on."""
+        return self.observe(generator=torch.Generator(device=self.images.device).manual_seed(seed))
 
 
 def _torchvision_arrays(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:

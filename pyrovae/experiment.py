@@ -7,6 +7,7 @@ evaluate, sample from or resume the run.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from . import checkpoint as ckpt_io
 from . import estimators, plots
 from .config import Config, config_from_dict
-from .data import Split, load_split
+from .data import EVAL_BINARIZATION_SEED, Split, load_split
 from .errors import CheckpointError
 from .registry import build_guide, build_model
 from .sites import LATENT
@@ -96,16 +97,10 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = None
     return Run(config, model, guide, state, dev)
 
 
-def observed(split: Split, seed: int) -> torch.Tensor:
-    """The split's pixels with a fixed binarization (seeded) in dynamic mode: evaluation data."""
-    g = torch.Generator(device=split.images.device).manual_seed(seed)
-    return split.observe(generator=g)
-
-
 def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, seed: int = 0) -> dict:
     """Per-datapoint ELBO on ``split``: mean and standard error, with the reconstruction and KL terms."""
     data = load_data(run.config, split, run.device)
-    x = observed(data, seed + 104729)
+    x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
     k = num_samples or run.config.eval_samples
     pyro.set_rng_seed(seed)
     terms = estimators.elbo_terms(run.model, run.guide, x, num_samples=k, data_chunk=max(1, 50_000 // k),
@@ -117,7 +112,8 @@ def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, s
     for key, values in terms.items():
         mean, se = estimators.mean_and_stderr(values)
         out[key] = {"mean": mean, "stderr": se}
-    out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / (dims * torch.log(torch.tensor(2.0)).item())
+    if run.config.data.pixels != "continuous":  # bits/dim needs a discrete likelihood
+        out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / (dims * math.log(2.0))
     return out
 
 
@@ -141,7 +137,7 @@ def draw_report(run: Run, run_dir: str | Path, *, num: int = 64, split: str = "t
     run_dir = Path(run_dir)
     pyro.set_rng_seed(seed)
     data = load_data(run.config, split, run.device)
-    x = observed(data, seed + 104729)
+    x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
     paths = [plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
              plots.save_grid(reconstructions(run, x[:num // 2]), run_dir / "reconstructions.png", nrow=8)]
     n = min(latent_points, x.shape[0])

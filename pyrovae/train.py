@@ -205,10 +205,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
             "bad_epochs": bad_epochs, "rng": ckpt_io.rng_state(), "versions": ckpt_io.versions(),
         }, run_dir / name)
 
-    val_x = None
-    if val is not None:
-        g = torch.Generator(device=val.images.device).manual_seed(seed + 7919)
-        val_x = val.observe(generator=g)
+    val_x = None if val is None else val.observe_fixed(seed + 7919)
 
     def validate() -> float:
         # A forked RNG: validating never changes the random stream training continues with,

@@ -73,3 +73,8 @@ def test_errors_are_short_and_named(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     out = pyrovae("sample", str(tmp_path), check=False)
     assert out.returncode == 2 and "not a readable pyrovae checkpoint" in out.stderr
+
+
+def test_bits_per_dim_for_binary_pixels(run_dir):
+    report = json.loads((run_dir / "eval_test.json").read_text())
+    assert report["elbo_bits_per_dim"] == pytest.approx(-report["elbo"]["mean"] / (784 * 0.6931471805599453))

@@ -1,6 +1,5 @@
 """The README's example and the quickstart notebook run as written."""
 import json
-import os
 import re
 from pathlib import Path
 
