@@ -28,6 +28,7 @@ DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
 PIXEL_MODES = ("dynamic", "static", "continuous")
 STATIC_BINARIZATION_SEED = 1234
 EVAL_BINARIZATION_SEED = 104729  #: seed of the one binarization a dynamic test set is evaluated on
+VAL_BINARIZATION_SEED = 7919     #: likewise for the validation set during training
 
 _TORCHVISION = {
     "mnist": ("MNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt_io
 from . import estimators
 from .config import TrainConfig
-from .data import Batches, Split
+from .data import VAL_BINARIZATION_SEED, Batches, Split
 from .errors import ConfigError, PyrovaeError, unknown_name
 from .objectives import ScaleLatents, kl_weight, make_elbo
 
@@ -122,17 +122,19 @@ def _check_data(model, split: Split, name: str) -> None:
 
 
 class _Writer:
-    """Metrics as JSON lines in ``run_dir/metrics.jsonl``, or in memory only."""
+    """Metrics rows: kept in memory, appended to ``run_dir/metrics.jsonl``, passed to each callback."""
 
-    def __init__(self, run_dir: Path | None, keep: list[dict]):
+    def __init__(self, run_dir: Path | None, keep: list[dict], callbacks: Iterable[Callable[[dict], None]]):
         self.path = None if run_dir is None else run_dir / "metrics.jsonl"
-        self.rows = keep
+        self.rows, self.callbacks = keep, list(callbacks)
 
     def __call__(self, row: dict) -> None:
         self.rows.append(row)
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
+        for cb in self.callbacks:
+            cb(row)
 
 
 def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Split | torch.Tensor | None = None,
@@ -173,7 +175,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
 
     run_dir = None if run_dir is None else Path(run_dir)
     rows: list[dict] = []
-    write = _Writer(run_dir, rows)
+    write = _Writer(run_dir, rows, callbacks)
     step, epoch, start_batch, best, bad_epochs = 0, 0, 0, -math.inf, 0
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +207,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
             "bad_epochs": bad_epochs, "rng": ckpt_io.rng_state(), "versions": ckpt_io.versions(),
         }, run_dir / name)
 
-    val_x = None if val is None else val.observe_fixed(seed + 7919)
+    val_x = None if val is None else val.observe_fixed(seed + VAL_BINARIZATION_SEED)
 
     def validate() -> float:
         # A forked RNG: validating never changes the random stream training continues with,
@@ -244,8 +246,6 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": scale.beta,
                        "lr": opt.param_groups[0]["lr"]}
                 write(row)
-                for cb in callbacks:
-                    cb(row)
                 bar.set_postfix(loss=f"{mean_loss:.2f}")
                 running, running_n = torch.zeros((), device=device), 0
             bar.update(1)
@@ -268,8 +268,6 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         if sched is not None and full_epoch:
             sched.step()
         write(row)
-        for cb in callbacks:
-            cb(row)
         save("checkpoint.pt")
         if run_dir is not None:
             from .plots import plot_curves

@@ -129,3 +129,12 @@ def test_every_likelihood_and_objective_trains(likelihood, pixels_binary, decode
     assert epochs[-1]["val_elbo"] > epochs[0]["val_elbo"]
     assert [r["lr"] for r in steps[::1]][:3] == pytest.approx([1e-2, 5e-3, 2.5e-3])  # 2 steps per epoch
     assert min(r["beta"] for r in steps) < 0.5 and max(r["beta"] for r in steps) == 1.0
+
+
+def test_callbacks_receive_every_metrics_row(tmp_path):
+    model, guide, x, config, record = small_run(tmp_path, epochs=2)
+    seen = []
+    result = pyrovae.fit(model, guide, x, x[:32], config=config, run_dir=tmp_path, record=record, progress=False,
+                         callbacks=[seen.append])
+    assert seen == result.metrics and len(seen) == 12 + 2
+    assert seen == [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
