@@ -8,10 +8,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from pyrovae.base import ImageModule
-from pyrovae.nn import ConvEncoder, mlp
+from pyrovae.nn import ConvEncoder, gaussian_head, mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE, LATENT
 
@@ -30,9 +29,7 @@ class DiagonalGaussianGuide(ImageModule):
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loc, scale) of q(z|x), each of shape (N, latent_dim)."""
-        h = self.encoder(x)
-        loc, raw = h.split(self.latent_dim, dim=-1)
-        return loc, F.softplus(raw) + self.min_scale
+        return gaussian_head(self.encoder(x), self.latent_dim, self.min_scale)
 
     def forward(self, x: torch.Tensor) -> None:
         loc, scale = self.params(x)

@@ -6,18 +6,24 @@ from typing import Sequence
 import torch
 from pyro.nn import PyroModule
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .sites import LATENT
 
 
 class ImageModule(PyroModule):
     """A model or guide over images of shape ``x_shape`` with a ``latent_dim`` code."""
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int):
+    #: names of the latent sample sites, outermost (the one ``decode`` takes) last
+    latent_sites: tuple[str, ...] = (LATENT,)
+
+    def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int]):
         super().__init__()
-        if latent_dim < 1:
-            raise DataError(f"latent_dim must be positive, got {latent_dim}")
+        dims = (latent_dim,) if isinstance(latent_dim, int) else tuple(latent_dim)
+        if len(dims) != len(self.latent_sites) or any(not isinstance(d, int) or d < 1 for d in dims):
+            raise ConfigError(f"{type(self).__name__} needs latent_dim as {len(self.latent_sites)} positive "
+                              f"integer(s), one per latent site {self.latent_sites}; got {latent_dim!r}")
         self.x_shape = tuple(int(s) for s in x_shape)
-        self.latent_dim = int(latent_dim)
+        self.latent_dim = dims[0] if len(dims) == 1 else dims
 
     def check_data(self, x: torch.Tensor) -> None:
         """Raise DataError unless ``x`` is a float batch of shape (N, *x_shape)."""
@@ -42,7 +48,7 @@ class ImageModel(ImageModule):
             likelihood.check_data(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x | z] for codes ``z`` of shape (..., latent_dim)."""
+        """E[x | z] for codes ``z`` of the outermost latent site (the last of ``latent_sites``)."""
         raise NotImplementedError
 
     def sample_prior(self, num: int) -> torch.Tensor:

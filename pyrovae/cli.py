@@ -23,7 +23,7 @@ def cmd_fit(args) -> None:
     if args.resume:
         config = experiment.read_config(args.resume)
         print(f"resuming {args.resume}")
-        result = experiment.train(config, resume=True, progress=not args.no_progress)
+        result = experiment.fit_config(config, resume=True, progress=not args.no_progress)
     else:
         if not args.config:
             raise PyrovaeError("pyrovae fit needs a CONFIG file, or --resume RUN_DIR")
@@ -35,7 +35,7 @@ def cmd_fit(args) -> None:
             if getattr(args, key) is not None:
                 raw[key] = getattr(args, key)
         config = config_from_dict(apply_overrides(raw, args.set))
-        result = experiment.train(config, progress=not args.no_progress)
+        result = experiment.fit_config(config, progress=not args.no_progress)
     best = f"; best validation ELBO {result.best_val_elbo:.2f} nats" if math.isfinite(result.best_val_elbo) else ""
     print(f"trained {result.step} steps{best}")
     run = experiment.load_run(config.run_dir, device=config.device)
@@ -59,12 +59,17 @@ def cmd_evaluate(args) -> None:
     path = Path(args.run_dir) / f"eval_{args.split}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
-          f"K = {out['num_samples']} samples each, checkpoint at step {out['step']}")
-    print(f"  ELBO            {_fmt(out['elbo'])} nats per datapoint (mean +- standard error)")
-    print(f"  reconstruction  {_fmt(out['reconstruction'])} nats   E_q[log p(x|z)]")
-    print(f"  KL              {_fmt(out['kl'])} nats   E_q[log q(z|x) - log p(z)]")
+          f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
+          f"{out['seconds']:.1f} s on {out['device']}")
+    print("  nats per datapoint, mean +- standard error over datapoints")
+    print(f"  log p(x)        {_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
+    print(f"  ELBO            {_fmt(out['elbo'])}")
+    print(f"  reconstruction  {_fmt(out['reconstruction'])}   E_q[log p(x|z)]")
+    print(f"  KL              {_fmt(out['kl'])}   E_q[log q(z|x) - log p(z)]")
+    print(f"  importance ESS  {out['ess']['mean']:.1f} on average, {out['ess']['min']:.1f} at least, of K")
     if "elbo_bits_per_dim" in out:
-        print(f"  -ELBO           {out['elbo_bits_per_dim']:.4f} bits per dimension")
+        print(f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} (-log p(x)), "
+              f"{out['elbo_bits_per_dim']:.4f} (-ELBO)")
     print(f"wrote {path}")
 
 

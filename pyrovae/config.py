@@ -27,15 +27,16 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "elbo"          #: elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO)
-    num_particles: int = 1           #: vectorized particles per datapoint
+    objective: str = "elbo"          #: elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
+    num_particles: int = 1           #: vectorized particles per datapoint (elbo, meanfield)
+    k: int = 5                       #: importance samples per datapoint (iwae, dreg)
     epochs: int = 10
     max_steps: int | None = None     #: stop after this many steps (overrides epochs)
     batch_size: int = 128
     lr: float = 1e-3
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"    #: constant | exponential | cosine (stepped each epoch)
+    lr_schedule: str = "constant"    #: constant | exponential | cosine | iwae (stepped each epoch)
     lr_gamma: float = 0.99           #: decay per epoch for lr_schedule = exponential
     grad_clip: float | None = None   #: clip the gradient norm to this value
     beta: float = 1.0                #: KL weight (beta-VAE); its schedule below
@@ -66,7 +67,7 @@ class Config:
     seed: int = 0
     device: str = "auto"             #: auto (CUDA when present) | cpu | cuda | cuda:1 ...
     run_dir: str = "runs/default"
-    eval_samples: int = 100          #: particles per datapoint for `evaluate`'s ELBO
+    eval_samples: int = 5000         #: importance samples per datapoint for `evaluate` (ELBO and log p(x))
 
     def to_dict(self) -> dict:
         """Plain data in the layout of the config files (what ``config_from_dict`` reads)."""

@@ -64,39 +64,49 @@ def _site_log_prob(site: dict, particle_dim: int, num_particles: int) -> torch.T
     return lp.expand(num_particles, data.size)
 
 
-def log_prob_terms(model: Callable, guide: Callable, *args, num_samples: int = 1,
-                   max_plate_nesting: int | None = None, **kwargs) -> LogProbTerms:
-    """log p(x|z), log p(z) and log q(z|x) per particle and datapoint, each (K, N).
+def vectorize(fn: Callable, num_samples: int, particle_dim: int) -> Callable:
+    """``fn`` run inside a plate of ``num_samples`` particles at ``particle_dim``."""
+    def wrapped(*a, **k):
+        with pyro.plate(PARTICLE_PLATE, num_samples, dim=particle_dim):
+            return fn(*a, **k)
+    return wrapped
 
-    One vectorized pass with K = ``num_samples`` particles; no chunking (see
-    :func:`log_weights` for the chunked core).
-    """
-    if max_plate_nesting is None:
-        max_plate_nesting = _plate_nesting(model, guide, args, kwargs)
-    particle_dim = -max_plate_nesting - 1
 
-    def vectorize(fn):
-        def wrapped(*a, **k):
-            with pyro.plate(PARTICLE_PLATE, num_samples, dim=particle_dim):
-                return fn(*a, **k)
-        return wrapped
-
-    guide_tr = poutine.trace(vectorize(guide)).get_trace(*args, **kwargs)
-    model_tr = poutine.trace(poutine.replay(vectorize(model), trace=guide_tr)).get_trace(*args, **kwargs)
-    zero = None
-    log_lik = log_prior = log_q = zero
-    for site in model_tr.nodes.values():
+def sum_sites(trace, particle_dim: int, num_samples: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(sum of observed sites' log-densities, sum of latent sites' log-densities), each (K, N) or None."""
+    observed = latent = None
+    for site in trace.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
         lp = _site_log_prob(site, particle_dim, num_samples)
         if site["is_observed"]:
-            log_lik = lp if log_lik is None else log_lik + lp
+            observed = lp if observed is None else observed + lp
         else:
-            log_prior = lp if log_prior is None else log_prior + lp
-    for site in guide_tr.nodes.values():
-        if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site):
-            lp = _site_log_prob(site, particle_dim, num_samples)
-            log_q = lp if log_q is None else log_q + lp
+            latent = lp if latent is None else latent + lp
+    return observed, latent
+
+
+def traces(model: Callable, guide: Callable, args, kwargs, num_samples: int, max_plate_nesting: int):
+    """Guide trace and model trace replayed on it, both under a plate of ``num_samples`` particles."""
+    particle_dim = -max_plate_nesting - 1
+    guide_tr = poutine.trace(vectorize(guide, num_samples, particle_dim)).get_trace(*args, **kwargs)
+    model_tr = poutine.trace(poutine.replay(vectorize(model, num_samples, particle_dim), trace=guide_tr)
+                             ).get_trace(*args, **kwargs)
+    return guide_tr, model_tr, particle_dim
+
+
+def log_prob_terms(model: Callable, guide: Callable, *args, num_samples: int = 1,
+                   max_plate_nesting: int | None = None, **kwargs) -> LogProbTerms:
+    """log p(x|z), log p(z) and log q(z|x) per particle and datapoint, each (K, N).
+
+    One vectorized pass with K = ``num_samples`` particles, differentiable; no chunking
+    (see :func:`map_terms` for the chunked core).
+    """
+    if max_plate_nesting is None:
+        max_plate_nesting = _plate_nesting(model, guide, args, kwargs)
+    guide_tr, model_tr, particle_dim = traces(model, guide, args, kwargs, num_samples, max_plate_nesting)
+    log_lik, log_prior = sum_sites(model_tr, particle_dim, num_samples)
+    _, log_q = sum_sites(guide_tr, particle_dim, num_samples)
     if log_lik is None:
         raise PyrovaeError("the model has no observed sample site; pass the data as `obs=`")
     zeros = torch.zeros_like(log_lik)
@@ -121,17 +131,22 @@ def _data_size(args, kwargs) -> int:
     raise PyrovaeError("no tensor argument to read the number of datapoints from")
 
 
+MAX_ROWS = 1 << 16  #: particles x datapoints evaluated at once by default (about 0.2 GB per 784-pixel tensor)
+
+
 def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, particle_chunk: int | None = None,
-              data_chunk: int | None = None, reduce: Callable[[LogProbTerms], torch.Tensor | tuple],
-              **kwargs):
+              data_chunk: int | None = None, reduce: Callable[[LogProbTerms], torch.Tensor],
+              max_rows: int = MAX_ROWS, **kwargs) -> torch.Tensor:
     """Apply ``reduce`` to the :class:`LogProbTerms` of chunks of particles and datapoints.
 
-    ``reduce`` maps terms of shape (k, n) to tensors of shape (k, n) (concatenated over
-    particle chunks, then data chunks) -- the building block of the chunked estimators.
+    ``reduce`` maps terms of shape (k, n) to a tensor of shape (k, n, ...); the pieces are
+    concatenated over particle chunks, then data chunks, into (K, N, ...). Without explicit
+    chunk sizes, at most ``max_rows`` particle-datapoint pairs are evaluated at once, so
+    K = 5000 on 10,000 images runs in bounded memory.
     """
     n = _data_size(args, kwargs)
-    data_chunk = data_chunk or n
-    particle_chunk = particle_chunk or num_samples
+    particle_chunk = particle_chunk or min(num_samples, max_rows)
+    data_chunk = data_chunk or max(1, max_rows // particle_chunk)
     nesting = None
     out_cols = []
     for start, size in _chunks(n, data_chunk):
@@ -152,6 +167,16 @@ def log_weights(model: Callable, guide: Callable, *args, num_samples: int = 1,
                      data_chunk=data_chunk, reduce=lambda t: t.log_weights, **kwargs)
 
 
+def iwae_from_log_weights(lw: torch.Tensor) -> torch.Tensor:
+    """log (1/K) sum_k w_k over dim 0: the importance-weighted bound of Burda et al. (2015), eq. 8."""
+    return torch.logsumexp(lw, 0) - math.log(lw.shape[0])
+
+
+def ess_from_log_weights(lw: torch.Tensor) -> torch.Tensor:
+    """Importance effective sample size (sum_k w_k)^2 / sum_k w_k^2 over dim 0 (Kong 1992), in [1, K]."""
+    return torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))
+
+
 @torch.no_grad()
 def elbo(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs) -> torch.Tensor:
     """Per-datapoint ELBO estimate, mean over K particles of log w (Kingma & Welling 2013, eq. 3); shape (N,)."""
@@ -159,13 +184,47 @@ def elbo(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs
 
 
 @torch.no_grad()
-def elbo_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs) -> dict[str, torch.Tensor]:
-    """Per-datapoint ELBO and its split into reconstruction E_q[log p(x|z)] and
-    KL = E_q[log q(z|x) - log p(z)] (Kingma & Welling 2013, eq. 7), each Monte Carlo over K; shape (N,)."""
+def iwae_bound(model: Callable, guide: Callable, *args, num_samples: int = 5, **kwargs) -> torch.Tensor:
+    """Per-datapoint IWAE bound with K samples, log (1/K) sum_k w_k (Burda et al. 2015, eq. 8); shape (N,).
+
+    E[bound] rises with K towards log p(x) (ibid., theorem 1)."""
+    return iwae_from_log_weights(log_weights(model, guide, *args, num_samples=num_samples, **kwargs))
+
+
+@torch.no_grad()
+def log_likelihood(model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs) -> torch.Tensor:
+    """Importance-sampled log p(x) per datapoint with q(z|x) as proposal and K = 5000 samples by
+    default, the estimator of Burda et al. (2015), sec. 5 (a lower bound in expectation); shape (N,)."""
+    return iwae_from_log_weights(log_weights(model, guide, *args, num_samples=num_samples, **kwargs))
+
+
+@torch.no_grad()
+def importance_ess(model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs) -> torch.Tensor:
+    """Per-datapoint importance ESS of K samples from q(z|x); shape (N,)."""
+    return ess_from_log_weights(log_weights(model, guide, *args, num_samples=num_samples, **kwargs))
+
+
+@torch.no_grad()
+def evaluate_terms(model: Callable, guide: Callable, *args, num_samples: int = 5000,
+                   **kwargs) -> dict[str, torch.Tensor]:
+    """Everything a report needs from one pass of K particles, each per datapoint (N,):
+    ``elbo`` (mean of log w), ``reconstruction`` E_q[log p(x|z)], ``kl`` E_q[log q(z|x) - log p(z)]
+    (Kingma & Welling 2013, eq. 7), ``log_likelihood`` (the K-sample importance estimate,
+    Burda et al. 2015, eq. 8) and ``ess``."""
     stacked = map_terms(model, guide, *args, num_samples=num_samples,
-                        reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior], -1), **kwargs)
-    recon, kl = stacked.mean(0).unbind(-1)
-    return {"elbo": recon - kl, "reconstruction": recon, "kl": kl}
+                        reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior, t.log_weights], -1),
+                        **kwargs)
+    recon, kl = stacked[..., 0].mean(0), stacked[..., 1].mean(0)
+    lw = stacked[..., 2]
+    return {"elbo": lw.mean(0), "reconstruction": recon, "kl": kl,
+            "log_likelihood": iwae_from_log_weights(lw), "ess": ess_from_log_weights(lw)}
+
+
+@torch.no_grad()
+def elbo_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs) -> dict[str, torch.Tensor]:
+    """Per-datapoint ELBO and its split into reconstruction and KL terms, Monte Carlo over K; shape (N,)."""
+    terms = evaluate_terms(model, guide, *args, num_samples=num_samples, **kwargs)
+    return {k: terms[k] for k in ("elbo", "reconstruction", "kl")}
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ from . import checkpoint as ckpt_io
 from . import estimators, plots
 from .config import Config, config_from_dict
 from .data import EVAL_BINARIZATION_SEED, Split, load_split
-from .errors import CheckpointError
-from .registry import build_guide, build_model
+from .errors import CheckpointError, ConfigError
+from .registry import GUIDES, build_guide, build_model
 from .sites import LATENT
 from .train import FitResult, fit, resolve_device
 
@@ -29,6 +30,12 @@ from .train import FitResult, fit, resolve_device
 def build(config: Config, x_shape) -> tuple[Any, Any]:
     """The model and guide a config names, for images of shape ``x_shape``."""
     model = build_model(config.model.name, x_shape=tuple(x_shape), **config.model.options)
+    model_sites = getattr(model, "latent_sites", None)
+    guide_sites = getattr(GUIDES.get(config.guide.name), "latent_sites", None)
+    if model_sites is not None and guide_sites is not None and set(model_sites) != set(guide_sites):
+        fitting = [n for n, cls in GUIDES.items() if set(getattr(cls, "latent_sites", ())) == set(model_sites)]
+        raise ConfigError(f"model {config.model.name!r} has latent sites {model_sites} but guide "
+                          f"{config.guide.name!r} samples {guide_sites}; guides that fit: {', '.join(fitting) or 'none'}")
     guide = build_guide(config.guide.name, x_shape=tuple(x_shape), latent_dim=model.latent_dim,
                         **config.guide.options)
     return model, guide
@@ -40,7 +47,8 @@ def load_data(config: Config, split: str, device="cpu") -> Split:
     return data.slice({"train": d.train_size, "val": d.val_limit, "test": d.test_limit}[split])
 
 
-def train(config: Config, *, resume: bool = False, progress: bool | None = None) -> FitResult:
+def fit_config(config: Config, *, resume: bool = False, progress: bool | None = None,
+               callbacks=()) -> FitResult:
     """Train the run ``config`` describes into ``config.run_dir`` (or resume it)."""
     device = resolve_device(config.device)
     run_dir = Path(config.run_dir)
@@ -53,7 +61,8 @@ def train(config: Config, *, resume: bool = False, progress: bool | None = None)
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     record = {"config": config.to_dict(), "x_shape": list(train_data.shape)}
     return fit(model, guide, train_data, val_data, config=config.train, seed=config.seed, device=device,
-               run_dir=run_dir, record=record, resume=resume, progress=progress)
+               run_dir=run_dir, record=record, resume=resume, progress=progress,
+               callbacks=callbacks)
 
 
 @dataclass
@@ -98,36 +107,50 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = None
 
 
 def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, seed: int = 0) -> dict:
-    """Per-datapoint ELBO on ``split``: mean and standard error, with the reconstruction and KL terms."""
+    """Per-datapoint ELBO (with its reconstruction and KL terms) and importance-sampled log p(x)
+    on ``split`` from one pass of K = ``num_samples`` samples per datapoint: mean and standard
+    error over datapoints, in nats (and bits per dimension for binary pixels)."""
     data = load_data(run.config, split, run.device)
     x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
     k = num_samples or run.config.eval_samples
+    if hasattr(run.model, "check_data"):
+        run.model.check_data(x)
     pyro.set_rng_seed(seed)
-    terms = estimators.elbo_terms(run.model, run.guide, x, num_samples=k, data_chunk=max(1, 50_000 // k),
-                                  particle_chunk=min(k, 50_000))
-    dims = x[0].numel()
+    t0 = time.perf_counter()
+    with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
+        terms = estimators.evaluate_terms(run.model, run.guide, x, num_samples=k)
+    seconds = time.perf_counter() - t0
     out: dict[str, Any] = {"split": split, "num_datapoints": x.shape[0], "num_samples": k,
                            "dataset": run.config.data.name, "pixels": run.config.data.pixels,
-                           "step": run.checkpoint["step"]}
-    for key, values in terms.items():
-        mean, se = estimators.mean_and_stderr(values)
+                           "step": run.checkpoint["step"], "seconds": seconds, "device": str(run.device)}
+    for key in ("elbo", "reconstruction", "kl", "log_likelihood"):
+        mean, se = estimators.mean_and_stderr(terms[key])
         out[key] = {"mean": mean, "stderr": se}
+    out["ess"] = {"mean": terms["ess"].mean().item(), "min": terms["ess"].min().item()}
     if run.config.data.pixels != "continuous":  # bits/dim needs a discrete likelihood
-        out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / (dims * math.log(2.0))
+        nats_per_bit_dim = x[0].numel() * math.log(2.0)
+        out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / nats_per_bit_dim
+        out["log_likelihood_bits_per_dim"] = -out["log_likelihood"]["mean"] / nats_per_bit_dim
     return out
+
+
+def code_site(model) -> str:
+    """The latent site whose values ``model.decode`` takes (the outermost one)."""
+    return getattr(model, "latent_sites", (LATENT,))[-1]
 
 
 @torch.no_grad()
 def posterior_means(guide, x: torch.Tensor, site: str = LATENT) -> torch.Tensor:
-    """E_q[z | x] read off the guide's distribution at ``site``."""
+    """E_q[z | x] read off the guide's distribution at ``site`` (for a site below another
+    latent, at the sampled value of the one above)."""
     tr = poutine.trace(guide).get_trace(x)
     return tr.nodes[site]["fn"].mean
 
 
 @torch.no_grad()
 def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """Originals and E[x | z], z = E_q[z | x], interleaved row by row for a grid."""
-    recon = run.model.decode(posterior_means(run.guide, x))
+    """Originals and E[x | z], z = E_q[z | x] at the code site, interleaved row by row for a grid."""
+    recon = run.model.decode(posterior_means(run.guide, x, code_site(run.model)))
     return torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])
 
 
@@ -141,9 +164,9 @@ def draw_report(run: Run, run_dir: str | Path, *, num: int = 64, split: str = "t
     paths = [plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
              plots.save_grid(reconstructions(run, x[:num // 2]), run_dir / "reconstructions.png", nrow=8)]
     n = min(latent_points, x.shape[0])
-    z = torch.cat([posterior_means(run.guide, x[i:i + 1000]) for i in range(0, n, 1000)])
+    z = torch.cat([posterior_means(run.guide, x[i:i + 1000], code_site(run.model)) for i in range(0, n, 1000)])
     paths.append(plots.plot_latent_scatter(z, data.labels[:n], run_dir / "latent.png"))
-    if run.model.latent_dim == 2:
+    if z.shape[-1] == 2:
         paths.append(plots.save_grid(plots.manifold_grid(run.model.decode, 20, run.device),
                                      run_dir / "manifold.png", nrow=20))
     return paths

@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .errors import ConfigError, unknown_name
 
@@ -84,3 +85,9 @@ class ConvDecoder(nn.Module):
         h = self.head(z).reshape(-1, *self.map_shape)
         out = self.deconv(h)
         return out.reshape(*batch, *out.shape[1:])
+
+
+def gaussian_head(h: torch.Tensor, dim: int, min_scale: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split ``2 * dim`` network outputs into (loc, scale) with scale = softplus(.) + ``min_scale``."""
+    loc, raw = h.split(dim, dim=-1)
+    return loc, F.softplus(raw) + min_scale

@@ -1,27 +1,48 @@
-"""Training losses built on Pyro's ELBOs, and KL-weight (beta) schedules."""
+"""Training losses, each ``loss(model, guide, *args, beta=1.0) -> Tensor`` summed over datapoints,
+and KL-weight (beta) schedules.
+
+- ``elbo``: Pyro's ``Trace_ELBO``, Monte Carlo KL (Kingma & Welling 2013, eq. 6);
+- ``meanfield``: Pyro's ``TraceMeanField_ELBO``, analytic KL where known (ibid., eq. 7);
+- ``iwae``: the k-sample importance-weighted bound (Burda et al. 2015, eq. 8);
+- ``dreg``: the same bound with doubly reparameterized gradients for the guide
+  (Tucker et al. 2018, eq. 8).
+"""
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable
 
 import pyro.infer
+import pyro.poutine as poutine
+import torch
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
-from .errors import ConfigError, unknown_name
+from . import estimators
+from .errors import ConfigError, PyrovaeError, unknown_name
 
-OBJECTIVES = {
-    "elbo": pyro.infer.Trace_ELBO,               # Monte Carlo KL (Kingma & Welling 2013, eq. 6)
-    "meanfield": pyro.infer.TraceMeanField_ELBO,  # analytic KL where known (ibid., eq. 7)
-}
+OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg")
 KL_SCHEDULES = ("constant", "linear", "cyclical")
+_PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
 
 
 def make_elbo(objective: str, num_particles: int = 1) -> pyro.infer.ELBO:
-    """Pyro's ELBO for ``objective`` with ``num_particles`` vectorized particles."""
-    if objective not in OBJECTIVES:
-        raise unknown_name("objective", objective, OBJECTIVES)
+    """Pyro's ELBO for ``objective`` ("elbo" or "meanfield") with ``num_particles`` vectorized particles."""
+    if objective not in _PYRO_ELBOS:
+        raise unknown_name("Pyro ELBO", objective, _PYRO_ELBOS)
     if num_particles < 1:
         raise ConfigError(f"num_particles must be positive, got {num_particles}")
-    return OBJECTIVES[objective](num_particles=num_particles, vectorize_particles=num_particles > 1)
+    return _PYRO_ELBOS[objective](num_particles=num_particles, vectorize_particles=num_particles > 1)
+
+
+def make_objective(objective: str, *, num_particles: int = 1, k: int = 5) -> Callable:
+    """The training loss named ``objective``; ``num_particles`` serves the ELBOs, ``k`` the IWAE bounds."""
+    if objective in _PYRO_ELBOS:
+        return PyroELBO(make_elbo(objective, num_particles))
+    if objective in ("iwae", "dreg"):
+        return IWAE(k, dreg=objective == "dreg")
+    raise unknown_name("objective", objective, OBJECTIVES)
 
 
 class ScaleLatents(Messenger):
@@ -39,6 +60,91 @@ class ScaleLatents(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.beta * msg["scale"]
+
+
+class PyroELBO:
+    """A Pyro ELBO as a loss: -ELBO summed over datapoints, with latent sites scaled by beta."""
+
+    def __init__(self, elbo: pyro.infer.ELBO):
+        self.elbo = elbo
+
+    def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
+        with ScaleLatents(beta) if beta != 1.0 else contextlib.nullcontext():
+            return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+
+class _DetachParams(Messenger):
+    """Stop gradients into every ``pyro.param`` value."""
+
+    def _pyro_post_param(self, msg):
+        msg["value"] = msg["value"].detach()
+
+
+def _stopped(guide: Callable) -> Callable:
+    """``guide`` with all its parameters detached: sampled values keep their gradient paths only."""
+    if isinstance(guide, torch.nn.Module):
+        detached = {name: p.detach() for name, p in guide.named_parameters()}
+
+        def call(*args, **kwargs):
+            with _DetachParams():
+                return torch.func.functional_call(guide, detached, args, kwargs)
+        return call
+    return _DetachParams()(guide)
+
+
+class IWAE:
+    """-sum_n log (1/k) sum_i w_ni, the negative k-sample IWAE bound (Burda et al. 2015, eq. 8), with
+    annealed weights log w = log p(x|z) + beta (log p(z) - log q(z|x)).
+
+    With ``dreg=True`` the guide's gradient is the doubly reparameterized estimator of
+    Tucker et al. (2018), eq. 8: sum_i wt_i^2 d log w_i / dz_i dz_i / dphi with log q's
+    parameters stopped (wt the normalized weights); the model's gradient stays
+    sum_i wt_i grad_theta log w_i. Both need reparameterizable guide sites.
+    """
+
+    def __init__(self, k: int = 5, dreg: bool = False):
+        if k < 1:
+            raise ConfigError(f"the IWAE bound needs k >= 1 samples, got {k}")
+        self.k, self.dreg, self._nesting = k, dreg, None
+
+    def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
+        if self._nesting is None:
+            self._nesting = estimators._plate_nesting(model, guide, args, kwargs)
+        if not self.dreg:
+            t = estimators.log_prob_terms(model, guide, *args, num_samples=self.k, max_plate_nesting=self._nesting,
+                                          **kwargs)
+            lw = t.log_lik + beta * (t.log_prior - t.log_q)
+            return -estimators.iwae_from_log_weights(lw).sum()
+        return -self._dreg_surrogate(model, guide, args, kwargs, beta)
+
+    def _dreg_surrogate(self, model, guide, args, kwargs, beta):
+        k = self.k
+        guide_tr, model_tr, pdim = estimators.traces(model, guide, args, kwargs, k, self._nesting)
+        for site in guide_tr.nodes.values():
+            if (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+                    and not site["fn"].has_rsample):
+                raise PyrovaeError(f"DReG needs a reparameterizable guide; site {site['name']!r} has none. "
+                                   "Use objective = \"iwae\"")
+        log_lik, log_prior = estimators.sum_sites(model_tr, pdim, k)
+        stop_tr = poutine.trace(poutine.replay(estimators.vectorize(_stopped(guide), k, pdim), trace=guide_tr)
+                                ).get_trace(*args, **kwargs)
+        _, log_q_stop = estimators.sum_sites(stop_tr, pdim, k)
+        lw = log_lik + beta * (log_prior - log_q_stop)
+        w = torch.softmax(lw.detach(), 0)
+        # the model's terms at detached z: their gradient reaches theta only
+        detached = guide_tr.copy()
+        for name, site in guide_tr.nodes.items():
+            if site["type"] == "sample":
+                detached.nodes[name] = {**site, "value": site["value"].detach()}
+        det_tr = poutine.trace(poutine.replay(estimators.vectorize(model, k, pdim), trace=detached)
+                               ).get_trace(*args, **kwargs)
+        d_lik, d_prior = estimators.sum_sites(det_tr, pdim, k)
+        lw_theta = d_lik + beta * d_prior
+        # theta: w^2 + (w - w^2) = w, as in IWAE; phi: w^2 through z only (log q's parameters stopped)
+        surrogate = (w ** 2 * lw).sum(0) + ((w - w ** 2) * lw_theta).sum(0)
+        # add the bound's value with zero gradient so that the loss reads as -IWAE
+        bound = estimators.iwae_from_log_weights(lw.detach())
+        return (surrogate - surrogate.detach() + bound).sum()
 
 
 def kl_weight(step: int, *, schedule: str = "constant", beta: float = 1.0, warmup_steps: int = 0,

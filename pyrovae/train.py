@@ -25,9 +25,9 @@ from . import estimators
 from .config import TrainConfig
 from .data import VAL_BINARIZATION_SEED, Batches, Split
 from .errors import ConfigError, PyrovaeError, unknown_name
-from .objectives import ScaleLatents, kl_weight, make_elbo
+from .objectives import kl_weight, make_objective
 
-LR_SCHEDULES = ("constant", "exponential", "cosine")
+LR_SCHEDULES = ("constant", "exponential", "cosine", "iwae")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -106,7 +106,19 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, epochs: int):
         return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_gamma)
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+    if cfg.lr_schedule == "iwae":
+        return torch.optim.lr_scheduler.LambdaLR(opt, iwae_lr_factor)
     raise unknown_name("lr_schedule", cfg.lr_schedule, LR_SCHEDULES)
+
+
+def iwae_lr_factor(epoch: int) -> float:
+    """Burda et al. (2015), sec. 5: 3^i epochs at learning rate lr * 10^(-i/7), i = 0..7 (3280 epochs),
+    then the last rate."""
+    i, end = 0, 1
+    while epoch >= end and i < 7:
+        i += 1
+        end += 3 ** i
+    return 10 ** (-i / 7)
 
 
 def _check_data(model, split: Split, name: str) -> None:
@@ -128,13 +140,13 @@ class _Writer:
         self.path = None if run_dir is None else run_dir / "metrics.jsonl"
         self.rows, self.callbacks = keep, list(callbacks)
 
-    def __call__(self, row: dict) -> None:
+    def __call__(self, row: dict) -> bool:
+        """Record ``row``; True when a callback asks to stop (by returning True)."""
         self.rows.append(row)
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-        for cb in self.callbacks:
-            cb(row)
+        return any([bool(cb(row)) for cb in self.callbacks])
 
 
 def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Split | torch.Tensor | None = None,
@@ -148,7 +160,8 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     (every ``config.checkpoint_every`` steps and each epoch) and ``best.pt`` (best
     validation ELBO); ``record`` (e.g. the full experiment config) is stored inside
     each checkpoint. ``resume=True`` continues from ``run_dir/checkpoint.pt``.
-    Each callback receives every metrics row.
+    Each callback receives every metrics row; one that returns True on an epoch row
+    ends training after that epoch (e.g. a time budget).
     """
     cfg = config
     device = resolve_device(device)
@@ -166,9 +179,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     if total_steps < 1:
         raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")
 
-    elbo = make_elbo(cfg.objective, cfg.num_particles)
-    scale = ScaleLatents(cfg.beta)
-    scaled_model, scaled_guide = scale(model), scale(guide)
+    objective = make_objective(cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
     params = collect_params(model, guide, train.observe(slice(0, 2)))
     opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg, epochs)
@@ -226,9 +237,9 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     stop = step >= total_steps
     while not stop and epoch < epochs:
         for x in batches.epoch(epoch, start_batch):
-            scale.beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
-                                   total_steps=total_steps, cycles=cfg.cycles, cycle_ratio=cfg.cycle_ratio)
-            loss = elbo.differentiable_loss(scaled_model, scaled_guide, x) / x.shape[0]
+            beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
+                             total_steps=total_steps, cycles=cfg.cycles, cycle_ratio=cfg.cycle_ratio)
+            loss = objective(model, guide, x, beta=beta) / x.shape[0]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -243,7 +254,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                     raise PyrovaeError(f"the training loss became {mean_loss} by step {step}; lower the "
                                        f"learning rate or set train.grad_clip (last checkpoint: "
                                        f"{run_dir / 'checkpoint.pt' if run_dir else 'none'})")
-                row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": scale.beta,
+                row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": beta,
                        "lr": opt.param_groups[0]["lr"]}
                 write(row)
                 bar.set_postfix(loss=f"{mean_loss:.2f}")
@@ -267,13 +278,13 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 bad_epochs += 1
         if sched is not None and full_epoch:
             sched.step()
-        write(row)
+        asked_to_stop = write(row)
         save("checkpoint.pt")
         if run_dir is not None:
             from .plots import plot_curves
 
             plot_curves(read_metrics(run_dir), run_dir / "curves.png")
-        if cfg.early_stopping is not None and bad_epochs >= cfg.early_stopping:
+        if asked_to_stop or (cfg.early_stopping is not None and bad_epochs >= cfg.early_stopping):
             break
         t_epoch = time.perf_counter()
     bar.close()

@@ -7,7 +7,7 @@ from pyrovae.config import Config, apply_overrides, config_from_dict, load_confi
 from pyrovae.errors import ConfigError
 from pyrovae.experiment import build
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.toml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
