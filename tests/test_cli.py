@@ -41,10 +41,12 @@ def test_evaluate_reports_elbo_with_standard_error(run_dir):
     assert "+-" in out.stdout and "nats per datapoint" in out.stdout
     report = json.loads((run_dir / "eval_test.json").read_text())
     assert report["num_datapoints"] == 500 and report["num_samples"] == 10
-    elbo, recon, kl = (report[k]["mean"] for k in ("elbo", "reconstruction", "kl"))
-    assert -250 < elbo < -90 and kl > 0
+    elbo, recon, kl, ll = (report[k]["mean"] for k in ("elbo", "reconstruction", "kl", "log_likelihood"))
+    assert -250 < elbo < ll < -90 and kl > 0  # the K-sample estimate lies above the ELBO
     assert elbo == pytest.approx(recon - kl, abs=1e-6)
-    assert 0 < report["elbo"]["stderr"] < 5
+    assert 0 < report["elbo"]["stderr"] < 5 and 0 < report["log_likelihood"]["stderr"] < 5
+    assert 1 <= report["ess"]["min"] <= report["ess"]["mean"] <= 10
+    assert "log p(x)" in out.stdout and "bits per dim" in out.stdout
     again = pyrovae("evaluate", str(run_dir))  # same seed, same numbers
     assert again.stdout == out.stdout
 
@@ -78,3 +80,5 @@ def test_errors_are_short_and_named(tmp_path):
 def test_bits_per_dim_for_binary_pixels(run_dir):
     report = json.loads((run_dir / "eval_test.json").read_text())
     assert report["elbo_bits_per_dim"] == pytest.approx(-report["elbo"]["mean"] / (784 * 0.6931471805599453))
+    assert report["log_likelihood_bits_per_dim"] == pytest.approx(
+        -report["log_likelihood"]["mean"] / (784 * 0.6931471805599453))

@@ -17,7 +17,14 @@ from pyrovae.experiment import build, load_run
 from pyrovae.likelihoods import Likelihood
 
 X_SHAPE = (1, 28, 28)
-PAIRS = [(m, g) for m in sorted(registry.available()["models"]) for g in sorted(registry.available()["guides"])]
+PAIRS = [(m, g) for m in sorted(registry.available()["models"]) for g in sorted(registry.available()["guides"])
+         if set(registry.MODELS[m].latent_sites) == set(registry.GUIDES[g].latent_sites)]
+LATENT_DIMS = {1: 3, 2: [3, 2]}
+
+
+def test_every_model_has_a_guide():
+    assert {m for m, _ in PAIRS} == set(registry.available()["models"])
+    assert ("vae2", "mlp2") in PAIRS and ("vae2", "mlp") not in PAIRS
 
 
 def binary_images(n=32, seed=0):
@@ -26,7 +33,8 @@ def binary_images(n=32, seed=0):
 
 
 def make_pair(model_name, guide_name):
-    cfg = Config(model=Component(model_name, {"latent_dim": 3}), guide=Component(guide_name, {}))
+    dims = LATENT_DIMS[len(registry.MODELS[model_name].latent_sites)]
+    cfg = Config(model=Component(model_name, {"latent_dim": dims}), guide=Component(guide_name, {}))
     return cfg, *build(cfg, X_SHAPE)
 
 
@@ -136,3 +144,11 @@ def test_a_new_model_file_is_listed_with_no_other_change():
     finally:
         path.unlink()
     assert "tmp_listed_model" in out.stdout and "A model added as one new file." in out.stdout
+
+
+def test_a_guide_with_other_sites_is_refused_with_the_fitting_ones_named():
+    cfg = Config(model=Component("vae2", {"latent_dim": [3, 2]}), guide=Component("mlp", {}))
+    with pytest.raises(ConfigError, match=r"latent sites \('z1', 'z2'\).*\('z',\).*fit: mlp2"):
+        build(cfg, X_SHAPE)
+    with pytest.raises(ConfigError, match="latent_dim as 2 positive"):
+        registry.build_model("vae2", x_shape=X_SHAPE, latent_dim=5)
