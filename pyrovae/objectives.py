@@ -41,6 +41,9 @@ def make_objective(objective: str, *, num_particles: int = 1, k: int = 5) -> Cal
     if objective in _PYRO_ELBOS:
         return PyroELBO(make_elbo(objective, num_particles))
     if objective in ("iwae", "dreg"):
+        if num_particles != 1:
+            raise ConfigError(f"objective {objective!r} draws k importance samples per datapoint; set train.k "
+                              f"(now {k}) instead of train.num_particles (now {num_particles})")
         return IWAE(k, dreg=objective == "dreg")
     raise unknown_name("objective", objective, OBJECTIVES)
 

@@ -175,6 +175,8 @@ def test_objective_names():
         make_objective("iwea")
     with pytest.raises(pyrovae.ConfigError, match="k >= 1"):
         make_objective("iwae", k=0)
+    with pytest.raises(pyrovae.ConfigError, match="set train.k"):
+        make_objective("dreg", num_particles=5)
 
 
 def test_paper_learning_rate_schedule():
