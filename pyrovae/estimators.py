@@ -37,7 +37,7 @@ class LogProbTerms(NamedTuple):
         return self.log_lik + self.log_prior - self.log_q
 
 
-def _plate_nesting(model: Callable, guide: Callable, args, kwargs) -> int:
+def plate_nesting(model: Callable, guide: Callable, args, kwargs) -> int:
     """The number of vectorized plate dims the model and guide use (Pyro counts them the same way)."""
     with poutine.block(), torch.no_grad():
         guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
@@ -103,7 +103,7 @@ def log_prob_terms(model: Callable, guide: Callable, *args, num_samples: int = 1
     (see :func:`map_terms` for the chunked core).
     """
     if max_plate_nesting is None:
-        max_plate_nesting = _plate_nesting(model, guide, args, kwargs)
+        max_plate_nesting = plate_nesting(model, guide, args, kwargs)
     guide_tr, model_tr, particle_dim = traces(model, guide, args, kwargs, num_samples, max_plate_nesting)
     log_lik, log_prior = sum_sites(model_tr, particle_dim, num_samples)
     _, log_q = sum_sites(guide_tr, particle_dim, num_samples)
@@ -152,7 +152,7 @@ def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, par
     for start, size in _chunks(n, data_chunk):
         a, k = _slice_args(args, kwargs, n, start, start + size)
         if nesting is None:
-            nesting = _plate_nesting(model, guide, a, k)
+            nesting = plate_nesting(model, guide, a, k)
         rows = [reduce(log_prob_terms(model, guide, *a, num_samples=kk, max_plate_nesting=nesting, **k))
                 for _, kk in _chunks(num_samples, particle_chunk)]
         out_cols.append(torch.cat(rows, 0))

@@ -112,7 +112,7 @@ class IWAE:
 
     def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
         if self._nesting is None:
-            self._nesting = estimators._plate_nesting(model, guide, args, kwargs)
+            self._nesting = estimators.plate_nesting(model, guide, args, kwargs)
         if not self.dreg:
             t = estimators.log_prob_terms(model, guide, *args, num_samples=self.k, max_plate_nesting=self._nesting,
                                           **kwargs)
