@@ -18,7 +18,6 @@ import time
 
 import pyro
 import torch
-from torch.distributions import Bernoulli, Normal
 
 import pyrovae
 from pyrovae import estimators
@@ -27,10 +26,11 @@ from pyrovae.data import EVAL_BINARIZATION_SEED, Batches, load_split
 from pyrovae.guides import MLPGuide
 from pyrovae.models import VAE
 from pyrovae.train import resolve_device
+from speed import plain_loss  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 
 def plain_torch(model: VAE, guide: MLPGuide, train, epochs: int, batch_size: int, lr: float, seed: int):
-    """The no-overhead reference: the same networks and loss, no Pyro."""
+    """The no-overhead reference: the same networks and loss (speed.plain_loss), no Pyro."""
     params = list(model.parameters()) + list(guide.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     batches = Batches(train, batch_size, seed=seed)
@@ -38,12 +38,7 @@ def plain_torch(model: VAE, guide: MLPGuide, train, epochs: int, batch_size: int
     for epoch in range(epochs):
         t0 = time.perf_counter()
         for x in batches.epoch(epoch):
-            loc, scale = guide.params(x)
-            q = Normal(loc, scale)
-            z = q.rsample()
-            log_lik = Bernoulli(logits=model.net(z)).log_prob(x).flatten(1).sum(-1)
-            log_prior = Normal(0.0, 1.0).log_prob(z).sum(-1)
-            loss = -(log_lik + log_prior - q.log_prob(z).sum(-1)).mean()
+            loss = plain_loss(model, guide, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

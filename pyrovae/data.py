@@ -88,17 +88,16 @@ class Split:
         return self.observe(generator=torch.Generator(device=self.images.device).manual_seed(seed))
 
 
-def _torchvision_arrays(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def torchvision_dataset(name: str, root: Path, train: bool):
+    """torchvision's dataset class for ``name`` over the data root, unpacking local archives into the cache."""
     import torchvision
 
     cls_name, files = _TORCHVISION[name]
     cls = getattr(torchvision.datasets, cls_name)
     raw = root / cls_name / "raw"
-    unpacked = all((raw / f).exists() for f in files)
-    packed = all((raw / f"{f}.gz").exists() for f in files)
-    if unpacked:
-        ds = cls(str(root), train=train, download=False)
-    elif packed:
+    if all((raw / f).exists() for f in files):
+        return cls(str(root), train=train, download=False)
+    if all((raw / f"{f}.gz").exists() for f in files):
         # Never unpack beside the user's files: copy the archives into the cache, where
         # torchvision checks their md5 and unpacks them without touching the network.
         work = cache_dir() / "torchvision"
@@ -108,20 +107,18 @@ def _torchvision_arrays(name: str, root: Path, train: bool) -> tuple[torch.Tenso
             if not dst.exists() or dst.stat().st_size != (raw / f"{f}.gz").stat().st_size:
                 shutil.copyfile(raw / f"{f}.gz", dst)
         try:
-            ds = cls(str(work), train=train, download=True)
+            return cls(str(work), train=train, download=True)
         except RuntimeError as e:
             raise DataError(f"{name}: the archives in {raw} failed torchvision's md5 check ({e}); "
                             "replace them with the original files") from e
-    else:
-        try:
-            ds = cls(str(root), train=train, download=True)
-        except Exception as e:  # network errors come as URLError, RuntimeError, OSError...
-            listing = ", ".join(f"{f}.gz" for f in files)
-            raise DataError(
-                f"{name} is not in {raw} and could not be downloaded ({type(e).__name__}: {e}). "
-                f"Put the four files {listing} into {raw}, or point --data-root / $PYROVAE_DATA "
-                "at a folder holding them.") from e
-    return ds.data, ds.targets
+    try:
+        return cls(str(root), train=train, download=True)
+    except Exception as e:  # network errors come as URLError, RuntimeError, OSError...
+        listing = ", ".join(f"{f}.gz" for f in files)
+        raise DataError(
+            f"{name} is not in {raw} and could not be downloaded ({type(e).__name__}: {e}). "
+            f"Put the four files {listing} into {raw}, or point --data-root / $PYROVAE_DATA "
+            "at a folder holding them.") from e
 
 
 def read_amat(path: Path, expected_rows: int | None = None) -> torch.Tensor:
@@ -185,7 +182,8 @@ def load_split(name: str, split: str, *, pixels: str = "dynamic", root=None,
         images = _binarized_mnist(root, {"train": "train", "val": "valid", "test": "test"}[split])
         labels = torch.full((images.shape[0],), -1, dtype=torch.long)  # the .amat files carry no labels
         return Split(images, labels, pixels).to(device)
-    data, targets = _torchvision_arrays(name, root, train=split != "test")
+    ds = torchvision_dataset(name, root, train=split != "test")
+    data, targets = ds.data, ds.targets
     if split != "test":
         if not 0 <= val_size < data.shape[0]:
             raise DataError(f"val_size must be in [0, {data.shape[0]}), got {val_size}")

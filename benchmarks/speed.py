@@ -1,0 +1,183 @@
+"""Training speed of the same VAE trained several ways, as ratios to a plain PyTorch loop.
+
+Rows: ``plain`` (hand-written loss, data as one tensor on the device: the reference),
+``naive`` (what most users start from: a torchvision DataLoader with ToTensor, Pyro's
+``SVI`` with the global param store and ``pyro.optim.Adam``) and ``pyrovae`` (``fit``
+with its default settings). Networks: ``examples`` (pytorch/examples, 784-400-20, ReLU)
+and ``iwae`` (Burda et al. 2015, 784-200-200-50, tanh); batch 128 and 1024; dynamically
+binarized MNIST; Adam 1e-3. Each combination runs in its own process (so its peak memory
+is its own): ``--warmup`` steps, then the median over ``--repeats`` windows of ``--steps``.
+
+    python benchmarks/speed.py [--nets examples iwae] [--batches 128 1024] [--append benchmarks/RESULTS.md]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+NETS = {"examples": dict(latent_dim=20, hidden=[400], activation="relu"),
+        "iwae": dict(latent_dim=50, hidden=[200, 200], activation="tanh")}
+ROWS = ("plain", "naive", "pyrovae")
+
+
+def build(net: str, device):
+    from pyrovae.guides import MLPGuide
+    from pyrovae.models import VAE
+
+    o = NETS[net]
+    model = VAE((1, 28, 28), o["latent_dim"], hidden=o["hidden"], activation=o["activation"]).to(device)
+    guide = MLPGuide((1, 28, 28), o["latent_dim"], hidden=o["hidden"], activation=o["activation"]).to(device)
+    return model, guide
+
+
+def plain_loss(model, guide, x: torch.Tensor) -> torch.Tensor:
+    """-ELBO per datapoint, single-sample Monte Carlo, written with torch.distributions only."""
+    from torch.distributions import Bernoulli, Normal
+
+    loc, scale = guide.params(x)
+    q = Normal(loc, scale)
+    z = q.rsample()
+    log_lik = Bernoulli(logits=model.net(z)).log_prob(x).flatten(1).sum(-1)
+    return -(log_lik + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)).mean()
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_steps(step, n: int, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    _sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def one(row: str, net: str, batch: int, a) -> dict:
+    """Seconds per step (median window) and peak memory of one combination, in this process."""
+    import pyro
+
+    from pyrovae.data import Batches, load_split, torchvision_dataset, data_root
+    from pyrovae.train import resolve_device
+
+    device = resolve_device(a.device)
+    pyro.set_rng_seed(0)
+    model, guide = build(net, device)
+    if row == "plain":
+        train = load_split("mnist", "train", root=a.data_root, device=device)
+        batches = itertools.chain.from_iterable(Batches(train, batch).epoch(e) for e in itertools.count())
+        opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=1e-3)
+
+        def step():
+            loss = plain_loss(model, guide, next(batches))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    elif row == "naive":
+        import torchvision
+        from pyro.infer import SVI, Trace_ELBO
+
+        pyro.settings.set(module_local_params=False)  # the global param store, as in Pyro's tutorial
+        ds = torchvision_dataset("mnist", data_root(a.data_root), train=True)
+        ds.transform = torchvision.transforms.ToTensor()
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True)
+        batches = itertools.chain.from_iterable(loader for _ in itertools.count())
+
+        def model_fn(x):
+            pyro.module("decoder", model)
+            return model(x)
+
+        def guide_fn(x):
+            pyro.module("encoder", guide)
+            return guide(x)
+        svi = SVI(model_fn, guide_fn, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
+
+        def step():
+            images, _ = next(batches)
+            svi.step(torch.bernoulli(images.to(device)))
+    else:
+        import pyrovae
+        from pyrovae.config import TrainConfig
+
+        train = load_split("mnist", "train", root=a.data_root, device=device)
+        marks: list[float] = []
+        cfg = TrainConfig(max_steps=a.warmup + a.steps * a.repeats, batch_size=batch, log_every=a.steps)
+        pyrovae.fit(model, guide, train, config=cfg, device=device, progress=False,
+                    callbacks=[lambda r: r["kind"] == "step" and marks.append(time.perf_counter())])
+        windows = [(b - c) / a.steps for c, b in zip(marks, marks[1:])][a.warmup // a.steps - 1:]
+        assert len(windows) == a.repeats
+        return _result(windows, device)
+    time_steps(step, a.warmup, device)
+    return _result([time_steps(step, a.steps, device) for _ in range(a.repeats)], device)
+
+
+def _result(windows: list[float], device) -> dict:
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {"seconds_per_step": statistics.median(windows), "peak_mb": peak, "device": str(device),
+            "memory": "CUDA max allocated" if device.type == "cuda" else "process peak RSS"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
+    p.add_argument("--batches", nargs="+", type=int, default=[128, 1024])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--steps", type=int, default=50, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-root")
+    p.add_argument("--append")
+    p.add_argument("--one", nargs=3, metavar=("ROW", "NET", "BATCH"), help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.warmup < a.steps or a.warmup % a.steps:
+        p.error("--warmup must be a positive multiple of --steps (fit's timing marks come every --steps steps)")
+    if a.one:
+        print(json.dumps(one(a.one[0], a.one[1], int(a.one[2]), a)))
+        return
+    passthrough = ["--steps", str(a.steps), "--repeats", str(a.repeats), "--warmup", str(a.warmup),
+                   "--device", a.device] + (["--data-root", a.data_root] if a.data_root else [])
+    lines = ["| network | batch | loop | steps / s | seconds / epoch | time vs plain | peak memory (MB) | memory vs plain |",
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    device = memory = None
+    for net, batch in itertools.product(a.nets, a.batches):
+        results = {}
+        for row in a.rows:
+            out = subprocess.run([sys.executable, __file__, "--one", row, net, str(batch), *passthrough],
+                                 capture_output=True, text=True, check=True)
+            results[row] = json.loads(out.stdout.strip().splitlines()[-1])
+            device, memory = results[row]["device"], results[row]["memory"]
+        ref = results.get("plain", next(iter(results.values())))
+        for row, r in results.items():
+            sps = r["seconds_per_step"]
+            lines.append(f"| {net} | {batch} | {row} | {1 / sps:.1f} | {sps * -(-50000 // batch):.2f} | "
+                         f"{sps / ref['seconds_per_step']:.2f}x | {r['peak_mb']:.0f} | "
+                         f"{r['peak_mb'] / ref['peak_mb']:.2f}x |")
+        print("\n".join(lines[-len(results):]), flush=True)
+    header = [f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}; "
+              f"memory = {memory}. Median of {a.repeats} windows of {a.steps} steps after {a.warmup} warm-up steps; "
+              f"seconds / epoch = seconds per step x steps in 50,000 images.",
+              f"Command: `python benchmarks/speed.py --steps {a.steps} --repeats {a.repeats} --warmup {a.warmup}`", ""]
+    table = "\n".join(header + lines) + "\n"
+    print("\n" + table)
+    if a.append:
+        with open(a.append, "a") as f:
+            f.write("\n" + table)
+
+
+if __name__ == "__main__":
+    main()
