@@ -194,8 +194,9 @@ def iwae_bound(model: Callable, guide: Callable, *args, num_samples: int = 5, **
 @torch.no_grad()
 def log_likelihood(model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs) -> torch.Tensor:
     """Importance-sampled log p(x) per datapoint with q(z|x) as proposal and K = 5000 samples by
-    default, the estimator of Burda et al. (2015), sec. 5 (a lower bound in expectation); shape (N,)."""
-    return iwae_from_log_weights(log_weights(model, guide, *args, num_samples=num_samples, **kwargs))
+    default, the estimator of Burda et al. (2015), sec. 5: the IWAE bound at large K (a lower
+    bound in expectation); shape (N,)."""
+    return iwae_bound(model, guide, *args, num_samples=num_samples, **kwargs)
 
 
 @torch.no_grad()

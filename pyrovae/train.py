@@ -136,7 +136,7 @@ def _check_data(model, split: Split, name: str) -> None:
 class _Writer:
     """Metrics rows: kept in memory, appended to ``run_dir/metrics.jsonl``, passed to each callback."""
 
-    def __init__(self, run_dir: Path | None, keep: list[dict], callbacks: Iterable[Callable[[dict], None]]):
+    def __init__(self, run_dir: Path | None, keep: list[dict], callbacks: Iterable[Callable[[dict], object]]):
         self.path = None if run_dir is None else run_dir / "metrics.jsonl"
         self.rows, self.callbacks = keep, list(callbacks)
 
@@ -152,7 +152,7 @@ class _Writer:
 def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Split | torch.Tensor | None = None,
         *, config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device | None = "auto",
         run_dir: str | Path | None = None, record: dict | None = None, resume: bool = False,
-        progress: bool | None = None, callbacks: Iterable[Callable[[dict], None]] = ()) -> FitResult:
+        progress: bool | None = None, callbacks: Iterable[Callable[[dict], object]] = ()) -> FitResult:
     """Train ``model``/``guide`` by SVI on ``train``; validate on ``val`` each epoch.
 
     ``model(x)`` and ``guide(x)`` are any Pyro callables with a ``"data"`` plate.
