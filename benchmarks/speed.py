@@ -1,9 +1,11 @@
 """Training speed of the same VAE trained several ways, as ratios to a plain PyTorch loop.
 
 Rows: ``plain`` (hand-written loss, data as one tensor on the device: the reference),
+``plain:softplus`` (the same with the Bernoulli log-density written as pyrovae writes it),
 ``naive`` (what most users start from: a torchvision DataLoader with ToTensor, Pyro's
-``SVI`` with the global param store and ``pyro.optim.Adam``) and ``pyrovae`` (``fit``
-with its default settings). Networks: ``examples`` (pytorch/examples, 784-400-20, ReLU)
+``SVI`` with the global param store and ``pyro.optim.Adam``), ``pyrovae`` (``fit``
+with its default settings) and ``pyrovae:MODE`` (``fit`` with ``train.compile = MODE``:
+none, inductor, and cudagraphs on CUDA; see ``pyrovae.compile``). Networks: ``examples`` (pytorch/examples, 784-400-20, ReLU)
 and ``iwae`` (Burda et al. 2015, 784-200-200-50, tanh); batch 128 and 1024; dynamically
 binarized MNIST; Adam 1e-3. Each combination runs in its own process (so its peak memory
 is its own): ``--warmup`` steps, then the median over ``--repeats`` windows of ``--steps``.
@@ -26,7 +28,7 @@ import torch
 
 NETS = {"examples": dict(latent_dim=20, hidden=[400], activation="relu"),
         "iwae": dict(latent_dim=50, hidden=[200, 200], activation="tanh")}
-ROWS = ("plain", "naive", "pyrovae")
+ROWS = ("plain", "plain:softplus", "naive", "pyrovae", "pyrovae:none", "pyrovae:inductor", "pyrovae:cudagraphs")
 
 
 def build(net: str, device):
@@ -39,14 +41,19 @@ def build(net: str, device):
     return model, guide
 
 
-def plain_loss(model, guide, x: torch.Tensor) -> torch.Tensor:
-    """-ELBO per datapoint, single-sample Monte Carlo, written with torch.distributions only."""
+def plain_loss(model, guide, x: torch.Tensor, softplus: bool = False) -> torch.Tensor:
+    """-ELBO per datapoint, single-sample Monte Carlo, written with torch.distributions only;
+    with ``softplus`` the Bernoulli log-density is written x l - softplus(l), as pyrovae does."""
     from torch.distributions import Bernoulli, Normal
 
     loc, scale = guide.params(x)
     q = Normal(loc, scale)
     z = q.rsample()
-    log_lik = Bernoulli(logits=model.net(z)).log_prob(x).flatten(1).sum(-1)
+    logits = model.net(z)
+    if softplus:
+        log_lik = (x * logits - torch.nn.functional.softplus(logits)).flatten(1).sum(-1)
+    else:
+        log_lik = Bernoulli(logits=logits).log_prob(x).flatten(1).sum(-1)
     return -(log_lik + Normal(0.0, 1.0).log_prob(z).sum(-1) - q.log_prob(z).sum(-1)).mean()
 
 
@@ -74,13 +81,13 @@ def one(row: str, net: str, batch: int, a) -> dict:
     device = resolve_device(a.device)
     pyro.set_rng_seed(0)
     model, guide = build(net, device)
-    if row == "plain":
+    if row.startswith("plain"):
         train = load_split("mnist", "train", root=a.data_root, device=device)
         batches = itertools.chain.from_iterable(Batches(train, batch).epoch(e) for e in itertools.count())
         opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=1e-3)
 
         def step():
-            loss = plain_loss(model, guide, next(batches))
+            loss = plain_loss(model, guide, next(batches), softplus=row == "plain:softplus")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,13 +113,14 @@ def one(row: str, net: str, batch: int, a) -> dict:
         def step():
             images, _ = next(batches)
             svi.step(torch.bernoulli(images.to(device)))
-    else:
+    else:  # pyrovae, with its defaults or with train.compile = the part after the colon
         import pyrovae
         from pyrovae.config import TrainConfig
 
         train = load_split("mnist", "train", root=a.data_root, device=device)
         marks: list[float] = []
-        cfg = TrainConfig(max_steps=a.warmup + a.steps * a.repeats, batch_size=batch, log_every=a.steps)
+        options = {} if row == "pyrovae" else {"compile": row.split(":")[1]}
+        cfg = TrainConfig(max_steps=a.warmup + a.steps * a.repeats, batch_size=batch, log_every=a.steps, **options)
         pyrovae.fit(model, guide, train, config=cfg, device=device, progress=False,
                     callbacks=[lambda r: r["kind"] == "step" and marks.append(time.perf_counter())])
         windows = [(b - c) / a.steps for c, b in zip(marks, marks[1:])][a.warmup // a.steps - 1:]
@@ -132,10 +140,13 @@ def _result(windows: list[float], device) -> dict:
 
 
 def main() -> None:
+    from pyrovae.train import resolve_device
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--batches", nargs="+", type=int, default=[128, 1024])
-    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--rows", nargs="+", choices=list(ROWS),
+                   help="default: all (pyrovae:cudagraphs on CUDA only)")
     p.add_argument("--steps", type=int, default=50, help="steps per timed window")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=50)
@@ -144,6 +155,8 @@ def main() -> None:
     p.add_argument("--append")
     p.add_argument("--one", nargs=3, metavar=("ROW", "NET", "BATCH"), help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.rows is None:
+        a.rows = [r for r in ROWS if r != "pyrovae:cudagraphs" or "cuda" in str(resolve_device(a.device))]
     if a.warmup < a.steps or a.warmup % a.steps:
         p.error("--warmup must be a positive multiple of --steps (fit's timing marks come every --steps steps)")
     if a.one:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import experiment, plots
+from .compile import MODES
 from .data import EVAL_BINARIZATION_SEED
 from .config import apply_overrides, config_from_dict, load_config
 from .errors import PyrovaeError
@@ -55,7 +56,8 @@ def _load(args):
 
 def cmd_evaluate(args) -> None:
     run = _load(args)
-    out = experiment.evaluate(run, split=args.split, num_samples=args.num_samples, seed=args.seed)
+    out = experiment.evaluate(run, split=args.split, num_samples=args.num_samples, seed=args.seed,
+                              compile=args.compile)
     path = Path(args.run_dir) / f"eval_{args.split}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
@@ -132,7 +134,9 @@ def parser() -> argparse.ArgumentParser:
             **{"--num-samples": dict(type=int, help="particles per datapoint (default: the config's eval_samples)"),
                "--split": dict(default="test", choices=["test", "val"]),
                "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
-               "--seed": dict(type=int, default=0)})
+               "--seed": dict(type=int, default=0),
+               "--compile": dict(default="auto", choices=list(MODES),
+                                 help="how chunks run: auto (= capture), none, capture, inductor, cudagraphs")})
     run_cmd("sample", "PNG grid of images decoded from prior draws", cmd_sample,
             **{"--num": dict(type=int, default=64), "--out": dict()})
     run_cmd("reconstruct", "PNG grid of test images and their reconstructions", cmd_reconstruct,

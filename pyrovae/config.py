@@ -27,7 +27,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "elbo"          #: elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
+    objective: str = "elbo"          #: elbo (reparameterized MC ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
     num_particles: int = 1           #: vectorized particles per datapoint (elbo, meanfield)
     k: int = 5                       #: importance samples per datapoint (iwae, dreg)
     epochs: int = 10
@@ -48,6 +48,7 @@ class TrainConfig:
     early_stopping: int | None = None  #: stop after this many epochs without a better validation ELBO
     checkpoint_every: int = 1000     #: steps between checkpoints (and at each epoch end)
     log_every: int = 50              #: steps between metric lines and progress-bar updates
+    compile: str = "auto"            #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.compile
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,15 @@ plate, with each site's log-density summed over every dim except the particle an
 from __future__ import annotations
 
 import math
+import os
 from typing import Callable, NamedTuple
 
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
+from torch.utils._pytree import tree_leaves
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .errors import PyrovaeError
 from .sites import DATA_PLATE
@@ -37,12 +40,24 @@ class LogProbTerms(NamedTuple):
         return self.log_lik + self.log_prior - self.log_q
 
 
-def plate_nesting(model: Callable, guide: Callable, args, kwargs) -> int:
-    """The number of vectorized plate dims the model and guide use (Pyro counts them the same way)."""
-    with poutine.block(), torch.no_grad():
+def _cuda_devices(args, kwargs) -> list[int]:
+    return sorted({a.device.index or 0 for a in (*args, *kwargs.values())
+                   if isinstance(a, torch.Tensor) and a.device.type == "cuda"})
+
+
+def inspection_traces(model: Callable, guide: Callable, args, kwargs):
+    """(guide trace, model trace replayed on it) of one unvectorized, gradient-free, blocked run,
+    on a forked random stream (inspecting a program leaves the caller's draws unchanged)."""
+    with torch.random.fork_rng(devices=_cuda_devices(args, kwargs)), poutine.block(), torch.no_grad():
         guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
         model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
-    dims = [-f.dim for tr in (guide_tr, model_tr) for site in tr.nodes.values()
+    return guide_tr, model_tr
+
+
+def plate_nesting(model: Callable, guide: Callable, args, kwargs, traces=None) -> int:
+    """The number of vectorized plate dims the model and guide use (Pyro counts them the same way)."""
+    traces = traces or inspection_traces(model, guide, args, kwargs)
+    dims = [-f.dim for tr in traces for site in tr.nodes.values()
             if site["type"] == "sample" and not site_is_subsample(site) for f in site["cond_indep_stack"] if f.vectorized]
     return max(dims, default=0)
 
@@ -131,32 +146,112 @@ def _data_size(args, kwargs) -> int:
     raise PyrovaeError("no tensor argument to read the number of datapoints from")
 
 
-MAX_ROWS = 1 << 16  #: particles x datapoints evaluated at once by default (about 0.2 GB per 784-pixel tensor)
+MEMORY_FRACTION = 0.25  #: share of the free memory one chunk may use
+CPU_ROWS = 4096  #: on CPU, chunks of this many pairs stay in cache and run fastest (benchmarks/eval_speed.py)
+MAX_ROWS = 1 << 22  #: no chunk is larger, whatever the free memory
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: ``cudaMemGetInfo`` on CUDA, MemAvailable on Linux, else free pages."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class _CountBytes(TorchDispatchMode):
+    """Sum of the bytes of every tensor the ops produce: an upper bound on the memory they need."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+def bytes_per_row(model: Callable, guide: Callable, args, kwargs, probe: int = 16) -> float:
+    """Memory one particle-datapoint pair needs, measured on a probe of ``probe`` particles of
+    one datapoint (every intermediate counted as if kept: a bound, not an average). A program
+    that only runs on all its datapoints at once is probed on them with one particle."""
+    n = _data_size(args, kwargs)
+    with torch.random.fork_rng(devices=_cuda_devices(args, kwargs)), torch.no_grad():
+        try:
+            a, k = _slice_args(args, kwargs, n, 0, 1)
+            nesting = plate_nesting(model, guide, a, k)
+        except Exception:  # noqa: BLE001 - e.g. a non-amortized guide sized for all N datapoints
+            a, k, probe = args, kwargs, 1
+            nesting = plate_nesting(model, guide, a, k)
+        rows = probe * _data_size(a, k)
+        with _CountBytes() as count:
+            log_prob_terms(model, guide, *a, num_samples=probe, max_plate_nesting=nesting, **k)
+    return count.total / rows
+
+
+def chunk_rows(device: torch.device, row_bytes: float, fraction: float = MEMORY_FRACTION) -> int:
+    """Particle-datapoint pairs per chunk: as many as ``fraction`` of the free memory holds,
+    at most :data:`MAX_ROWS`, and on CPU at most :data:`CPU_ROWS` (cache-sized chunks are faster)."""
+    rows = int(free_memory(device) * fraction / max(row_bytes, 1.0))
+    if device.type == "cpu":
+        rows = min(rows, CPU_ROWS)
+    return max(1, min(rows, MAX_ROWS))
 
 
 def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, particle_chunk: int | None = None,
               data_chunk: int | None = None, reduce: Callable[[LogProbTerms], torch.Tensor],
-              max_rows: int = MAX_ROWS, **kwargs) -> torch.Tensor:
+              max_rows: int | None = None, compile: str = "none", **kwargs) -> torch.Tensor:
     """Apply ``reduce`` to the :class:`LogProbTerms` of chunks of particles and datapoints.
 
     ``reduce`` maps terms of shape (k, n) to a tensor of shape (k, n, ...); the pieces are
     concatenated over particle chunks, then data chunks, into (K, N, ...). Without explicit
-    chunk sizes, at most ``max_rows`` particle-datapoint pairs are evaluated at once, so
-    K = 5000 on 10,000 images runs in bounded memory.
+    chunk sizes, at most ``max_rows`` particle-datapoint pairs are evaluated at once; by
+    default that is :func:`chunk_rows` of the measured :func:`bytes_per_row`, so K = 5000
+    on 10,000 images runs in memory bounded by the chunk. ``compile`` runs each chunk shape
+    through :class:`pyrovae.compile.Compiled` (positional tensor arguments only; else eager).
     """
     n = _data_size(args, kwargs)
-    particle_chunk = particle_chunk or min(num_samples, max_rows)
+    if max_rows is None and not (particle_chunk and data_chunk):
+        device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
+        max_rows = chunk_rows(device, bytes_per_row(model, guide, args, kwargs))
+    if not particle_chunk:  # equal particle chunks: 5000 in 2 x 2500, not 4096 + 904
+        particle_chunk = math.ceil(num_samples / math.ceil(num_samples / max_rows))
     data_chunk = data_chunk or max(1, max_rows // particle_chunk)
     nesting = None
-    out_cols = []
+    compiled: dict[int, Callable] = {}
+
+    def chunk_fn(kk: int) -> Callable:
+        def fn(*a, **k):
+            return reduce(log_prob_terms(model, guide, *a, num_samples=kk, max_plate_nesting=nesting, **k))
+        if compile == "none" or kwargs or not all(isinstance(t, torch.Tensor) for t in args):
+            return fn
+        if kk not in compiled:
+            from .compile import Compiled
+
+            compiled[kk] = Compiled(fn, [m for m in (model, guide) if isinstance(m, torch.nn.Module)], compile,
+                                    grad=False)
+        return compiled[kk]
+
+    # one preallocated result: many small kept pieces between large short-lived chunk
+    # temporaries fragment the CPU heap, and its resident size then grows with N
+    out = None
     for start, size in _chunks(n, data_chunk):
         a, k = _slice_args(args, kwargs, n, start, start + size)
         if nesting is None:
             nesting = plate_nesting(model, guide, a, k)
-        rows = [reduce(log_prob_terms(model, guide, *a, num_samples=kk, max_plate_nesting=nesting, **k))
-                for _, kk in _chunks(num_samples, particle_chunk)]
-        out_cols.append(torch.cat(rows, 0))
-    return torch.cat(out_cols, 1)
+        for p_start, kk in _chunks(num_samples, particle_chunk):
+            piece = chunk_fn(kk)(*a, **k)
+            if out is None:
+                out = piece.new_empty((num_samples, n, *piece.shape[2:]))
+            out[p_start:p_start + kk, start:start + size] = piece
+    return out
 
 
 @torch.no_grad()
@@ -211,7 +306,8 @@ def evaluate_terms(model: Callable, guide: Callable, *args, num_samples: int = 5
     """Everything a report needs from one pass of K particles, each per datapoint (N,):
     ``elbo`` (mean of log w), ``reconstruction`` E_q[log p(x|z)], ``kl`` E_q[log q(z|x) - log p(z)]
     (Kingma & Welling 2013, eq. 7), ``log_likelihood`` (the K-sample importance estimate,
-    Burda et al. 2015, eq. 8) and ``ess``."""
+    Burda et al. 2015, eq. 8) and ``ess``. Keyword options of :func:`map_terms` (chunks,
+    ``compile``) pass through."""
     stacked = map_terms(model, guide, *args, num_samples=num_samples,
                         reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior, t.log_weights], -1),
                         **kwargs)

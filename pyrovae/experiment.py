@@ -106,10 +106,13 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = None
     return Run(config, model, guide, state, dev)
 
 
-def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, seed: int = 0) -> dict:
+def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, seed: int = 0,
+             compile: str = "auto", max_rows: int | None = None) -> dict:
     """Per-datapoint ELBO (with its reconstruction and KL terms) and importance-sampled log p(x)
     on ``split`` from one pass of K = ``num_samples`` samples per datapoint: mean and standard
-    error over datapoints, in nats (and bits per dimension for binary pixels)."""
+    error over datapoints, in nats (and bits per dimension for binary pixels). Chunks hold
+    ``max_rows`` particle-datapoint pairs (default: sized from free memory, see
+    :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`)."""
     data = load_data(run.config, split, run.device)
     x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
     k = num_samples or run.config.eval_samples
@@ -118,7 +121,8 @@ def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, s
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
-        terms = estimators.evaluate_terms(run.model, run.guide, x, num_samples=k)
+        terms = estimators.evaluate_terms(run.model, run.guide, x, num_samples=k, compile=compile,
+                                          max_rows=max_rows)
     seconds = time.perf_counter() - t0
     out: dict[str, Any] = {"split": split, "num_datapoints": x.shape[0], "num_samples": k,
                            "dataset": run.config.data.name, "pixels": run.config.data.pixels,

@@ -13,6 +13,18 @@ from .errors import ConfigError, DataError, unknown_name
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 
 
+class BernoulliLogits(dist.Bernoulli):
+    """Bernoulli(sigmoid(l)) whose log-density is written as log p(x) = x l - softplus(l),
+    the same function as ``Bernoulli.log_prob`` (log sigmoid(l) = l - softplus(l),
+    log (1 - sigmoid(l)) = -softplus(l)) in two elementwise passes instead of the
+    broadcast copies and several passes of ``binary_cross_entropy_with_logits``."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        return value * self.logits - torch.nn.functional.softplus(self.logits)
+
+
 class Likelihood(nn.Module):
     """Maps decoder outputs ("logits" of shape batch + x_shape) to a distribution over x.
 
@@ -40,7 +52,7 @@ class Likelihood(nn.Module):
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
         if self.name == "bernoulli":
-            d = dist.Bernoulli(logits=logits)
+            d = BernoulliLogits(logits=logits)
         elif self.name == "continuous_bernoulli":
             d = dist.ContinuousBernoulli(logits=logits)
         else:

@@ -1,7 +1,9 @@
 """Training losses, each ``loss(model, guide, *args, beta=1.0) -> Tensor`` summed over datapoints,
 and KL-weight (beta) schedules.
 
-- ``elbo``: Pyro's ``Trace_ELBO``, Monte Carlo KL (Kingma & Welling 2013, eq. 6);
+- ``elbo``: the Monte Carlo ELBO with reparameterized samples (Kingma & Welling 2013, eq. 6),
+  computed from the per-datapoint log-weights (no host synchronization); Pyro's ``Trace_ELBO``
+  when some guide site cannot be reparameterized;
 - ``meanfield``: Pyro's ``TraceMeanField_ELBO``, analytic KL where known (ibid., eq. 7);
 - ``iwae``: the k-sample importance-weighted bound (Burda et al. 2015, eq. 8);
 - ``dreg``: the same bound with doubly reparameterized gradients for the guide
@@ -38,6 +40,8 @@ def make_elbo(objective: str, num_particles: int = 1) -> pyro.infer.ELBO:
 
 def make_objective(objective: str, *, num_particles: int = 1, k: int = 5) -> Callable:
     """The training loss named ``objective``; ``num_particles`` serves the ELBOs, ``k`` the IWAE bounds."""
+    if objective == "elbo":
+        return ELBO(num_particles)
     if objective in _PYRO_ELBOS:
         return PyroELBO(make_elbo(objective, num_particles))
     if objective in ("iwae", "dreg"):
@@ -65,11 +69,67 @@ class ScaleLatents(Messenger):
             msg["scale"] = self.beta * msg["scale"]
 
 
+def _inspect(model: Callable, guide: Callable, args, kwargs) -> tuple[int, str | None]:
+    """(plate nesting, why the pair needs Pyro's general ELBO or None): the log-weight
+    objectives need reparameterized guide sites and unscaled log-densities."""
+    guide_tr, model_tr = estimators.inspection_traces(model, guide, args, kwargs)
+    nesting = estimators.plate_nesting(model, guide, args, kwargs, traces=(guide_tr, model_tr))
+    for tr in (guide_tr, model_tr):
+        for site in tr.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            if tr is guide_tr and not site["is_observed"] and not site["fn"].has_rsample:
+                return nesting, f"guide site {site['name']!r} cannot be reparameterized"
+            if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
+                return nesting, f"site {site['name']!r} is scaled (subsampling or poutine.scale)"
+    return nesting, None
+
+
+class ELBO:
+    """-sum_n (1/S) sum_s [log p(x_n | z_ns) + beta (log p(z_ns) - log q(z_ns | x_n))] with
+    z_ns ~ q(z | x_n) reparameterized: the SGVB estimator of Kingma & Welling (2013), eq. 6,
+    with S = ``num_particles`` vectorized particles. Value and gradient equal Pyro's
+    ``Trace_ELBO`` on the same draws; it only skips Pyro's per-site ``.item()`` calls, so a
+    step issues no host synchronization and can be captured as one graph. A pair with a
+    non-reparameterizable or scaled site is handed to ``Trace_ELBO`` (score-function terms).
+    """
+
+    def __init__(self, num_particles: int = 1):
+        if num_particles < 1:
+            raise ConfigError(f"num_particles must be positive, got {num_particles}")
+        self.num_particles, self._nesting, self._fallback = num_particles, None, None
+
+    @property
+    def capturable(self) -> bool:
+        return self._fallback is None
+
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
+        """Inspect the pair once (on a forked random stream); called by the first loss otherwise."""
+        self._nesting, reason = _inspect(model, guide, args, kwargs)
+        if reason is not None:
+            self._fallback = PyroELBO(make_elbo("elbo", self.num_particles))
+
+    def __call__(self, model: Callable, guide: Callable, *args, beta=1.0, **kwargs) -> torch.Tensor:
+        if self._nesting is None:
+            self.prepare(model, guide, *args, **kwargs)
+        if self._fallback is not None:
+            return self._fallback(model, guide, *args, beta=beta, **kwargs)
+        t = estimators.log_prob_terms(model, guide, *args, num_samples=self.num_particles,
+                                      max_plate_nesting=self._nesting, **kwargs)
+        return -(t.log_lik + beta * (t.log_prior - t.log_q)).mean(0).sum()
+
+
 class PyroELBO:
-    """A Pyro ELBO as a loss: -ELBO summed over datapoints, with latent sites scaled by beta."""
+    """A Pyro ELBO as a loss: -ELBO summed over datapoints, with latent sites scaled by beta.
+    Pyro's ELBOs read values back to the host (``.item()``), so they are not captured."""
+
+    capturable = False
 
     def __init__(self, elbo: pyro.infer.ELBO):
         self.elbo = elbo
+
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
+        """Nothing to learn ahead of the first loss."""
 
     def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
         with ScaleLatents(beta) if beta != 1.0 else contextlib.nullcontext():
@@ -110,9 +170,15 @@ class IWAE:
             raise ConfigError(f"the IWAE bound needs k >= 1 samples, got {k}")
         self.k, self.dreg, self._nesting = k, dreg, None
 
+    capturable = True
+
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
+        """Learn the plate nesting once (on a forked random stream); called by the first loss otherwise."""
+        self._nesting = estimators.plate_nesting(model, guide, args, kwargs)
+
     def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
         if self._nesting is None:
-            self._nesting = estimators.plate_nesting(model, guide, args, kwargs)
+            self.prepare(model, guide, *args, **kwargs)
         if not self.dreg:
             t = estimators.log_prob_terms(model, guide, *args, num_samples=self.k, max_plate_nesting=self._nesting,
                                           **kwargs)

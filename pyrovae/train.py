@@ -1,8 +1,11 @@
 """fit(): one readable SVI loop over a device-resident dataset, with checkpoints and metrics.
 
-The loss is Pyro's ELBO (``Trace_ELBO`` or ``TraceMeanField_ELBO``) divided by the batch
-size, minimised by a torch optimizer over the parameters of the model and guide
-(``nn.Module`` parameters, plus any ``pyro.param`` sites of plain callables).
+The loss is a training objective of :mod:`pyrovae.objectives` (by default the Monte Carlo
+ELBO) divided by the batch size, run through :class:`pyrovae.compile.Compiled` (captured
+once per batch shape unless ``train.compile = "none"``) and minimised by a torch optimizer
+over the parameters of the model and guide (``nn.Module`` parameters, plus any
+``pyro.param`` sites of plain callables). The data are checked once up front; inside the
+loop Pyro's argument checks are off and the loss is read back every ``log_every`` steps.
 """
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -21,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt_io
+from .compile import Compiled, resolve_mode
 from . import estimators
 from .config import TrainConfig
 from .data import VAL_BINARIZATION_SEED, Batches, Split
@@ -47,6 +52,7 @@ class FitResult:
     best_val_elbo: float
     metrics: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
+    compile: str = "none"  #: how the loss ran: see pyrovae.compile.Compiled.summary
 
 
 def as_split(data: Split | torch.Tensor) -> Split:
@@ -121,16 +127,36 @@ def iwae_lr_factor(epoch: int) -> float:
     return 10 ** (-i / 7)
 
 
-def _check_data(model, split: Split, name: str) -> None:
+def _loss(objective, model, guide, params, mode: str, example: torch.Tensor) -> Compiled:
+    """loss(x, beta) = objective / batch size, run through :class:`pyrovae.compile.Compiled`."""
+    resolve_mode(mode)
+    objective.prepare(model, guide, example)
+    if not objective.capturable:
+        if mode not in ("auto", "none"):
+            warnings.warn(f"compile = {mode!r}: this objective reads values back to the host (Pyro's "
+                          "ELBO) and is not captured; training runs eagerly", RuntimeWarning, stacklevel=3)
+        mode = "none"
+
+    def loss(x, beta):
+        return objective(model, guide, x, beta=beta) / x.shape[0]
+    return Compiled(loss, _modules(model, guide), mode, params=params)
+
+
+def _check_data(model, split: Split, name: str, chunk: int = 8192) -> None:
+    """Check all of ``split`` once, chunk by chunk (bounded memory), so that the training loop
+    can run with Pyro's validation off."""
     x = split.images
     if x.dim() < 1 or len(split) == 0:
         raise PyrovaeError(f"{name} data must be a non-empty batch of shape (N, ...), got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise PyrovaeError(f"{name} data contains NaN or inf; clean it before training")
-    if split.pixels == "dynamic" and ((x < 0) | (x > 1)).any():
-        raise PyrovaeError(f"{name} data: dynamic binarization needs intensities in [0, 1]")
-    if hasattr(model, "check_data"):
-        model.check_data(split.observe(slice(0, 512)))
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        for start in range(0, len(split), chunk):
+            part = x[start:start + chunk]
+            if not torch.isfinite(part).all():
+                raise PyrovaeError(f"{name} data contains NaN or inf; clean it before training")
+            if split.pixels == "dynamic" and ((part < 0) | (part > 1)).any():
+                raise PyrovaeError(f"{name} data: dynamic binarization needs intensities in [0, 1]")
+            if hasattr(model, "check_data"):
+                model.check_data(split.observe(slice(start, start + chunk)))
 
 
 class _Writer:
@@ -181,6 +207,8 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
 
     objective = make_objective(cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
     params = collect_params(model, guide, train.observe(slice(0, 2)))
+    loss_fn = _loss(objective, model, guide, params, cfg.compile, train.observe(slice(0, 2)))
+    beta_t = torch.ones((), device=device)
     opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     sched = _scheduler(opt, cfg, epochs)
 
@@ -222,8 +250,11 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
 
     def validate() -> float:
         # A forked RNG: validating never changes the random stream training continues with,
-        # so a run stopped and resumed anywhere matches one that never stopped.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        # so a run stopped and resumed anywhere matches one that never stopped. Reseeded, so
+        # every epoch is scored with the same draws and epochs differ only by the model.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                pyro.validation_enabled(False):
+            torch.manual_seed(seed + VAL_BINARIZATION_SEED)
             for m in _modules(model, guide):
                 m.eval()
             v = estimators.elbo(model, guide, val_x, num_samples=cfg.val_samples, data_chunk=2000).mean().item()
@@ -235,60 +266,64 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                desc="fit", unit="step", mininterval=1.0)
     running, running_n, t_epoch = torch.zeros((), device=device), 0, time.perf_counter()
     stop = step >= total_steps
-    while not stop and epoch < epochs:
-        for x in batches.epoch(epoch, start_batch):
-            beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
-                             total_steps=total_steps, cycles=cfg.cycles, cycle_ratio=cfg.cycle_ratio)
-            loss = objective(model, guide, x, beta=beta) / x.shape[0]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            step, start_batch = step + 1, start_batch + 1
-            running += loss.detach()
-            running_n += 1
-            if step % cfg.log_every == 0 or step == total_steps:
-                mean_loss = (running / running_n).item()
-                if not math.isfinite(mean_loss):
-                    raise PyrovaeError(f"the training loss became {mean_loss} by step {step}; lower the "
-                                       f"learning rate or set train.grad_clip (last checkpoint: "
-                                       f"{run_dir / 'checkpoint.pt' if run_dir else 'none'})")
-                row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": beta,
-                       "lr": opt.param_groups[0]["lr"]}
-                write(row)
-                bar.set_postfix(loss=f"{mean_loss:.2f}")
-                running, running_n = torch.zeros((), device=device), 0
-            bar.update(1)
-            if run_dir is not None and step % cfg.checkpoint_every == 0:
-                save("checkpoint.pt")
-            if step >= total_steps:
-                stop = True
-                break
-        seconds = time.perf_counter() - t_epoch
-        full_epoch = start_batch >= steps_per_epoch
-        epoch, start_batch = (epoch + 1, 0) if full_epoch else (epoch, start_batch)
-        row = {"kind": "epoch", "step": step, "epoch": epoch, "seconds": seconds}
-        if val_x is not None:
-            row["val_elbo"] = validate()
-            if row["val_elbo"] > best:
-                best, bad_epochs = row["val_elbo"], 0
-                save("best.pt")
-            else:
-                bad_epochs += 1
-        if sched is not None and full_epoch:
-            sched.step()
-        asked_to_stop = write(row)
-        save("checkpoint.pt")
-        if run_dir is not None:
-            from .plots import plot_curves
+    # the data were checked once above; Pyro's per-step argument checks would only repeat that
+    with pyro.validation_enabled(False):
+        while not stop and epoch < epochs:
+            for x in batches.epoch(epoch, start_batch):
+                beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
+                                 total_steps=total_steps, cycles=cfg.cycles, cycle_ratio=cfg.cycle_ratio)
+                # a captured loss takes beta as a tensor input, so a schedule never forces a new capture
+                loss = loss_fn(x, beta_t.fill_(beta) if loss_fn.mode != "none" else beta)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                step, start_batch = step + 1, start_batch + 1
+                running += loss.detach()
+                running_n += 1
+                if step % cfg.log_every == 0 or step == total_steps:
+                    mean_loss = (running / running_n).item()
+                    if not math.isfinite(mean_loss):
+                        raise PyrovaeError(f"the training loss became {mean_loss} by step {step}; lower the "
+                                           f"learning rate or set train.grad_clip (last checkpoint: "
+                                           f"{run_dir / 'checkpoint.pt' if run_dir else 'none'})")
+                    row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": beta,
+                           "lr": opt.param_groups[0]["lr"]}
+                    write(row)
+                    bar.set_postfix(loss=f"{mean_loss:.2f}")
+                    running, running_n = torch.zeros((), device=device), 0
+                bar.update(1)
+                if run_dir is not None and step % cfg.checkpoint_every == 0:
+                    save("checkpoint.pt")
+                if step >= total_steps:
+                    stop = True
+                    break
+            seconds = time.perf_counter() - t_epoch
+            full_epoch = start_batch >= steps_per_epoch
+            epoch, start_batch = (epoch + 1, 0) if full_epoch else (epoch, start_batch)
+            row = {"kind": "epoch", "step": step, "epoch": epoch, "seconds": seconds}
+            if val_x is not None:
+                row["val_elbo"] = validate()
+                if row["val_elbo"] > best:
+                    best, bad_epochs = row["val_elbo"], 0
+                    save("best.pt")
+                else:
+                    bad_epochs += 1
+            if sched is not None and full_epoch:
+                sched.step()
+            asked_to_stop = write(row)
+            save("checkpoint.pt")
+            if run_dir is not None:
+                from .plots import plot_curves
 
-            plot_curves(read_metrics(run_dir), run_dir / "curves.png")
-        if asked_to_stop or (cfg.early_stopping is not None and bad_epochs >= cfg.early_stopping):
-            break
-        t_epoch = time.perf_counter()
+                plot_curves(read_metrics(run_dir), run_dir / "curves.png")
+            if asked_to_stop or (cfg.early_stopping is not None and bad_epochs >= cfg.early_stopping):
+                break
+            t_epoch = time.perf_counter()
     bar.close()
-    return FitResult(step=step, epoch=epoch, best_val_elbo=best, metrics=rows, run_dir=run_dir)
+    return FitResult(step=step, epoch=epoch, best_val_elbo=best, metrics=rows, run_dir=run_dir,
+                     compile=loss_fn.summary())
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

@@ -16,6 +16,7 @@ def test_readme_example_runs(capsys):
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["result"].step == 2 * 40  # 5000 images, batch 128
+    assert namespace["result"].compile == "capture"  # as the README says
     mean = namespace["mean"]
     assert -300 < mean < namespace["log_px"].mean().item() < -100
     assert "validation ELBO" in capsys.readouterr().out
