@@ -31,6 +31,13 @@ class ImageModule(PyroModule):
             raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():
             raise DataError(f"data must be a floating-point tensor, got {x.dtype}; use x.float()")
+        param = next(self.parameters(), None)
+        if param is not None and param.dtype != x.dtype:
+            raise DataError(f"data are {x.dtype} but {type(self).__name__}'s parameters are {param.dtype}; "
+                            f"convert one to the other (x.to({param.dtype}) or model.to({x.dtype}))")
+        if param is not None and param.device != x.device:
+            raise DataError(f"data are on {x.device} but {type(self).__name__}'s parameters are on "
+                            f"{param.device}; move one to the other")
         if tuple(x.shape[1:]) != self.x_shape:
             raise DataError(f"{type(self).__name__} was built for images of shape {self.x_shape} "
                             f"(batch shape (N, {', '.join(map(str, self.x_shape))})), got data of "

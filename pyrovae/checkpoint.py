@@ -24,7 +24,50 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+HISTORY = "checkpoints"  #: folder of a run directory holding the last few step checkpoints
+
+
+def save_step(obj: Any, run_dir: Path, step: int, keep: int = 3) -> Path:
+    """Write ``run_dir/checkpoints/step-NNNNNNNN.pt`` atomically, point ``run_dir/checkpoint.pt``
+    at it (an atomic hard-link swap; a copy where links are unsupported) and keep the last
+    ``keep`` step checkpoints."""
+    history = run_dir / HISTORY
+    history.mkdir(parents=True, exist_ok=True)
+    path = history / f"step-{step:08d}.pt"
+    atomic_save(obj, path)
+    latest, tmp = run_dir / "checkpoint.pt", run_dir / ".checkpoint.pt.link"
+    try:
+        if tmp.exists():
+            tmp.unlink()
+        os.link(path, tmp)
+        os.replace(tmp, latest)
+        _fsync_dir(run_dir)
+    except OSError:
+        atomic_save(obj, latest)
+    for old in sorted(history.glob("step-*.pt"))[:-max(1, keep)]:
+        old.unlink()
+    return path
+
+
+def load_latest(run_dir: str | os.PathLike, map_location=None) -> tuple[dict, Path]:
+    """The newest readable checkpoint of a run: ``checkpoint.pt``, else the step checkpoints
+    newest first. Raises the error of ``checkpoint.pt`` when none can be read."""
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "checkpoint.pt", *sorted((run_dir / HISTORY).glob("step-*.pt"), reverse=True)]
+    first_error = None
+    for path in candidates:
+        try:
+            return load(path, map_location=map_location), path
+        except CheckpointError as e:
+            first_error = first_error or e
+    raise first_error
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

@@ -12,7 +12,7 @@ from . import experiment, plots
 from .compile import MODES
 from .data import EVAL_BINARIZATION_SEED
 from .config import apply_overrides, config_from_dict, load_config
-from .errors import PyrovaeError
+from .errors import Interrupted, PyrovaeError
 from .registry import available
 
 
@@ -22,7 +22,7 @@ def _fmt(term: dict) -> str:
 
 def cmd_fit(args) -> None:
     if args.resume:
-        config = experiment.read_config(args.resume)
+        config = experiment.read_config(args.resume).replace(run_dir=str(args.resume))  # wherever it lives now
         print(f"resuming {args.resume}")
         result = experiment.fit_config(config, resume=True, progress=not args.no_progress)
     else:
@@ -151,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.fn(args)
+    except Interrupted as e:
+        print(f"pyrovae: {e}", file=sys.stderr)
+        return 128 + e.signum  # the shell's convention for a process stopped by a signal
     except PyrovaeError as e:
         print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2

@@ -156,7 +156,8 @@ class Compiled:
         replay, replay_grads = run(lambda: graph(self.state, *tensors))
         same = eager.shape == replay.shape and torch.allclose(eager, replay, self.rtol, self.atol, equal_nan=True)
         for a, b in zip(eager_grads, replay_grads):
-            same = same and ((a is None) == (b is None)) and (a is None or torch.allclose(a, b, self.rtol, self.atol))
+            same = same and ((a is None) == (b is None)) and (
+                a is None or torch.allclose(a, b, self.rtol, self.atol, equal_nan=True))
         if not same or len(eager_grads) != len(replay_grads):
             self._refuse(key, "the recorded graph does not reproduce the eager loss or its gradients "
                               "(the program depends on something besides its parameters and inputs)")

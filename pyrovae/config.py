@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import tomllib
 import types
 import typing
@@ -23,6 +24,30 @@ class DataConfig:
     train_size: int | None = None    #: use only the first N training images (smoke runs)
     val_limit: int | None = None     #: use only the first N validation images
     test_limit: int | None = None    #: use only the first N test images
+
+    def __post_init__(self):
+        opt = lambda v: v is None or _at_least(v, 1)  # noqa: E731
+        _require("data", {
+            "val_size": (self.val_size, _at_least(self.val_size, 0), "an integer >= 0"),
+            "train_size": (self.train_size, opt(self.train_size), "null or an integer >= 1"),
+            "val_limit": (self.val_limit, opt(self.val_limit), "null or an integer >= 1"),
+            "test_limit": (self.test_limit, opt(self.test_limit), "null or an integer >= 1"),
+        })
+
+
+def _require(cls_name: str, checks: dict[str, tuple[Any, bool, str]]) -> None:
+    """Raise ConfigError for the first (value, ok, rule) whose ``ok`` is False."""
+    for key, (value, ok, rule) in checks.items():
+        if not ok:
+            raise ConfigError(f"{cls_name}.{key} must be {rule}, got {value!r}")
+
+
+def _positive(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
+
+
+def _at_least(v, low) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,33 @@ class TrainConfig:
     val_samples: int = 1             #: particles per datapoint for the validation ELBO
     early_stopping: int | None = None  #: stop after this many epochs without a better validation ELBO
     checkpoint_every: int = 1000     #: steps between checkpoints (and at each epoch end)
+    keep_checkpoints: int = 3        #: step checkpoints kept in run_dir/checkpoints (checkpoint.pt is the newest)
+    nan_policy: str = "stop"         #: stop | skip: on a non-finite loss or gradient, stop the run, or skip that batch
+
+    def __post_init__(self):
+        opt = lambda v, f: v is None or f(v)  # noqa: E731
+        _require("train", {
+            "num_particles": (self.num_particles, _at_least(self.num_particles, 1), "an integer >= 1"),
+            "k": (self.k, _at_least(self.k, 1), "an integer >= 1"),
+            "epochs": (self.epochs, _at_least(self.epochs, 0), "an integer >= 0"),
+            "max_steps": (self.max_steps, opt(self.max_steps, lambda v: _at_least(v, 1)), "null or an integer >= 1"),
+            "batch_size": (self.batch_size, _at_least(self.batch_size, 1), "an integer >= 1"),
+            "lr": (self.lr, _at_least(self.lr, 0), "a finite number >= 0"),
+            "adam_eps": (self.adam_eps, _positive(self.adam_eps), "a finite number > 0"),
+            "weight_decay": (self.weight_decay, _at_least(self.weight_decay, 0), "a finite number >= 0"),
+            "lr_gamma": (self.lr_gamma, _positive(self.lr_gamma), "a finite number > 0"),
+            "grad_clip": (self.grad_clip, opt(self.grad_clip, _positive), "null or a finite number > 0"),
+            "beta": (self.beta, _at_least(self.beta, 0), "a finite number >= 0"),
+            "warmup_steps": (self.warmup_steps, _at_least(self.warmup_steps, 0), "an integer >= 0"),
+            "cycles": (self.cycles, _at_least(self.cycles, 1), "an integer >= 1"),
+            "cycle_ratio": (self.cycle_ratio, _positive(self.cycle_ratio) and self.cycle_ratio <= 1, "in (0, 1]"),
+            "val_samples": (self.val_samples, _at_least(self.val_samples, 1), "an integer >= 1"),
+            "early_stopping": (self.early_stopping, opt(self.early_stopping, lambda v: _at_least(v, 1)),
+                               "null or an integer >= 1"),
+            "checkpoint_every": (self.checkpoint_every, _at_least(self.checkpoint_every, 1), "an integer >= 1"),
+            "log_every": (self.log_every, _at_least(self.log_every, 1), "an integer >= 1"),
+            "keep_checkpoints": (self.keep_checkpoints, _at_least(self.keep_checkpoints, 1), "an integer >= 1"),
+        })
     log_every: int = 50              #: steps between metric lines and progress-bar updates
     compile: str = "auto"            #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.compile
 
@@ -69,6 +121,9 @@ class Config:
     device: str = "auto"             #: auto (CUDA when present) | cpu | cuda | cuda:1 ...
     run_dir: str = "runs/default"
     eval_samples: int = 5000         #: importance samples per datapoint for `evaluate` (ELBO and log p(x))
+
+    def __post_init__(self):
+        _require("config", {"eval_samples": (self.eval_samples, _at_least(self.eval_samples, 1), "an integer >= 1")})
 
     def to_dict(self) -> dict:
         """Plain data in the layout of the config files (what ``config_from_dict`` reads)."""

@@ -13,6 +13,7 @@ per-sample work. Pixel modes:
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -96,15 +97,21 @@ def torchvision_dataset(name: str, root: Path, train: bool):
     cls = getattr(torchvision.datasets, cls_name)
     raw = root / cls_name / "raw"
     if all((raw / f).exists() for f in files):
-        return cls(str(root), train=train, download=False)
+        try:
+            return cls(str(root), train=train, download=False)
+        except Exception as e:  # noqa: BLE001 - torchvision's parsers fail in many ways on a bad file
+            raise DataError(f"{name}: the unpacked files in {raw} could not be read ({type(e).__name__}: {e}); "
+                            f"replace them with the original files {', '.join(files)}") from e
     if all((raw / f"{f}.gz").exists() for f in files):
         # Never unpack beside the user's files: copy the archives into the cache, where
-        # torchvision checks their md5 and unpacks them without touching the network.
+        # torchvision unpacks them without touching the network; each is checked first.
         work = cache_dir() / "torchvision"
         (work / cls_name / "raw").mkdir(parents=True, exist_ok=True)
+        expected = {Path(url).name: md5 for url, md5 in cls.resources}
         for f in files:
             dst = work / cls_name / "raw" / f"{f}.gz"
             if not dst.exists() or dst.stat().st_size != (raw / f"{f}.gz").stat().st_size:
+                check_md5(raw / f"{f}.gz", expected.get(f"{f}.gz"))
                 shutil.copyfile(raw / f"{f}.gz", dst)
         try:
             return cls(str(work), train=train, download=True)
@@ -119,6 +126,19 @@ def torchvision_dataset(name: str, root: Path, train: bool):
             f"{name} is not in {raw} and could not be downloaded ({type(e).__name__}: {e}). "
             f"Put the four files {listing} into {raw}, or point --data-root / $PYROVAE_DATA "
             "at a folder holding them.") from e
+
+
+def check_md5(path: Path, expected: str | None) -> None:
+    """Raise DataError naming ``path`` and both checksums when its md5 is not ``expected``."""
+    if expected is None:
+        return
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected:
+        raise DataError(f"{path} is corrupt: its md5 is {digest.hexdigest()}, expected {expected}; replace it "
+                        "with the original file (or delete it and let torchvision download it)")
 
 
 def read_amat(path: Path, expected_rows: int | None = None) -> torch.Tensor:

@@ -21,6 +21,22 @@ class CheckpointError(PyrovaeError):
     """A checkpoint or run directory is missing or unreadable."""
 
 
+class ModelError(PyrovaeError, ValueError):
+    """A model and guide do not fit together (their sample sites differ)."""
+
+
+class NonFiniteError(PyrovaeError, FloatingPointError):
+    """Training met a non-finite loss or gradient (``train.nan_policy = "stop"``)."""
+
+
+class Interrupted(PyrovaeError, KeyboardInterrupt):
+    """Training was stopped by SIGINT or SIGTERM after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str]) -> ConfigError:
     """A ConfigError for an unknown name, listing the known ones and the closest match."""
     known = sorted(known)

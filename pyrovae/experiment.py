@@ -21,10 +21,10 @@ from . import checkpoint as ckpt_io
 from . import estimators, plots
 from .config import Config, config_from_dict
 from .data import EVAL_BINARIZATION_SEED, Split, load_split
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from .registry import GUIDES, build_guide, build_model
 from .sites import LATENT
-from .train import FitResult, fit, resolve_device
+from .train import FitResult, check_sites, fit, resolve_device
 
 
 def build(config: Config, x_shape) -> tuple[Any, Any]:
@@ -109,29 +109,51 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = None
 def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, seed: int = 0,
              compile: str = "auto", max_rows: int | None = None) -> dict:
     """Per-datapoint ELBO (with its reconstruction and KL terms) and importance-sampled log p(x)
-    on ``split`` from one pass of K = ``num_samples`` samples per datapoint: mean and standard
-    error over datapoints, in nats (and bits per dimension for binary pixels). Chunks hold
-    ``max_rows`` particle-datapoint pairs (default: sized from free memory, see
-    :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`)."""
+    on ``split`` of the run's dataset: :func:`evaluate_data` on one seeded binarization, with
+    the run's description added."""
     data = load_data(run.config, split, run.device)
     x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
-    k = num_samples or run.config.eval_samples
-    if hasattr(run.model, "check_data"):
-        run.model.check_data(x)
+    out: dict[str, Any] = {"split": split, "dataset": run.config.data.name, "pixels": run.config.data.pixels,
+                           "step": run.checkpoint["step"], "device": str(run.device)}
+    out.update(evaluate_data(run.model, run.guide, x, num_samples=num_samples or run.config.eval_samples,
+                             seed=seed, compile=compile, max_rows=max_rows,
+                             bits_per_dim=run.config.data.pixels != "continuous"))
+    return out
+
+
+def evaluate_data(model, guide, x: torch.Tensor, *, num_samples: int = 5000, seed: int = 0, compile: str = "auto",
+                  max_rows: int | None = None, bits_per_dim: bool = True) -> dict:
+    """ELBO, reconstruction, KL and importance-sampled log p(x) of the datapoints ``x`` from one
+    pass of K = ``num_samples`` samples each: mean and standard error over datapoints, in nats
+    (and bits per dimension, for discrete pixels), with the importance ESS and the seconds taken.
+    The data are checked first (:class:`~pyrovae.errors.DataError`); a non-finite result is a
+    :class:`~pyrovae.errors.NonFiniteError`. Chunks hold ``max_rows`` particle-datapoint pairs
+    (default: sized from free memory, see :func:`pyrovae.estimators.chunk_rows`) and run through
+    ``compile`` (see :mod:`pyrovae.compile`)."""
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] == 0:
+        raise DataError("evaluation data must be a non-empty tensor of shape (N, ...)")
+    if not torch.isfinite(x).all():
+        raise DataError("evaluation data contains NaN or inf; clean it first")
+    if hasattr(model, "check_data"):
+        model.check_data(x)
+    check_sites(model, guide, x[:2])
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
-        terms = estimators.evaluate_terms(run.model, run.guide, x, num_samples=k, compile=compile,
+        terms = estimators.evaluate_terms(model, guide, x, num_samples=num_samples, compile=compile,
                                           max_rows=max_rows)
     seconds = time.perf_counter() - t0
-    out: dict[str, Any] = {"split": split, "num_datapoints": x.shape[0], "num_samples": k,
-                           "dataset": run.config.data.name, "pixels": run.config.data.pixels,
-                           "step": run.checkpoint["step"], "seconds": seconds, "device": str(run.device)}
+    if not all(torch.isfinite(v).all() for v in terms.values()):
+        raise NonFiniteError("the evaluation gave non-finite values: the model or guide produces NaN or inf on "
+                             "these data (check their parameters, e.g. with pyrovae.train.diagnose_nonfinite)")
+    out: dict[str, Any] = {"num_datapoints": x.shape[0], "num_samples": num_samples, "seconds": seconds}
     for key in ("elbo", "reconstruction", "kl", "log_likelihood"):
         mean, se = estimators.mean_and_stderr(terms[key])
         out[key] = {"mean": mean, "stderr": se}
     out["ess"] = {"mean": terms["ess"].mean().item(), "min": terms["ess"].min().item()}
-    if run.config.data.pixels != "continuous":  # bits/dim needs a discrete likelihood
+    if bits_per_dim:
         nats_per_bit_dim = x[0].numel() * math.log(2.0)
         out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / nats_per_bit_dim
         out["log_likelihood_bits_per_dim"] = -out["log_likelihood"]["mean"] / nats_per_bit_dim

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import Callable, Iterable
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -29,10 +32,12 @@ from .compile import Compiled, resolve_mode
 from . import estimators
 from .config import TrainConfig
 from .data import VAL_BINARIZATION_SEED, Batches, Split
-from .errors import ConfigError, PyrovaeError, unknown_name
+from .errors import (ConfigError, DataError, Interrupted, ModelError, NonFiniteError, PyrovaeError,
+                     unknown_name)
 from .objectives import kl_weight, make_objective
 
 LR_SCHEDULES = ("constant", "exponential", "cosine", "iwae")
+NAN_POLICIES = ("stop", "skip")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -53,6 +58,7 @@ class FitResult:
     metrics: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
     compile: str = "none"  #: how the loss ran: see pyrovae.compile.Compiled.summary
+    skipped: int = 0       #: steps whose update was skipped for a non-finite loss or gradient
 
 
 def as_split(data: Split | torch.Tensor) -> Split:
@@ -147,14 +153,16 @@ def _check_data(model, split: Split, name: str, chunk: int = 8192) -> None:
     can run with Pyro's validation off."""
     x = split.images
     if x.dim() < 1 or len(split) == 0:
-        raise PyrovaeError(f"{name} data must be a non-empty batch of shape (N, ...), got {tuple(x.shape)}")
+        raise DataError(f"{name} data must be a non-empty batch of shape (N, ...), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise DataError(f"{name} data must be a floating-point tensor, got {x.dtype}; use x.float()")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         for start in range(0, len(split), chunk):
             part = x[start:start + chunk]
             if not torch.isfinite(part).all():
-                raise PyrovaeError(f"{name} data contains NaN or inf; clean it before training")
+                raise DataError(f"{name} data contains NaN or inf; clean it before training")
             if split.pixels == "dynamic" and ((part < 0) | (part > 1)).any():
-                raise PyrovaeError(f"{name} data: dynamic binarization needs intensities in [0, 1]")
+                raise DataError(f"{name} data: dynamic binarization needs intensities in [0, 1]")
             if hasattr(model, "check_data"):
                 model.check_data(split.observe(slice(start, start + chunk)))
 
@@ -164,11 +172,19 @@ class _Writer:
 
     def __init__(self, run_dir: Path | None, keep: list[dict], callbacks: Iterable[Callable[[dict], object]]):
         self.path = None if run_dir is None else run_dir / "metrics.jsonl"
-        self.rows, self.callbacks = keep, list(callbacks)
+        self.rows, self.callbacks, self.count = keep, list(callbacks), 0
+
+    def truncate(self, count: int) -> None:
+        """Keep the first ``count`` rows of the file (those a checkpoint has seen)."""
+        if self.path is not None:
+            lines = self.path.read_text().splitlines(keepends=True)[:count] if self.path.exists() else []
+            self.path.write_text("".join(lines))
+        self.count = count
 
     def __call__(self, row: dict) -> bool:
         """Record ``row``; True when a callback asks to stop (by returning True)."""
         self.rows.append(row)
+        self.count += 1
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -181,15 +197,22 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         progress: bool | None = None, callbacks: Iterable[Callable[[dict], object]] = ()) -> FitResult:
     """Train ``model``/``guide`` by SVI on ``train``; validate on ``val`` each epoch.
 
-    ``model(x)`` and ``guide(x)`` are any Pyro callables with a ``"data"`` plate.
-    With ``run_dir`` the run writes ``metrics.jsonl``, ``curves.png``, ``checkpoint.pt``
-    (every ``config.checkpoint_every`` steps and each epoch) and ``best.pt`` (best
-    validation ELBO); ``record`` (e.g. the full experiment config) is stored inside
-    each checkpoint. ``resume=True`` continues from ``run_dir/checkpoint.pt``.
+    ``model(x)`` and ``guide(x)`` are any Pyro callables with a ``"data"`` plate; the data
+    and the pair's sample sites are checked before the first step. With ``run_dir`` the run
+    writes ``versions.json``, ``metrics.jsonl``, ``curves.png``, ``checkpoints/step-N.pt``
+    (every ``config.checkpoint_every`` steps and each epoch, atomically; the last
+    ``keep_checkpoints`` kept), ``checkpoint.pt`` (the newest of them) and ``best.pt`` (best
+    validation ELBO); ``record`` (e.g. the full experiment config) is stored inside each
+    checkpoint. ``resume=True`` continues from the newest readable checkpoint to the same
+    final step; SIGINT and SIGTERM save a checkpoint and raise :class:`Interrupted`. A
+    non-finite loss or gradient never updates the parameters: ``nan_policy = "stop"`` raises
+    :class:`NonFiniteError` naming the step and the site, ``"skip"`` counts the skipped steps.
     Each callback receives every metrics row; one that returns True on an epoch row
     ends training after that epoch (e.g. a time budget).
     """
     cfg = config
+    if cfg.nan_policy not in NAN_POLICIES:
+        raise unknown_name("nan_policy", cfg.nan_policy, NAN_POLICIES)
     device = resolve_device(device)
     pyro.set_rng_seed(seed)
     for m in _modules(model, guide):
@@ -198,6 +221,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     _check_data(model, train, "training")
     if val is not None:
         _check_data(model, val, "validation")
+    check_sites(model, guide, train.observe(slice(0, 2)))
     batches = Batches(train, cfg.batch_size, seed=seed)
     steps_per_epoch = len(batches)
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -209,17 +233,23 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     params = collect_params(model, guide, train.observe(slice(0, 2)))
     loss_fn = _loss(objective, model, guide, params, cfg.compile, train.observe(slice(0, 2)))
     beta_t = torch.ones((), device=device)
-    opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    # fused Adam skips a step's update when told the gradient is not finite (found_inf), with no host read
+    opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True)
     sched = _scheduler(opt, cfg, epochs)
+    guard = _Guard(device)
 
     run_dir = None if run_dir is None else Path(run_dir)
     rows: list[dict] = []
     write = _Writer(run_dir, rows, callbacks)
-    step, epoch, start_batch, best, bad_epochs = 0, 0, 0, -math.inf, 0
+    step, epoch, start_batch, best, bad_epochs, skipped = 0, 0, 0, -math.inf, 0, 0
+    last_checkpoint: Path | None = None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
-            state = ckpt_io.load(run_dir / "checkpoint.pt", map_location=device)
+            state, last_checkpoint = ckpt_io.load_latest(run_dir, map_location=device)
+            if last_checkpoint.name != "checkpoint.pt":
+                warnings.warn(f"{run_dir / 'checkpoint.pt'} could not be read; resuming from {last_checkpoint} "
+                              f"(step {state['step']})", RuntimeWarning, stacklevel=2)
             for m, key in ((model, "model"), (guide, "guide")):
                 if isinstance(m, nn.Module):
                     m.load_state_dict(state[key])
@@ -228,23 +258,30 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
             if sched is not None and state["scheduler"] is not None:
                 sched.load_state_dict(state["scheduler"])
             step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
-            best, bad_epochs = state["best_val_elbo"], state["bad_epochs"]
+            best, bad_epochs, skipped = state["best_val_elbo"], state["bad_epochs"], state.get("skipped", 0)
             ckpt_io.set_rng_state(state["rng"])
-        elif (run_dir / "metrics.jsonl").exists():
-            (run_dir / "metrics.jsonl").unlink()
+            if "metrics_rows" in state:  # rows written after that checkpoint are written again
+                write.truncate(state["metrics_rows"])
+        else:
+            write.truncate(0)
+            (run_dir / "versions.json").write_text(json.dumps(ckpt_io.versions(), indent=2) + "\n")
 
-    def save(name: str) -> None:
-        if run_dir is None:
-            return
-        ckpt_io.atomic_save({
+    def snapshot() -> dict:
+        return {
             "format": ckpt_io.FORMAT, "record": record or {}, "train_config": dataclasses.asdict(cfg),
             "model": model.state_dict() if isinstance(model, nn.Module) else {},
             "guide": guide.state_dict() if isinstance(guide, nn.Module) else {},
             "params": _param_store_state(), "optimizer": opt.state_dict(),
             "scheduler": None if sched is None else sched.state_dict(),
             "step": step, "epoch": epoch, "batch": start_batch, "best_val_elbo": best,
-            "bad_epochs": bad_epochs, "rng": ckpt_io.rng_state(), "versions": ckpt_io.versions(),
-        }, run_dir / name)
+            "bad_epochs": bad_epochs, "skipped": skipped, "metrics_rows": write.count,
+            "rng": ckpt_io.rng_state(), "versions": ckpt_io.versions(),
+        }
+
+    def save_checkpoint() -> None:
+        nonlocal last_checkpoint
+        if run_dir is not None:
+            last_checkpoint = ckpt_io.save_step(snapshot(), run_dir, step, keep=cfg.keep_checkpoints)
 
     val_x = None if val is None else val.observe_fixed(seed + VAL_BINARIZATION_SEED)
 
@@ -262,12 +299,30 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 m.train()
         return v
 
+    def check_finite(x: torch.Tensor) -> None:
+        """Read the device-side count of non-finite steps (a host sync) and act on new ones."""
+        nonlocal skipped
+        total = int(guard.count)
+        if total > skipped and cfg.nan_policy == "stop":
+            first = int(guard.first)
+            where = diagnose_nonfinite(model, guide, x, params)
+            raise NonFiniteError(
+                f"the loss or its gradient was not finite at step {first} ({where}); that step's update was "
+                f"not applied and training stopped at step {step}. Last good checkpoint: "
+                f"{last_checkpoint or 'none (no run directory)'}. Lower train.lr, set train.grad_clip, check the "
+                "data, or set train.nan_policy = \"skip\" to skip such batches")
+        skipped = total
+
+    # on CPU reading the flag costs nothing, so a stop comes at the step itself; on CUDA every log_every steps
+    check_every = 1 if device.type == "cpu" and cfg.nan_policy == "stop" else cfg.log_every
     bar = tqdm(total=total_steps, initial=step, disable=not progress if progress is not None else None,
                desc="fit", unit="step", mininterval=1.0)
-    running, running_n, t_epoch = torch.zeros((), device=device), 0, time.perf_counter()
+    running, running_n = torch.zeros((), device=device), torch.zeros((), device=device)
+    t_epoch = time.perf_counter()
     stop = step >= total_steps
+    guard.count.fill_(skipped)
     # the data were checked once above; Pyro's per-step argument checks would only repeat that
-    with pyro.validation_enabled(False):
+    with pyro.validation_enabled(False), _Signals(enabled=run_dir is not None) as signals:
         while not stop and epoch < epochs:
             for x in batches.epoch(epoch, start_batch):
                 beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
@@ -276,44 +331,55 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 loss = loss_fn(x, beta_t.fill_(beta) if loss_fn.mode != "none" else beta)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                bad = guard.update(loss, params, step + 1, cfg.grad_clip)
+                opt.found_inf = guard.found
                 opt.step()
                 step, start_batch = step + 1, start_batch + 1
-                running += loss.detach()
-                running_n += 1
+                running += torch.where(bad, 0.0, loss.detach())
+                running_n += ~bad
+                if step % check_every == 0 or step == total_steps:
+                    check_finite(x)
                 if step % cfg.log_every == 0 or step == total_steps:
-                    mean_loss = (running / running_n).item()
-                    if not math.isfinite(mean_loss):
-                        raise PyrovaeError(f"the training loss became {mean_loss} by step {step}; lower the "
-                                           f"learning rate or set train.grad_clip (last checkpoint: "
-                                           f"{run_dir / 'checkpoint.pt' if run_dir else 'none'})")
+                    check_finite(x)
+                    good = int(running_n)
+                    mean_loss = (running / good).item() if good else None
                     row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": beta,
-                           "lr": opt.param_groups[0]["lr"]}
+                           "lr": opt.param_groups[0]["lr"], "skipped": skipped}
                     write(row)
-                    bar.set_postfix(loss=f"{mean_loss:.2f}")
-                    running, running_n = torch.zeros((), device=device), 0
+                    if mean_loss is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.2f}")
+                    running.zero_()
+                    running_n.zero_()
                 bar.update(1)
                 if run_dir is not None and step % cfg.checkpoint_every == 0:
-                    save("checkpoint.pt")
+                    check_finite(x)
+                    save_checkpoint()
+                if signals.received is not None:
+                    check_finite(x)
+                    save_checkpoint()
+                    name = signal.Signals(signals.received).name
+                    raise Interrupted(f"training stopped by {name} at step {step}; checkpoint saved to "
+                                      f"{last_checkpoint}; continue with `pyrovae fit --resume {run_dir}`",
+                                      signals.received)
                 if step >= total_steps:
                     stop = True
                     break
             seconds = time.perf_counter() - t_epoch
             full_epoch = start_batch >= steps_per_epoch
             epoch, start_batch = (epoch + 1, 0) if full_epoch else (epoch, start_batch)
-            row = {"kind": "epoch", "step": step, "epoch": epoch, "seconds": seconds}
+            row = {"kind": "epoch", "step": step, "epoch": epoch, "seconds": seconds, "skipped": skipped}
             if val_x is not None:
                 row["val_elbo"] = validate()
                 if row["val_elbo"] > best:
                     best, bad_epochs = row["val_elbo"], 0
-                    save("best.pt")
+                    if run_dir is not None:
+                        ckpt_io.atomic_save(snapshot(), run_dir / "best.pt")
                 else:
                     bad_epochs += 1
             if sched is not None and full_epoch:
                 sched.step()
             asked_to_stop = write(row)
-            save("checkpoint.pt")
+            save_checkpoint()
             if run_dir is not None:
                 from .plots import plot_curves
 
@@ -323,7 +389,105 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
             t_epoch = time.perf_counter()
     bar.close()
     return FitResult(step=step, epoch=epoch, best_val_elbo=best, metrics=rows, run_dir=run_dir,
-                     compile=loss_fn.summary())
+                     compile=loss_fn.summary(), skipped=skipped)
+
+
+class _Guard:
+    """Non-finite losses and gradients, found on the device with no host read: a step whose loss
+    or gradient norm is not finite is marked in ``found`` (fused Adam then skips its update),
+    counted in ``count``, and the first such step kept in ``first``."""
+
+    def __init__(self, device: torch.device):
+        self.found = torch.zeros((), device=device)
+        self.count = torch.zeros((), dtype=torch.long, device=device)
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss: torch.Tensor, params: list[torch.Tensor], step: int,
+               clip: float | None) -> torch.Tensor:
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.count.device)
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        if clip is not None and grads:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        self.count += bad
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+        self.found = bad.to(self.found.dtype)
+        return bad
+
+
+def diagnose_nonfinite(model: Callable, guide: Callable, x: torch.Tensor, params: list[torch.Tensor]) -> str:
+    """Where a non-finite loss came from, on a re-run of batch ``x``: the first non-finite
+    parameter, sample value or log-density (guide sites first, as they run first), else the
+    first non-finite gradient."""
+    named = {id(p): f"{prefix}.{n}" for prefix, m in (("model", model), ("guide", guide))
+             if isinstance(m, nn.Module) for n, p in m.named_parameters()}
+    store = pyro.get_param_store()
+    named.update({id(store._params[n]): f"pyro.param {n!r}" for n in store.keys()})
+    label = lambda p: named.get(id(p), f"a parameter of shape {tuple(p.shape)}")
+    with torch.no_grad(), pyro.validation_enabled(False):
+        for p in params:
+            if not torch.isfinite(p).all():
+                return f"{label(p)} is not finite"
+        try:
+            traces = estimators.inspection_traces(model, guide, (x,), {})
+        except Exception as e:  # noqa: BLE001 - a model that fails on this batch names its own error
+            return f"re-running the batch raised {type(e).__name__}: {e}"
+        for who, tr in zip(("guide", "model"), traces):
+            for name, site in tr.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if isinstance(site["value"], torch.Tensor) and not torch.isfinite(site["value"]).all():
+                    return f"the {who}'s sample site {name!r} has non-finite values"
+                if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
+                    return f"the {who}'s sample site {name!r} has a non-finite log-density"
+    for p in params:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"the gradient of {label(p)} is not finite"
+    return "a re-run of the batch was finite: the sampling noise of that step"
+
+
+def check_sites(model: Callable, guide: Callable, x: torch.Tensor) -> None:
+    """Raise ModelError unless every latent sample site of the model is sampled by the guide
+    and the guide samples nothing the model lacks (Pyro only warns)."""
+    with pyro.validation_enabled(False):
+        guide_tr, model_tr = estimators.inspection_traces(model, guide, (x,), {})
+
+    def latent(tr):
+        return {n for n, s in tr.nodes.items()
+                if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+    in_model, in_guide = latent(model_tr), latent(guide_tr)
+    if in_model != in_guide:
+        parts = []
+        if in_model - in_guide:
+            parts.append(f"the guide does not sample {sorted(in_model - in_guide)}")
+        if in_guide - in_model:
+            parts.append(f"the model has no site {sorted(in_guide - in_model)}")
+        raise ModelError(f"model and guide do not match: {'; '.join(parts)} (model latent sites "
+                         f"{sorted(in_model)}, guide sites {sorted(in_guide)}); give the guide one "
+                         "sample site per latent site of the model, with the same names")
+
+
+class _Signals:
+    """While active (in the main thread), SIGINT and SIGTERM only set ``received``: the loop
+    saves a checkpoint and stops at the end of the step."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        self._old: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.received = signum
+
+    def __enter__(self) -> "_Signals":
+        if self.enabled:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

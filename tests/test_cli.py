@@ -43,7 +43,7 @@ def test_evaluate_reports_elbo_with_standard_error(run_dir):
     assert report["num_datapoints"] == 500 and report["num_samples"] == 10
     elbo, recon, kl, ll = (report[k]["mean"] for k in ("elbo", "reconstruction", "kl", "log_likelihood"))
     assert -250 < elbo < ll < -90 and kl > 0  # the K-sample estimate lies above the ELBO
-    assert elbo == pytest.approx(recon - kl, abs=1e-6)
+    assert elbo == pytest.approx(recon - kl, abs=1e-4)  # float32 sums
     assert 0 < report["elbo"]["stderr"] < 5 and 0 < report["log_likelihood"]["stderr"] < 5
     assert 1 <= report["ess"]["min"] <= report["ess"]["mean"] <= 10
     assert "log p(x)" in out.stdout and "bits per dim" in out.stdout
