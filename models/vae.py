@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 
 from pyrovae.base import ImageModel
 from pyrovae.errors import unknown_name
 from pyrovae.likelihoods import Likelihood
 from pyrovae.nn import ConvDecoder, mlp
+from pyrovae.priors import Prior, make_prior
 from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, LATENT, OBSERVED
 
@@ -22,14 +22,18 @@ class VAE(ImageModel):
 
     ``decoder`` is ``"mlp"`` (layers ``hidden``) or ``"conv"`` (MLP ``hidden`` then
     transposed convolutions with ``channels``); ``likelihood`` is ``"bernoulli"``,
-    ``"gaussian"`` (``sigma`` fixed or ``"learned"`` per pixel) or ``"continuous_bernoulli"``.
+    ``"gaussian"`` (``sigma`` fixed or ``"learned"`` per pixel) or ``"continuous_bernoulli"``;
+    ``prior`` is ``"standard"`` (N(0, I)), ``"mog"``, ``"vamp"`` or ``"flow"`` with
+    ``prior_options`` (see :mod:`pyrovae.priors`), or a :class:`pyrovae.priors.Prior`.
     """
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int = 20, *, decoder: str = "mlp",
                  hidden: Sequence[int] = (400,), activation: str = "relu",
                  likelihood: str = "bernoulli", sigma: float | str = 0.1,
-                 channels: Sequence[int] = (64, 32)):
+                 channels: Sequence[int] = (64, 32), prior: str | Prior = "standard",
+                 prior_options: Mapping[str, Any] | None = None):
         super().__init__(x_shape, latent_dim)
+        self.prior = make_prior(prior, latent_dim, self.x_shape, prior_options)
         self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
         if decoder == "mlp":
             self.net = torch.nn.Sequential(
@@ -40,12 +44,10 @@ class VAE(ImageModel):
         else:
             raise unknown_name("decoder", decoder, ("mlp", "conv"))
 
-    def prior(self, num: int) -> dist.Distribution:
-        loc = torch.zeros(num, self.latent_dim, device=self._device())
-        return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
-
-    def _device(self) -> torch.device:
-        return next(self.net.parameters()).device
+    def attach_guide(self, guide) -> None:
+        """Give a prior built from the guide (the VampPrior) its guide; a no-op for the others."""
+        if hasattr(self.prior, "attach"):
+            self.prior.attach(guide)
 
     def forward(self, x: torch.Tensor) -> None:
         with pyro.plate(DATA_PLATE, x.shape[0]):
@@ -56,4 +58,4 @@ class VAE(ImageModel):
         return self.likelihood.mean(self.net(z))
 
     def sample_prior(self, num: int) -> torch.Tensor:
-        return self.prior(num).sample()
+        return self.prior.sample(num)

@@ -38,6 +38,8 @@ def build(config: Config, x_shape) -> tuple[Any, Any]:
                           f"{config.guide.name!r} samples {guide_sites}; guides that fit: {', '.join(fitting) or 'none'}")
     guide = build_guide(config.guide.name, x_shape=tuple(x_shape), latent_dim=model.latent_dim,
                         **config.guide.options)
+    if hasattr(model, "attach_guide"):
+        model.attach_guide(guide)  # a prior built from the guide (VampPrior)
     return model, guide
 
 
@@ -56,6 +58,11 @@ def fit_config(config: Config, *, resume: bool = False, progress: bool | None = 
     train_data = load_data(config, "train", device)
     val_data = load_data(config, "val", device) if config.data.val_size > 0 or config.data.name == "binarized_mnist" else None
     model, guide = build(config, train_data.shape)
+    prior = getattr(model, "prior", None)
+    if not resume and getattr(prior, "init", None) == "data":  # VampPrior pseudo-inputs from training images
+        g = torch.Generator().manual_seed(config.seed)
+        pick = torch.randperm(len(train_data), generator=g)[:prior.pseudo_inputs.shape[0]].to(train_data.images.device)
+        prior.init_from(train_data.observe(pick).to(prior.pseudo_inputs.device))
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")

@@ -16,18 +16,38 @@ ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU,
 
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise unknown_name("activation", name, ACTIVATIONS)
+        raise unknown_name("activation", name, [*ACTIVATIONS, "gated"])
     return ACTIVATIONS[name]()
 
 
+class GatedLinear(nn.Module):
+    """h = (W x + b) * sigmoid(V x + c), the gated linear unit of Dauphin et al. (2017), eq. 1,
+    as the hidden layers of the VampPrior paper's networks (Tomczak & Welling 2018, sec. 4)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, 2 * out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, gate = self.linear(x).chunk(2, -1)
+        return h * torch.sigmoid(gate)
+
+
 def mlp(sizes: Sequence[int], act: str = "relu") -> nn.Sequential:
-    """Linear layers of the given sizes with ``act`` between them (none after the last)."""
+    """Linear layers of the given sizes with ``act`` between them (none after the last);
+    ``act = "gated"`` makes every hidden layer a :class:`GatedLinear`."""
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
         raise ConfigError(f"an MLP needs at least an input and an output size, all positive; got {list(sizes)}")
+    if act != "gated":
+        activation(act)  # an unknown name fails here, before any layer is built
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        hidden = i < len(sizes) - 2
+        if hidden and act == "gated":
+            layers.append(GatedLinear(int(a), int(b)))
+            continue
         layers.append(nn.Linear(int(a), int(b)))
-        if i < len(sizes) - 2:
+        if hidden:
             layers.append(activation(act))
     return nn.Sequential(*layers)
 

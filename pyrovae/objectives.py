@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from typing import Callable
 
 import pyro.infer
@@ -129,7 +130,22 @@ class PyroELBO:
         self.elbo = elbo
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
-        """Nothing to learn ahead of the first loss."""
+        """For the analytic-KL ELBO, warn about each latent site whose KL has no closed form
+        (a learned prior): Pyro estimates that site's KL by Monte Carlo, log q - log p."""
+        if not isinstance(self.elbo, pyro.infer.TraceMeanField_ELBO):
+            return
+        guide_tr, model_tr = estimators.inspection_traces(model, guide, args, kwargs)
+        for name, site in guide_tr.nodes.items():
+            if (site["type"] != "sample" or site["is_observed"] or site_is_subsample(site)
+                    or name not in model_tr.nodes):
+                continue
+            try:
+                torch.distributions.kl_divergence(site["fn"], model_tr.nodes[name]["fn"])
+            except NotImplementedError:
+                warnings.warn(f"objective \"meanfield\": KL(q || p) at site {name!r} has no closed form "
+                              f"(guide {type(site['fn']).__name__}, prior {type(model_tr.nodes[name]['fn']).__name__}"
+                              "); it is estimated by Monte Carlo (log q - log p) for that site, as objective "
+                              "\"elbo\" does", RuntimeWarning, stacklevel=3)
 
     def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
         with ScaleLatents(beta) if beta != 1.0 else contextlib.nullcontext():
