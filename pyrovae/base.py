@@ -15,6 +15,8 @@ class ImageModule(PyroModule):
 
     #: names of the latent sample sites, outermost (the one ``decode`` takes) last
     latent_sites: tuple[str, ...] = (LATENT,)
+    #: the arguments model and guide take: "image" (x), "image,label" (x, one-hot y), "quadrants" (x, y)
+    takes: str = "image"
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int]):
         super().__init__()

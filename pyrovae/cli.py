@@ -78,7 +78,13 @@ def cmd_evaluate(args) -> None:
 def cmd_sample(args) -> None:
     run = _load(args)
     out = Path(args.out or Path(args.run_dir) / "samples.png")
-    plots.save_grid(run.model.sample(args.num), out)
+    if args.condition is not None:
+        if not hasattr(run.model, "num_classes"):
+            raise PyrovaeError(f"--condition needs a label-conditioned model (cvae); this run's model is "
+                               f"{run.config.model.name!r}")
+        plots.save_grid(run.model.sample(args.num, condition=args.condition), out)
+    else:
+        plots.save_grid(run.model.sample(args.num), out)
     print(f"wrote {out}")
 
 
@@ -138,7 +144,8 @@ def parser() -> argparse.ArgumentParser:
                "--compile": dict(default="auto", choices=list(MODES),
                                  help="how chunks run: auto (= capture), none, capture, inductor, cudagraphs")})
     run_cmd("sample", "PNG grid of images decoded from prior draws", cmd_sample,
-            **{"--num": dict(type=int, default=64), "--out": dict()})
+            **{"--num": dict(type=int, default=64), "--out": dict(),
+               "--condition": dict(type=int, help="the class to draw, for a label-conditioned model (cvae)")})
     run_cmd("reconstruct", "PNG grid of test images and their reconstructions", cmd_reconstruct,
             **{"--num": dict(type=int, default=32), "--out": dict()})
     run_cmd("latent", "latent scatter (and manifold grid for 2D latents)", cmd_latent,

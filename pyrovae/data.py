@@ -234,8 +234,9 @@ class Batches:
         n = len(self.data)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def epoch(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
-        """Yield the batches of ``epoch`` from batch number ``start`` on."""
+    def epoch(self, epoch: int, start: int = 0, labels: bool = False) -> Iterator:
+        """Yield the batches of ``epoch`` from batch number ``start`` on: observed pixels, or
+        (pixels, labels) pairs with ``labels=True``."""
         n = len(self.data)
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -243,4 +244,5 @@ class Batches:
         else:
             perm = torch.arange(n, device=self.data.images.device)
         for b in range(start, len(self)):
-            yield self.data.observe(perm[b * self.batch_size:(b + 1) * self.batch_size])
+            index = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            yield (self.data.observe(index), self.data.labels[index]) if labels else self.data.observe(index)

@@ -22,24 +22,26 @@ from . import estimators, plots
 from .config import Config, config_from_dict
 from .data import EVAL_BINARIZATION_SEED, Split, load_split
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
-from .registry import GUIDES, build_guide, build_model
+from .registry import GUIDES, build_guide, build_model, fits, guides_for
 from .sites import LATENT
-from .train import FitResult, check_sites, fit, resolve_device
+from .train import FitResult, check_sites, fit, model_inputs, resolve_device
 
 
 def build(config: Config, x_shape) -> tuple[Any, Any]:
     """The model and guide a config names, for images of shape ``x_shape``."""
     model = build_model(config.model.name, x_shape=tuple(x_shape), **config.model.options)
-    model_sites = getattr(model, "latent_sites", None)
-    guide_sites = getattr(GUIDES.get(config.guide.name), "latent_sites", None)
-    if model_sites is not None and guide_sites is not None and set(model_sites) != set(guide_sites):
-        fitting = [n for n, cls in GUIDES.items() if set(getattr(cls, "latent_sites", ())) == set(model_sites)]
-        raise ConfigError(f"model {config.model.name!r} has latent sites {model_sites} but guide "
-                          f"{config.guide.name!r} samples {guide_sites}; guides that fit: {', '.join(fitting) or 'none'}")
+    guide_cls = GUIDES.get(config.guide.name)
+    if guide_cls is not None and not fits(type(model), guide_cls):
+        raise ConfigError(f"model {config.model.name!r} (latent sites {getattr(model, 'latent_sites', ())}, takes "
+                          f"{getattr(model, 'takes', 'image')}) does not fit guide {config.guide.name!r} (samples "
+                          f"{getattr(guide_cls, 'latent_sites', ())}, takes {getattr(guide_cls, 'takes', 'image')}); "
+                          f"guides that fit: {', '.join(guides_for(config.model.name)) or 'none'}")
     guide = build_guide(config.guide.name, x_shape=tuple(x_shape), latent_dim=model.latent_dim,
                         **config.guide.options)
     if hasattr(model, "attach_guide"):
         model.attach_guide(guide)  # a prior built from the guide (VampPrior)
+    if hasattr(guide, "attach_model"):
+        guide.attach_model(model)  # a guide that falls back on the model's prior network
     return model, guide
 
 
@@ -119,37 +121,48 @@ def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, s
     on ``split`` of the run's dataset: :func:`evaluate_data` on one seeded binarization, with
     the run's description added."""
     data = load_data(run.config, split, run.device)
-    x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
+    images = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
+    args = model_inputs(run.model, images, data.labels)
     out: dict[str, Any] = {"split": split, "dataset": run.config.data.name, "pixels": run.config.data.pixels,
                            "step": run.checkpoint["step"], "device": str(run.device)}
-    out.update(evaluate_data(run.model, run.guide, x, num_samples=num_samples or run.config.eval_samples,
-                             seed=seed, compile=compile, max_rows=max_rows,
-                             bits_per_dim=run.config.data.pixels != "continuous"))
+    out.update(evaluate_data(run.model, run.guide, *args, images=images,
+                             num_samples=num_samples or run.config.eval_samples, seed=seed, compile=compile,
+                             max_rows=max_rows, bits_per_dim=run.config.data.pixels != "continuous"
+                             and len(args) == 1))
     return out
 
 
-def evaluate_data(model, guide, x: torch.Tensor, *, num_samples: int = 5000, seed: int = 0, compile: str = "auto",
-                  max_rows: int | None = None, bits_per_dim: bool = True) -> dict:
-    """ELBO, reconstruction, KL and importance-sampled log p(x) of the datapoints ``x`` from one
-    pass of K = ``num_samples`` samples each: mean and standard error over datapoints, in nats
-    (and bits per dimension, for discrete pixels), with the importance ESS and the seconds taken.
-    The data are checked first (:class:`~pyrovae.errors.DataError`); a non-finite result is a
-    :class:`~pyrovae.errors.NonFiniteError`. Chunks hold ``max_rows`` particle-datapoint pairs
-    (default: sized from free memory, see :func:`pyrovae.estimators.chunk_rows`) and run through
-    ``compile`` (see :mod:`pyrovae.compile`)."""
+def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, images: torch.Tensor | None = None,
+                  num_samples: int = 5000, seed: int = 0, compile: str = "auto", max_rows: int | None = None,
+                  bits_per_dim: bool = True) -> dict:
+    """ELBO, reconstruction, KL and importance-sampled log p(x) of the datapoints ``x`` (for a
+    conditional model, ``model(x, *condition)``: log p(x | condition), or log p(y | x) for a
+    structured-output model) from one pass of K = ``num_samples`` samples each: mean and
+    standard error over datapoints, in nats (and bits per dimension, for discrete pixels),
+    with the importance ESS and the seconds taken. The data (``images`` when the arguments are
+    derived from images) are checked first (:class:`~pyrovae.errors.DataError`); a non-finite
+    result is a :class:`~pyrovae.errors.NonFiniteError`. Chunks hold ``max_rows``
+    particle-datapoint pairs (default: sized from free memory, see
+    :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`)."""
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[0] == 0:
-        raise DataError("evaluation data must be a non-empty tensor of shape (N, ...)")
-    if not torch.isfinite(x).all():
-        raise DataError("evaluation data contains NaN or inf; clean it first")
+    args = (x, *condition)
+    for a in args:
+        if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.shape[0] == 0:
+            raise DataError("evaluation data must be non-empty tensors of shape (N, ...)")
+        if a.shape[0] != x.shape[0]:
+            raise DataError(f"the conditioning tensors must have one row per datapoint ({x.shape[0]}), "
+                            f"got {a.shape[0]}")
+        if a.is_floating_point() and not torch.isfinite(a).all():
+            raise DataError("evaluation data contains NaN or inf; clean it first")
+    checked = x if images is None else images
     if hasattr(model, "check_data"):
-        model.check_data(x)
-    check_sites(model, guide, x[:2])
+        model.check_data(checked)
+    check_sites(model, guide, *(a[:2] for a in args))
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
-        terms = estimators.evaluate_terms(model, guide, x, num_samples=num_samples, compile=compile,
+        terms = estimators.evaluate_terms(model, guide, *args, num_samples=num_samples, compile=compile,
                                           max_rows=max_rows)
     seconds = time.perf_counter() - t0
     if not all(torch.isfinite(v).all() for v in terms.values()):
@@ -194,6 +207,11 @@ def draw_report(run: Run, run_dir: str | Path, *, num: int = 64, split: str = "t
     pyro.set_rng_seed(seed)
     data = load_data(run.config, split, run.device)
     x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
+    if hasattr(run.model, "complete"):  # a quadrant model: visible part, completions, truth
+        return [plots.save_completions(run.model, *model_inputs(run.model, x[:8]), run_dir / "completions.png")]
+    if hasattr(run.model, "inputs"):  # a label-conditioned model: a row of samples per class
+        rows = [run.model.sample(8, condition=c) for c in range(run.model.num_classes)]
+        return [plots.save_grid(torch.cat(rows), run_dir / "samples.png", nrow=8)]
     paths = [plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
              plots.save_grid(reconstructions(run, x[:num // 2]), run_dir / "reconstructions.png", nrow=8)]
     n = min(latent_points, x.shape[0])

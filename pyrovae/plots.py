@@ -18,9 +18,21 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     return Path(path)
 
 
+def save_completions(model, x: torch.Tensor, y: torch.Tensor, path: str | Path, num: int = 5) -> Path:
+    """One row per input: the visible part (hidden pixels grey), ``num`` sampled completions
+    (or the baseline's one prediction) and the truth."""
+    visible = torch.where(x < 0, torch.full_like(x, 0.5), x)
+    try:
+        completions = model.complete(x, num)  # (num, N, ...)
+    except TypeError:  # a deterministic model: one prediction
+        completions = model.complete(x)[None]
+    rows = [torch.cat([visible[i:i + 1], completions[:, i], y[i:i + 1]]) for i in range(x.shape[0])]
+    return save_grid(torch.cat(rows), path, nrow=completions.shape[0] + 2)
+
+
 def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     """Training loss per logged step and validation ELBO per epoch."""
-    steps = [r for r in rows if r.get("kind") == "step"]
+    steps = [r for r in rows if r.get("kind") == "step" and r.get("loss") is not None]
     epochs = [r for r in rows if r.get("kind") == "epoch" and "val_elbo" in r]
     fig, ax = plt.subplots(figsize=(6, 4))
     if steps:

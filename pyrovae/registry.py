@@ -37,6 +37,21 @@ def register_guide(name: str):
     return _register(GUIDES, "guide", name)
 
 
+def fits(model_cls: Any, guide_cls: Any) -> bool:
+    """Whether a guide class can serve a model class: the same latent sites and the same
+    arguments (``takes``: "image" by default, "image,label", "quadrants"; a guide that takes
+    "any" serves every model with its sites)."""
+    same_sites = set(getattr(model_cls, "latent_sites", ())) == set(getattr(guide_cls, "latent_sites", ()))
+    takes = getattr(guide_cls, "takes", "image")
+    return same_sites and (takes == "any" or takes == getattr(model_cls, "takes", "image"))
+
+
+def guides_for(model_name: str) -> list[str]:
+    """The registered guides that fit the registered model ``model_name``."""
+    _load_all()
+    return [g for g, cls in GUIDES.items() if fits(MODELS[model_name], cls)]
+
+
 def _load_all() -> None:
     importlib.import_module("pyrovae.models")
     importlib.import_module("pyrovae.guides")

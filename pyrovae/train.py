@@ -133,18 +133,28 @@ def iwae_lr_factor(epoch: int) -> float:
     return 10 ** (-i / 7)
 
 
-def _loss(objective, model, guide, params, mode: str, example: torch.Tensor) -> Compiled:
-    """loss(x, beta) = objective / batch size, run through :class:`pyrovae.compile.Compiled`."""
+def model_inputs(model: Callable, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
+    """The arguments a model and its guide take for observed ``images``: ``model.inputs(images,
+    labels)`` for a conditional model (which defines it), else ``(images,)``."""
+    inputs = getattr(model, "inputs", None)
+    if inputs is None:
+        return (images,)
+    return tuple(inputs(images, labels))
+
+
+def _loss(objective, model, guide, params, mode: str, example: tuple) -> Compiled:
+    """loss(*args, beta) = objective / batch size, run through :class:`pyrovae.compile.Compiled`."""
     resolve_mode(mode)
-    objective.prepare(model, guide, example)
+    objective.prepare(model, guide, *example)
     if not objective.capturable:
         if mode not in ("auto", "none"):
             warnings.warn(f"compile = {mode!r}: this objective reads values back to the host (Pyro's "
                           "ELBO) and is not captured; training runs eagerly", RuntimeWarning, stacklevel=3)
         mode = "none"
 
-    def loss(x, beta):
-        return objective(model, guide, x, beta=beta) / x.shape[0]
+    def loss(*args):
+        *data, beta = args
+        return objective(model, guide, *data, beta=beta) / data[0].shape[0]
     return Compiled(loss, _modules(model, guide), mode, params=params)
 
 
@@ -221,7 +231,9 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     _check_data(model, train, "training")
     if val is not None:
         _check_data(model, val, "validation")
-    check_sites(model, guide, train.observe(slice(0, 2)))
+    conditional = hasattr(model, "inputs")
+    example = model_inputs(model, train.observe(slice(0, 2)), train.labels[:2])
+    check_sites(model, guide, *example)
     batches = Batches(train, cfg.batch_size, seed=seed)
     steps_per_epoch = len(batches)
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
@@ -230,8 +242,8 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")
 
     objective = make_objective(cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
-    params = collect_params(model, guide, train.observe(slice(0, 2)))
-    loss_fn = _loss(objective, model, guide, params, cfg.compile, train.observe(slice(0, 2)))
+    params = collect_params(model, guide, *example)
+    loss_fn = _loss(objective, model, guide, params, cfg.compile, example)
     beta_t = torch.ones((), device=device)
     # fused Adam skips a step's update when told the gradient is not finite (found_inf), with no host read
     opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True)
@@ -283,7 +295,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         if run_dir is not None:
             last_checkpoint = ckpt_io.save_step(snapshot(), run_dir, step, keep=cfg.keep_checkpoints)
 
-    val_x = None if val is None else val.observe_fixed(seed + VAL_BINARIZATION_SEED)
+    val_x = None if val is None else model_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
 
     def validate() -> float:
         # A forked RNG: validating never changes the random stream training continues with,
@@ -294,7 +306,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
             torch.manual_seed(seed + VAL_BINARIZATION_SEED)
             for m in _modules(model, guide):
                 m.eval()
-            v = estimators.elbo(model, guide, val_x, num_samples=cfg.val_samples, data_chunk=2000).mean().item()
+            v = estimators.elbo(model, guide, *val_x, num_samples=cfg.val_samples, data_chunk=2000).mean().item()
             for m in _modules(model, guide):
                 m.train()
         return v
@@ -324,11 +336,12 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     # the data were checked once above; Pyro's per-step argument checks would only repeat that
     with pyro.validation_enabled(False), _Signals(enabled=run_dir is not None) as signals:
         while not stop and epoch < epochs:
-            for x in batches.epoch(epoch, start_batch):
+            for batch in batches.epoch(epoch, start_batch, labels=conditional):
+                x = model_inputs(model, *batch) if conditional else (batch,)
                 beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
                                  total_steps=total_steps, cycles=cfg.cycles, cycle_ratio=cfg.cycle_ratio)
                 # a captured loss takes beta as a tensor input, so a schedule never forces a new capture
-                loss = loss_fn(x, beta_t.fill_(beta) if loss_fn.mode != "none" else beta)
+                loss = loss_fn(*x, beta_t.fill_(beta) if loss_fn.mode != "none" else beta)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 bad = guard.update(loss, params, step + 1, cfg.grad_clip)
@@ -415,8 +428,9 @@ class _Guard:
         return bad
 
 
-def diagnose_nonfinite(model: Callable, guide: Callable, x: torch.Tensor, params: list[torch.Tensor]) -> str:
-    """Where a non-finite loss came from, on a re-run of batch ``x``: the first non-finite
+def diagnose_nonfinite(model: Callable, guide: Callable, x: tuple | torch.Tensor,
+                       params: list[torch.Tensor]) -> str:
+    """Where a non-finite loss came from, on a re-run of batch ``x`` (the model's arguments): the first non-finite
     parameter, sample value or log-density (guide sites first, as they run first), else the
     first non-finite gradient."""
     named = {id(p): f"{prefix}.{n}" for prefix, m in (("model", model), ("guide", guide))
@@ -429,7 +443,7 @@ def diagnose_nonfinite(model: Callable, guide: Callable, x: torch.Tensor, params
             if not torch.isfinite(p).all():
                 return f"{label(p)} is not finite"
         try:
-            traces = estimators.inspection_traces(model, guide, (x,), {})
+            traces = estimators.inspection_traces(model, guide, x if isinstance(x, tuple) else (x,), {})
         except Exception as e:  # noqa: BLE001 - a model that fails on this batch names its own error
             return f"re-running the batch raised {type(e).__name__}: {e}"
         for who, tr in zip(("guide", "model"), traces):
@@ -446,11 +460,11 @@ def diagnose_nonfinite(model: Callable, guide: Callable, x: torch.Tensor, params
     return "a re-run of the batch was finite: the sampling noise of that step"
 
 
-def check_sites(model: Callable, guide: Callable, x: torch.Tensor) -> None:
+def check_sites(model: Callable, guide: Callable, *args) -> None:
     """Raise ModelError unless every latent sample site of the model is sampled by the guide
     and the guide samples nothing the model lacks (Pyro only warns)."""
     with pyro.validation_enabled(False):
-        guide_tr, model_tr = estimators.inspection_traces(model, guide, (x,), {})
+        guide_tr, model_tr = estimators.inspection_traces(model, guide, args, {})
 
     def latent(tr):
         return {n for n, s in tr.nodes.items()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyro
 import pyro.poutine as poutine
+from pyro.poutine.util import site_is_subsample
 import pytest
 import torch
 
@@ -14,17 +15,22 @@ from pyrovae import estimators, registry
 from pyrovae.config import Component, Config, TrainConfig
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.experiment import build, load_run
+from pyrovae.data import Split
 from pyrovae.likelihoods import Likelihood
+from pyrovae.train import model_inputs
 
 X_SHAPE = (1, 28, 28)
 PAIRS = [(m, g) for m in sorted(registry.available()["models"]) for g in sorted(registry.available()["guides"])
-         if set(registry.MODELS[m].latent_sites) == set(registry.GUIDES[g].latent_sites)]
-LATENT_DIMS = {1: 3, 2: [3, 2]}
+         if registry.fits(registry.MODELS[m], registry.GUIDES[g])]
+LATENT_DIMS = {0: [], 1: 3, 2: [3, 2]}
+LABELS = torch.arange(32) % 10
 
 
 def test_every_model_has_a_guide():
     assert {m for m, _ in PAIRS} == set(registry.available()["models"])
     assert ("vae2", "mlp2") in PAIRS and ("vae2", "mlp") not in PAIRS
+    assert ("cvae", "cond_mlp") in PAIRS and ("cvae", "mlp") not in PAIRS and ("vae", "cond_mlp") not in PAIRS
+    assert ("quadrant_baseline", "none") in PAIRS and ("quadrant_cvae", "quadrant_recognition") in PAIRS
 
 
 def binary_images(n=32, seed=0):
@@ -41,12 +47,14 @@ def make_pair(model_name, guide_name):
 @pytest.mark.parametrize("model_name,guide_name", PAIRS)
 def test_sites_match(model_name, guide_name):
     _, model, guide = make_pair(model_name, guide_name)
-    x = binary_images(5)
-    guide_tr = poutine.trace(guide).get_trace(x)
-    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x)
+    args = model_inputs(model, binary_images(5), LABELS[:5])
+    x = args[0]
+    guide_tr = poutine.trace(guide).get_trace(*args)
+    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
     latent = {n: s["value"].shape for n, s in model_tr.nodes.items()
-              if s["type"] == "sample" and not s["is_observed"]}
-    guided = {n: s["value"].shape for n, s in guide_tr.nodes.items() if s["type"] == "sample"}
+              if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+    guided = {n: s["value"].shape for n, s in guide_tr.nodes.items()
+              if s["type"] == "sample" and not site_is_subsample(s)}
     assert latent == guided
     assert all(shape[0] == 5 for shape in latent.values())
     observed = [s for s in model_tr.nodes.values() if s["type"] == "sample" and s["is_observed"]]
@@ -56,20 +64,23 @@ def test_sites_match(model_name, guide_name):
 @pytest.mark.parametrize("model_name,guide_name", PAIRS)
 def test_fit_step_then_save_load_evaluate(model_name, guide_name, tmp_path):
     cfg, model, guide = make_pair(model_name, guide_name)
-    x = binary_images(32)
+    images = binary_images(32)
+    data = Split(images, LABELS, "static")
+    args = model_inputs(model, images, LABELS)
     before = [p.detach().clone() for p in model.parameters()]
     record = {"config": cfg.to_dict(), "x_shape": list(X_SHAPE)}
-    result = pyrovae.fit(model, guide, x, x[:16], config=TrainConfig(max_steps=2, batch_size=16, log_every=1),
+    result = pyrovae.fit(model, guide, data, data.slice(16), config=TrainConfig(max_steps=2, batch_size=16,
+                                                                                log_every=1),
                          device="cpu", run_dir=tmp_path, record=record, progress=False)
     assert result.step == 2
     assert math.isfinite(result.metrics[0]["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     pyro.set_rng_seed(3)
-    here = estimators.elbo(model.eval(), guide.eval(), x, num_samples=4)
+    here = estimators.elbo(model.eval(), guide.eval(), *args, num_samples=4)
     (tmp_path / "config.json").write_text("{}")
     run = load_run(tmp_path, which="last", device="cpu")
     pyro.set_rng_seed(3)
-    torch.testing.assert_close(estimators.elbo(run.model, run.guide, x, num_samples=4), here)
+    torch.testing.assert_close(estimators.elbo(run.model, run.guide, *args, num_samples=4), here)
 
 
 @pytest.mark.parametrize("decoder,guide_name", [("mlp", "mlp"), ("conv", "conv")])
