@@ -6,9 +6,12 @@ and the CVAE (`quadrant_cvae` with the `quadrant_recognition` guide, its generat
 started from the baseline), then prints, per test image in nats: the baseline's -log p(y | x)
 (exact: no latent variable), the CVAE's -ELBO and the CVAE's -log p(y | x) estimated by
 importance sampling through the recognition network with K samples (mean +- standard error),
-beside the figures of Pyro's tutorial (whose CVAE figure is a negative ELBO). Dynamically
-binarized MNIST; networks 500-500 and 200 latents as in the tutorial; Adam 1e-3, batch 128,
-early stopping after 3 epochs without a better validation loss.
+beside the figures of Pyro's tutorial (whose CVAE figure is a negative ELBO). The tutorial's
+layout (bottom-left quadrant visible, then top-left, then top-right), networks 500-500 and
+200 latents; Adam 1e-3, batch 128, early stopping after 3 epochs without a better validation
+loss. The tutorial scores grey-scale targets with the Bernoulli cross-entropy; here the
+images are dynamically binarized, which leaves a predictor's expected loss unchanged (the
+cross-entropy is linear in the target) and makes it a log-likelihood.
 
     python benchmarks/cvae_quadrants.py --epochs 30 [--quadrants 1 2 3] [--num-samples 5000]
         [--train-size N] [--test-limit N] [--plots DIR] [--append benchmarks/RESULTS.md]

@@ -88,14 +88,14 @@ class ClassConditionalVAE(ImageModel):
 
 
 def quadrant_mask(quadrants: int, shape: Sequence[int]) -> torch.Tensor:
-    """Boolean mask of the visible pixels: quadrants top-left, top-right, bottom-left, in that
-    order, for 1, 2 or 3 visible quadrants."""
+    """Boolean mask of the visible pixels: the bottom-left quadrant, then the top-left, then the
+    top-right, for 1, 2 or 3 visible quadrants (the layout of Pyro's CVAE tutorial)."""
     if quadrants not in (1, 2, 3):
         raise ConfigError(f"the quadrant task shows 1, 2 or 3 quadrants, got {quadrants!r}")
     _, h, w = shape
     mask = torch.zeros(shape, dtype=torch.bool)
-    corners = [(slice(0, h // 2), slice(0, w // 2)), (slice(0, h // 2), slice(w // 2, w)),
-               (slice(h // 2, h), slice(0, w // 2))]
+    corners = [(slice(h // 2, h), slice(0, w // 2)), (slice(0, h // 2), slice(0, w // 2)),
+               (slice(0, h // 2), slice(w // 2, w))]
     for rows, cols in corners[:quadrants]:
         mask[:, rows, cols] = True
     return mask

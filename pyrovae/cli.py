@@ -64,7 +64,9 @@ def cmd_evaluate(args) -> None:
           f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
           f"{out['seconds']:.1f} s on {out['device']}")
     print("  nats per datapoint, mean +- standard error over datapoints")
-    print(f"  log p(x)        {_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
+    target = {"quadrants": "log p(y | x)", "image,label": "log p(x | y)"}.get(getattr(run.model, "takes", ""),
+                                                                             "log p(x)")
+    print(f"  {target:<16}{_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
     print(f"  ELBO            {_fmt(out['elbo'])}")
     print(f"  reconstruction  {_fmt(out['reconstruction'])}   E_q[log p(x|z)]")
     print(f"  KL              {_fmt(out['kl'])}   E_q[log q(z|x) - log p(z)]")

@@ -352,8 +352,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 running_n += ~bad
                 if step % check_every == 0 or step == total_steps:
                     check_finite(x)
-                if step % cfg.log_every == 0 or step == total_steps:
-                    check_finite(x)
+                if step % cfg.log_every == 0 or step == total_steps:  # checked just above
                     good = int(running_n)
                     mean_loss = (running / good).item() if good else None
                     row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": beta,

@@ -142,3 +142,25 @@ def test_short_quadrant_runs_learn_and_print_the_table(tmp_path, capsys):
     print(quadrants.table(rows))
     out = capsys.readouterr().out
     assert "CVAE -log p(y\\|x), importance-sampled" in out and "100.4 / 71.8" in out
+
+
+def test_quadrant_config_runs_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "quadrants"
+    config = Path(__file__).parents[1] / "configs" / "mnist_quadrants_cvae.toml"
+    common = ["--device", "cpu"]
+    fit = subprocess.run([sys.executable, "-m", "pyrovae", "fit", str(config), "--run-dir", str(run), "--no-progress",
+                          *common, "--set", "data.train_size=2000", "--set", "data.val_limit=200",
+                          "--set", "data.test_limit=100", "--set", "model.hidden=[64]", "--set", "guide.hidden=[64]",
+                          "--set", "model.latent_dim=8", "--set", "train.epochs=2", "--set", "eval_samples=20"],
+                         capture_output=True, text=True)
+    assert fit.returncode == 0, fit.stderr
+    assert (run / "completions.png").exists()
+    out = subprocess.run([sys.executable, "-m", "pyrovae", "evaluate", str(run), *common], capture_output=True,
+                         text=True)
+    assert out.returncode == 0 and "log p(y | x)" in out.stdout, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "pyrovae", "sample", str(run), "--condition", "3", *common],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "label-conditioned" in bad.stderr
