@@ -113,11 +113,9 @@ def main() -> None:
               f"benchmarks/cvae_quadrants.py --epochs {a.epochs} --num-samples {a.num_samples}"
               f"{f' --train-size {a.train_size}' if a.train_size else ''}"
               f"{f' --test-limit {a.test_limit}' if a.test_limit else ''}`; {rows[0]['test_images']} test images.")
-    out = "\n".join([header, "", table(rows)]) + "\n"
-    print(out)
-    if a.append:
-        with open(a.append, "a") as f:
-            f.write("\n" + out)
+    from report import emit  # benchmarks/ is on sys.path when run as a script
+
+    emit("\n".join([header, "", table(rows)]) + "\n", a.append)
 
 
 if __name__ == "__main__":

@@ -97,11 +97,9 @@ def main() -> None:
     ]
     for name, sec, total, mean, se in rows:
         lines.append(f"| {name} | {sec:.2f} | {sec / ref:.2f}x | {total:.1f} | {mean:.2f} +- {se:.2f} |")
-    table = "\n".join(lines) + "\n"
-    print(table)
-    if a.append:
-        with open(a.append, "a") as f:
-            f.write("\n" + table)
+    from report import emit
+
+    emit("\n".join(lines) + "\n", a.append)
 
 
 if __name__ == "__main__":

@@ -100,11 +100,9 @@ def main() -> None:
              f"| {x.shape[0]} | {k} | {rows} | {row_bytes:.0f} | {seconds:.1f} | {total_flops / 1e12:.1f} | "
              f"{total_flops / seconds / 1e9:.0f} | {rate / 1e9:.0f} | {floor:.1f} | {seconds / floor:.2f}x | {peak:.0f} | "
              f"{report['log_likelihood']['mean']:.2f} +- {report['log_likelihood']['stderr']:.2f} |"]
-    table = "\n".join([header, "", *lines]) + "\n"
-    print(table)
-    if a.append:
-        with open(a.append, "a") as f:
-            f.write("\n" + table)
+    from report import emit  # benchmarks/ is on sys.path when run as a script
+
+    emit("\n".join([header, "", *lines]) + "\n", a.append)
 
 
 if __name__ == "__main__":

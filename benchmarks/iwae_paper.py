@@ -70,10 +70,9 @@ def main() -> None:
         "| paper -log p(x) | K = 5000 evaluation seconds |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    print("\n".join(header + [row]))
-    if a.append:
-        with open(a.append, "a") as f:
-            f.write("\n" + "\n".join(header + [row]) + "\n")
+    from report import emit  # benchmarks/ is on sys.path when run as a script
+
+    emit("\n".join(header + [row]) + "\n", a.append)
 
 
 if __name__ == "__main__":

@@ -185,11 +185,10 @@ def main() -> None:
               f"memory = {memory}. Median of {a.repeats} windows of {a.steps} steps after {a.warmup} warm-up steps; "
               f"seconds / epoch = seconds per step x steps in 50,000 images.",
               f"Command: `python benchmarks/speed.py --steps {a.steps} --repeats {a.repeats} --warmup {a.warmup}`", ""]
-    table = "\n".join(header + lines) + "\n"
-    print("\n" + table)
-    if a.append:
-        with open(a.append, "a") as f:
-            f.write("\n" + table)
+    from report import emit  # benchmarks/ is on sys.path when run as a script
+
+    print()
+    emit("\n".join(header + lines) + "\n", a.append)
 
 
 if __name__ == "__main__":
