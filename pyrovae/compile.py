@@ -72,7 +72,8 @@ class Compiled:
         self.fn, self.mode, self.grad, self.rtol, self.atol = fn, resolve_mode(mode), grad, rtol, atol
         self.explicit = mode != "auto"  # a mode asked for by name warns when it cannot be used
         self.call = _Call(fn, modules)
-        self.names, self.state = zip(*self._named_state()) if self._named_state() else ((), ())
+        named = [*self.call.named_parameters(), *self.call.named_buffers()]
+        self.names, self.state = tuple(n for n, _ in named), tuple(t for _, t in named)
         own = {id(t) for t in self.state}
         foreign = [p for p in params if id(p) not in own]
         self.graphs: dict[tuple, Callable | None] = {}
@@ -82,9 +83,6 @@ class Compiled:
                                 "modules and cannot be graph inputs")
         else:
             self._refuse_all = None
-
-    def _named_state(self) -> list[tuple[str, torch.Tensor]]:
-        return [*self.call.named_parameters(), *self.call.named_buffers()]
 
     @staticmethod
     def key(tensors) -> tuple:

@@ -24,7 +24,7 @@ from .data import EVAL_BINARIZATION_SEED, Split, load_split
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from .registry import GUIDES, build_guide, build_model, fits, guides_for
 from .sites import LATENT
-from .train import FitResult, check_sites, fit, model_inputs, resolve_device
+from .train import FitResult, as_split, check_data, check_sites, fit, model_inputs, resolve_device
 
 
 def build(config: Config, x_shape) -> tuple[Any, Any]:
@@ -146,18 +146,15 @@ def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, image
     :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`)."""
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+    # the same checks as training: shape, dtype, NaN/inf, the model's own, chunk by chunk
+    check_data(model, as_split(x if images is None else images), "evaluation")
     args = (x, *condition)
-    for a in args:
-        if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.shape[0] == 0:
-            raise DataError("evaluation data must be non-empty tensors of shape (N, ...)")
-        if a.shape[0] != x.shape[0]:
-            raise DataError(f"the conditioning tensors must have one row per datapoint ({x.shape[0]}), "
-                            f"got {a.shape[0]}")
+    for a in condition:
+        if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.shape[0] != x.shape[0]:
+            raise DataError(f"each conditioning tensor needs one row per datapoint ({x.shape[0]}), got "
+                            f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")
         if a.is_floating_point() and not torch.isfinite(a).all():
-            raise DataError("evaluation data contains NaN or inf; clean it first")
-    checked = x if images is None else images
-    if hasattr(model, "check_data"):
-        model.check_data(checked)
+            raise DataError("the conditioning data contain NaN or inf; clean them first")
     check_sites(model, guide, *(a[:2] for a in args))
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()

@@ -66,6 +66,8 @@ def as_split(data: Split | torch.Tensor) -> Split:
     if isinstance(data, Split):
         return data
     if isinstance(data, torch.Tensor):
+        if data.dim() < 1:
+            raise DataError(f"data must be a batch of shape (N, ...), got a tensor of shape {tuple(data.shape)}")
         return Split(data, torch.full((data.shape[0],), -1, dtype=torch.long, device=data.device), "continuous")
     raise PyrovaeError(f"data must be a pyrovae.data.Split or a torch.Tensor, got {type(data).__name__}")
 
@@ -158,7 +160,7 @@ def _loss(objective, model, guide, params, mode: str, example: tuple) -> Compile
     return Compiled(loss, _modules(model, guide), mode, params=params)
 
 
-def _check_data(model, split: Split, name: str, chunk: int = 8192) -> None:
+def check_data(model, split: Split, name: str, chunk: int = 8192) -> None:
     """Check all of ``split`` once, chunk by chunk (bounded memory), so that the training loop
     can run with Pyro's validation off."""
     x = split.images
@@ -170,7 +172,7 @@ def _check_data(model, split: Split, name: str, chunk: int = 8192) -> None:
         for start in range(0, len(split), chunk):
             part = x[start:start + chunk]
             if not torch.isfinite(part).all():
-                raise DataError(f"{name} data contains NaN or inf; clean it before training")
+                raise DataError(f"{name} data contains NaN or inf; clean it first")
             if split.pixels == "dynamic" and ((part < 0) | (part > 1)).any():
                 raise DataError(f"{name} data: dynamic binarization needs intensities in [0, 1]")
             if hasattr(model, "check_data"):
@@ -228,9 +230,9 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     for m in _modules(model, guide):
         m.to(device)
     train, val = as_split(train).to(device), None if val is None else as_split(val).to(device)
-    _check_data(model, train, "training")
+    check_data(model, train, "training")
     if val is not None:
-        _check_data(model, val, "validation")
+        check_data(model, val, "validation")
     conditional = hasattr(model, "inputs")
     example = model_inputs(model, train.observe(slice(0, 2)), train.labels[:2])
     check_sites(model, guide, *example)
