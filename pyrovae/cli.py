@@ -1,4 +1,4 @@
-"""`pyrovae fit | evaluate | sample | reconstruct | latent | list`."""
+"""`pyrovae fit | evaluate | diagnose | sample | reconstruct | latent | list`."""
 from __future__ import annotations
 
 import argparse
@@ -104,6 +104,32 @@ def cmd_latent(args) -> None:
         print(f"wrote {path}")
 
 
+def cmd_diagnose(args) -> None:
+    from . import diagnostics
+
+    run = _load(args)
+    out = diagnostics.diagnose_run(run, args.run_dir, split=args.split, limit=args.limit,
+                                   num_samples=args.num_samples, amortization=args.amortization, seed=args.seed)
+    print(f"q(z|x) on {out['num_datapoints']} {out['split']} datapoints, S = {out['num_samples']} draws each")
+    print(f"  Pareto k-hat <= 0.5 (reliable)    {100 * out['k_hat_good']:.1f}%")
+    print(f"  0.5 < k-hat <= 0.7 (slow)         {100 * out['k_hat_ok']:.1f}%")
+    print(f"  k-hat > 0.7 (unreliable)          {100 * out['k_hat_bad']:.1f}%")
+    print(f"  gap log p(x) - ELBO               {_fmt(out['gap'])} nats")
+    print(f"  importance ESS / S                {out['ess_fraction']:.3f} on average")
+    for name, a in out["active_units"].items():
+        kl = "" if a["kl"] is None else f", KL {sum(a['kl']):.2f} nats"
+        print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}")
+    if "amortization" in out:
+        am = out["amortization"]
+        print(f"  on {am['num_datapoints']} datapoints: gap {_fmt(am['total_gap'])} = approximation "
+              f"{_fmt(am['approximation_gap'])} + amortization {_fmt(am['amortization_gap'])} nats")
+    for w in out["warnings"]:
+        print(f"  warning: {w}")
+    print("  worst datapoints by k-hat: " + ", ".join(f"{int(r['datapoint'])} ({r['k_hat']:.2f})"
+                                                       for r in out["worst"][:5]))
+    print(f"wrote {Path(args.run_dir) / 'diagnostics.csv'}, khat_gap.png, diagnostics.json")
+
+
 def cmd_list(args) -> None:
     for kind, table in available().items():
         print(f"{kind}:")
@@ -152,6 +178,13 @@ def parser() -> argparse.ArgumentParser:
             **{"--num": dict(type=int, default=32), "--out": dict()})
     run_cmd("latent", "latent scatter (and manifold grid for 2D latents)", cmd_latent,
             **{"--limit": dict(type=int, help="number of test points to embed")})
+    run_cmd("diagnose", "per-datapoint k-hat, ESS and gaps of q(z|x), active units", cmd_diagnose,
+            **{"--num-samples": dict(type=int, default=1000, help="draws from q(z|x) per datapoint"),
+               "--split": dict(default="test", choices=["test", "val"]),
+               "--limit": dict(type=int, default=1000, help="the first N datapoints"),
+               "--amortization": dict(type=int, default=0, metavar="M",
+                                      help="also split the gap on the first M datapoints (Cremer et al. 2018)"),
+               "--seed": dict(type=int, default=0)})
     sub.add_parser("list", help="registered models and guides").set_defaults(fn=cmd_list)
     return p
 

@@ -62,21 +62,33 @@ def plate_nesting(model: Callable, guide: Callable, args, kwargs, traces=None) -
     return max(dims, default=0)
 
 
-def _site_log_prob(site: dict, particle_dim: int, num_particles: int) -> torch.Tensor:
+def data_frame(site: dict):
+    """The ``"data"`` plate frame of a sample site; PyrovaeError when the site is outside it."""
+    for f in site["cond_indep_stack"]:
+        if f.name == DATA_PLATE:
+            return f
+    raise PyrovaeError(f"sample site {site['name']!r} is outside the {DATA_PLATE!r} plate; "
+                       f"per-datapoint weights need every sample site inside `pyro.plate({DATA_PLATE!r}, N)`")
+
+
+def per_datapoint(t: torch.Tensor, site: dict, particle_dim: int, num_particles: int,
+                  event_dim: int = 0) -> torch.Tensor:
+    """A tensor laid out like ``site`` (batch dims, then ``event_dim`` event dims) as
+    (K, N, rest): particle dim first, data dim second, every other dim flattened."""
+    data = data_frame(site)
+    pdim, ddim = particle_dim - event_dim, data.dim - event_dim
+    while t.dim() < -pdim:
+        t = t.unsqueeze(0)
+    t = t.movedim((pdim, ddim), (0, 1))
+    return t.reshape(t.shape[0], t.shape[1], -1).expand(num_particles, data.size, -1)
+
+
+def site_log_prob(site: dict, particle_dim: int, num_particles: int) -> torch.Tensor:
     """A site's log-density, masked but not scaled, summed to shape (K, N)."""
-    frames = {f.name: f for f in site["cond_indep_stack"]}
-    if DATA_PLATE not in frames:
-        raise PyrovaeError(f"sample site {site['name']!r} is outside the {DATA_PLATE!r} plate; "
-                           f"per-datapoint weights need every sample site inside `pyro.plate({DATA_PLATE!r}, N)`")
-    data = frames[DATA_PLATE]
     lp = site["fn"].log_prob(site["value"])
     if site["mask"] is not None:
         lp = lp * site["mask"]  # masked-out entries contribute nothing, as in Pyro's ELBOs
-    while lp.dim() < -particle_dim:
-        lp = lp.unsqueeze(0)
-    lp = lp.movedim((particle_dim, data.dim), (0, 1))
-    lp = lp.reshape(lp.shape[0], lp.shape[1], -1).sum(-1)
-    return lp.expand(num_particles, data.size)
+    return per_datapoint(lp, site, particle_dim, num_particles).sum(-1)
 
 
 def vectorize(fn: Callable, num_samples: int, particle_dim: int) -> Callable:
@@ -93,7 +105,7 @@ def sum_sites(trace, particle_dim: int, num_samples: int) -> tuple[torch.Tensor 
     for site in trace.nodes.values():
         if site["type"] != "sample" or site_is_subsample(site):
             continue
-        lp = _site_log_prob(site, particle_dim, num_samples)
+        lp = site_log_prob(site, particle_dim, num_samples)
         if site["is_observed"]:
             observed = lp if observed is None else observed + lp
         else:
@@ -206,8 +218,9 @@ def chunk_rows(device: torch.device, row_bytes: float, fraction: float = MEMORY_
 
 
 def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, particle_chunk: int | None = None,
-              data_chunk: int | None = None, reduce: Callable[[LogProbTerms], torch.Tensor],
-              max_rows: int | None = None, compile: str = "none", **kwargs) -> torch.Tensor:
+              data_chunk: int | None = None, reduce: Callable[[LogProbTerms], torch.Tensor] | None = None,
+              reduce_traces: Callable | None = None, max_rows: int | None = None, compile: str = "none",
+              **kwargs) -> torch.Tensor:
     """Apply ``reduce`` to the :class:`LogProbTerms` of chunks of particles and datapoints.
 
     ``reduce`` maps terms of shape (k, n) to a tensor of shape (k, n, ...); the pieces are
@@ -216,6 +229,8 @@ def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, par
     default that is :func:`chunk_rows` of the measured :func:`bytes_per_row`, so K = 5000
     on 10,000 images runs in memory bounded by the chunk. ``compile`` runs each chunk shape
     through :class:`pyrovae.compile.Compiled` (positional tensor arguments only; else eager).
+    ``reduce_traces(guide_trace, model_trace, particle_dim, k)`` replaces ``reduce`` for
+    consumers of the site values themselves (:mod:`pyrovae.diagnostics`); it runs eagerly.
     """
     n = _data_size(args, kwargs)
     if max_rows is None and not (particle_chunk and data_chunk):
@@ -229,8 +244,10 @@ def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, par
 
     def chunk_fn(kk: int) -> Callable:
         def fn(*a, **k):
+            if reduce_traces is not None:
+                return reduce_traces(*traces(model, guide, a, k, kk, nesting), kk)
             return reduce(log_prob_terms(model, guide, *a, num_samples=kk, max_plate_nesting=nesting, **k))
-        if compile == "none" or kwargs or not all(isinstance(t, torch.Tensor) for t in args):
+        if compile == "none" or reduce_traces is not None or kwargs or not all(isinstance(t, torch.Tensor) for t in args):
             return fn
         if kk not in compiled:
             from .compile import Compiled

@@ -132,6 +132,25 @@ def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, s
     return out
 
 
+def check_inputs(model, guide, x: torch.Tensor, *condition: torch.Tensor, images: torch.Tensor | None = None,
+                 num_samples: int = 1, name: str = "evaluation") -> tuple:
+    """The checks training makes (shape, dtype, NaN/inf, the model's own, chunk by chunk), on
+    ``images`` (or ``x``), plus conditioning rows, matching latent sites and ``num_samples``;
+    returns the model's arguments ``(x, *condition)``."""
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
+    check_data(model, as_split(x if images is None else images), name)
+    for a in condition:
+        if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.shape[0] != x.shape[0]:
+            raise DataError(f"each conditioning tensor needs one row per datapoint ({x.shape[0]}), got "
+                            f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")
+        if a.is_floating_point() and not torch.isfinite(a).all():
+            raise DataError("the conditioning data contain NaN or inf; clean them first")
+    args = (x, *condition)
+    check_sites(model, guide, *(a[:2] for a in args))
+    return args
+
+
 def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, images: torch.Tensor | None = None,
                   num_samples: int = 5000, seed: int = 0, compile: str = "auto", max_rows: int | None = None,
                   bits_per_dim: bool = True) -> dict:
@@ -144,18 +163,7 @@ def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, image
     result is a :class:`~pyrovae.errors.NonFiniteError`. Chunks hold ``max_rows``
     particle-datapoint pairs (default: sized from free memory, see
     :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`)."""
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
-    # the same checks as training: shape, dtype, NaN/inf, the model's own, chunk by chunk
-    check_data(model, as_split(x if images is None else images), "evaluation")
-    args = (x, *condition)
-    for a in condition:
-        if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.shape[0] != x.shape[0]:
-            raise DataError(f"each conditioning tensor needs one row per datapoint ({x.shape[0]}), got "
-                            f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")
-        if a.is_floating_point() and not torch.isfinite(a).all():
-            raise DataError("the conditioning data contain NaN or inf; clean them first")
-    check_sites(model, guide, *(a[:2] for a in args))
+    args = check_inputs(model, guide, x, *condition, images=images, num_samples=num_samples)
     pyro.set_rng_seed(seed)
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
@@ -183,17 +191,17 @@ def code_site(model) -> str:
 
 
 @torch.no_grad()
-def posterior_means(guide, x: torch.Tensor, site: str = LATENT) -> torch.Tensor:
-    """E_q[z | x] read off the guide's distribution at ``site`` (for a site below another
+def posterior_means(guide, *args: torch.Tensor, site: str = LATENT) -> torch.Tensor:
+    """E_q[z | args] read off the guide's distribution at ``site`` (for a site below another
     latent, at the sampled value of the one above)."""
-    tr = poutine.trace(guide).get_trace(x)
+    tr = poutine.trace(guide).get_trace(*args)
     return tr.nodes[site]["fn"].mean
 
 
 @torch.no_grad()
 def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
     """Originals and E[x | z], z = E_q[z | x] at the code site, interleaved row by row for a grid."""
-    recon = run.model.decode(posterior_means(run.guide, x, code_site(run.model)))
+    recon = run.model.decode(posterior_means(run.guide, x, site=code_site(run.model)))
     return torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])
 
 
@@ -212,7 +220,7 @@ def draw_report(run: Run, run_dir: str | Path, *, num: int = 64, split: str = "t
     paths = [plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
              plots.save_grid(reconstructions(run, x[:num // 2]), run_dir / "reconstructions.png", nrow=8)]
     n = min(latent_points, x.shape[0])
-    z = torch.cat([posterior_means(run.guide, x[i:i + 1000], code_site(run.model)) for i in range(0, n, 1000)])
+    z = torch.cat([posterior_means(run.guide, x[i:i + 1000], site=code_site(run.model)) for i in range(0, n, 1000)])
     paths.append(plots.plot_latent_scatter(z, data.labels[:n], run_dir / "latent.png"))
     if z.shape[-1] == 2:
         paths.append(plots.save_grid(plots.manifold_grid(run.model.decode, 20, run.device),

@@ -58,26 +58,41 @@ def pca_2d(z: torch.Tensor) -> torch.Tensor:
     return zc @ v[:2].T
 
 
-def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
-    """Posterior means coloured by label (PCA to 2D when the latent is larger)."""
+def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, ax) -> None:
+    """Draw posterior means (N, D) on ``ax``, coloured by label (PCA to 2D when D > 2)."""
     z2 = pca_2d(z.detach().cpu().float())
-    fig, ax = plt.subplots(figsize=(6, 5))
-    sc = ax.scatter(z2[:, 0], z2[:, 1], c=labels.cpu(), cmap="tab10", s=3, alpha=0.7)
-    if (labels >= 0).any():
-        fig.colorbar(sc, ax=ax, label="label")
+    colours = None if labels is None else labels.cpu()
+    sc = ax.scatter(z2[:, 0], z2[:, 1], c=colours, cmap="tab10" if colours is not None else None, s=3, alpha=0.7)
+    if labels is not None and (labels >= 0).any():
+        ax.figure.colorbar(sc, ax=ax, label="label")
     ax.set_xlabel("z1" if z.shape[1] <= 2 else "PC 1")
     ax.set_ylabel("z2" if z.shape[1] <= 2 else "PC 2")
-    ax.set_title("posterior means E_q[z | x]")
+    ax.set_title("posterior means E_q[z | x]" + (" (first two principal components)" if z.shape[1] > 2 else ""))
+
+
+def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
+    """Posterior means coloured by label (PCA to 2D when the latent is larger), as a PNG."""
+    fig, ax = plt.subplots(figsize=(6, 5))
+    latent_scatter(z, labels, ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
 
 
+def show_grid(images: torch.Tensor, ax, nrow: int = 8, title: str | None = None) -> None:
+    """Draw images (N, C, H, W) in [0, 1] as one grid on ``ax``."""
+    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title)
+
+
 @torch.no_grad()
-def manifold_grid(decode, n: int = 20, device="cpu") -> torch.Tensor:
+def manifold_grid(decode, n: int = 20, device="cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Decode an n x n grid of 2D codes at the N(0, 1) quantiles 0.05..0.95 (Kingma & Welling 2013, fig. 4)."""
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
-    z = torch.stack([zx, zy], -1).reshape(-1, 2).to(device)
+    z = torch.stack([zx, zy], -1).reshape(-1, 2).to(device=device, dtype=dtype)
     return decode(z)

@@ -25,7 +25,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # text bar everywhere (tqdm.auto needs ipywidgets in notebooks)
 
 from . import checkpoint as ckpt_io
 from .compile import Compiled, resolve_mode

@@ -83,3 +83,23 @@ def test_bits_per_dim_for_binary_pixels(run_dir):
     assert report["elbo_bits_per_dim"] == pytest.approx(-report["elbo"]["mean"] / (784 * 0.6931471805599453))
     assert report["log_likelihood_bits_per_dim"] == pytest.approx(
         -report["log_likelihood"]["mean"] / (784 * 0.6931471805599453))
+
+
+def test_diagnose_reports_khat_gap_and_active_units(run_dir):
+    out = pyrovae("diagnose", str(run_dir), "--limit", "200", "--num-samples", "200", "--amortization", "5")
+    assert "Pareto k-hat" in out.stdout and "active units of z" in out.stdout and "amortization" in out.stdout
+    summary = json.loads((run_dir / "diagnostics.json").read_text())
+    assert summary["num_datapoints"] == 200 and summary["num_samples"] == 200
+    assert summary["k_hat_good"] + summary["k_hat_ok"] + summary["k_hat_bad"] == pytest.approx(1.0)
+    assert summary["gap"]["mean"] > 0 and 0 < summary["ess_fraction"] < 1
+    assert 1 <= summary["active_units"]["z"]["active"] <= 20
+    am = summary["amortization"]
+    assert am["total_gap"]["mean"] == pytest.approx(am["approximation_gap"]["mean"] + am["amortization_gap"]["mean"])
+    assert am["amortization_gap"]["mean"] > 0  # a local fit beats the encoder on its own datapoint
+    table = (run_dir / "diagnostics.csv").read_text().splitlines()
+    assert table[0].startswith("datapoint,label,log_px,elbo,gap,k_hat") and len(table) == 201
+    assert (run_dir / "khat_gap.png").stat().st_size > 0
+    # the gap's ELBO and log p(x) are evaluate's estimates, on the same datapoints
+    pyrovae("evaluate", str(run_dir), "--limit", "200", "--num-samples", "200")
+    report = json.loads((run_dir / "eval_test.json").read_text())
+    assert summary["gap"]["mean"] == pytest.approx(report["log_likelihood"]["mean"] - report["elbo"]["mean"], abs=0.05)

@@ -1,9 +1,11 @@
-"""The README's example and the quickstart notebook run as written."""
-import json
+"""The README's example and the notebooks run as written."""
 import re
 from pathlib import Path
 
 import matplotlib
+import nbformat
+import pytest
+from nbclient import NotebookClient
 
 matplotlib.use("Agg")
 
@@ -22,13 +24,26 @@ def test_readme_example_runs(capsys):
     assert "validation ELBO" in capsys.readouterr().out
 
 
-def test_quickstart_notebook_runs_in_smoke_mode(monkeypatch):
-    nb = json.loads((ROOT / "notebooks" / "quickstart.ipynb").read_text())
-    monkeypatch.setenv("PYROVAE_SMOKE", "1")
-    monkeypatch.chdir(ROOT / "notebooks")
-    namespace: dict = {}
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), "quickstart.ipynb", "exec"), namespace)
-    assert namespace["report"]["num_datapoints"] == 500
-    assert all(Path(p).exists() for p in namespace["paths"])
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_the_notebooks_are_there():
+    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "own_model", "diagnostics", "priors", "cvae"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_saved_from_a_top_to_bottom_run(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert any(o.output_type in ("display_data", "execute_result") for c in code for o in c.outputs)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(path, monkeypatch):
+    monkeypatch.setenv("PYROVAE_SMOKE", "1")  # the kernel inherits the environment
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on a failing cell
+    assert all(c.execution_count for c in nb.cells if c.cell_type == "code")
