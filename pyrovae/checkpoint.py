@@ -30,13 +30,18 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
 HISTORY = "checkpoints"  #: folder of a run directory holding the last few step checkpoints
 
 
+def step_path(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where :func:`save_step` writes the checkpoint of ``step``."""
+    return Path(run_dir) / HISTORY / f"step-{step:08d}.pt"
+
+
 def save_step(obj: Any, run_dir: Path, step: int, keep: int = 3) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNNNN.pt`` atomically, point ``run_dir/checkpoint.pt``
     at it (an atomic hard-link swap; a copy where links are unsupported) and keep the last
     ``keep`` step checkpoints."""
     history = run_dir / HISTORY
     history.mkdir(parents=True, exist_ok=True)
-    path = history / f"step-{step:08d}.pt"
+    path = step_path(run_dir, step)
     atomic_save(obj, path)
     latest, tmp = run_dir / "checkpoint.pt", run_dir / ".checkpoint.pt.link"
     try:

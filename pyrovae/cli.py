@@ -5,10 +5,11 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
-from . import experiment, plots
+from . import distributed, experiment, plots
 from .compile import MODES
 from .data import EVAL_BINARIZATION_SEED
 from .config import apply_overrides, config_from_dict, load_config
@@ -20,10 +21,22 @@ def _fmt(term: dict) -> str:
     return f"{term['mean']:.2f} +- {term['stderr']:.2f}"
 
 
+def _has_checkpoint(run_dir) -> bool:
+    return (Path(run_dir) / "checkpoint.pt").exists() or any((Path(run_dir) / "checkpoints").glob("step-*.pt"))
+
+
 def cmd_fit(args) -> None:
+    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    main = distributed.is_main()
+    if not args.resume and args.config and restarts > 0:  # torchrun restarted the job after a failure
+        config = load_config(args.config)
+        run_dir = args.run_dir or config.run_dir
+        if _has_checkpoint(run_dir):
+            args.resume = run_dir
     if args.resume:
         config = experiment.read_config(args.resume).replace(run_dir=str(args.resume))  # wherever it lives now
-        print(f"resuming {args.resume}")
+        if main:
+            print(f"resuming {args.resume}" + (f" (restart {restarts})" if restarts else ""))
         result = experiment.fit_config(config, resume=True, progress=not args.no_progress)
     else:
         if not args.config:
@@ -37,11 +50,16 @@ def cmd_fit(args) -> None:
                 raw[key] = getattr(args, key)
         config = config_from_dict(apply_overrides(raw, args.set))
         result = experiment.fit_config(config, progress=not args.no_progress)
+    if not main:  # rank 0 reports
+        distributed.barrier()
+        return
     best = f"; best validation ELBO {result.best_val_elbo:.2f} nats" if math.isfinite(result.best_val_elbo) else ""
-    print(f"trained {result.step} steps{best}")
-    run = experiment.load_run(config.run_dir, device=config.device)
+    world = distributed.world()[1]
+    print(f"trained {result.step} steps{best}" + (f" on {world} ranks" if world > 1 else ""))
+    run = experiment.load_run(config.run_dir, device=str(distributed.device_for_rank(config.device)))
     for path in experiment.draw_report(run, config.run_dir):
         print(f"wrote {path}")
+    distributed.barrier()
 
 
 def _load(args):
@@ -58,11 +76,14 @@ def cmd_evaluate(args) -> None:
     run = _load(args)
     out = experiment.evaluate(run, split=args.split, num_samples=args.num_samples, seed=args.seed,
                               compile=args.compile)
+    if not distributed.is_main():
+        return
+    out["ranks"] = distributed.world()[1]
     path = Path(args.run_dir) / f"eval_{args.split}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
           f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
-          f"{out['seconds']:.1f} s on {out['device']}")
+          f"{out['seconds']:.1f} s on {out['device']}" + (f" x {out['ranks']} ranks" if out["ranks"] > 1 else ""))
     print("  nats per datapoint, mean +- standard error over datapoints")
     target = {"quadrants": "log p(y | x)", "image,label": "log p(x | y)"}.get(getattr(run.model, "takes", ""),
                                                                              "log p(x)")
@@ -192,6 +213,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.fn in (cmd_fit, cmd_evaluate):  # torchrun: join the process group
+            distributed.init_from_env(getattr(args, "device", None) or "auto")
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise PyrovaeError(f"pyrovae {args.command} runs in one process; only fit and evaluate take torchrun")
         args.fn(args)
     except Interrupted as e:
         print(f"pyrovae: {e}", file=sys.stderr)
@@ -199,6 +224,16 @@ def main(argv: list[str] | None = None) -> int:
     except PyrovaeError as e:
         print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # DistBackendError and Gloo's errors are RuntimeErrors
+        if not distributed.active():
+            raise
+        rank = distributed.world()[0]
+        print(f"pyrovae: error: rank {rank} lost the other ranks ({type(e).__name__}: {str(e).splitlines()[0]}); "
+              "another rank stopped or died. Restart the job (torchrun --max-restarts N restarts it by itself): "
+              "`pyrovae fit` resumes from the last checkpoint", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
     return 0
 
 

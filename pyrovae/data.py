@@ -220,19 +220,30 @@ class Batches:
     """Minibatches of a device-resident split, by indexing a shuffled permutation.
 
     The permutation of epoch ``e`` depends only on ``(seed, e)``, so a run resumed in the
-    middle of an epoch sees exactly the batches it would have seen.
+    middle of an epoch sees exactly the batches it would have seen. With ``world`` > 1 a
+    global batch holds ``batch_size * world`` datapoints and rank ``rank`` gets its part
+    (:func:`pyrovae.distributed.shard`): the ranks share one permutation, not the data.
     """
 
     def __init__(self, data: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False):
+                 drop_last: bool = False, rank: int = 0, world: int = 1):
         if batch_size < 1:
             raise DataError(f"batch_size must be positive, got {batch_size}")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
-        self.seed, self.drop_last = seed, drop_last
+        self.seed, self.drop_last, self.rank, self.world = seed, drop_last, rank, world
+        self.global_size = batch_size * world
+        if len(data) < world:
+            raise DataError(f"{len(data)} datapoints cannot be shared among {world} ranks")
 
     def __len__(self) -> int:
         n = len(self.data)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        full, rest = divmod(n, self.global_size)
+        # a last batch smaller than the number of ranks would leave a rank empty: it is dropped
+        return full if self.drop_last or rest < self.world else full + 1
+
+    def total(self, b: int) -> int:
+        """The number of datapoints in global batch ``b`` (all ranks together)."""
+        return min(self.global_size, len(self.data) - b * self.global_size)
 
     def epoch(self, epoch: int, start: int = 0, labels: bool = False) -> Iterator:
         """Yield the batches of ``epoch`` from batch number ``start`` on: observed pixels, or
@@ -244,5 +255,7 @@ class Batches:
         else:
             perm = torch.arange(n, device=self.data.images.device)
         for b in range(start, len(self)):
-            index = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            index = perm[b * self.global_size:(b + 1) * self.global_size]
+            if self.world > 1:
+                index = index.tensor_split(self.world)[self.rank]
             yield (self.data.observe(index), self.data.labels[index]) if labels else self.data.observe(index)

@@ -18,7 +18,7 @@ import pyro.poutine as poutine
 import torch
 
 from . import checkpoint as ckpt_io
-from . import estimators, plots
+from . import distributed, estimators, plots
 from .config import Config, config_from_dict
 from .data import EVAL_BINARIZATION_SEED, Split, load_split
 from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
@@ -54,7 +54,7 @@ def load_data(config: Config, split: str, device="cpu") -> Split:
 def fit_config(config: Config, *, resume: bool = False, progress: bool | None = None,
                callbacks=()) -> FitResult:
     """Train the run ``config`` describes into ``config.run_dir`` (or resume it)."""
-    device = resolve_device(config.device)
+    device = resolve_device(distributed.device_for_rank(config.device))
     run_dir = Path(config.run_dir)
     pyro.set_rng_seed(config.seed)
     train_data = load_data(config, "train", device)
@@ -66,7 +66,7 @@ def fit_config(config: Config, *, resume: bool = False, progress: bool | None = 
         pick = torch.randperm(len(train_data), generator=g)[:prior.pseudo_inputs.shape[0]].to(train_data.images.device)
         prior.init_from(train_data.observe(pick).to(prior.pseudo_inputs.device))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
+    if not resume and distributed.is_main():
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     record = {"config": config.to_dict(), "x_shape": list(train_data.shape)}
     return fit(model, guide, train_data, val_data, config=config.train, seed=config.seed, device=device,
@@ -162,14 +162,21 @@ def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, image
     derived from images) are checked first (:class:`~pyrovae.errors.DataError`); a non-finite
     result is a :class:`~pyrovae.errors.NonFiniteError`. Chunks hold ``max_rows``
     particle-datapoint pairs (default: sized from free memory, see
-    :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`)."""
+    :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`).
+    Inside a torch.distributed process group each rank evaluates a contiguous part of the
+    datapoints with its own draws, and every rank gets the gathered result."""
     args = check_inputs(model, guide, x, *condition, images=images, num_samples=num_samples)
-    pyro.set_rng_seed(seed)
+    rank, world = distributed.world()
+    if world > x.shape[0]:
+        raise ConfigError(f"{x.shape[0]} datapoints cannot be shared among {world} ranks")
+    sizes = [len(p) for p in torch.arange(x.shape[0]).tensor_split(world)]
+    pyro.set_rng_seed(distributed.rank_seed(seed, rank))  # under torch.distributed: this rank's part, own draws
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
-        terms = estimators.evaluate_terms(model, guide, *args, num_samples=num_samples, compile=compile,
-                                          max_rows=max_rows)
-    seconds = time.perf_counter() - t0
+        terms = estimators.evaluate_terms(model, guide, *(distributed.shard(a, rank, world) for a in args),
+                                          num_samples=num_samples, compile=compile, max_rows=max_rows)
+    terms = {k: distributed.gather_rows(v, sizes) for k, v in terms.items()}
+    seconds = float(distributed.all_max(torch.tensor(time.perf_counter() - t0, device=x.device)))
     if not all(torch.isfinite(v).all() for v in terms.values()):
         raise NonFiniteError("the evaluation gave non-finite values: the model or guide produces NaN or inf on "
                              "these data (check their parameters, e.g. with pyrovae.train.diagnose_nonfinite)")

@@ -29,7 +29,7 @@ from tqdm import tqdm  # text bar everywhere (tqdm.auto needs ipywidgets in note
 
 from . import checkpoint as ckpt_io
 from .compile import Compiled, resolve_mode
-from . import estimators
+from . import distributed, estimators
 from .config import TrainConfig
 from .data import VAL_BINARIZATION_SEED, Batches, Split
 from .errors import (ConfigError, DataError, Interrupted, ModelError, NonFiniteError, PyrovaeError,
@@ -221,12 +221,20 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     :class:`NonFiniteError` naming the step and the site, ``"skip"`` counts the skipped steps.
     Each callback receives every metrics row; one that returns True on an epoch row
     ends training after that epoch (e.g. a time budget).
+
+    Inside a torch.distributed process group (``torchrun``, :mod:`pyrovae.distributed`) each
+    rank trains on its shard of every global batch of ``batch_size * world size`` datapoints,
+    with its own noise (seed + rank * 1,000,003), gradients averaged by
+    DistributedDataParallel (the loss runs eagerly: ``compile`` does not apply); rank 0 alone
+    writes files, and the checkpoints hold every rank's random state.
     """
     cfg = config
     if cfg.nan_policy not in NAN_POLICIES:
         raise unknown_name("nan_policy", cfg.nan_policy, NAN_POLICIES)
     device = resolve_device(device)
-    pyro.set_rng_seed(seed)
+    rank, world = distributed.world()
+    main = rank == 0
+    pyro.set_rng_seed(distributed.rank_seed(seed, rank))
     for m in _modules(model, guide):
         m.to(device)
     train, val = as_split(train).to(device), None if val is None else as_split(val).to(device)
@@ -236,7 +244,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     conditional = hasattr(model, "inputs")
     example = model_inputs(model, train.observe(slice(0, 2)), train.labels[:2])
     check_sites(model, guide, *example)
-    batches = Batches(train, cfg.batch_size, seed=seed)
+    batches = Batches(train, cfg.batch_size, seed=seed, rank=rank, world=world)
     steps_per_epoch = len(batches)
     total_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -245,7 +253,15 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
 
     objective = make_objective(cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
     params = collect_params(model, guide, *example)
-    loss_fn = _loss(objective, model, guide, params, cfg.compile, example)
+    if world > 1:
+        in_modules = {id(p) for m in _modules(model, guide) for p in m.parameters()}
+        if any(id(p) not in in_modules for p in params):
+            raise ConfigError("distributed training all-reduces the gradients of nn.Module parameters; keep every "
+                              "trained tensor in the model's or guide's modules, not in pyro.param")
+        if cfg.compile not in ("auto", "none"):
+            warnings.warn(f"compile = {cfg.compile!r} does not apply under torch.distributed: the loss runs "
+                          "eagerly inside DistributedDataParallel", RuntimeWarning, stacklevel=2)
+    loss_fn = _loss(objective, model, guide, params, "none" if world > 1 else cfg.compile, example)
     beta_t = torch.ones((), device=device)
     # fused Adam skips a step's update when told the gradient is not finite (found_inf), with no host read
     opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay, fused=True)
@@ -254,7 +270,7 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
 
     run_dir = None if run_dir is None else Path(run_dir)
     rows: list[dict] = []
-    write = _Writer(run_dir, rows, callbacks)
+    write = _Writer(run_dir if main else None, rows, callbacks)
     step, epoch, start_batch, best, bad_epochs, skipped = 0, 0, 0, -math.inf, 0, 0
     last_checkpoint: Path | None = None
     if run_dir is not None:
@@ -273,14 +289,22 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 sched.load_state_dict(state["scheduler"])
             step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
             best, bad_epochs, skipped = state["best_val_elbo"], state["bad_epochs"], state.get("skipped", 0)
-            ckpt_io.set_rng_state(state["rng"])
+            ranks = state.get("rng_ranks")
+            if world == 1 or (ranks is not None and len(ranks) == world):
+                ckpt_io.set_rng_state(state["rng"] if world == 1 else ranks[rank])
+            else:  # saved by another number of ranks: fresh, still independent, streams
+                warnings.warn(f"{last_checkpoint} was written by {len(ranks or [0])} rank(s), not {world}: the "
+                              "random streams restart (the run continues, not bit for bit)", RuntimeWarning,
+                              stacklevel=2)
+                pyro.set_rng_seed(distributed.rank_seed(seed + step, rank))
             if "metrics_rows" in state:  # rows written after that checkpoint are written again
                 write.truncate(state["metrics_rows"])
-        else:
+        elif main:
             write.truncate(0)
             (run_dir / "versions.json").write_text(json.dumps(ckpt_io.versions(), indent=2) + "\n")
+    step_loss = loss_fn if world == 1 else distributed.wrap(loss_fn, _modules(model, guide), device)
 
-    def snapshot() -> dict:
+    def snapshot(rng_ranks: list | None = None) -> dict:
         return {
             "format": ckpt_io.FORMAT, "record": record or {}, "train_config": dataclasses.asdict(cfg),
             "model": model.state_dict() if isinstance(model, nn.Module) else {},
@@ -290,12 +314,18 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
             "step": step, "epoch": epoch, "batch": start_batch, "best_val_elbo": best,
             "bad_epochs": bad_epochs, "skipped": skipped, "metrics_rows": write.count,
             "rng": ckpt_io.rng_state(), "versions": ckpt_io.versions(),
+            "world_size": world, "rng_ranks": rng_ranks,
         }
 
     def save_checkpoint() -> None:
         nonlocal last_checkpoint
-        if run_dir is not None:
-            last_checkpoint = ckpt_io.save_step(snapshot(), run_dir, step, keep=cfg.keep_checkpoints)
+        if run_dir is None:
+            return
+        rng_ranks = distributed.gather_objects(ckpt_io.rng_state()) if world > 1 else None
+        if main:
+            last_checkpoint = ckpt_io.save_step(snapshot(rng_ranks), run_dir, step, keep=cfg.keep_checkpoints)
+        else:
+            last_checkpoint = ckpt_io.step_path(run_dir, step)
 
     val_x = None if val is None else model_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
 
@@ -303,15 +333,19 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         # A forked RNG: validating never changes the random stream training continues with,
         # so a run stopped and resumed anywhere matches one that never stopped. Reseeded, so
         # every epoch is scored with the same draws and epochs differ only by the model.
+        # Under torch.distributed each rank scores its part of the data and the sums are shared.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 pyro.validation_enabled(False):
-            torch.manual_seed(seed + VAL_BINARIZATION_SEED)
+            torch.manual_seed(distributed.rank_seed(seed + VAL_BINARIZATION_SEED, rank))
             for m in _modules(model, guide):
                 m.eval()
-            v = estimators.elbo(model, guide, *val_x, num_samples=cfg.val_samples, data_chunk=2000).mean().item()
+            part = tuple(distributed.shard(a, rank, world) for a in val_x)
+            elbos = estimators.elbo(model, guide, *part, num_samples=cfg.val_samples, data_chunk=2000)
+            total = distributed.all_sum(torch.stack([elbos.double().sum(), torch.tensor(float(len(elbos)),
+                                                     dtype=torch.float64, device=elbos.device)]))
             for m in _modules(model, guide):
                 m.train()
-        return v
+        return (total[0] / total[1]).item()
 
     def check_finite(x: torch.Tensor) -> None:
         """Read the device-side count of non-finite steps (a host sync) and act on new ones."""
@@ -329,13 +363,15 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
 
     # on CPU reading the flag costs nothing, so a stop comes at the step itself; on CUDA every log_every steps
     check_every = 1 if device.type == "cpu" and cfg.nan_policy == "stop" else cfg.log_every
-    bar = tqdm(total=total_steps, initial=step, disable=not progress if progress is not None else None,
+    bar = tqdm(total=total_steps, initial=step,
+               disable=(not main) or (not progress if progress is not None else None),
                desc="fit", unit="step", mininterval=1.0)
     running, running_n = torch.zeros((), device=device), torch.zeros((), device=device)
     t_epoch = time.perf_counter()
     stop = step >= total_steps
     guard.count.fill_(skipped)
     # the data were checked once above; Pyro's per-step argument checks would only repeat that
+    agree = distributed.all_max if world > 1 else None
     with pyro.validation_enabled(False), _Signals(enabled=run_dir is not None) as signals:
         while not stop and epoch < epochs:
             for batch in batches.epoch(epoch, start_batch, labels=conditional):
@@ -343,10 +379,13 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
                                  total_steps=total_steps, cycles=cfg.cycles, cycle_ratio=cfg.cycle_ratio)
                 # a captured loss takes beta as a tensor input, so a schedule never forces a new capture
-                loss = loss_fn(*x, beta_t.fill_(beta) if loss_fn.mode != "none" else beta)
+                loss = step_loss(*x, beta_t.fill_(beta) if loss_fn.mode != "none" else beta)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                bad = guard.update(loss, params, step + 1, cfg.grad_clip)
+                if world > 1:  # DDP averages over ranks: weigh each rank's mean by its share of the batch
+                    (loss * distributed.loss_scale(x[0].shape[0], batches.total(start_batch))).backward()
+                else:
+                    loss.backward()
+                bad = guard.update(loss, params, step + 1, cfg.grad_clip, agree)
                 opt.found_inf = guard.found
                 opt.step()
                 step, start_batch = step + 1, start_batch + 1
@@ -355,8 +394,9 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 if step % check_every == 0 or step == total_steps:
                     check_finite(x)
                 if step % cfg.log_every == 0 or step == total_steps:  # checked just above
-                    good = int(running_n)
-                    mean_loss = (running / good).item() if good else None
+                    sums = distributed.all_sum(torch.stack([running, running_n.to(running.dtype)]))
+                    good = int(sums[1])
+                    mean_loss = (sums[0] / good).item() if good else None
                     row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": beta,
                            "lr": opt.param_groups[0]["lr"], "skipped": skipped}
                     write(row)
@@ -368,13 +408,19 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 if run_dir is not None and step % cfg.checkpoint_every == 0:
                     check_finite(x)
                     save_checkpoint()
-                if signals.received is not None:
+                received = signals.received
+                if world > 1:  # every rank stops at the same step: agreed at logging steps
+                    received = None
+                    if step % cfg.log_every == 0 or step == total_steps:
+                        flag = distributed.all_max(torch.tensor(float(signals.received or 0), device=device))
+                        received = int(flag) or None
+                if received is not None:
                     check_finite(x)
                     save_checkpoint()
-                    name = signal.Signals(signals.received).name
+                    name = signal.Signals(received).name
                     raise Interrupted(f"training stopped by {name} at step {step}; checkpoint saved to "
                                       f"{last_checkpoint}; continue with `pyrovae fit --resume {run_dir}`",
-                                      signals.received)
+                                      received)
                 if step >= total_steps:
                     stop = True
                     break
@@ -386,15 +432,17 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 row["val_elbo"] = validate()
                 if row["val_elbo"] > best:
                     best, bad_epochs = row["val_elbo"], 0
-                    if run_dir is not None:
+                    if run_dir is not None and main:
                         ckpt_io.atomic_save(snapshot(), run_dir / "best.pt")
                 else:
                     bad_epochs += 1
             if sched is not None and full_epoch:
                 sched.step()
             asked_to_stop = write(row)
+            if world > 1:  # a callback on one rank (a time budget) stops them all
+                asked_to_stop = bool(distributed.all_max(torch.tensor(float(asked_to_stop), device=device)))
             save_checkpoint()
-            if run_dir is not None:
+            if run_dir is not None and main:
                 from .plots import plot_curves
 
                 plot_curves(read_metrics(run_dir), run_dir / "curves.png")
@@ -417,10 +465,13 @@ class _Guard:
         self.first = torch.full((), -1, dtype=torch.long, device=device)
 
     def update(self, loss: torch.Tensor, params: list[torch.Tensor], step: int,
-               clip: float | None) -> torch.Tensor:
+               clip: float | None, agree: Callable | None = None) -> torch.Tensor:
+        """``agree`` (all ranks' maximum, under torch.distributed) makes every rank skip the same steps."""
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.count.device)
         bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        if agree is not None:
+            bad = agree(bad.float()) > 0
         if clip is not None and grads:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
         self.count += bad

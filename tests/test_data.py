@@ -94,3 +94,17 @@ def test_batches_cover_each_datapoint_once_and_resume():
     assert sorted(torch.cat(epoch0)[:, 0].tolist()) == list(range(10))
     assert not torch.equal(torch.cat(epoch0), torch.cat(list(batches.epoch(1))))
     assert all(torch.equal(a, b) for a, b in zip(epoch0[1:], batches.epoch(0, start=1)))
+
+
+def test_ranks_split_each_global_batch_of_one_permutation():
+    split = data.Split(torch.arange(11.0)[:, None], torch.zeros(11), "continuous")
+    single = list(data.Batches(split, 4, seed=5).epoch(2))  # global batches of 2 ranks x 2
+    ranks = [list(data.Batches(split, 2, seed=5, rank=r, world=2).epoch(2)) for r in range(2)]
+    assert len(data.Batches(split, 2, seed=5, rank=0, world=2)) == 3
+    for b, whole in enumerate(single):  # 4, 4, 3: the last split 2 + 1
+        assert torch.equal(torch.cat([ranks[0][b], ranks[1][b]]), whole)
+    assert [len(b) for b in ranks[1]] == [2, 2, 1]
+    tiny = data.Split(torch.arange(9.0)[:, None], torch.zeros(9), "continuous")
+    assert len(data.Batches(tiny, 4, rank=0, world=2)) == 1  # a last batch of 1 cannot feed 2 ranks
+    with pytest.raises(DataError, match="among 4 ranks"):
+        data.Batches(data.Split(torch.zeros(3, 1), torch.zeros(3), "continuous"), 1, rank=0, world=4)
