@@ -7,8 +7,6 @@ import sys
 import time
 from pathlib import Path
 
-import pyro
-import pyro.distributions as dist
 import pytest
 import torch
 import torch.distributed as torch_dist
