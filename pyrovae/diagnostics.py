@@ -619,7 +619,7 @@ def diagnose_run(run, out_dir, *, split: str = "test", limit: int = 1000, num_sa
     import json
     from pathlib import Path
 
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from .data import EVAL_BINARIZATION_SEED
     from .train import model_inputs
@@ -632,9 +632,8 @@ def diagnose_run(run, out_dir, *, split: str = "test", limit: int = 1000, num_sa
     table = posterior_quality(run.model, run.guide, *args, images=images, num_samples=num_samples,
                               labels=labels.cpu(), seed=seed)
     table.to_csv(out_dir / "diagnostics.csv", index=False)
-    fig = plot_quality(table)
+    fig = plot_quality(table, ax=Figure(figsize=(6, 4)).subplots())  # no pyplot: any backend, or none
     fig.savefig(out_dir / "khat_gap.png", dpi=100)
-    plt.close(fig)
     out = {"split": split, **quality_summary(table),
            "worst": worst(table, 10).to_dict(orient="records")}
     with warnings.catch_warnings(record=True) as caught:

@@ -1,15 +1,15 @@
-"""Figures: image grids, training curves, latent scatter and manifold (matplotlib, Agg)."""
+"""Figures: image grids, training curves, latent scatter and manifold (matplotlib).
+
+Files are drawn on ``matplotlib.figure.Figure`` objects, which need no backend, so that
+importing pyrovae leaves the user's backend (a notebook's inline one) alone."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid, save_image  # noqa: E402
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid, save_image
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
@@ -34,7 +34,8 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     """Training loss per logged step and validation ELBO per epoch."""
     steps = [r for r in rows if r.get("kind") == "step" and r.get("loss") is not None]
     epochs = [r for r in rows if r.get("kind") == "epoch" and "val_elbo" in r]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     if steps:
         ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train loss (-ELBO, beta-weighted)")
     if epochs:
@@ -45,7 +46,6 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
@@ -72,11 +72,11 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, ax) -> None:
 
 def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
     """Posterior means coloured by label (PCA to 2D when the latent is larger), as a PNG."""
-    fig, ax = plt.subplots(figsize=(6, 5))
+    fig = Figure(figsize=(6, 5))
+    ax = fig.subplots()
     latent_scatter(z, labels, ax)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return Path(path)
 
 
