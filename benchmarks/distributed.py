@@ -53,10 +53,24 @@ def worker(args) -> None:
     seconds = marks[last] - marks[first]
     model, guide = experiment.build(config, (1, 28, 28))
     params = sum(p.numel() for m in (model, guide) for p in m.parameters())
+    allreduce_ms = None
+    if world > 1:  # the all-reduce alone: one flat tensor of every parameter, as DDP's buckets add up to
+        import torch.distributed as dist
+
+        flat = torch.zeros(params, device=next(model.parameters()).device if args.device != "cpu" else "cpu")
+        for _ in range(5):
+            dist.all_reduce(flat)
+        dist.barrier()
+        t0 = time.perf_counter()
+        for _ in range(50):
+            dist.all_reduce(flat)
+        if flat.is_cuda:
+            torch.cuda.synchronize()
+        allreduce_ms = (time.perf_counter() - t0) / 50 * 1000
     if rank == 0:
         print("RESULT " + json.dumps({"world": world, "steps": last - first, "seconds": seconds,
                                       "datapoints_per_s": (last - first) * args.batch * world / seconds,
-                                      "compile": result.compile, "params": params,
+                                      "compile": result.compile, "params": params, "allreduce_ms": allreduce_ms,
                                       "threads": torch.get_num_threads()}), flush=True)
     distributed.shutdown()
 
@@ -103,12 +117,14 @@ def main() -> None:
              f"Default VAE (784-400-20), {args.batch} datapoints per rank per step, steps {WARMUP}..{args.steps} timed. "
              f"All-reduce per step: {params:,} parameters = {params * 4 / 2 ** 20:.2f} MiB (float32).",
              "",
-             "| ranks | loss | threads per rank | global batch | datapoints / s | vs 1 rank |",
-             "| ---: | --- | ---: | ---: | ---: | ---: |"]
+             "| ranks | loss | threads per rank | global batch | ms / step | all-reduce alone, ms | datapoints / s | vs 1 rank |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for world, mode, r in rows:
         how = "captured graph" if r["compile"] == "capture" else "eager" + (" under DDP" if world > 1 else "")
-        lines.append(f"| {world} | {how} | {r['threads']} | {args.batch * world} | {r['datapoints_per_s']:,.0f} | "
-                     f"{r['datapoints_per_s'] / base:.2f}x |")
+        step_ms = 1000 * r["seconds"] / r["steps"]
+        ar = "" if r["allreduce_ms"] is None else f"{r['allreduce_ms']:.2f}"
+        lines.append(f"| {world} | {how} | {r['threads']} | {args.batch * world} | {step_ms:.2f} | {ar} | "
+                     f"{r['datapoints_per_s']:,.0f} | {r['datapoints_per_s'] / base:.2f}x |")
     emit("\n".join(lines) + "\n", args.append)
 
 
