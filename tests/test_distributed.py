@@ -301,3 +301,32 @@ def test_torchrun_restarts_resume_from_the_checkpoint(torchrun_config):
     assert "(restart 1)" in out and "trained 600 steps" in out
     steps = _steps(run)
     assert steps == sorted(set(steps)) and steps[-1] == 600
+
+
+def test_two_nodes_through_a_rendezvous_train_like_one_node(tmp_path):
+    """Two torchrun agents (--nnodes 2, c10d rendezvous, one process each): the several-machines
+    path, on one host. Same ranks, same shards, same seeds: the same run as one agent with two
+    processes."""
+    def config(name):
+        run = tmp_path / name
+        path = tmp_path / f"{name}.toml"
+        path.write_text(CONFIG.format(run=run).replace("epochs = 12", "epochs = 1"))
+        return run, path
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one_run, one_cfg = config("one")
+    job = _torchrun("fit", str(one_cfg), "--no-progress")
+    out, _ = job.communicate(timeout=300)
+    assert job.returncode == 0, out
+    two_run, two_cfg = config("two")
+    port = 29400 + os.getpid() % 500
+    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+                                "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id",
+                                "pyrovae-test", "-m", "pyrovae", "fit", str(two_cfg), "--no-progress"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+              for _ in range(2)]
+    outs = [a.communicate(timeout=300)[0] for a in agents]
+    assert all(a.returncode == 0 for a in agents), outs
+    assert any("on 2 ranks" in o for o in outs)
+    rows = lambda run: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                        for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows(two_run) == rows(one_run)
