@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from .distributed import shard
 from .errors import DataError, unknown_name
 
 DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
@@ -257,5 +258,5 @@ class Batches:
         for b in range(start, len(self)):
             index = perm[b * self.global_size:(b + 1) * self.global_size]
             if self.world > 1:
-                index = index.tensor_split(self.world)[self.rank]
+                index = shard(index, self.rank, self.world)
             yield (self.data.observe(index), self.data.labels[index]) if labels else self.data.observe(index)

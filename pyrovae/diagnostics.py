@@ -536,12 +536,9 @@ def _decoder(model, decode: Callable | None) -> Callable:
 
 
 @torch.no_grad()
-def posterior_means(model, guide, x: torch.Tensor, *condition: torch.Tensor, site: str | None = None,
-                    batch: int = 1000) -> torch.Tensor:
-    """E_q[z | x] at ``site`` (default: the code site ``model.decode`` takes), (N, D), in batches."""
-    site = site or experiment.code_site(model)
-    return torch.cat([experiment.posterior_means(guide, *(a[i:i + batch] for a in (x, *condition)), site=site)
-                      for i in range(0, x.shape[0], batch)])
+def posterior_means(model, guide, x: torch.Tensor, *condition: torch.Tensor, site: str | None = None) -> torch.Tensor:
+    """E_q[z | x] at ``site`` (default: the code site ``model.decode`` takes), (N, D)."""
+    return experiment.posterior_means(guide, x, *condition, site=site or experiment.code_site(model))
 
 
 def plot_latent_means(model, guide, x: torch.Tensor, *condition: torch.Tensor, labels: torch.Tensor | None = None,

@@ -85,6 +85,11 @@ def shard(index: torch.Tensor, rank: int, size: int) -> torch.Tensor:
     return index.tensor_split(size)[rank]
 
 
+def shard_sizes(n: int, size: int) -> list[int]:
+    """The lengths of the ``size`` parts :func:`shard` cuts ``n`` rows into."""
+    return [n // size + (r < n % size) for r in range(size)]
+
+
 class DataParallelLoss(nn.Module):
     """``loss(*args)`` of the modules ``modules`` as one module, so that
     :class:`~torch.nn.parallel.DistributedDataParallel` can wrap it: DDP broadcasts rank 0's

@@ -169,7 +169,7 @@ def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, image
     rank, world = distributed.world()
     if world > x.shape[0]:
         raise ConfigError(f"{x.shape[0]} datapoints cannot be shared among {world} ranks")
-    sizes = [len(p) for p in torch.arange(x.shape[0]).tensor_split(world)]
+    sizes = distributed.shard_sizes(x.shape[0], world)
     pyro.set_rng_seed(distributed.rank_seed(seed, rank))  # under torch.distributed: this rank's part, own draws
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
@@ -198,11 +198,12 @@ def code_site(model) -> str:
 
 
 @torch.no_grad()
-def posterior_means(guide, *args: torch.Tensor, site: str = LATENT) -> torch.Tensor:
+def posterior_means(guide, *args: torch.Tensor, site: str = LATENT, batch: int = 1000) -> torch.Tensor:
     """E_q[z | args] read off the guide's distribution at ``site`` (for a site below another
-    latent, at the sampled value of the one above)."""
-    tr = poutine.trace(guide).get_trace(*args)
-    return tr.nodes[site]["fn"].mean
+    latent, at the sampled value of the one above), ``batch`` datapoints at a time."""
+    n = args[0].shape[0]
+    return torch.cat([poutine.trace(guide).get_trace(*(a[i:i + batch] for a in args)).nodes[site]["fn"].mean
+                      for i in range(0, n, batch)])
 
 
 @torch.no_grad()
@@ -227,7 +228,7 @@ def draw_report(run: Run, run_dir: str | Path, *, num: int = 64, split: str = "t
     paths = [plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
              plots.save_grid(reconstructions(run, x[:num // 2]), run_dir / "reconstructions.png", nrow=8)]
     n = min(latent_points, x.shape[0])
-    z = torch.cat([posterior_means(run.guide, x[i:i + 1000], site=code_site(run.model)) for i in range(0, n, 1000)])
+    z = posterior_means(run.guide, x[:n], site=code_site(run.model))
     paths.append(plots.plot_latent_scatter(z, data.labels[:n], run_dir / "latent.png"))
     if z.shape[-1] == 2:
         paths.append(plots.save_grid(plots.manifold_grid(run.model.decode, 20, run.device),

@@ -12,9 +12,13 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 
+def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    return make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8) -> Path:
     """Write images (N, C, H, W) in [0, 1] as one PNG grid."""
-    save_image(make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0), path)
+    save_image(_grid(images, nrow), path)
     return Path(path)
 
 
@@ -82,8 +86,7 @@ def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str 
 
 def show_grid(images: torch.Tensor, ax, nrow: int = 8, title: str | None = None) -> None:
     """Draw images (N, C, H, W) in [0, 1] as one grid on ``ax``."""
-    grid = make_grid(images.detach().float().clamp(0, 1).cpu(), nrow=nrow, padding=2, pad_value=1.0)
-    ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.imshow(_grid(images, nrow).permute(1, 2, 0).numpy(), interpolation="nearest")
     ax.axis("off")
     if title:
         ax.set_title(title)
