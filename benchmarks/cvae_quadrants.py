@@ -16,6 +16,7 @@ cross-entropy is linear in the target) and makes it a log-likelihood.
     python benchmarks/cvae_quadrants.py --epochs 30 [--quadrants 1 2 3] [--num-samples 5000]
         [--train-size N] [--test-limit N] [--plots DIR] [--append benchmarks/RESULTS.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,46 @@ from pyrovae.experiment import build, evaluate_data, load_data
 PYRO_TUTORIAL = {1: (100.4, 71.8), 2: (61.9, 51.0), 3: (25.4, 24.2)}
 
 
-def run(quadrants: int, *, epochs: int, num_samples: int, train_size: int | None = None,
-        val_limit: int | None = None, test_limit: int | None = None, hidden=(500, 500), latent_dim: int = 200,
-        batch_size: int = 128, lr: float = 1e-3, early_stopping: int | None = 3, seed: int = 0,
-        device: str = "auto", plots_dir: Path | None = None, init_from_baseline: bool = True) -> dict:
+def run(
+    quadrants: int,
+    *,
+    epochs: int,
+    num_samples: int,
+    train_size: int | None = None,
+    val_limit: int | None = None,
+    test_limit: int | None = None,
+    hidden=(500, 500),
+    latent_dim: int = 200,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    early_stopping: int | None = 3,
+    seed: int = 0,
+    device: str = "auto",
+    plots_dir: Path | None = None,
+    init_from_baseline: bool = True,
+) -> dict:
     """Train baseline and CVAE for ``quadrants`` visible quadrants; the row of the table."""
     data = DataConfig(train_size=train_size, val_limit=val_limit, test_limit=test_limit)
     train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, early_stopping=early_stopping)
     configs = {
-        "baseline": Config(model=Component("quadrant_baseline", {"quadrants": quadrants, "hidden": list(hidden)}),
-                           guide=Component("none"), data=data, train=train_cfg, seed=seed, device=device),
-        "cvae": Config(model=Component("quadrant_cvae", {"quadrants": quadrants, "hidden": list(hidden),
-                                                         "latent_dim": latent_dim}),
-                       guide=Component("quadrant_recognition", {"hidden": list(hidden)}), data=data,
-                       train=train_cfg, seed=seed, device=device),
+        "baseline": Config(
+            model=Component("quadrant_baseline", {"quadrants": quadrants, "hidden": list(hidden)}),
+            guide=Component("none"),
+            data=data,
+            train=train_cfg,
+            seed=seed,
+            device=device,
+        ),
+        "cvae": Config(
+            model=Component(
+                "quadrant_cvae", {"quadrants": quadrants, "hidden": list(hidden), "latent_dim": latent_dim}
+            ),
+            guide=Component("quadrant_recognition", {"hidden": list(hidden)}),
+            data=data,
+            train=train_cfg,
+            seed=seed,
+            device=device,
+        ),
     }
     dev = pyrovae.train.resolve_device(device)
     train, val, test = (load_data(configs["cvae"], s, dev) for s in ("train", "val", "test"))
@@ -61,10 +88,16 @@ def run(quadrants: int, *, epochs: int, num_samples: int, train_size: int | None
         if name == "cvae" and init_from_baseline:
             model.init_from(models["baseline"][0])
         t0 = time.perf_counter()
-        result = pyrovae.fit(model, guide, train, val, config=cfg.train, seed=seed, device=dev, progress=False)
+        result = pyrovae.fit(
+            model, guide, train, val, config=cfg.train, seed=seed, device=dev, progress=False
+        )
         vals = [r["val_elbo"] for r in result.metrics if r["kind"] == "epoch"]
-        row[name] = {"epochs": result.epoch, "seconds": time.perf_counter() - t0, "val_first": vals[0],
-                     "val_best": max(vals)}
+        row[name] = {
+            "epochs": result.epoch,
+            "seconds": time.perf_counter() - t0,
+            "val_first": vals[0],
+            "val_best": max(vals),
+        }
         models[name] = (model.eval(), guide.eval())
     images = test.observe_fixed(EVAL_BINARIZATION_SEED)
     args = models["cvae"][0].inputs(images)
@@ -77,21 +110,28 @@ def run(quadrants: int, *, epochs: int, num_samples: int, train_size: int | None
     row["test_images"], row["num_samples"] = images.shape[0], num_samples
     if plots_dir is not None:
         Path(plots_dir).mkdir(parents=True, exist_ok=True)
-        row["plot"] = str(plots.save_completions(models["cvae"][0], *(a[:8] for a in args),
-                                                 Path(plots_dir) / f"completions_q{quadrants}.png"))
+        row["plot"] = str(
+            plots.save_completions(
+                models["cvae"][0], *(a[:8] for a in args), Path(plots_dir) / f"completions_q{quadrants}.png"
+            )
+        )
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| visible quadrants | baseline -log p(y\\|x) | CVAE -ELBO | CVAE -log p(y\\|x), importance-sampled "
-             "| epochs (baseline, CVAE) | Pyro tutorial: baseline / CVAE -ELBO |",
-             "| ---: | ---: | ---: | ---: | --- | --- |"]
+    lines = [
+        "| visible quadrants | baseline -log p(y\\|x) | CVAE -ELBO | CVAE -log p(y\\|x), importance-sampled "
+        "| epochs (baseline, CVAE) | Pyro tutorial: baseline / CVAE -ELBO |",
+        "| ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for r in rows:
         b, c = r["baseline"], r["cvae"]
         tb, tc = PYRO_TUTORIAL[r["quadrants"]]
-        lines.append(f"| {r['quadrants']} | {b['nll'][0]:.2f} +- {b['nll'][1]:.2f} | {c['neg_elbo'][0]:.2f} +- "
-                     f"{c['neg_elbo'][1]:.2f} | {c['nll'][0]:.2f} +- {c['nll'][1]:.2f} (K = {r['num_samples']}) | "
-                     f"{b['epochs']}, {c['epochs']} | {tb} / {tc} |")
+        lines.append(
+            f"| {r['quadrants']} | {b['nll'][0]:.2f} +- {b['nll'][1]:.2f} | {c['neg_elbo'][0]:.2f} +- "
+            f"{c['neg_elbo'][1]:.2f} | {c['nll'][0]:.2f} +- {c['nll'][1]:.2f} (K = {r['num_samples']}) | "
+            f"{b['epochs']}, {c['epochs']} | {tb} / {tc} |"
+        )
     return "\n".join(lines)
 
 
@@ -106,13 +146,25 @@ def main() -> None:
     p.add_argument("--plots")
     p.add_argument("--append")
     a = p.parse_args()
-    rows = [run(q, epochs=a.epochs, num_samples=a.num_samples, train_size=a.train_size, test_limit=a.test_limit,
-                device=a.device, plots_dir=a.plots) for q in a.quadrants]
-    header = (f"Device: {pyrovae.train.resolve_device(a.device)} ({platform.machine()}, {torch.get_num_threads()} "
-              f"threads); torch {torch.__version__}, pyro {pyro.__version__}. Command: `python "
-              f"benchmarks/cvae_quadrants.py --epochs {a.epochs} --num-samples {a.num_samples}"
-              f"{f' --train-size {a.train_size}' if a.train_size else ''}"
-              f"{f' --test-limit {a.test_limit}' if a.test_limit else ''}`; {rows[0]['test_images']} test images.")
+    rows = [
+        run(
+            q,
+            epochs=a.epochs,
+            num_samples=a.num_samples,
+            train_size=a.train_size,
+            test_limit=a.test_limit,
+            device=a.device,
+            plots_dir=a.plots,
+        )
+        for q in a.quadrants
+    ]
+    header = (
+        f"Device: {pyrovae.train.resolve_device(a.device)} ({platform.machine()}, {torch.get_num_threads()} "
+        f"threads); torch {torch.__version__}, pyro {pyro.__version__}. Command: `python "
+        f"benchmarks/cvae_quadrants.py --epochs {a.epochs} --num-samples {a.num_samples}"
+        f"{f' --train-size {a.train_size}' if a.train_size else ''}"
+        f"{f' --test-limit {a.test_limit}' if a.test_limit else ''}`; {rows[0]['test_images']} test images."
+    )
     from report import emit  # benchmarks/ is on sys.path when run as a script
 
     emit("\n".join([header, "", table(rows)]) + "\n", a.append)

@@ -10,6 +10,7 @@ all-reduce sends and receives 2 (W - 1) / W of it per rank.
 
     python benchmarks/distributed.py [--device cpu] [--steps 400] [--append benchmarks/RESULTS.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,9 +38,18 @@ def worker(args) -> None:
     distributed.init_from_env(args.device)
     rank, world = distributed.world()
     config = load_config(ROOT / "configs" / "mnist_vae.toml")
-    config = config.replace(run_dir=args.run_dir, device=args.device, train=dataclasses.replace(
-        config.train, max_steps=args.steps, batch_size=args.batch, log_every=WARMUP, compile=args.compile,
-        checkpoint_every=10 ** 9))
+    config = config.replace(
+        run_dir=args.run_dir,
+        device=args.device,
+        train=dataclasses.replace(
+            config.train,
+            max_steps=args.steps,
+            batch_size=args.batch,
+            log_every=WARMUP,
+            compile=args.compile,
+            checkpoint_every=10**9,
+        ),
+    )
     marks: dict[int, float] = {}
 
     def clock(row):
@@ -68,10 +78,22 @@ def worker(args) -> None:
             torch.cuda.synchronize()
         allreduce_ms = (time.perf_counter() - t0) / 50 * 1000
     if rank == 0:
-        print("RESULT " + json.dumps({"world": world, "steps": last - first, "seconds": seconds,
-                                      "datapoints_per_s": (last - first) * args.batch * world / seconds,
-                                      "compile": result.compile, "params": params, "allreduce_ms": allreduce_ms,
-                                      "threads": torch.get_num_threads()}), flush=True)
+        print(
+            "RESULT "
+            + json.dumps(
+                {
+                    "world": world,
+                    "steps": last - first,
+                    "seconds": seconds,
+                    "datapoints_per_s": (last - first) * args.batch * world / seconds,
+                    "compile": result.compile,
+                    "params": params,
+                    "allreduce_ms": allreduce_ms,
+                    "threads": torch.get_num_threads(),
+                }
+            ),
+            flush=True,
+        )
     distributed.shutdown()
 
 
@@ -79,14 +101,31 @@ def launch(world: int, args, compile_mode: str) -> dict:
     cores = os.cpu_count() or 1
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world))}
     with tempfile.TemporaryDirectory() as run_dir:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
-               __file__, "--worker", "--run-dir", run_dir, "--steps", str(args.steps), "--batch", str(args.batch),
-               "--device", args.device, "--compile", compile_mode]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            str(world),
+            __file__,
+            "--worker",
+            "--run-dir",
+            run_dir,
+            "--steps",
+            str(args.steps),
+            "--batch",
+            str(args.batch),
+            "--device",
+            args.device,
+            "--compile",
+            compile_mode,
+        ]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout}\n{out.stderr}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> None:
@@ -106,25 +145,29 @@ def main() -> None:
 
     rows = []
     for world in args.ranks:
-        for mode in (("auto", "none") if world == 1 else ("none",)):
+        for mode in ("auto", "none") if world == 1 else ("none",):
             rows.append((world, mode, launch(world, args, mode)))
     base = rows[0][2]["datapoints_per_s"]
     params = rows[0][2]["params"]
     device = args.device if args.device == "cpu" else f"{args.device} ({args.device})"
-    lines = [f"### Data-parallel throughput ({device}, {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores; `python benchmarks/distributed.py --device {args.device} --steps {args.steps}`)",
-             "",
-             f"Default VAE (784-400-20), {args.batch} datapoints per rank per step, steps {WARMUP}..{args.steps} timed. "
-             f"All-reduce per step: {params:,} parameters = {params * 4 / 2 ** 20:.2f} MiB (float32).",
-             "",
-             "| ranks | loss | threads per rank | global batch | ms / step | all-reduce alone, ms | datapoints / s | vs 1 rank |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"### Data-parallel throughput ({device}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores; `python benchmarks/distributed.py --device {args.device} --steps {args.steps}`)",
+        "",
+        f"Default VAE (784-400-20), {args.batch} datapoints per rank per step, steps {WARMUP}..{args.steps} timed. "
+        f"All-reduce per step: {params:,} parameters = {params * 4 / 2**20:.2f} MiB (float32).",
+        "",
+        "| ranks | loss | threads per rank | global batch | ms / step | all-reduce alone, ms | datapoints / s | vs 1 rank |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for world, mode, r in rows:
         how = "captured graph" if r["compile"] == "capture" else "eager" + (" under DDP" if world > 1 else "")
         step_ms = 1000 * r["seconds"] / r["steps"]
         ar = "" if r["allreduce_ms"] is None else f"{r['allreduce_ms']:.2f}"
-        lines.append(f"| {world} | {how} | {r['threads']} | {args.batch * world} | {step_ms:.2f} | {ar} | "
-                     f"{r['datapoints_per_s']:,.0f} | {r['datapoints_per_s'] / base:.2f}x |")
+        lines.append(
+            f"| {world} | {how} | {r['threads']} | {args.batch * world} | {step_ms:.2f} | {ar} | "
+            f"{r['datapoints_per_s']:,.0f} | {r['datapoints_per_s'] / base:.2f}x |"
+        )
     emit("\n".join(lines) + "\n", args.append)
 
 

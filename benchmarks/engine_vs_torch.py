@@ -9,6 +9,7 @@ graph: see pyrovae.compile). Both are evaluated by the same estimator (pyrovae.e
 
     python benchmarks/engine_vs_torch.py --epochs 10 [--append benchmarks/RESULTS.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ import time
 
 import pyro
 import torch
+from speed import plain_loss  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 import pyrovae
 from pyrovae import estimators
@@ -27,7 +29,6 @@ from pyrovae.data import EVAL_BINARIZATION_SEED, Batches, load_split
 from pyrovae.guides import MLPGuide
 from pyrovae.models import VAE
 from pyrovae.train import resolve_device
-from speed import plain_loss  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 
 def plain_torch(model: VAE, guide: MLPGuide, train, epochs: int, batch_size: int, lr: float, seed: int):

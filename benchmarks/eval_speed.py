@@ -11,6 +11,7 @@ and prints: seconds, chunk rows, achieved GFLOP/s, matmul GFLOP/s, the matmul fl
     python benchmarks/eval_speed.py --run runs/mnist_vae [--num-samples 5000] [--limit N] [--max-rows R]
                                     [--compile auto|none|...] [--append benchmarks/RESULTS.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,14 +69,17 @@ def main() -> None:
     p.add_argument("--num-samples", type=int, default=5000)
     p.add_argument("--limit", type=int, help="evaluate only the first N test images (and scale nothing)")
     p.add_argument("--device", default=None, help="default: the run's device")
-    p.add_argument("--max-rows", type=int, help="particle-datapoint pairs per chunk (default: from free memory)")
+    p.add_argument(
+        "--max-rows", type=int, help="particle-datapoint pairs per chunk (default: from free memory)"
+    )
     p.add_argument("--compile", default="auto", help="how chunks run (pyrovae.compile modes)")
     p.add_argument("--append")
     a = p.parse_args()
     run = load_run(a.run, device=a.device)
     if a.limit:
-        run = dataclasses.replace(run, config=run.config.replace(
-            data=dataclasses.replace(run.config.data, test_limit=a.limit)))
+        run = dataclasses.replace(
+            run, config=run.config.replace(data=dataclasses.replace(run.config.data, test_limit=a.limit))
+        )
     device, k = run.device, a.num_samples
     x = load_data(run.config, "test", device).observe_fixed(EVAL_BINARIZATION_SEED)
     with pyro.validation_enabled(False):
@@ -87,19 +91,26 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats(device)
     report = evaluate(run, num_samples=k, compile=a.compile, max_rows=a.max_rows)
     seconds = report["seconds"]
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) / 2**20
     floor = total_flops / rate
-    header = (f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}, "
-              f"pyro {pyro.__version__}. Command: `python benchmarks/eval_speed.py --run {a.run} "
-              f"--num-samples {k}{f' --limit {a.limit}' if a.limit else ''}"
-              f"{f' --max-rows {a.max_rows}' if a.max_rows else ''}{f' --compile {a.compile}' if a.compile != 'auto' else ''}`")
-    lines = ["| images | K | chunk rows | bytes / row | seconds | TFLOP | achieved GFLOP/s | matmul GFLOP/s "
-             "| matmul floor (s) | time / floor | peak memory (MB) | log p(x) |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-             f"| {x.shape[0]} | {k} | {rows} | {row_bytes:.0f} | {seconds:.1f} | {total_flops / 1e12:.1f} | "
-             f"{total_flops / seconds / 1e9:.0f} | {rate / 1e9:.0f} | {floor:.1f} | {seconds / floor:.2f}x | {peak:.0f} | "
-             f"{report['log_likelihood']['mean']:.2f} +- {report['log_likelihood']['stderr']:.2f} |"]
+    header = (
+        f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}, "
+        f"pyro {pyro.__version__}. Command: `python benchmarks/eval_speed.py --run {a.run} "
+        f"--num-samples {k}{f' --limit {a.limit}' if a.limit else ''}"
+        f"{f' --max-rows {a.max_rows}' if a.max_rows else ''}{f' --compile {a.compile}' if a.compile != 'auto' else ''}`"
+    )
+    lines = [
+        "| images | K | chunk rows | bytes / row | seconds | TFLOP | achieved GFLOP/s | matmul GFLOP/s "
+        "| matmul floor (s) | time / floor | peak memory (MB) | log p(x) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {x.shape[0]} | {k} | {rows} | {row_bytes:.0f} | {seconds:.1f} | {total_flops / 1e12:.1f} | "
+        f"{total_flops / seconds / 1e9:.0f} | {rate / 1e9:.0f} | {floor:.1f} | {seconds / floor:.2f}x | {peak:.0f} | "
+        f"{report['log_likelihood']['mean']:.2f} +- {report['log_likelihood']['stderr']:.2f} |",
+    ]
     from report import emit  # benchmarks/ is on sys.path when run as a script
 
     emit("\n".join([header, "", *lines]) + "\n", a.append)

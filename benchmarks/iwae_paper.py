@@ -8,6 +8,7 @@ prints (and with ``--append``, appends) a markdown row beside the paper's value.
 
     python benchmarks/iwae_paper.py --layers 1 --kind iwae --k 5 --minutes 30 --append benchmarks/RESULTS.md
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,14 @@ import torch
 from pyrovae import experiment
 from pyrovae.config import load_config
 
-PAPER_NLL = {(1, "vae", 1): 86.76, (1, "iwae", 5): 85.54, (1, "iwae", 50): 84.78,
-             (2, "vae", 1): 85.33, (2, "iwae", 5): 83.89, (2, "iwae", 50): 82.90}
+PAPER_NLL = {
+    (1, "vae", 1): 86.76,
+    (1, "iwae", 5): 85.54,
+    (1, "iwae", 50): 84.78,
+    (2, "vae", 1): 85.33,
+    (2, "iwae", 5): 83.89,
+    (2, "iwae", 50): 82.90,
+}
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "iwae_paper"
 
 
@@ -44,12 +51,18 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     name = f"{a.layers}layer_{a.kind}_k{a.k}"
     cfg = load_config(CONFIGS / f"{name}.toml")
-    cfg = cfg.replace(device=a.device, run_dir=a.run_dir or cfg.run_dir, eval_samples=a.eval_samples,
-                      train=dataclasses.replace(cfg.train, epochs=a.epochs))
+    cfg = cfg.replace(
+        device=a.device,
+        run_dir=a.run_dir or cfg.run_dir,
+        eval_samples=a.eval_samples,
+        train=dataclasses.replace(cfg.train, epochs=a.epochs),
+    )
     start = time.perf_counter()
 
     def budget(row: dict) -> bool:
-        return a.minutes is not None and row["kind"] == "epoch" and time.perf_counter() - start > 60 * a.minutes
+        return (
+            a.minutes is not None and row["kind"] == "epoch" and time.perf_counter() - start > 60 * a.minutes
+        )
 
     result = experiment.fit_config(cfg, callbacks=[budget], progress=False)
     train_seconds = time.perf_counter() - start
@@ -57,9 +70,11 @@ def main() -> None:
     report = experiment.evaluate(run, num_samples=a.eval_samples)
     nll, se = -report["log_likelihood"]["mean"], report["log_likelihood"]["stderr"]
     paper = PAPER_NLL.get((a.layers, a.kind, a.k))
-    row = (f"| {a.layers} | {a.kind.upper()} | {a.k} | {result.epoch} | {train_seconds / 60:.1f} | "
-           f"{nll:.2f} +- {se:.2f} | {-report['elbo']['mean']:.2f} | "
-           f"{paper if paper is not None else 'table 1'} | {report['seconds']:.0f} |")
+    row = (
+        f"| {a.layers} | {a.kind.upper()} | {a.k} | {result.epoch} | {train_seconds / 60:.1f} | "
+        f"{nll:.2f} +- {se:.2f} | {-report['elbo']['mean']:.2f} | "
+        f"{paper if paper is not None else 'table 1'} | {report['seconds']:.0f} |"
+    )
     header = [
         f"Device: {run.device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}, "
         f"pyro {pyro.__version__}. Command: `python benchmarks/iwae_paper.py --layers {a.layers} --kind {a.kind} "

@@ -1,4 +1,5 @@
 """What every benchmark does with its table: print it, and append it to a markdown file when asked."""
+
 from __future__ import annotations
 
 

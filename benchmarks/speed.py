@@ -12,6 +12,7 @@ is its own): ``--warmup`` steps, then the median over ``--repeats`` windows of `
 
     python benchmarks/speed.py [--nets examples iwae] [--batches 128 1024] [--append benchmarks/RESULTS.md]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,19 @@ import time
 
 import torch
 
-NETS = {"examples": dict(latent_dim=20, hidden=[400], activation="relu"),
-        "iwae": dict(latent_dim=50, hidden=[200, 200], activation="tanh")}
-ROWS = ("plain", "plain:softplus", "naive", "pyrovae", "pyrovae:none", "pyrovae:inductor", "pyrovae:cudagraphs")
+NETS = {
+    "examples": dict(latent_dim=20, hidden=[400], activation="relu"),
+    "iwae": dict(latent_dim=50, hidden=[200, 200], activation="tanh"),
+}
+ROWS = (
+    "plain",
+    "plain:softplus",
+    "naive",
+    "pyrovae",
+    "pyrovae:none",
+    "pyrovae:inductor",
+    "pyrovae:cudagraphs",
+)
 
 
 def build(net: str, device):
@@ -75,7 +86,7 @@ def one(row: str, net: str, batch: int, a) -> dict:
     """Seconds per step (median window) and peak memory of one combination, in this process."""
     import pyro
 
-    from pyrovae.data import Batches, load_split, torchvision_dataset, data_root
+    from pyrovae.data import Batches, data_root, load_split, torchvision_dataset
     from pyrovae.train import resolve_device
 
     device = resolve_device(a.device)
@@ -108,6 +119,7 @@ def one(row: str, net: str, batch: int, a) -> dict:
         def guide_fn(x):
             pyro.module("encoder", guide)
             return guide(x)
+
         svi = SVI(model_fn, guide_fn, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
 
         def step():
@@ -120,10 +132,19 @@ def one(row: str, net: str, batch: int, a) -> dict:
         train = load_split("mnist", "train", root=a.data_root, device=device)
         marks: list[float] = []
         options = {} if row == "pyrovae" else {"compile": row.split(":")[1]}
-        cfg = TrainConfig(max_steps=a.warmup + a.steps * a.repeats, batch_size=batch, log_every=a.steps, **options)
-        pyrovae.fit(model, guide, train, config=cfg, device=device, progress=False,
-                    callbacks=[lambda r: r["kind"] == "step" and marks.append(time.perf_counter())])
-        windows = [(b - c) / a.steps for c, b in zip(marks, marks[1:])][a.warmup // a.steps - 1:]
+        cfg = TrainConfig(
+            max_steps=a.warmup + a.steps * a.repeats, batch_size=batch, log_every=a.steps, **options
+        )
+        pyrovae.fit(
+            model,
+            guide,
+            train,
+            config=cfg,
+            device=device,
+            progress=False,
+            callbacks=[lambda r: r["kind"] == "step" and marks.append(time.perf_counter())],
+        )
+        windows = [(b - c) / a.steps for c, b in zip(marks, marks[1:])][a.warmup // a.steps - 1 :]
         assert len(windows) == a.repeats
         return _result(windows, device)
     time_steps(step, a.warmup, device)
@@ -132,11 +153,15 @@ def one(row: str, net: str, batch: int, a) -> dict:
 
 def _result(windows: list[float], device) -> dict:
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+        peak = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"seconds_per_step": statistics.median(windows), "peak_mb": peak, "device": str(device),
-            "memory": "CUDA max allocated" if device.type == "cuda" else "process peak RSS"}
+    return {
+        "seconds_per_step": statistics.median(windows),
+        "peak_mb": peak,
+        "device": str(device),
+        "memory": "CUDA max allocated" if device.type == "cuda" else "process peak RSS",
+    }
 
 
 def main() -> None:
@@ -145,8 +170,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
     p.add_argument("--batches", nargs="+", type=int, default=[128, 1024])
-    p.add_argument("--rows", nargs="+", choices=list(ROWS),
-                   help="default: all (pyrovae:cudagraphs on CUDA only)")
+    p.add_argument(
+        "--rows", nargs="+", choices=list(ROWS), help="default: all (pyrovae:cudagraphs on CUDA only)"
+    )
     p.add_argument("--steps", type=int, default=50, help="steps per timed window")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=50)
@@ -158,33 +184,54 @@ def main() -> None:
     if a.rows is None:
         a.rows = [r for r in ROWS if r != "pyrovae:cudagraphs" or "cuda" in str(resolve_device(a.device))]
     if a.warmup < a.steps or a.warmup % a.steps:
-        p.error("--warmup must be a positive multiple of --steps (fit's timing marks come every --steps steps)")
+        p.error(
+            "--warmup must be a positive multiple of --steps (fit's timing marks come every --steps steps)"
+        )
     if a.one:
         print(json.dumps(one(a.one[0], a.one[1], int(a.one[2]), a)))
         return
-    passthrough = ["--steps", str(a.steps), "--repeats", str(a.repeats), "--warmup", str(a.warmup),
-                   "--device", a.device] + (["--data-root", a.data_root] if a.data_root else [])
-    lines = ["| network | batch | loop | steps / s | seconds / epoch | time vs plain | peak memory (MB) | memory vs plain |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    passthrough = [
+        "--steps",
+        str(a.steps),
+        "--repeats",
+        str(a.repeats),
+        "--warmup",
+        str(a.warmup),
+        "--device",
+        a.device,
+    ] + (["--data-root", a.data_root] if a.data_root else [])
+    lines = [
+        "| network | batch | loop | steps / s | seconds / epoch | time vs plain | peak memory (MB) | memory vs plain |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     device = memory = None
     for net, batch in itertools.product(a.nets, a.batches):
         results = {}
         for row in a.rows:
-            out = subprocess.run([sys.executable, __file__, "--one", row, net, str(batch), *passthrough],
-                                 capture_output=True, text=True, check=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", row, net, str(batch), *passthrough],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             results[row] = json.loads(out.stdout.strip().splitlines()[-1])
             device, memory = results[row]["device"], results[row]["memory"]
         ref = results.get("plain", next(iter(results.values())))
         for row, r in results.items():
             sps = r["seconds_per_step"]
-            lines.append(f"| {net} | {batch} | {row} | {1 / sps:.1f} | {sps * -(-50000 // batch):.2f} | "
-                         f"{sps / ref['seconds_per_step']:.2f}x | {r['peak_mb']:.0f} | "
-                         f"{r['peak_mb'] / ref['peak_mb']:.2f}x |")
-        print("\n".join(lines[-len(results):]), flush=True)
-    header = [f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}; "
-              f"memory = {memory}. Median of {a.repeats} windows of {a.steps} steps after {a.warmup} warm-up steps; "
-              f"seconds / epoch = seconds per step x steps in 50,000 images.",
-              f"Command: `python benchmarks/speed.py --steps {a.steps} --repeats {a.repeats} --warmup {a.warmup}`", ""]
+            lines.append(
+                f"| {net} | {batch} | {row} | {1 / sps:.1f} | {sps * -(-50000 // batch):.2f} | "
+                f"{sps / ref['seconds_per_step']:.2f}x | {r['peak_mb']:.0f} | "
+                f"{r['peak_mb'] / ref['peak_mb']:.2f}x |"
+            )
+        print("\n".join(lines[-len(results) :]), flush=True)
+    header = [
+        f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}; "
+        f"memory = {memory}. Median of {a.repeats} windows of {a.steps} steps after {a.warmup} warm-up steps; "
+        f"seconds / epoch = seconds per step x steps in 50,000 images.",
+        f"Command: `python benchmarks/speed.py --steps {a.steps} --repeats {a.repeats} --warmup {a.warmup}`",
+        "",
+    ]
     from report import emit  # benchmarks/ is on sys.path when run as a script
 
     print()

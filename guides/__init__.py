@@ -1,5 +1,6 @@
 """Guides q(z|x). Every module in this package is imported, so a new file with a
 ``@register_guide`` class is available by name with no other change."""
+
 import importlib
 import pkgutil
 

@@ -1,4 +1,5 @@
 """Guides of the conditional models (models/conditional.py)."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,16 @@ class ConditionalMLPGuide(ImageModule):
 
     takes = "image,label"
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, *, num_classes: int = 10,
-                 hidden: Sequence[int] = (400,), activation: str = "relu", min_scale: float = 1e-4):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int,
+        *,
+        num_classes: int = 10,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        min_scale: float = 1e-4,
+    ):
         super().__init__(x_shape, latent_dim)
         self.min_scale = min_scale
         self.net = mlp([math.prod(self.x_shape) + num_classes, *hidden, 2 * latent_dim], activation)
@@ -43,8 +52,15 @@ class QuadrantRecognition(ImageModule):
 
     takes = "quadrants"
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[int] = (500, 500),
-                 activation: str = "relu", min_scale: float = 1e-4):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int,
+        *,
+        hidden: Sequence[int] = (500, 500),
+        activation: str = "relu",
+        min_scale: float = 1e-4,
+    ):
         super().__init__(x_shape, latent_dim)
         self.min_scale = min_scale
         self.net = mlp([2 * math.prod(self.x_shape), *hidden, 2 * latent_dim], activation)
@@ -54,14 +70,17 @@ class QuadrantRecognition(ImageModule):
         object.__setattr__(self, "_model", model)
 
     def params(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return gaussian_head(self.net(torch.cat([x.flatten(1), y.flatten(1)], -1)), self.latent_dim,
-                             self.min_scale)
+        return gaussian_head(
+            self.net(torch.cat([x.flatten(1), y.flatten(1)], -1)), self.latent_dim, self.min_scale
+        )
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         if y is None:
             if self._model is None:
-                raise ValueError("without y the recognition guide samples from the model's prior network; "
-                                 "call guide.attach_model(model) first")
+                raise ValueError(
+                    "without y the recognition guide samples from the model's prior network; "
+                    "call guide.attach_model(model) first"
+                )
             loc, scale = self._model.prior_params(x)
         else:
             loc, scale = self.params(x, y)

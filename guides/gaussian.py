@@ -1,4 +1,5 @@
 """Amortized diagonal-Gaussian guides q(z|x) = N(mu(x), diag sigma(x)^2) (Kingma & Welling 2013, eq. 9)."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,7 @@ class DiagonalGaussianGuide(ImageModule):
     sigma = softplus(.) + ``min_scale`` keeps the scale positive and away from zero.
     """
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, encoder: nn.Module,
-                 min_scale: float = 1e-4):
+    def __init__(self, x_shape: Sequence[int], latent_dim: int, encoder: nn.Module, min_scale: float = 1e-4):
         super().__init__(x_shape, latent_dim)
         self.encoder = encoder
         self.min_scale = min_scale
@@ -41,8 +41,15 @@ class DiagonalGaussianGuide(ImageModule):
 class MLPGuide(DiagonalGaussianGuide):
     """Diagonal-Gaussian encoder: flatten x, MLP with layers ``hidden``."""
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[int] = (400,),
-                 activation: str = "relu", min_scale: float = 1e-4):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int,
+        *,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        min_scale: float = 1e-4,
+    ):
         net = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, 2 * latent_dim], activation))
         super().__init__(x_shape, latent_dim, net, min_scale)
 
@@ -51,7 +58,15 @@ class MLPGuide(DiagonalGaussianGuide):
 class ConvGuide(DiagonalGaussianGuide):
     """Diagonal-Gaussian encoder: stride-2 convolutions ``channels``, then MLP ``hidden``."""
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (32, 64),
-                 hidden: Sequence[int] = (256,), activation: str = "relu", min_scale: float = 1e-4):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int,
+        *,
+        channels: Sequence[int] = (32, 64),
+        hidden: Sequence[int] = (256,),
+        activation: str = "relu",
+        min_scale: float = 1e-4,
+    ):
         net = ConvEncoder(x_shape, 2 * latent_dim, channels, hidden, activation)
         super().__init__(x_shape, latent_dim, net, min_scale)

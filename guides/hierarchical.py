@@ -1,4 +1,5 @@
 """The two-stochastic-layer guide of Burda et al. (2015), sec. 5."""
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,16 @@ class TwoLayerGuide(ImageModule):
 
     latent_sites = ("z1", "z2")
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int] = (100, 50), *,
-                 hidden: Sequence[int] = (200, 200), hidden_top: Sequence[int] = (100, 100),
-                 activation: str = "tanh", min_scale: float = 1e-4):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: Sequence[int] = (100, 50),
+        *,
+        hidden: Sequence[int] = (200, 200),
+        hidden_top: Sequence[int] = (100, 100),
+        activation: str = "tanh",
+        min_scale: float = 1e-4,
+    ):
         super().__init__(x_shape, latent_dim)
         d1, d2 = self.latent_dim
         self.min_scale = min_scale
@@ -33,5 +41,7 @@ class TwoLayerGuide(ImageModule):
     def forward(self, x):
         d1, d2 = self.latent_dim
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            z1 = pyro.sample("z1", dist.Normal(*gaussian_head(self.bottom(x), d1, self.min_scale)).to_event(1))
+            z1 = pyro.sample(
+                "z1", dist.Normal(*gaussian_head(self.bottom(x), d1, self.min_scale)).to_event(1)
+            )
             pyro.sample("z2", dist.Normal(*gaussian_head(self.top(z1), d2, self.min_scale)).to_event(1))

@@ -1,5 +1,6 @@
 """Models p(z) p(x|z). Every module in this package is imported, so a new file with a
 ``@register_model`` class is available by name with no other change."""
+
 import importlib
 import pkgutil
 

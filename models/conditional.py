@@ -10,6 +10,7 @@
 
 Both quadrant models count only the hidden pixels: the visible input x holds -1 there.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,10 @@ HIDDEN = -1.0  #: the value of a hidden pixel in a quadrant task's input
 
 def one_hot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     if labels.dim() != 1 or (labels < 0).any() or (labels >= num_classes).any():
-        raise DataError(f"a label-conditioned model needs integer labels in [0, {num_classes}) for every "
-                        "datapoint; this dataset has unlabelled or out-of-range ones")
+        raise DataError(
+            f"a label-conditioned model needs integer labels in [0, {num_classes}) for every "
+            "datapoint; this dataset has unlabelled or out-of-range ones"
+        )
     return F.one_hot(labels, num_classes).float()
 
 
@@ -46,17 +49,27 @@ class ClassConditionalVAE(ImageModel):
 
     takes = "image,label"
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int = 20, *, num_classes: int = 10,
-                 hidden: Sequence[int] = (400,), activation: str = "relu", likelihood: str = "bernoulli",
-                 sigma: float | str = 0.1):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int = 20,
+        *,
+        num_classes: int = 10,
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+        sigma: float | str = 0.1,
+    ):
         super().__init__(x_shape, latent_dim)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"cvae needs num_classes >= 1, got {num_classes!r}")
         self.num_classes = num_classes
         self.prior = StandardPrior(latent_dim)
         self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
-        self.net = nn.Sequential(mlp([latent_dim + num_classes, *hidden, math.prod(self.x_shape)], activation),
-                                 nn.Unflatten(-1, self.x_shape))
+        self.net = nn.Sequential(
+            mlp([latent_dim + num_classes, *hidden, math.prod(self.x_shape)], activation),
+            nn.Unflatten(-1, self.x_shape),
+        )
 
     def inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, one-hot y) for labelled images."""
@@ -70,7 +83,9 @@ class ClassConditionalVAE(ImageModel):
 
     def decode(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if y is None:
-            raise ConfigError("cvae decodes z for a chosen class: pass condition=LABEL (pyrovae sample --condition)")
+            raise ConfigError(
+                "cvae decodes z for a chosen class: pass condition=LABEL (pyrovae sample --condition)"
+            )
         return self.likelihood.mean(self.net(torch.cat([z, y.expand(z.shape[0], -1)], -1)))
 
     def sample_prior(self, num: int) -> torch.Tensor:
@@ -80,10 +95,15 @@ class ClassConditionalVAE(ImageModel):
     def sample(self, num: int, condition: int | torch.Tensor | None = None) -> torch.Tensor:
         """``num`` images of class ``condition`` (an int label or a conditioning vector)."""
         if condition is None:
-            raise ConfigError("cvae samples a chosen class: pass condition=LABEL (pyrovae sample --condition 7)")
+            raise ConfigError(
+                "cvae samples a chosen class: pass condition=LABEL (pyrovae sample --condition 7)"
+            )
         z = self.sample_prior(num)
-        y = (one_hot(torch.tensor([int(condition)]), self.num_classes) if not isinstance(condition, torch.Tensor)
-             else condition.reshape(1, -1).float()).to(z)
+        y = (
+            one_hot(torch.tensor([int(condition)]), self.num_classes)
+            if not isinstance(condition, torch.Tensor)
+            else condition.reshape(1, -1).float()
+        ).to(z)
         return self.decode(z, y)
 
 
@@ -94,8 +114,11 @@ def quadrant_mask(quadrants: int, shape: Sequence[int]) -> torch.Tensor:
         raise ConfigError(f"the quadrant task shows 1, 2 or 3 quadrants, got {quadrants!r}")
     _, h, w = shape
     mask = torch.zeros(shape, dtype=torch.bool)
-    corners = [(slice(h // 2, h), slice(0, w // 2)), (slice(0, h // 2), slice(0, w // 2)),
-               (slice(0, h // 2), slice(w // 2, w))]
+    corners = [
+        (slice(h // 2, h), slice(0, w // 2)),
+        (slice(0, h // 2), slice(0, w // 2)),
+        (slice(0, h // 2), slice(w // 2, w)),
+    ]
     for rows, cols in corners[:quadrants]:
         mask[:, rows, cols] = True
     return mask
@@ -111,7 +134,9 @@ class _QuadrantTask(ImageModel):
         self.quadrants = quadrants
         self.register_buffer("visible", quadrant_mask(quadrants, self.x_shape), persistent=False)
 
-    def inputs(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(
+        self, images: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.where(self.visible, images, torch.full_like(images, HIDDEN)), images
 
     def _likelihood(self, logits: torch.Tensor, x: torch.Tensor) -> dist.Distribution:
@@ -122,7 +147,7 @@ class _QuadrantTask(ImageModel):
     def check_data(self, x: torch.Tensor) -> None:
         super().check_data(x)
         if not ((x == 0) | (x == 1)).all():
-            raise DataError("the quadrant task models binary pixels; use pixels = \"dynamic\" or \"static\"")
+            raise DataError('the quadrant task models binary pixels; use pixels = "dynamic" or "static"')
 
 
 @register_model("quadrant_cvae")
@@ -130,8 +155,16 @@ class QuadrantCVAE(_QuadrantTask):
     """Structured-output CVAE (Sohn et al. 2015): z ~ p(z | x) (prior network), y ~ p(y | x, z)
     (generation network) over the hidden quadrants, with ``quadrants`` visible."""
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int = 2, *, quadrants: int = 1,
-                 hidden: Sequence[int] = (500, 500), activation: str = "relu", min_scale: float = 1e-4):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int = 2,
+        *,
+        quadrants: int = 1,
+        hidden: Sequence[int] = (500, 500),
+        activation: str = "relu",
+        min_scale: float = 1e-4,
+    ):
         super().__init__(x_shape, latent_dim, quadrants)
         d = math.prod(self.x_shape)
         self.min_scale = min_scale
@@ -154,7 +187,9 @@ class QuadrantCVAE(_QuadrantTask):
         visible pixels kept; shape (num, N, *x_shape)."""
         loc, scale = self.prior_params(x)
         z = loc + scale * torch.randn(num, *loc.shape, device=loc.device)
-        logits = self.generation_net(torch.cat([z, x.flatten(1).expand(num, -1, -1)], -1)).unflatten(-1, self.x_shape)
+        logits = self.generation_net(torch.cat([z, x.flatten(1).expand(num, -1, -1)], -1)).unflatten(
+            -1, self.x_shape
+        )
         return torch.where(x == HIDDEN, torch.sigmoid(logits), x)
 
     @torch.no_grad()
@@ -164,11 +199,13 @@ class QuadrantCVAE(_QuadrantTask):
         ours = [m for m in self.generation_net if isinstance(m, nn.Linear)]
         theirs = [m for m in baseline.net if isinstance(m, nn.Linear)]
         if [m.weight.shape[0] for m in ours] != [m.weight.shape[0] for m in theirs]:
-            raise ConfigError("init_from needs a baseline with the same hidden sizes as the generation network")
+            raise ConfigError(
+                "init_from needs a baseline with the same hidden sizes as the generation network"
+            )
         for i, (a, b) in enumerate(zip(ours, theirs)):
             if i == 0:
-                a.weight[:, :self.latent_dim].zero_()
-                a.weight[:, self.latent_dim:].copy_(b.weight)
+                a.weight[:, : self.latent_dim].zero_()
+                a.weight[:, self.latent_dim :].copy_(b.weight)
             else:
                 a.weight.copy_(b.weight)
             a.bias.copy_(b.bias)
@@ -184,8 +221,15 @@ class QuadrantBaseline(_QuadrantTask):
 
     latent_sites = ()
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int] = (), *, quadrants: int = 1,
-                 hidden: Sequence[int] = (500, 500), activation: str = "relu"):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int | Sequence[int] = (),
+        *,
+        quadrants: int = 1,
+        hidden: Sequence[int] = (500, 500),
+        activation: str = "relu",
+    ):
         super().__init__(x_shape, (), quadrants)
         d = math.prod(self.x_shape)
         self.net = mlp([d, *hidden, d], activation)

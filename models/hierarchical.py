@@ -1,4 +1,5 @@
 """The two-stochastic-layer VAE of Burda et al. (2015), sec. 5."""
+
 from __future__ import annotations
 
 import math
@@ -27,28 +28,42 @@ class TwoLayerVAE(ImageModel):
 
     latent_sites = ("z1", "z2")
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int] = (100, 50), *,
-                 hidden: Sequence[int] = (200, 200), hidden_top: Sequence[int] = (100, 100),
-                 activation: str = "tanh", likelihood: str = "bernoulli", sigma: float | str = 0.1,
-                 min_scale: float = 1e-4, prior: str | Prior = "standard",
-                 prior_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: Sequence[int] = (100, 50),
+        *,
+        hidden: Sequence[int] = (200, 200),
+        hidden_top: Sequence[int] = (100, 100),
+        activation: str = "tanh",
+        likelihood: str = "bernoulli",
+        sigma: float | str = 0.1,
+        min_scale: float = 1e-4,
+        prior: str | Prior = "standard",
+        prior_options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(x_shape, latent_dim)
         d1, d2 = self.latent_dim
         if prior == "vamp" or isinstance(prior, VampPrior):
-            raise ConfigError("vae2 takes the standard, mog or flow prior over z2; a VampPrior over z2 needs "
-                              "q(z2 | u) in closed form, which the two-layer guide does not give")
+            raise ConfigError(
+                "vae2 takes the standard, mog or flow prior over z2; a VampPrior over z2 needs "
+                "q(z2 | u) in closed form, which the two-layer guide does not give"
+            )
         self.prior = make_prior(prior, d2, self.x_shape, prior_options)  # p(z2)
         self.min_scale = min_scale
         self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
         self.top = mlp([d2, *hidden_top, 2 * d1], activation)
-        self.net = torch.nn.Sequential(mlp([d1, *hidden, math.prod(self.x_shape)], activation),
-                                       torch.nn.Unflatten(-1, self.x_shape))
+        self.net = torch.nn.Sequential(
+            mlp([d1, *hidden, math.prod(self.x_shape)], activation), torch.nn.Unflatten(-1, self.x_shape)
+        )
 
     def forward(self, x: torch.Tensor) -> None:
         with pyro.plate(DATA_PLATE, x.shape[0]):
             z2 = pyro.sample("z2", self.prior(x.shape[0]))
-            z1 = pyro.sample("z1", dist.Normal(*gaussian_head(self.top(z2), self.latent_dim[0], self.min_scale)
-                                               ).to_event(1))
+            z1 = pyro.sample(
+                "z1",
+                dist.Normal(*gaussian_head(self.top(z2), self.latent_dim[0], self.min_scale)).to_event(1),
+            )
             pyro.sample(OBSERVED, self.likelihood(self.net(z1)), obs=x)
 
     def decode(self, z2: torch.Tensor) -> torch.Tensor:

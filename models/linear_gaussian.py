@@ -1,4 +1,5 @@
 """Probabilistic PCA, the linear-Gaussian VAE with a closed-form log p(x) and posterior."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,9 @@ class LinearGaussian(ImageModel):
     so every estimator can be checked against the exact log p(x).
     """
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int = 2, *, sigma: float = 1.0,
-                 init_scale: float = 0.3):
+    def __init__(
+        self, x_shape: Sequence[int], latent_dim: int = 2, *, sigma: float = 1.0, init_scale: float = 0.3
+    ):
         super().__init__(x_shape, latent_dim)
         self.dim = math.prod(self.x_shape)
         self.weight = nn.Parameter(init_scale * torch.randn(self.dim, latent_dim))
@@ -66,7 +68,9 @@ class LinearGaussian(ImageModel):
 
     def exact_guide(self):
         """A guide q(z|x) = p(z|x): a plain callable, so the ELBO equals log p(x) exactly."""
+
         def guide(x: torch.Tensor) -> None:
             with pyro.plate(DATA_PLATE, x.shape[0]):
                 pyro.sample(LATENT, self.posterior(x))
+
         return guide

@@ -1,4 +1,5 @@
 """The standard VAE of Kingma & Welling (2013)."""
+
 from __future__ import annotations
 
 import math
@@ -27,18 +28,28 @@ class VAE(ImageModel):
     ``prior_options`` (see :mod:`pyrovae.priors`), or a :class:`pyrovae.priors.Prior`.
     """
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int = 20, *, decoder: str = "mlp",
-                 hidden: Sequence[int] = (400,), activation: str = "relu",
-                 likelihood: str = "bernoulli", sigma: float | str = 0.1,
-                 channels: Sequence[int] = (64, 32), prior: str | Prior = "standard",
-                 prior_options: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        latent_dim: int = 20,
+        *,
+        decoder: str = "mlp",
+        hidden: Sequence[int] = (400,),
+        activation: str = "relu",
+        likelihood: str = "bernoulli",
+        sigma: float | str = 0.1,
+        channels: Sequence[int] = (64, 32),
+        prior: str | Prior = "standard",
+        prior_options: Mapping[str, Any] | None = None,
+    ):
         super().__init__(x_shape, latent_dim)
         self.prior = make_prior(prior, latent_dim, self.x_shape, prior_options)
         self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
         if decoder == "mlp":
             self.net = torch.nn.Sequential(
                 mlp([latent_dim, *hidden, math.prod(self.x_shape)], activation),
-                torch.nn.Unflatten(-1, self.x_shape))
+                torch.nn.Unflatten(-1, self.x_shape),
+            )
         elif decoder == "conv":
             self.net = ConvDecoder(latent_dim, self.x_shape, channels, hidden, activation)
         else:

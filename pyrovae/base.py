@@ -1,4 +1,5 @@
 """Base classes for image models and guides: shape checks and the sampling interface."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,8 +23,10 @@ class ImageModule(PyroModule):
         super().__init__()
         dims = (latent_dim,) if isinstance(latent_dim, int) else tuple(latent_dim)
         if len(dims) != len(self.latent_sites) or any(not isinstance(d, int) or d < 1 for d in dims):
-            raise ConfigError(f"{type(self).__name__} needs latent_dim as {len(self.latent_sites)} positive "
-                              f"integer(s), one per latent site {self.latent_sites}; got {latent_dim!r}")
+            raise ConfigError(
+                f"{type(self).__name__} needs latent_dim as {len(self.latent_sites)} positive "
+                f"integer(s), one per latent site {self.latent_sites}; got {latent_dim!r}"
+            )
         self.x_shape = tuple(int(s) for s in x_shape)
         self.latent_dim = dims[0] if len(dims) == 1 else dims
 
@@ -35,15 +38,21 @@ class ImageModule(PyroModule):
             raise DataError(f"data must be a floating-point tensor, got {x.dtype}; use x.float()")
         param = next(self.parameters(), None)
         if param is not None and param.dtype != x.dtype:
-            raise DataError(f"data are {x.dtype} but {type(self).__name__}'s parameters are {param.dtype}; "
-                            f"convert one to the other (x.to({param.dtype}) or model.to({x.dtype}))")
+            raise DataError(
+                f"data are {x.dtype} but {type(self).__name__}'s parameters are {param.dtype}; "
+                f"convert one to the other (x.to({param.dtype}) or model.to({x.dtype}))"
+            )
         if param is not None and param.device != x.device:
-            raise DataError(f"data are on {x.device} but {type(self).__name__}'s parameters are on "
-                            f"{param.device}; move one to the other")
+            raise DataError(
+                f"data are on {x.device} but {type(self).__name__}'s parameters are on "
+                f"{param.device}; move one to the other"
+            )
         if tuple(x.shape[1:]) != self.x_shape:
-            raise DataError(f"{type(self).__name__} was built for images of shape {self.x_shape} "
-                            f"(batch shape (N, {', '.join(map(str, self.x_shape))})), got data of "
-                            f"shape {tuple(x.shape)}")
+            raise DataError(
+                f"{type(self).__name__} was built for images of shape {self.x_shape} "
+                f"(batch shape (N, {', '.join(map(str, self.x_shape))})), got data of "
+                f"shape {tuple(x.shape)}"
+            )
 
 
 class ImageModel(ImageModule):

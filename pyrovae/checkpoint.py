@@ -1,4 +1,5 @@
 """Atomic, self-describing checkpoints that load without running code."""
+
 from __future__ import annotations
 
 import os
@@ -52,7 +53,7 @@ def save_step(obj: Any, run_dir: Path, step: int, keep: int = 3) -> Path:
         _fsync_dir(run_dir)
     except OSError:
         atomic_save(obj, latest)
-    for old in sorted(history.glob("step-*.pt"))[:-max(1, keep)]:
+    for old in sorted(history.glob("step-*.pt"))[: -max(1, keep)]:
         old.unlink()
     return path
 
@@ -87,9 +88,11 @@ def load(path: str | os.PathLike, map_location=None) -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable pyrovae checkpoint ({type(e).__name__}: {e}); "
-                              "it may be truncated or not a checkpoint at all: use another one from the run "
-                              "directory, or retrain") from e
+        raise CheckpointError(
+            f"{path} is not a readable pyrovae checkpoint ({type(e).__name__}: {e}); "
+            "it may be truncated or not a checkpoint at all: use another one from the run "
+            "directory, or retrain"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint of format {FORMAT}")
     return ckpt
@@ -114,10 +117,22 @@ def versions() -> dict[str, str]:
     """Versions of Python, torch, pyro and the git commit of the working directory, for the run record."""
     import pyro
 
-    out = {"python": platform.python_version(), "torch": str(torch.__version__), "pyro": str(pyro.__version__)}
+    out = {
+        "python": platform.python_version(),
+        "torch": str(torch.__version__),
+        "pyro": str(pyro.__version__),
+    }
     try:
-        out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                           timeout=5, cwd=Path(__file__).parent).stdout.strip() or "unknown"
+        out["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).parent,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         out["git_commit"] = "unknown"
     return out

@@ -1,4 +1,5 @@
 """`pyrovae fit | evaluate | diagnose | sample | reconstruct | latent | list`."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,8 @@ from pathlib import Path
 
 from . import distributed, experiment, plots
 from .compile import MODES
-from .data import EVAL_BINARIZATION_SEED
 from .config import apply_overrides, config_from_dict, load_config
+from .data import EVAL_BINARIZATION_SEED
 from .errors import Interrupted, PyrovaeError
 from .registry import available
 
@@ -22,7 +23,9 @@ def _fmt(term: dict) -> str:
 
 
 def _has_checkpoint(run_dir) -> bool:
-    return (Path(run_dir) / "checkpoint.pt").exists() or any((Path(run_dir) / "checkpoints").glob("step-*.pt"))
+    return (Path(run_dir) / "checkpoint.pt").exists() or any(
+        (Path(run_dir) / "checkpoints").glob("step-*.pt")
+    )
 
 
 def cmd_fit(args) -> None:
@@ -34,7 +37,9 @@ def cmd_fit(args) -> None:
         if _has_checkpoint(run_dir):
             args.resume = run_dir
     if args.resume:
-        config = experiment.read_config(args.resume).replace(run_dir=str(args.resume))  # wherever it lives now
+        config = experiment.read_config(args.resume).replace(
+            run_dir=str(args.resume)
+        )  # wherever it lives now
         if main:
             print(f"resuming {args.resume}" + (f" (restart {restarts})" if restarts else ""))
         result = experiment.fit_config(config, resume=True, progress=not args.no_progress)
@@ -53,7 +58,11 @@ def cmd_fit(args) -> None:
     if not main:  # rank 0 reports
         distributed.barrier()
         return
-    best = f"; best validation ELBO {result.best_val_elbo:.2f} nats" if math.isfinite(result.best_val_elbo) else ""
+    best = (
+        f"; best validation ELBO {result.best_val_elbo:.2f} nats"
+        if math.isfinite(result.best_val_elbo)
+        else ""
+    )
     world = distributed.world()[1]
     print(f"trained {result.step} steps{best}" + (f" on {world} ranks" if world > 1 else ""))
     run = experiment.load_run(config.run_dir, device=str(distributed.device_for_rank(config.device)))
@@ -65,36 +74,46 @@ def cmd_fit(args) -> None:
 def _load(args):
     run = experiment.load_run(args.run_dir, which=args.checkpoint, device=args.device)
     if args.data_root:
-        run.config = dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, root=args.data_root))
+        run.config = dataclasses.replace(
+            run.config, data=dataclasses.replace(run.config.data, root=args.data_root)
+        )
     if getattr(args, "limit", None):
-        run.config = dataclasses.replace(run.config, data=dataclasses.replace(run.config.data, test_limit=args.limit,
-                                                                              val_limit=args.limit))
+        run.config = dataclasses.replace(
+            run.config, data=dataclasses.replace(run.config.data, test_limit=args.limit, val_limit=args.limit)
+        )
     return run
 
 
 def cmd_evaluate(args) -> None:
     run = _load(args)
-    out = experiment.evaluate(run, split=args.split, num_samples=args.num_samples, seed=args.seed,
-                              compile=args.compile)
+    out = experiment.evaluate(
+        run, split=args.split, num_samples=args.num_samples, seed=args.seed, compile=args.compile
+    )
     if not distributed.is_main():
         return
     out["ranks"] = distributed.world()[1]
     path = Path(args.run_dir) / f"eval_{args.split}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
-          f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
-          f"{out['seconds']:.1f} s on {out['device']}" + (f" x {out['ranks']} ranks" if out["ranks"] > 1 else ""))
+    print(
+        f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
+        f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
+        f"{out['seconds']:.1f} s on {out['device']}"
+        + (f" x {out['ranks']} ranks" if out["ranks"] > 1 else "")
+    )
     print("  nats per datapoint, mean +- standard error over datapoints")
-    target = {"quadrants": "log p(y | x)", "image,label": "log p(x | y)"}.get(getattr(run.model, "takes", ""),
-                                                                             "log p(x)")
+    target = {"quadrants": "log p(y | x)", "image,label": "log p(x | y)"}.get(
+        getattr(run.model, "takes", ""), "log p(x)"
+    )
     print(f"  {target:<16}{_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
     print(f"  ELBO            {_fmt(out['elbo'])}")
     print(f"  reconstruction  {_fmt(out['reconstruction'])}   E_q[log p(x|z)]")
     print(f"  KL              {_fmt(out['kl'])}   E_q[log q(z|x) - log p(z)]")
     print(f"  importance ESS  {out['ess']['mean']:.1f} on average, {out['ess']['min']:.1f} at least, of K")
     if "elbo_bits_per_dim" in out:
-        print(f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} (-log p(x)), "
-              f"{out['elbo_bits_per_dim']:.4f} (-ELBO)")
+        print(
+            f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} (-log p(x)), "
+            f"{out['elbo_bits_per_dim']:.4f} (-ELBO)"
+        )
     print(f"wrote {path}")
 
 
@@ -103,8 +122,10 @@ def cmd_sample(args) -> None:
     out = Path(args.out or Path(args.run_dir) / "samples.png")
     if args.condition is not None:
         if not hasattr(run.model, "num_classes"):
-            raise PyrovaeError(f"--condition needs a label-conditioned model (cvae); this run's model is "
-                               f"{run.config.model.name!r}")
+            raise PyrovaeError(
+                f"--condition needs a label-conditioned model (cvae); this run's model is "
+                f"{run.config.model.name!r}"
+            )
         plots.save_grid(run.model.sample(args.num, condition=args.condition), out)
     else:
         plots.save_grid(run.model.sample(args.num), out)
@@ -113,7 +134,7 @@ def cmd_sample(args) -> None:
 
 def cmd_reconstruct(args) -> None:
     run = _load(args)
-    x = experiment.load_data(run.config, "test", run.device).observe_fixed(EVAL_BINARIZATION_SEED)[:args.num]
+    x = experiment.load_data(run.config, "test", run.device).observe_fixed(EVAL_BINARIZATION_SEED)[: args.num]
     out = Path(args.out or Path(args.run_dir) / "reconstructions.png")
     plots.save_grid(experiment.reconstructions(run, x), out)
     print(f"wrote {out} (each original beside its reconstruction)")
@@ -129,8 +150,15 @@ def cmd_diagnose(args) -> None:
     from . import diagnostics
 
     run = _load(args)
-    out = diagnostics.diagnose_run(run, args.run_dir, split=args.split, limit=args.limit,
-                                   num_samples=args.num_samples, amortization=args.amortization, seed=args.seed)
+    out = diagnostics.diagnose_run(
+        run,
+        args.run_dir,
+        split=args.split,
+        limit=args.limit,
+        num_samples=args.num_samples,
+        amortization=args.amortization,
+        seed=args.seed,
+    )
     print(f"q(z|x) on {out['num_datapoints']} {out['split']} datapoints, S = {out['num_samples']} draws each")
     print(f"  Pareto k-hat <= 0.5 (reliable)    {100 * out['k_hat_good']:.1f}%")
     print(f"  0.5 < k-hat <= 0.7 (slow)         {100 * out['k_hat_ok']:.1f}%")
@@ -142,12 +170,16 @@ def cmd_diagnose(args) -> None:
         print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}")
     if "amortization" in out:
         am = out["amortization"]
-        print(f"  on {am['num_datapoints']} datapoints: gap {_fmt(am['total_gap'])} = approximation "
-              f"{_fmt(am['approximation_gap'])} + amortization {_fmt(am['amortization_gap'])} nats")
+        print(
+            f"  on {am['num_datapoints']} datapoints: gap {_fmt(am['total_gap'])} = approximation "
+            f"{_fmt(am['approximation_gap'])} + amortization {_fmt(am['amortization_gap'])} nats"
+        )
     for w in out["warnings"]:
         print(f"  warning: {w}")
-    print("  worst datapoints by k-hat: " + ", ".join(f"{int(r['datapoint'])} ({r['k_hat']:.2f})"
-                                                       for r in out["worst"][:5]))
+    print(
+        "  worst datapoints by k-hat: "
+        + ", ".join(f"{int(r['datapoint'])} ({r['k_hat']:.2f})" for r in out["worst"][:5])
+    )
     print(f"wrote {Path(args.run_dir) / 'diagnostics.csv'}, khat_gap.png, diagnostics.json")
 
 
@@ -169,8 +201,13 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--run-dir", help="where to write the run (default: the config's run_dir)")
     f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     f.add_argument("--seed", type=int)
-    f.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=3 (repeatable)")
+    f.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 (repeatable)",
+    )
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(fn=cmd_fit)
 
@@ -185,27 +222,63 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
         return s
 
-    run_cmd("evaluate", "test-set ELBO per datapoint with its standard error", cmd_evaluate,
-            **{"--num-samples": dict(type=int, help="particles per datapoint (default: the config's eval_samples)"),
-               "--split": dict(default="test", choices=["test", "val"]),
-               "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
-               "--seed": dict(type=int, default=0),
-               "--compile": dict(default="auto", choices=list(MODES),
-                                 help="how chunks run: auto (= capture), none, capture, inductor, cudagraphs")})
-    run_cmd("sample", "PNG grid of images decoded from prior draws", cmd_sample,
-            **{"--num": dict(type=int, default=64), "--out": dict(),
-               "--condition": dict(type=int, help="the class to draw, for a label-conditioned model (cvae)")})
-    run_cmd("reconstruct", "PNG grid of test images and their reconstructions", cmd_reconstruct,
-            **{"--num": dict(type=int, default=32), "--out": dict()})
-    run_cmd("latent", "latent scatter (and manifold grid for 2D latents)", cmd_latent,
-            **{"--limit": dict(type=int, help="number of test points to embed")})
-    run_cmd("diagnose", "per-datapoint k-hat, ESS and gaps of q(z|x), active units", cmd_diagnose,
-            **{"--num-samples": dict(type=int, default=1000, help="draws from q(z|x) per datapoint"),
-               "--split": dict(default="test", choices=["test", "val"]),
-               "--limit": dict(type=int, default=1000, help="the first N datapoints"),
-               "--amortization": dict(type=int, default=0, metavar="M",
-                                      help="also split the gap on the first M datapoints (Cremer et al. 2018)"),
-               "--seed": dict(type=int, default=0)})
+    run_cmd(
+        "evaluate",
+        "test-set ELBO per datapoint with its standard error",
+        cmd_evaluate,
+        **{
+            "--num-samples": dict(
+                type=int, help="particles per datapoint (default: the config's eval_samples)"
+            ),
+            "--split": dict(default="test", choices=["test", "val"]),
+            "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
+            "--seed": dict(type=int, default=0),
+            "--compile": dict(
+                default="auto",
+                choices=list(MODES),
+                help="how chunks run: auto (= capture), none, capture, inductor, cudagraphs",
+            ),
+        },
+    )
+    run_cmd(
+        "sample",
+        "PNG grid of images decoded from prior draws",
+        cmd_sample,
+        **{
+            "--num": dict(type=int, default=64),
+            "--out": dict(),
+            "--condition": dict(type=int, help="the class to draw, for a label-conditioned model (cvae)"),
+        },
+    )
+    run_cmd(
+        "reconstruct",
+        "PNG grid of test images and their reconstructions",
+        cmd_reconstruct,
+        **{"--num": dict(type=int, default=32), "--out": dict()},
+    )
+    run_cmd(
+        "latent",
+        "latent scatter (and manifold grid for 2D latents)",
+        cmd_latent,
+        **{"--limit": dict(type=int, help="number of test points to embed")},
+    )
+    run_cmd(
+        "diagnose",
+        "per-datapoint k-hat, ESS and gaps of q(z|x), active units",
+        cmd_diagnose,
+        **{
+            "--num-samples": dict(type=int, default=1000, help="draws from q(z|x) per datapoint"),
+            "--split": dict(default="test", choices=["test", "val"]),
+            "--limit": dict(type=int, default=1000, help="the first N datapoints"),
+            "--amortization": dict(
+                type=int,
+                default=0,
+                metavar="M",
+                help="also split the gap on the first M datapoints (Cremer et al. 2018)",
+            ),
+            "--seed": dict(type=int, default=0),
+        },
+    )
     sub.add_parser("list", help="registered models and guides").set_defaults(fn=cmd_list)
     return p
 
@@ -216,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.fn in (cmd_fit, cmd_evaluate):  # torchrun: join the process group
             distributed.init_from_env(getattr(args, "device", None) or "auto")
         elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise PyrovaeError(f"pyrovae {args.command} runs in one process; only fit and evaluate take torchrun")
+            raise PyrovaeError(
+                f"pyrovae {args.command} runs in one process; only fit and evaluate take torchrun"
+            )
         args.fn(args)
     except Interrupted as e:
         print(f"pyrovae: {e}", file=sys.stderr)
@@ -228,9 +303,12 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed.active():
             raise
         rank = distributed.world()[0]
-        print(f"pyrovae: error: rank {rank} lost the other ranks ({type(e).__name__}: {str(e).splitlines()[0]}); "
-              "another rank stopped or died. Restart the job (torchrun --max-restarts N restarts it by itself): "
-              "`pyrovae fit` resumes from the last checkpoint", file=sys.stderr)
+        print(
+            f"pyrovae: error: rank {rank} lost the other ranks ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            "another rank stopped or died. Restart the job (torchrun --max-restarts N restarts it by itself): "
+            "`pyrovae fit` resumes from the last checkpoint",
+            file=sys.stderr,
+        )
         return 1
     finally:
         distributed.shutdown()

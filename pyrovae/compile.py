@@ -23,6 +23,7 @@ or differs. Sampling ops are recorded as ops, so each replay draws fresh noise; 
 checks run on forked random streams, so the stream training continues with is the
 one the eager loss would have seen.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -66,9 +67,17 @@ class Compiled:
     With ``grad=False`` the graph is built for evaluation (no gradients checked).
     """
 
-    def __init__(self, fn: Callable, modules: Sequence[nn.Module], mode: str = "auto", *,
-                 params: Sequence[torch.Tensor] = (), grad: bool = True, rtol: float = 1e-4,
-                 atol: float = 1e-5):
+    def __init__(
+        self,
+        fn: Callable,
+        modules: Sequence[nn.Module],
+        mode: str = "auto",
+        *,
+        params: Sequence[torch.Tensor] = (),
+        grad: bool = True,
+        rtol: float = 1e-4,
+        atol: float = 1e-5,
+    ):
         self.fn, self.mode, self.grad, self.rtol, self.atol = fn, resolve_mode(mode), grad, rtol, atol
         self.explicit = mode != "auto"  # a mode asked for by name warns when it cannot be used
         self.call = _Call(fn, modules)
@@ -79,15 +88,18 @@ class Compiled:
         self.graphs: dict[tuple, Callable | None] = {}
         self.reasons: dict[tuple, str] = {}
         if foreign and self.mode != "none":
-            self._refuse_all = (f"{len(foreign)} trained tensor(s) are pyro.param sites outside the "
-                                "modules and cannot be graph inputs")
+            self._refuse_all = (
+                f"{len(foreign)} trained tensor(s) are pyro.param sites outside the "
+                "modules and cannot be graph inputs"
+            )
         else:
             self._refuse_all = None
 
     @staticmethod
     def key(tensors) -> tuple:
-        return tuple((tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else ("py", t)
-                     for t in tensors)
+        return tuple(
+            (tuple(t.shape), t.dtype, t.device) if isinstance(t, torch.Tensor) else ("py", t) for t in tensors
+        )
 
     def __call__(self, *tensors):
         if self.mode == "none":
@@ -121,8 +133,12 @@ class Compiled:
     def _refuse(self, key, reason: str) -> None:
         self.reasons[key] = reason
         if self.explicit:
-            warnings.warn(f"compile mode {self.mode!r}: running the loss eagerly for inputs "
-                          f"{[k[0] for k in key]}: {reason}", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"compile mode {self.mode!r}: running the loss eagerly for inputs "
+                f"{[k[0] for k in key]}: {reason}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def _build(self, key, tensors) -> Callable | None:
         from torch.fx.experimental.proxy_tensor import make_fx
@@ -134,40 +150,64 @@ class Compiled:
         trainable = [t for t in self.state if t.requires_grad] if self.grad else []
 
         def run(f):
-            with torch.random.fork_rng(devices=devices), torch.enable_grad() if self.grad else torch.no_grad():
+            with (
+                torch.random.fork_rng(devices=devices),
+                torch.enable_grad() if self.grad else torch.no_grad(),
+            ):
                 out = f()
-                grads = (torch.autograd.grad(out.sum(), trainable, allow_unused=True)
-                         if trainable and out.requires_grad else [])
+                grads = (
+                    torch.autograd.grad(out.sum(), trainable, allow_unused=True)
+                    if trainable and out.requires_grad
+                    else []
+                )
             return out.detach(), [None if g is None else g.detach() for g in grads]
 
         try:
             # traced above autograd with gradients on, so that gradient stops (detach) stay ops
             # and without Pyro's argument checks, which read values back (check the data beforehand)
-            with torch.random.fork_rng(devices=devices), pyro.validation_enabled(False), \
-                    torch.enable_grad() if self.grad else torch.no_grad():
+            with (
+                torch.random.fork_rng(devices=devices),
+                pyro.validation_enabled(False),
+                torch.enable_grad() if self.grad else torch.no_grad(),
+            ):
                 graph = make_fx(self._pure, pre_dispatch=True)(
-                    [t.detach().requires_grad_(t.requires_grad) for t in self.state], *tensors)
+                    [t.detach().requires_grad_(t.requires_grad) for t in self.state], *tensors
+                )
         except Exception as e:  # noqa: BLE001 - any failure to record means: stay eager
-            self._refuse(key, f"the program could not be recorded ({type(e).__name__}: {str(e).splitlines()[0]})")
+            self._refuse(
+                key, f"the program could not be recorded ({type(e).__name__}: {str(e).splitlines()[0]})"
+            )
             return None
         eager, eager_grads = run(lambda: self.fn(*tensors))
         replay, replay_grads = run(lambda: graph(self.state, *tensors))
-        same = eager.shape == replay.shape and torch.allclose(eager, replay, self.rtol, self.atol, equal_nan=True)
+        same = eager.shape == replay.shape and torch.allclose(
+            eager, replay, self.rtol, self.atol, equal_nan=True
+        )
         for a, b in zip(eager_grads, replay_grads):
-            same = same and ((a is None) == (b is None)) and (
-                a is None or torch.allclose(a, b, self.rtol, self.atol, equal_nan=True))
+            same = (
+                same
+                and ((a is None) == (b is None))
+                and (a is None or torch.allclose(a, b, self.rtol, self.atol, equal_nan=True))
+            )
         if not same or len(eager_grads) != len(replay_grads):
-            self._refuse(key, "the recorded graph does not reproduce the eager loss or its gradients "
-                              "(the program depends on something besides its parameters and inputs)")
+            self._refuse(
+                key,
+                "the recorded graph does not reproduce the eager loss or its gradients "
+                "(the program depends on something besides its parameters and inputs)",
+            )
             return None
         if self.mode == "capture":
             return graph
         if self.mode not in ("inductor", "cudagraphs"):
             raise ConfigError(f"unhandled compile mode {self.mode!r}")
-        compiled = torch.compile(graph, dynamic=False, mode="reduce-overhead" if self.mode == "cudagraphs" else None)
+        compiled = torch.compile(
+            graph, dynamic=False, mode="reduce-overhead" if self.mode == "cudagraphs" else None
+        )
         try:  # compile now (a missing C++ compiler, an unsupported op) rather than inside the step
             run(lambda: compiled(self.state, *tensors))
         except Exception as e:  # noqa: BLE001
-            self._refuse(key, f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            self._refuse(
+                key, f"torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            )
             return None
         return compiled

@@ -1,4 +1,5 @@
 """Typed, frozen experiment configs, read from TOML or JSON as data (never evaluated)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,22 +18,25 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "mnist"              #: mnist | fashion_mnist | binarized_mnist
-    pixels: str = "dynamic"          #: dynamic | static | continuous
-    root: str | None = None          #: data root; else $PYROVAE_DATA, else ./data
-    val_size: int = 10000            #: images held out of the training set for validation
-    train_size: int | None = None    #: use only the first N training images (smoke runs)
-    val_limit: int | None = None     #: use only the first N validation images
-    test_limit: int | None = None    #: use only the first N test images
+    name: str = "mnist"  #: mnist | fashion_mnist | binarized_mnist
+    pixels: str = "dynamic"  #: dynamic | static | continuous
+    root: str | None = None  #: data root; else $PYROVAE_DATA, else ./data
+    val_size: int = 10000  #: images held out of the training set for validation
+    train_size: int | None = None  #: use only the first N training images (smoke runs)
+    val_limit: int | None = None  #: use only the first N validation images
+    test_limit: int | None = None  #: use only the first N test images
 
     def __post_init__(self):
         opt = lambda v: v is None or _at_least(v, 1)  # noqa: E731
-        _require("data", {
-            "val_size": (self.val_size, _at_least(self.val_size, 0), "an integer >= 0"),
-            "train_size": (self.train_size, opt(self.train_size), "null or an integer >= 1"),
-            "val_limit": (self.val_limit, opt(self.val_limit), "null or an integer >= 1"),
-            "test_limit": (self.test_limit, opt(self.test_limit), "null or an integer >= 1"),
-        })
+        _require(
+            "data",
+            {
+                "val_size": (self.val_size, _at_least(self.val_size, 0), "an integer >= 0"),
+                "train_size": (self.train_size, opt(self.train_size), "null or an integer >= 1"),
+                "val_limit": (self.val_limit, opt(self.val_limit), "null or an integer >= 1"),
+                "test_limit": (self.test_limit, opt(self.test_limit), "null or an integer >= 1"),
+            },
+        )
 
 
 def _require(cls_name: str, checks: dict[str, tuple[Any, bool, str]]) -> None:
@@ -52,55 +56,80 @@ def _at_least(v, low) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    objective: str = "elbo"          #: elbo (reparameterized MC ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
-    num_particles: int = 1           #: vectorized particles per datapoint (elbo, meanfield)
-    k: int = 5                       #: importance samples per datapoint (iwae, dreg)
+    objective: str = "elbo"  #: elbo (reparameterized MC ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
+    num_particles: int = 1  #: vectorized particles per datapoint (elbo, meanfield)
+    k: int = 5  #: importance samples per datapoint (iwae, dreg)
     epochs: int = 10
-    max_steps: int | None = None     #: stop after this many steps (overrides epochs)
+    max_steps: int | None = None  #: stop after this many steps (overrides epochs)
     batch_size: int = 128
     lr: float = 1e-3
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"    #: constant | exponential | cosine | iwae (stepped each epoch)
-    lr_gamma: float = 0.99           #: decay per epoch for lr_schedule = exponential
-    grad_clip: float | None = None   #: clip the gradient norm to this value
-    beta: float = 1.0                #: KL weight (beta-VAE); its schedule below
-    kl_schedule: str = "constant"    #: constant | linear | cyclical
-    warmup_steps: int = 0            #: linear schedule: steps to reach beta
-    cycles: int = 4                  #: cyclical schedule: number of cycles
-    cycle_ratio: float = 0.5         #: cyclical schedule: fraction of a cycle spent rising
-    val_samples: int = 1             #: particles per datapoint for the validation ELBO
+    lr_schedule: str = "constant"  #: constant | exponential | cosine | iwae (stepped each epoch)
+    lr_gamma: float = 0.99  #: decay per epoch for lr_schedule = exponential
+    grad_clip: float | None = None  #: clip the gradient norm to this value
+    beta: float = 1.0  #: KL weight (beta-VAE); its schedule below
+    kl_schedule: str = "constant"  #: constant | linear | cyclical
+    warmup_steps: int = 0  #: linear schedule: steps to reach beta
+    cycles: int = 4  #: cyclical schedule: number of cycles
+    cycle_ratio: float = 0.5  #: cyclical schedule: fraction of a cycle spent rising
+    val_samples: int = 1  #: particles per datapoint for the validation ELBO
     early_stopping: int | None = None  #: stop after this many epochs without a better validation ELBO
-    checkpoint_every: int = 1000     #: steps between checkpoints (and at each epoch end)
-    keep_checkpoints: int = 3        #: step checkpoints kept in run_dir/checkpoints (checkpoint.pt is the newest)
-    nan_policy: str = "stop"         #: stop | skip: on a non-finite loss or gradient, stop the run, or skip that batch
+    checkpoint_every: int = 1000  #: steps between checkpoints (and at each epoch end)
+    keep_checkpoints: int = 3  #: step checkpoints kept in run_dir/checkpoints (checkpoint.pt is the newest)
+    nan_policy: str = (
+        "stop"  #: stop | skip: on a non-finite loss or gradient, stop the run, or skip that batch
+    )
 
     def __post_init__(self):
         opt = lambda v, f: v is None or f(v)  # noqa: E731
-        _require("train", {
-            "num_particles": (self.num_particles, _at_least(self.num_particles, 1), "an integer >= 1"),
-            "k": (self.k, _at_least(self.k, 1), "an integer >= 1"),
-            "epochs": (self.epochs, _at_least(self.epochs, 0), "an integer >= 0"),
-            "max_steps": (self.max_steps, opt(self.max_steps, lambda v: _at_least(v, 1)), "null or an integer >= 1"),
-            "batch_size": (self.batch_size, _at_least(self.batch_size, 1), "an integer >= 1"),
-            "lr": (self.lr, _at_least(self.lr, 0), "a finite number >= 0"),
-            "adam_eps": (self.adam_eps, _positive(self.adam_eps), "a finite number > 0"),
-            "weight_decay": (self.weight_decay, _at_least(self.weight_decay, 0), "a finite number >= 0"),
-            "lr_gamma": (self.lr_gamma, _positive(self.lr_gamma), "a finite number > 0"),
-            "grad_clip": (self.grad_clip, opt(self.grad_clip, _positive), "null or a finite number > 0"),
-            "beta": (self.beta, _at_least(self.beta, 0), "a finite number >= 0"),
-            "warmup_steps": (self.warmup_steps, _at_least(self.warmup_steps, 0), "an integer >= 0"),
-            "cycles": (self.cycles, _at_least(self.cycles, 1), "an integer >= 1"),
-            "cycle_ratio": (self.cycle_ratio, _positive(self.cycle_ratio) and self.cycle_ratio <= 1, "in (0, 1]"),
-            "val_samples": (self.val_samples, _at_least(self.val_samples, 1), "an integer >= 1"),
-            "early_stopping": (self.early_stopping, opt(self.early_stopping, lambda v: _at_least(v, 1)),
-                               "null or an integer >= 1"),
-            "checkpoint_every": (self.checkpoint_every, _at_least(self.checkpoint_every, 1), "an integer >= 1"),
-            "log_every": (self.log_every, _at_least(self.log_every, 1), "an integer >= 1"),
-            "keep_checkpoints": (self.keep_checkpoints, _at_least(self.keep_checkpoints, 1), "an integer >= 1"),
-        })
-    log_every: int = 50              #: steps between metric lines and progress-bar updates
-    compile: str = "auto"            #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.compile
+        _require(
+            "train",
+            {
+                "num_particles": (self.num_particles, _at_least(self.num_particles, 1), "an integer >= 1"),
+                "k": (self.k, _at_least(self.k, 1), "an integer >= 1"),
+                "epochs": (self.epochs, _at_least(self.epochs, 0), "an integer >= 0"),
+                "max_steps": (
+                    self.max_steps,
+                    opt(self.max_steps, lambda v: _at_least(v, 1)),
+                    "null or an integer >= 1",
+                ),
+                "batch_size": (self.batch_size, _at_least(self.batch_size, 1), "an integer >= 1"),
+                "lr": (self.lr, _at_least(self.lr, 0), "a finite number >= 0"),
+                "adam_eps": (self.adam_eps, _positive(self.adam_eps), "a finite number > 0"),
+                "weight_decay": (self.weight_decay, _at_least(self.weight_decay, 0), "a finite number >= 0"),
+                "lr_gamma": (self.lr_gamma, _positive(self.lr_gamma), "a finite number > 0"),
+                "grad_clip": (self.grad_clip, opt(self.grad_clip, _positive), "null or a finite number > 0"),
+                "beta": (self.beta, _at_least(self.beta, 0), "a finite number >= 0"),
+                "warmup_steps": (self.warmup_steps, _at_least(self.warmup_steps, 0), "an integer >= 0"),
+                "cycles": (self.cycles, _at_least(self.cycles, 1), "an integer >= 1"),
+                "cycle_ratio": (
+                    self.cycle_ratio,
+                    _positive(self.cycle_ratio) and self.cycle_ratio <= 1,
+                    "in (0, 1]",
+                ),
+                "val_samples": (self.val_samples, _at_least(self.val_samples, 1), "an integer >= 1"),
+                "early_stopping": (
+                    self.early_stopping,
+                    opt(self.early_stopping, lambda v: _at_least(v, 1)),
+                    "null or an integer >= 1",
+                ),
+                "checkpoint_every": (
+                    self.checkpoint_every,
+                    _at_least(self.checkpoint_every, 1),
+                    "an integer >= 1",
+                ),
+                "log_every": (self.log_every, _at_least(self.log_every, 1), "an integer >= 1"),
+                "keep_checkpoints": (
+                    self.keep_checkpoints,
+                    _at_least(self.keep_checkpoints, 1),
+                    "an integer >= 1",
+                ),
+            },
+        )
+
+    log_every: int = 50  #: steps between metric lines and progress-bar updates
+    compile: str = "auto"  #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.compile
 
 
 @dataclass(frozen=True)
@@ -118,12 +147,15 @@ class Config:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     seed: int = 0
-    device: str = "auto"             #: auto (CUDA when present) | cpu | cuda | cuda:1 ...
+    device: str = "auto"  #: auto (CUDA when present) | cpu | cuda | cuda:1 ...
     run_dir: str = "runs/default"
-    eval_samples: int = 5000         #: importance samples per datapoint for `evaluate` (ELBO and log p(x))
+    eval_samples: int = 5000  #: importance samples per datapoint for `evaluate` (ELBO and log p(x))
 
     def __post_init__(self):
-        _require("config", {"eval_samples": (self.eval_samples, _at_least(self.eval_samples, 1), "an integer >= 1")})
+        _require(
+            "config",
+            {"eval_samples": (self.eval_samples, _at_least(self.eval_samples, 1), "an integer >= 1")},
+        )
 
     def to_dict(self) -> dict:
         """Plain data in the layout of the config files (what ``config_from_dict`` reads)."""
@@ -138,7 +170,11 @@ class Config:
 
 def _check_type(where: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a simple type hint, allowing int for float; return it coerced."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    options = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
     for t in options:
         if t is type(None) and value is None:
             return None
@@ -162,7 +198,9 @@ def _section(cls, where: str, raw: Mapping[str, Any]):
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {where}.{key}{hint} Known keys in [{where}]: {', '.join(known)}")
+            raise ConfigError(
+                f"unknown config key {where}.{key}{hint} Known keys in [{where}]: {', '.join(known)}"
+            )
         values[key] = _check_type(f"{where}.{key}", value, hints[key])
     return cls(**values)
 
@@ -187,14 +225,21 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         if key not in top:
             close = difflib.get_close_matches(key, sorted(top), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown config key {key!r}{hint} Known top-level keys: {', '.join(sorted(top))}")
+            raise ConfigError(
+                f"unknown config key {key!r}{hint} Known top-level keys: {', '.join(sorted(top))}"
+            )
     d = Config()
     hints = typing.get_type_hints(Config)
-    scalars = {k: _check_type(k, raw[k], hints[k]) for k in ("seed", "device", "run_dir", "eval_samples") if k in raw}
-    return Config(model=_component("model", raw.get("model"), d.model),
-                  guide=_component("guide", raw.get("guide"), d.guide),
-                  data=_section(DataConfig, "data", raw.get("data", {})),
-                  train=_section(TrainConfig, "train", raw.get("train", {})), **scalars)
+    scalars = {
+        k: _check_type(k, raw[k], hints[k]) for k in ("seed", "device", "run_dir", "eval_samples") if k in raw
+    }
+    return Config(
+        model=_component("model", raw.get("model"), d.model),
+        guide=_component("guide", raw.get("guide"), d.guide),
+        data=_section(DataConfig, "data", raw.get("data", {})),
+        train=_section(TrainConfig, "train", raw.get("train", {})),
+        **scalars,
+    )
 
 
 def load_config(path: str | Path) -> Config:

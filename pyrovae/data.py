@@ -10,6 +10,7 @@ per-sample work. Pixel modes:
   ``binarized_mnist``, Salakhutdinov & Murray 2008);
 - ``continuous``: grey levels in [0, 1].
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,13 +31,27 @@ DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
 PIXEL_MODES = ("dynamic", "static", "continuous")
 STATIC_BINARIZATION_SEED = 1234
 EVAL_BINARIZATION_SEED = 104729  #: seed of the one binarization a dynamic test set is evaluated on
-VAL_BINARIZATION_SEED = 7919     #: likewise for the validation set during training
+VAL_BINARIZATION_SEED = 7919  #: likewise for the validation set during training
 
 _TORCHVISION = {
-    "mnist": ("MNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                        "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    "fashion_mnist": ("FashionMNIST", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                       "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+    "mnist": (
+        "MNIST",
+        [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ],
+    ),
+    "fashion_mnist": (
+        "FashionMNIST",
+        [
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ],
+    ),
 }
 BINARIZED_MNIST_URL = "http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/"
 BINARIZED_MNIST_SIZES = {"train": 50000, "valid": 10000, "test": 10000}
@@ -77,8 +92,9 @@ class Split:
             return self
         return Split(self.images[:n], self.labels[:n], self.pixels)
 
-    def observe(self, index: torch.Tensor | slice | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+    def observe(
+        self, index: torch.Tensor | slice | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """The pixels the model sees for ``index``: a fresh Bernoulli draw in dynamic mode."""
         x = self.images if index is None else self.images[index]
         if self.pixels == "dynamic":
@@ -101,8 +117,10 @@ def torchvision_dataset(name: str, root: Path, train: bool):
         try:
             return cls(str(root), train=train, download=False)
         except Exception as e:  # noqa: BLE001 - torchvision's parsers fail in many ways on a bad file
-            raise DataError(f"{name}: the unpacked files in {raw} could not be read ({type(e).__name__}: {e}); "
-                            f"replace them with the original files {', '.join(files)}") from e
+            raise DataError(
+                f"{name}: the unpacked files in {raw} could not be read ({type(e).__name__}: {e}); "
+                f"replace them with the original files {', '.join(files)}"
+            ) from e
     if all((raw / f"{f}.gz").exists() for f in files):
         # Never unpack beside the user's files: copy the archives into the cache, where
         # torchvision unpacks them without touching the network; each is checked first.
@@ -117,8 +135,10 @@ def torchvision_dataset(name: str, root: Path, train: bool):
         try:
             return cls(str(work), train=train, download=True)
         except RuntimeError as e:
-            raise DataError(f"{name}: the archives in {raw} failed torchvision's md5 check ({e}); "
-                            "replace them with the original files") from e
+            raise DataError(
+                f"{name}: the archives in {raw} failed torchvision's md5 check ({e}); "
+                "replace them with the original files"
+            ) from e
     try:
         return cls(str(root), train=train, download=True)
     except Exception as e:  # network errors come as URLError, RuntimeError, OSError...
@@ -126,7 +146,8 @@ def torchvision_dataset(name: str, root: Path, train: bool):
         raise DataError(
             f"{name} is not in {raw} and could not be downloaded ({type(e).__name__}: {e}). "
             f"Put the four files {listing} into {raw}, or point --data-root / $PYROVAE_DATA "
-            "at a folder holding them.") from e
+            "at a folder holding them."
+        ) from e
 
 
 def check_md5(path: Path, expected: str | None) -> None:
@@ -138,8 +159,10 @@ def check_md5(path: Path, expected: str | None) -> None:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if digest.hexdigest() != expected:
-        raise DataError(f"{path} is corrupt: its md5 is {digest.hexdigest()}, expected {expected}; replace it "
-                        "with the original file (or delete it and let torchvision download it)")
+        raise DataError(
+            f"{path} is corrupt: its md5 is {digest.hexdigest()}, expected {expected}; replace it "
+            "with the original file (or delete it and let torchvision download it)"
+        )
 
 
 def read_amat(path: Path, expected_rows: int | None = None) -> torch.Tensor:
@@ -156,8 +179,10 @@ def read_amat(path: Path, expected_rows: int | None = None) -> torch.Tensor:
         chars = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), width)
         ok = bool((chars[:, 1::2] == ord(" ")).all()) and bool(np.isin(chars[:, ::2], (48, 49)).all())
     if not ok or (expected_rows is not None and len(rows) != expected_rows):
-        raise DataError(f"{path} is not a binarized-MNIST .amat file (one line per image of "
-                        f"space-separated 0/1 values, {expected_rows} lines); replace it with the original")
+        raise DataError(
+            f"{path} is not a binarized-MNIST .amat file (one line per image of "
+            f"space-separated 0/1 values, {expected_rows} lines); replace it with the original"
+        )
     pixels = chars[:, ::2] - ord("0")
     side = int(round(pixels.shape[1] ** 0.5))
     return torch.from_numpy(pixels.astype(np.float32)).reshape(-1, 1, side, side)
@@ -177,12 +202,14 @@ def _binarized_mnist(root: Path, split: str) -> torch.Tensor:
         raise DataError(
             f"binarized_mnist: {folder / name}(.gz) is missing and could not be downloaded "
             f"({type(e).__name__}: {e}). Put binarized_mnist_{{train,valid,test}}.amat(.gz) into "
-            f"{folder}, or point --data-root / $PYROVAE_DATA at a folder holding BinarizedMNIST/.") from e
+            f"{folder}, or point --data-root / $PYROVAE_DATA at a folder holding BinarizedMNIST/."
+        ) from e
     return read_amat(folder / name, BINARIZED_MNIST_SIZES[split])
 
 
-def load_split(name: str, split: str, *, pixels: str = "dynamic", root=None,
-               val_size: int = 10000, device="cpu") -> Split:
+def load_split(
+    name: str, split: str, *, pixels: str = "dynamic", root=None, val_size: int = 10000, device="cpu"
+) -> Split:
     """Load ``split`` ("train", "val" or "test") of dataset ``name`` onto ``device``.
 
     For MNIST and Fashion-MNIST the validation split is the last ``val_size`` images of
@@ -198,8 +225,10 @@ def load_split(name: str, split: str, *, pixels: str = "dynamic", root=None,
     root = data_root(root)
     if name == "binarized_mnist":
         if pixels != "static":
-            raise DataError("binarized_mnist is binarized once already: set pixels = \"static\" "
-                            "(or use dataset \"mnist\" for dynamic or continuous pixels)")
+            raise DataError(
+                'binarized_mnist is binarized once already: set pixels = "static" '
+                '(or use dataset "mnist" for dynamic or continuous pixels)'
+            )
         images = _binarized_mnist(root, {"train": "train", "val": "valid", "test": "test"}[split])
         labels = torch.full((images.shape[0],), -1, dtype=torch.long)  # the .amat files carry no labels
         return Split(images, labels, pixels).to(device)
@@ -226,8 +255,17 @@ class Batches:
     (:func:`pyrovae.distributed.shard`): the ranks share one permutation, not the data.
     """
 
-    def __init__(self, data: Split, batch_size: int, *, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = False, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        data: Split,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int = 0,
+        world: int = 1,
+    ):
         if batch_size < 1:
             raise DataError(f"batch_size must be positive, got {batch_size}")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
@@ -256,7 +294,7 @@ class Batches:
         else:
             perm = torch.arange(n, device=self.data.images.device)
         for b in range(start, len(self)):
-            index = perm[b * self.global_size:(b + 1) * self.global_size]
+            index = perm[b * self.global_size : (b + 1) * self.global_size]
             if self.world > 1:
                 index = shard(index, self.rank, self.world)
             yield (self.data.observe(index), self.data.labels[index]) if labels else self.data.observe(index)

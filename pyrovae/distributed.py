@@ -8,6 +8,7 @@ gradients are all-reduced by PyTorch's own engine, and each rank trains on its s
 every global batch (``train.batch_size`` datapoints per rank). Rank 0 alone writes
 metrics and checkpoints; every rank reads them to resume.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -57,11 +58,20 @@ def init_from_env(device: str | None = "auto") -> bool:
         # torchrun's own store, under a prefix of our own per restart: with the default env://
         # rendezvous, the workers of a restarted job (--max-restarts) fail to connect (torch 2.15)
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-        base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                             int(os.environ["WORLD_SIZE"]), False, timeout=timeout)
-        dist.init_process_group(backend, store=dist.PrefixStore(f"/pyrovae/attempt_{attempt}", base),
-                                rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]),
-                                timeout=timeout)
+        base = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            int(os.environ["WORLD_SIZE"]),
+            False,
+            timeout=timeout,
+        )
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(f"/pyrovae/attempt_{attempt}", base),
+            rank=int(os.environ["RANK"]),
+            world_size=int(os.environ["WORLD_SIZE"]),
+            timeout=timeout,
+        )
     else:
         dist.init_process_group(backend, timeout=timeout)
     return True
@@ -107,12 +117,19 @@ class DataParallelLoss(nn.Module):
 def wrap(loss: Callable, modules: Sequence[nn.Module], device: torch.device) -> nn.Module:
     """``loss`` under DistributedDataParallel (one device per process on CUDA)."""
     module = DataParallelLoss(loss, modules)
-    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    ids = (
+        [device.index if device.index is not None else torch.cuda.current_device()]
+        if device.type == "cuda"
+        else None
+    )
     # no batch-norm-like buffers to keep in sync: skip the per-step buffer broadcast (the
     # option's name changed in torch 2.15)
     ddp = nn.parallel.DistributedDataParallel
-    sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
-            else "broadcast_buffers")
+    sync = (
+        "forward_sync_buffers"
+        if "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters
+        else "broadcast_buffers"
+    )
     return ddp(module, device_ids=ids, **{sync: False})
 
 
@@ -141,7 +158,7 @@ def gather_rows(t: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
         return t
     rows = max(sizes)
     padded = t.new_zeros((rows, *t.shape[1:]))
-    padded[:t.shape[0]] = t
+    padded[: t.shape[0]] = t
     parts = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(parts, padded.contiguous())
     return torch.cat([p[:n] for p, n in zip(parts, sizes)])

@@ -1,4 +1,5 @@
 """pyrovae's own exceptions: each message names the problem and the fix."""
+
 from __future__ import annotations
 
 import difflib

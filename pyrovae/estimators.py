@@ -9,6 +9,7 @@ plate, with each site's log-density summed over every dim except the particle an
 ``"data"`` plate dims. The ELBO of datapoint n is the mean over k (Kingma & Welling
 2013, eq. 3); everything else is a consumer of the same tensors.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,8 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
-from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from .errors import PyrovaeError
 from .sites import DATA_PLATE
@@ -31,9 +32,9 @@ PARTICLE_PLATE = "_pyrovae_particles"
 class LogProbTerms(NamedTuple):
     """Per-datapoint log-densities of one set of K particles, each of shape (K, N)."""
 
-    log_lik: torch.Tensor    #: sum over observed sites of log p(x | z)
+    log_lik: torch.Tensor  #: sum over observed sites of log p(x | z)
     log_prior: torch.Tensor  #: sum over latent sites of log p(z)
-    log_q: torch.Tensor      #: sum over guide sites of log q(z | x)
+    log_q: torch.Tensor  #: sum over guide sites of log q(z | x)
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -41,8 +42,13 @@ class LogProbTerms(NamedTuple):
 
 
 def _cuda_devices(args, kwargs) -> list[int]:
-    return sorted({a.device.index or 0 for a in (*args, *kwargs.values())
-                   if isinstance(a, torch.Tensor) and a.device.type == "cuda"})
+    return sorted(
+        {
+            a.device.index or 0
+            for a in (*args, *kwargs.values())
+            if isinstance(a, torch.Tensor) and a.device.type == "cuda"
+        }
+    )
 
 
 def inspection_traces(model: Callable, guide: Callable, args, kwargs):
@@ -57,8 +63,14 @@ def inspection_traces(model: Callable, guide: Callable, args, kwargs):
 def plate_nesting(model: Callable, guide: Callable, args, kwargs, traces=None) -> int:
     """The number of vectorized plate dims the model and guide use (Pyro counts them the same way)."""
     traces = traces or inspection_traces(model, guide, args, kwargs)
-    dims = [-f.dim for tr in traces for site in tr.nodes.values()
-            if site["type"] == "sample" and not site_is_subsample(site) for f in site["cond_indep_stack"] if f.vectorized]
+    dims = [
+        -f.dim
+        for tr in traces
+        for site in tr.nodes.values()
+        if site["type"] == "sample" and not site_is_subsample(site)
+        for f in site["cond_indep_stack"]
+        if f.vectorized
+    ]
     return max(dims, default=0)
 
 
@@ -67,12 +79,15 @@ def data_frame(site: dict):
     for f in site["cond_indep_stack"]:
         if f.name == DATA_PLATE:
             return f
-    raise PyrovaeError(f"sample site {site['name']!r} is outside the {DATA_PLATE!r} plate; "
-                       f"per-datapoint weights need every sample site inside `pyro.plate({DATA_PLATE!r}, N)`")
+    raise PyrovaeError(
+        f"sample site {site['name']!r} is outside the {DATA_PLATE!r} plate; "
+        f"per-datapoint weights need every sample site inside `pyro.plate({DATA_PLATE!r}, N)`"
+    )
 
 
-def per_datapoint(t: torch.Tensor, site: dict, particle_dim: int, num_particles: int,
-                  event_dim: int = 0) -> torch.Tensor:
+def per_datapoint(
+    t: torch.Tensor, site: dict, particle_dim: int, num_particles: int, event_dim: int = 0
+) -> torch.Tensor:
     """A tensor laid out like ``site`` (batch dims, then ``event_dim`` event dims) as
     (K, N, rest): particle dim first, data dim second, every other dim flattened."""
     data = data_frame(site)
@@ -93,9 +108,11 @@ def site_log_prob(site: dict, particle_dim: int, num_particles: int) -> torch.Te
 
 def vectorize(fn: Callable, num_samples: int, particle_dim: int) -> Callable:
     """``fn`` run inside a plate of ``num_samples`` particles at ``particle_dim``."""
+
     def wrapped(*a, **k):
         with pyro.plate(PARTICLE_PLATE, num_samples, dim=particle_dim):
             return fn(*a, **k)
+
     return wrapped
 
 
@@ -117,13 +134,20 @@ def traces(model: Callable, guide: Callable, args, kwargs, num_samples: int, max
     """Guide trace and model trace replayed on it, both under a plate of ``num_samples`` particles."""
     particle_dim = -max_plate_nesting - 1
     guide_tr = poutine.trace(vectorize(guide, num_samples, particle_dim)).get_trace(*args, **kwargs)
-    model_tr = poutine.trace(poutine.replay(vectorize(model, num_samples, particle_dim), trace=guide_tr)
-                             ).get_trace(*args, **kwargs)
+    model_tr = poutine.trace(
+        poutine.replay(vectorize(model, num_samples, particle_dim), trace=guide_tr)
+    ).get_trace(*args, **kwargs)
     return guide_tr, model_tr, particle_dim
 
 
-def log_prob_terms(model: Callable, guide: Callable, *args, num_samples: int = 1,
-                   max_plate_nesting: int | None = None, **kwargs) -> LogProbTerms:
+def log_prob_terms(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1,
+    max_plate_nesting: int | None = None,
+    **kwargs,
+) -> LogProbTerms:
     """log p(x|z), log p(z) and log q(z|x) per particle and datapoint, each (K, N).
 
     One vectorized pass with K = ``num_samples`` particles, differentiable; no chunking
@@ -186,7 +210,9 @@ class _CountBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        self.total += sum(t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        self.total += sum(
+            t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)
+        )
         return out
 
 
@@ -217,10 +243,19 @@ def chunk_rows(device: torch.device, row_bytes: float, fraction: float = MEMORY_
     return max(1, min(rows, MAX_ROWS))
 
 
-def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, particle_chunk: int | None = None,
-              data_chunk: int | None = None, reduce: Callable[[LogProbTerms], torch.Tensor] | None = None,
-              reduce_traces: Callable | None = None, max_rows: int | None = None, compile: str = "none",
-              **kwargs) -> torch.Tensor:
+def map_terms(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1,
+    particle_chunk: int | None = None,
+    data_chunk: int | None = None,
+    reduce: Callable[[LogProbTerms], torch.Tensor] | None = None,
+    reduce_traces: Callable | None = None,
+    max_rows: int | None = None,
+    compile: str = "none",
+    **kwargs,
+) -> torch.Tensor:
     """Apply ``reduce`` to the :class:`LogProbTerms` of chunks of particles and datapoints.
 
     ``reduce`` maps terms of shape (k, n) to a tensor of shape (k, n, ...); the pieces are
@@ -247,13 +282,20 @@ def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, par
             if reduce_traces is not None:
                 return reduce_traces(*traces(model, guide, a, k, kk, nesting), kk)
             return reduce(log_prob_terms(model, guide, *a, num_samples=kk, max_plate_nesting=nesting, **k))
-        if compile == "none" or reduce_traces is not None or kwargs or not all(isinstance(t, torch.Tensor) for t in args):
+
+        if (
+            compile == "none"
+            or reduce_traces is not None
+            or kwargs
+            or not all(isinstance(t, torch.Tensor) for t in args)
+        ):
             return fn
         if kk not in compiled:
             from .compile import Compiled
 
-            compiled[kk] = Compiled(fn, [m for m in (model, guide) if isinstance(m, torch.nn.Module)], compile,
-                                    grad=False)
+            compiled[kk] = Compiled(
+                fn, [m for m in (model, guide) if isinstance(m, torch.nn.Module)], compile, grad=False
+            )
         return compiled[kk]
 
     # one preallocated result: many small kept pieces between large short-lived chunk
@@ -267,16 +309,31 @@ def map_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, par
             piece = chunk_fn(kk)(*a, **k)
             if out is None:
                 out = piece.new_empty((num_samples, n, *piece.shape[2:]))
-            out[p_start:p_start + kk, start:start + size] = piece
+            out[p_start : p_start + kk, start : start + size] = piece
     return out
 
 
 @torch.no_grad()
-def log_weights(model: Callable, guide: Callable, *args, num_samples: int = 1,
-                particle_chunk: int | None = None, data_chunk: int | None = None, **kwargs) -> torch.Tensor:
+def log_weights(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1,
+    particle_chunk: int | None = None,
+    data_chunk: int | None = None,
+    **kwargs,
+) -> torch.Tensor:
     """log w[k, n] = log p(x_n, z_nk) - log q(z_nk | x_n), shape (K, N), chunked over K and N."""
-    return map_terms(model, guide, *args, num_samples=num_samples, particle_chunk=particle_chunk,
-                     data_chunk=data_chunk, reduce=lambda t: t.log_weights, **kwargs)
+    return map_terms(
+        model,
+        guide,
+        *args,
+        num_samples=num_samples,
+        particle_chunk=particle_chunk,
+        data_chunk=data_chunk,
+        reduce=lambda t: t.log_weights,
+        **kwargs,
+    )
 
 
 def iwae_from_log_weights(lw: torch.Tensor) -> torch.Tensor:
@@ -304,7 +361,9 @@ def iwae_bound(model: Callable, guide: Callable, *args, num_samples: int = 5, **
 
 
 @torch.no_grad()
-def log_likelihood(model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs) -> torch.Tensor:
+def log_likelihood(
+    model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs
+) -> torch.Tensor:
     """Importance-sampled log p(x) per datapoint with q(z|x) as proposal and K = 5000 samples by
     default, the estimator of Burda et al. (2015), sec. 5: the IWAE bound at large K (a lower
     bound in expectation); shape (N,)."""
@@ -312,30 +371,45 @@ def log_likelihood(model: Callable, guide: Callable, *args, num_samples: int = 5
 
 
 @torch.no_grad()
-def importance_ess(model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs) -> torch.Tensor:
+def importance_ess(
+    model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs
+) -> torch.Tensor:
     """Per-datapoint importance ESS of K samples from q(z|x); shape (N,)."""
     return ess_from_log_weights(log_weights(model, guide, *args, num_samples=num_samples, **kwargs))
 
 
 @torch.no_grad()
-def evaluate_terms(model: Callable, guide: Callable, *args, num_samples: int = 5000,
-                   **kwargs) -> dict[str, torch.Tensor]:
+def evaluate_terms(
+    model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs
+) -> dict[str, torch.Tensor]:
     """Everything a report needs from one pass of K particles, each per datapoint (N,):
     ``elbo`` (mean of log w), ``reconstruction`` E_q[log p(x|z)], ``kl`` E_q[log q(z|x) - log p(z)]
     (Kingma & Welling 2013, eq. 7), ``log_likelihood`` (the K-sample importance estimate,
     Burda et al. 2015, eq. 8) and ``ess``. Keyword options of :func:`map_terms` (chunks,
     ``compile``) pass through."""
-    stacked = map_terms(model, guide, *args, num_samples=num_samples,
-                        reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior, t.log_weights], -1),
-                        **kwargs)
+    stacked = map_terms(
+        model,
+        guide,
+        *args,
+        num_samples=num_samples,
+        reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior, t.log_weights], -1),
+        **kwargs,
+    )
     recon, kl = stacked[..., 0].mean(0), stacked[..., 1].mean(0)
     lw = stacked[..., 2]
-    return {"elbo": lw.mean(0), "reconstruction": recon, "kl": kl,
-            "log_likelihood": iwae_from_log_weights(lw), "ess": ess_from_log_weights(lw)}
+    return {
+        "elbo": lw.mean(0),
+        "reconstruction": recon,
+        "kl": kl,
+        "log_likelihood": iwae_from_log_weights(lw),
+        "ess": ess_from_log_weights(lw),
+    }
 
 
 @torch.no_grad()
-def elbo_terms(model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs) -> dict[str, torch.Tensor]:
+def elbo_terms(
+    model: Callable, guide: Callable, *args, num_samples: int = 1, **kwargs
+) -> dict[str, torch.Tensor]:
     """Per-datapoint ELBO and its split into reconstruction and KL terms, Monte Carlo over K; shape (N,)."""
     terms = evaluate_terms(model, guide, *args, num_samples=num_samples, **kwargs)
     return {k: terms[k] for k in ("elbo", "reconstruction", "kl")}

@@ -4,6 +4,7 @@ A run directory holds ``config.json``, ``metrics.jsonl``, ``curves.png``,
 ``checkpoint.pt`` (latest) and ``best.pt`` (best validation ELBO), and is enough to
 evaluate, sample from or resume the run.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,12 +33,15 @@ def build(config: Config, x_shape) -> tuple[Any, Any]:
     model = build_model(config.model.name, x_shape=tuple(x_shape), **config.model.options)
     guide_cls = GUIDES.get(config.guide.name)
     if guide_cls is not None and not fits(type(model), guide_cls):
-        raise ConfigError(f"model {config.model.name!r} (latent sites {getattr(model, 'latent_sites', ())}, takes "
-                          f"{getattr(model, 'takes', 'image')}) does not fit guide {config.guide.name!r} (samples "
-                          f"{getattr(guide_cls, 'latent_sites', ())}, takes {getattr(guide_cls, 'takes', 'image')}); "
-                          f"guides that fit: {', '.join(guides_for(config.model.name)) or 'none'}")
-    guide = build_guide(config.guide.name, x_shape=tuple(x_shape), latent_dim=model.latent_dim,
-                        **config.guide.options)
+        raise ConfigError(
+            f"model {config.model.name!r} (latent sites {getattr(model, 'latent_sites', ())}, takes "
+            f"{getattr(model, 'takes', 'image')}) does not fit guide {config.guide.name!r} (samples "
+            f"{getattr(guide_cls, 'latent_sites', ())}, takes {getattr(guide_cls, 'takes', 'image')}); "
+            f"guides that fit: {', '.join(guides_for(config.model.name)) or 'none'}"
+        )
+    guide = build_guide(
+        config.guide.name, x_shape=tuple(x_shape), latent_dim=model.latent_dim, **config.guide.options
+    )
     if hasattr(model, "attach_guide"):
         model.attach_guide(guide)  # a prior built from the guide (VampPrior)
     if hasattr(guide, "attach_model"):
@@ -51,27 +55,45 @@ def load_data(config: Config, split: str, device="cpu") -> Split:
     return data.slice({"train": d.train_size, "val": d.val_limit, "test": d.test_limit}[split])
 
 
-def fit_config(config: Config, *, resume: bool = False, progress: bool | None = None,
-               callbacks=()) -> FitResult:
+def fit_config(
+    config: Config, *, resume: bool = False, progress: bool | None = None, callbacks=()
+) -> FitResult:
     """Train the run ``config`` describes into ``config.run_dir`` (or resume it)."""
     device = resolve_device(distributed.device_for_rank(config.device))
     run_dir = Path(config.run_dir)
     pyro.set_rng_seed(config.seed)
     train_data = load_data(config, "train", device)
-    val_data = load_data(config, "val", device) if config.data.val_size > 0 or config.data.name == "binarized_mnist" else None
+    val_data = (
+        load_data(config, "val", device)
+        if config.data.val_size > 0 or config.data.name == "binarized_mnist"
+        else None
+    )
     model, guide = build(config, train_data.shape)
     prior = getattr(model, "prior", None)
     if not resume and getattr(prior, "init", None) == "data":  # VampPrior pseudo-inputs from training images
         g = torch.Generator().manual_seed(config.seed)
-        pick = torch.randperm(len(train_data), generator=g)[:prior.pseudo_inputs.shape[0]].to(train_data.images.device)
+        pick = torch.randperm(len(train_data), generator=g)[: prior.pseudo_inputs.shape[0]].to(
+            train_data.images.device
+        )
         prior.init_from(train_data.observe(pick).to(prior.pseudo_inputs.device))
     run_dir.mkdir(parents=True, exist_ok=True)
     if not resume and distributed.is_main():
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     record = {"config": config.to_dict(), "x_shape": list(train_data.shape)}
-    return fit(model, guide, train_data, val_data, config=config.train, seed=config.seed, device=device,
-               run_dir=run_dir, record=record, resume=resume, progress=progress,
-               callbacks=callbacks)
+    return fit(
+        model,
+        guide,
+        train_data,
+        val_data,
+        config=config.train,
+        seed=config.seed,
+        device=device,
+        run_dir=run_dir,
+        record=record,
+        resume=resume,
+        progress=progress,
+        callbacks=callbacks,
+    )
 
 
 @dataclass
@@ -86,7 +108,9 @@ class Run:
 def read_config(run_dir: str | Path) -> Config:
     path = Path(run_dir) / "config.json"
     if not path.exists():
-        raise CheckpointError(f"{run_dir} is not a run directory (no config.json); train one with `pyrovae fit`")
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (no config.json); train one with `pyrovae fit`"
+        )
     return config_from_dict(json.loads(path.read_text()))
 
 
@@ -115,25 +139,53 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | None = None
     return Run(config, model, guide, state, dev)
 
 
-def evaluate(run: Run, *, split: str = "test", num_samples: int | None = None, seed: int = 0,
-             compile: str = "auto", max_rows: int | None = None) -> dict:
+def evaluate(
+    run: Run,
+    *,
+    split: str = "test",
+    num_samples: int | None = None,
+    seed: int = 0,
+    compile: str = "auto",
+    max_rows: int | None = None,
+) -> dict:
     """Per-datapoint ELBO (with its reconstruction and KL terms) and importance-sampled log p(x)
     on ``split`` of the run's dataset: :func:`evaluate_data` on one seeded binarization, with
     the run's description added."""
     data = load_data(run.config, split, run.device)
     images = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
     args = model_inputs(run.model, images, data.labels)
-    out: dict[str, Any] = {"split": split, "dataset": run.config.data.name, "pixels": run.config.data.pixels,
-                           "step": run.checkpoint["step"], "device": str(run.device)}
-    out.update(evaluate_data(run.model, run.guide, *args, images=images,
-                             num_samples=num_samples or run.config.eval_samples, seed=seed, compile=compile,
-                             max_rows=max_rows, bits_per_dim=run.config.data.pixels != "continuous"
-                             and len(args) == 1))
+    out: dict[str, Any] = {
+        "split": split,
+        "dataset": run.config.data.name,
+        "pixels": run.config.data.pixels,
+        "step": run.checkpoint["step"],
+        "device": str(run.device),
+    }
+    out.update(
+        evaluate_data(
+            run.model,
+            run.guide,
+            *args,
+            images=images,
+            num_samples=num_samples or run.config.eval_samples,
+            seed=seed,
+            compile=compile,
+            max_rows=max_rows,
+            bits_per_dim=run.config.data.pixels != "continuous" and len(args) == 1,
+        )
+    )
     return out
 
 
-def check_inputs(model, guide, x: torch.Tensor, *condition: torch.Tensor, images: torch.Tensor | None = None,
-                 num_samples: int = 1, name: str = "evaluation") -> tuple:
+def check_inputs(
+    model,
+    guide,
+    x: torch.Tensor,
+    *condition: torch.Tensor,
+    images: torch.Tensor | None = None,
+    num_samples: int = 1,
+    name: str = "evaluation",
+) -> tuple:
     """The checks training makes (shape, dtype, NaN/inf, the model's own, chunk by chunk), on
     ``images`` (or ``x``), plus conditioning rows, matching latent sites and ``num_samples``;
     returns the model's arguments ``(x, *condition)``."""
@@ -142,8 +194,10 @@ def check_inputs(model, guide, x: torch.Tensor, *condition: torch.Tensor, images
     check_data(model, as_split(x if images is None else images), name)
     for a in condition:
         if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.shape[0] != x.shape[0]:
-            raise DataError(f"each conditioning tensor needs one row per datapoint ({x.shape[0]}), got "
-                            f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}")
+            raise DataError(
+                f"each conditioning tensor needs one row per datapoint ({x.shape[0]}), got "
+                f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}"
+            )
         if a.is_floating_point() and not torch.isfinite(a).all():
             raise DataError("the conditioning data contain NaN or inf; clean them first")
     args = (x, *condition)
@@ -151,9 +205,18 @@ def check_inputs(model, guide, x: torch.Tensor, *condition: torch.Tensor, images
     return args
 
 
-def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, images: torch.Tensor | None = None,
-                  num_samples: int = 5000, seed: int = 0, compile: str = "auto", max_rows: int | None = None,
-                  bits_per_dim: bool = True) -> dict:
+def evaluate_data(
+    model,
+    guide,
+    x: torch.Tensor,
+    *condition: torch.Tensor,
+    images: torch.Tensor | None = None,
+    num_samples: int = 5000,
+    seed: int = 0,
+    compile: str = "auto",
+    max_rows: int | None = None,
+    bits_per_dim: bool = True,
+) -> dict:
     """ELBO, reconstruction, KL and importance-sampled log p(x) of the datapoints ``x`` (for a
     conditional model, ``model(x, *condition)``: log p(x | condition), or log p(y | x) for a
     structured-output model) from one pass of K = ``num_samples`` samples each: mean and
@@ -170,16 +233,26 @@ def evaluate_data(model, guide, x: torch.Tensor, *condition: torch.Tensor, image
     if world > x.shape[0]:
         raise ConfigError(f"{x.shape[0]} datapoints cannot be shared among {world} ranks")
     sizes = distributed.shard_sizes(x.shape[0], world)
-    pyro.set_rng_seed(distributed.rank_seed(seed, rank))  # under torch.distributed: this rank's part, own draws
+    pyro.set_rng_seed(
+        distributed.rank_seed(seed, rank)
+    )  # under torch.distributed: this rank's part, own draws
     t0 = time.perf_counter()
     with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
-        terms = estimators.evaluate_terms(model, guide, *(distributed.shard(a, rank, world) for a in args),
-                                          num_samples=num_samples, compile=compile, max_rows=max_rows)
+        terms = estimators.evaluate_terms(
+            model,
+            guide,
+            *(distributed.shard(a, rank, world) for a in args),
+            num_samples=num_samples,
+            compile=compile,
+            max_rows=max_rows,
+        )
     terms = {k: distributed.gather_rows(v, sizes) for k, v in terms.items()}
     seconds = float(distributed.all_max(torch.tensor(time.perf_counter() - t0, device=x.device)))
     if not all(torch.isfinite(v).all() for v in terms.values()):
-        raise NonFiniteError("the evaluation gave non-finite values: the model or guide produces NaN or inf on "
-                             "these data (check their parameters, e.g. with pyrovae.train.diagnose_nonfinite)")
+        raise NonFiniteError(
+            "the evaluation gave non-finite values: the model or guide produces NaN or inf on "
+            "these data (check their parameters, e.g. with pyrovae.train.diagnose_nonfinite)"
+        )
     out: dict[str, Any] = {"num_datapoints": x.shape[0], "num_samples": num_samples, "seconds": seconds}
     for key in ("elbo", "reconstruction", "kl", "log_likelihood"):
         mean, se = estimators.mean_and_stderr(terms[key])
@@ -202,8 +275,12 @@ def posterior_means(guide, *args: torch.Tensor, site: str = LATENT, batch: int =
     """E_q[z | args] read off the guide's distribution at ``site`` (for a site below another
     latent, at the sampled value of the one above), ``batch`` datapoints at a time."""
     n = args[0].shape[0]
-    return torch.cat([poutine.trace(guide).get_trace(*(a[i:i + batch] for a in args)).nodes[site]["fn"].mean
-                      for i in range(0, n, batch)])
+    return torch.cat(
+        [
+            poutine.trace(guide).get_trace(*(a[i : i + batch] for a in args)).nodes[site]["fn"].mean
+            for i in range(0, n, batch)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -213,24 +290,38 @@ def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])
 
 
-def draw_report(run: Run, run_dir: str | Path, *, num: int = 64, split: str = "test",
-                latent_points: int = 5000, seed: int = 0) -> list[Path]:
+def draw_report(
+    run: Run,
+    run_dir: str | Path,
+    *,
+    num: int = 64,
+    split: str = "test",
+    latent_points: int = 5000,
+    seed: int = 0,
+) -> list[Path]:
     """samples.png, reconstructions.png, latent.png and (2D latents) manifold.png in ``run_dir``."""
     run_dir = Path(run_dir)
     pyro.set_rng_seed(seed)
     data = load_data(run.config, split, run.device)
     x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
     if hasattr(run.model, "complete"):  # a quadrant model: visible part, completions, truth
-        return [plots.save_completions(run.model, *model_inputs(run.model, x[:8]), run_dir / "completions.png")]
+        return [
+            plots.save_completions(run.model, *model_inputs(run.model, x[:8]), run_dir / "completions.png")
+        ]
     if hasattr(run.model, "inputs"):  # a label-conditioned model: a row of samples per class
         rows = [run.model.sample(8, condition=c) for c in range(run.model.num_classes)]
         return [plots.save_grid(torch.cat(rows), run_dir / "samples.png", nrow=8)]
-    paths = [plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
-             plots.save_grid(reconstructions(run, x[:num // 2]), run_dir / "reconstructions.png", nrow=8)]
+    paths = [
+        plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
+        plots.save_grid(reconstructions(run, x[: num // 2]), run_dir / "reconstructions.png", nrow=8),
+    ]
     n = min(latent_points, x.shape[0])
     z = posterior_means(run.guide, x[:n], site=code_site(run.model))
     paths.append(plots.plot_latent_scatter(z, data.labels[:n], run_dir / "latent.png"))
     if z.shape[-1] == 2:
-        paths.append(plots.save_grid(plots.manifold_grid(run.model.decode, 20, run.device),
-                                     run_dir / "manifold.png", nrow=20))
+        paths.append(
+            plots.save_grid(
+                plots.manifold_grid(run.model.decode, 20, run.device), run_dir / "manifold.png", nrow=20
+            )
+        )
     return paths

@@ -1,4 +1,5 @@
 """Observation models p(x | z) for images, built from a decoder's raw output."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,7 @@ class Likelihood(nn.Module):
       Bernoulli of Loaiza-Ganem & Cunningham (2019), eq. 3, for grey-scale pixels.
     """
 
-    def __init__(self, name: str, x_shape: Sequence[int], sigma: float | str = 0.1,
-                 sigma_init: float = 0.1):
+    def __init__(self, name: str, x_shape: Sequence[int], sigma: float | str = 0.1, sigma_init: float = 0.1):
         super().__init__()
         if name not in LIKELIHOODS:
             raise unknown_name("likelihood", name, LIKELIHOODS)
@@ -48,7 +48,7 @@ class Likelihood(nn.Module):
             elif isinstance(sigma, (int, float)) and sigma > 0:
                 self.register_buffer("fixed_sigma", torch.tensor(float(sigma)))
             else:
-                raise ConfigError(f"gaussian sigma must be a positive number or \"learned\", got {sigma!r}")
+                raise ConfigError(f'gaussian sigma must be a positive number or "learned", got {sigma!r}')
 
     def forward(self, logits: torch.Tensor) -> dist.Distribution:
         if self.name == "bernoulli":
@@ -71,9 +71,13 @@ class Likelihood(nn.Module):
         if not torch.isfinite(x).all():
             raise DataError("data contains NaN or inf; clean the data before training")
         if self.name == "bernoulli" and not ((x == 0) | (x == 1)).all():
-            raise DataError("the bernoulli likelihood needs binary pixels (0 or 1); use "
-                            "pixels = \"dynamic\" or \"static\", or likelihood = \"continuous_bernoulli\" "
-                            "or \"gaussian\" for grey-scale pixels in [0, 1]")
+            raise DataError(
+                "the bernoulli likelihood needs binary pixels (0 or 1); use "
+                'pixels = "dynamic" or "static", or likelihood = "continuous_bernoulli" '
+                'or "gaussian" for grey-scale pixels in [0, 1]'
+            )
         if self.name == "continuous_bernoulli" and ((x < 0) | (x > 1)).any():
-            raise DataError("the continuous_bernoulli likelihood needs pixels in [0, 1]; rescale the "
-                            "data, or use likelihood = \"gaussian\" for unbounded values")
+            raise DataError(
+                "the continuous_bernoulli likelihood needs pixels in [0, 1]; rescale the "
+                'data, or use likelihood = "gaussian" for unbounded values'
+            )

@@ -1,4 +1,5 @@
 """Network blocks shared by models and guides: MLPs and 28x28-style conv stacks."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,15 @@ from torch.nn import functional as F
 
 from .errors import ConfigError, unknown_name
 
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU,
-               "softplus": nn.Softplus, "leaky_relu": nn.LeakyReLU, "silu": nn.SiLU}
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "softplus": nn.Softplus,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
 
 
 def activation(name: str) -> nn.Module:
@@ -37,7 +45,9 @@ def mlp(sizes: Sequence[int], act: str = "relu") -> nn.Sequential:
     """Linear layers of the given sizes with ``act`` between them (none after the last);
     ``act = "gated"`` makes every hidden layer a :class:`GatedLinear`."""
     if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-        raise ConfigError(f"an MLP needs at least an input and an output size, all positive; got {list(sizes)}")
+        raise ConfigError(
+            f"an MLP needs at least an input and an output size, all positive; got {list(sizes)}"
+        )
     if act != "gated":
         activation(act)  # an unknown name fails here, before any layer is built
     layers: list[nn.Module] = []
@@ -57,15 +67,23 @@ def _check_conv_shape(shape: Sequence[int], channels: Sequence[int]) -> None:
         raise ConfigError(f"conv networks take images of shape (C, H, W); got {tuple(shape)}")
     f = 2 ** len(channels)
     if shape[1] % f or shape[2] % f:
-        raise ConfigError(f"conv networks with {len(channels)} stride-2 layers need H and W divisible "
-                          f"by {f}; got {tuple(shape)}. Use fewer `channels` or an MLP.")
+        raise ConfigError(
+            f"conv networks with {len(channels)} stride-2 layers need H and W divisible "
+            f"by {f}; got {tuple(shape)}. Use fewer `channels` or an MLP."
+        )
 
 
 class ConvEncoder(nn.Module):
     """Stride-2 4x4 convolutions (each halves H and W), then an MLP to ``out_dim``."""
 
-    def __init__(self, x_shape: Sequence[int], out_dim: int, channels: Sequence[int] = (32, 64),
-                 hidden: Sequence[int] = (256,), act: str = "relu"):
+    def __init__(
+        self,
+        x_shape: Sequence[int],
+        out_dim: int,
+        channels: Sequence[int] = (32, 64),
+        hidden: Sequence[int] = (256,),
+        act: str = "relu",
+    ):
         super().__init__()
         _check_conv_shape(x_shape, channels)
         layers: list[nn.Module] = []
@@ -85,8 +103,15 @@ class ConvEncoder(nn.Module):
 class ConvDecoder(nn.Module):
     """An MLP from ``in_dim`` to a feature map, then stride-2 transposed convolutions to ``x_shape``."""
 
-    def __init__(self, in_dim: int, x_shape: Sequence[int], channels: Sequence[int] = (64, 32),
-                 hidden: Sequence[int] = (256,), act: str = "relu", out_channels: int | None = None):
+    def __init__(
+        self,
+        in_dim: int,
+        x_shape: Sequence[int],
+        channels: Sequence[int] = (64, 32),
+        hidden: Sequence[int] = (256,),
+        act: str = "relu",
+        out_channels: int | None = None,
+    ):
         super().__init__()
         _check_conv_shape(x_shape, channels)
         f = 2 ** len(channels)

@@ -9,6 +9,7 @@ and KL-weight (beta) schedules.
 - ``dreg``: the same bound with doubly reparameterized gradients for the guide
   (Tucker et al. 2018, eq. 8).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,10 @@ def make_objective(objective: str, *, num_particles: int = 1, k: int = 5) -> Cal
         return PyroELBO(make_elbo(objective, num_particles))
     if objective in ("iwae", "dreg"):
         if num_particles != 1:
-            raise ConfigError(f"objective {objective!r} draws k importance samples per datapoint; set train.k "
-                              f"(now {k}) instead of train.num_particles (now {num_particles})")
+            raise ConfigError(
+                f"objective {objective!r} draws k importance samples per datapoint; set train.k "
+                f"(now {k}) instead of train.num_particles (now {num_particles})"
+            )
         return IWAE(k, dreg=objective == "dreg")
     raise unknown_name("objective", objective, OBJECTIVES)
 
@@ -115,8 +118,9 @@ class ELBO:
             self.prepare(model, guide, *args, **kwargs)
         if self._fallback is not None:
             return self._fallback(model, guide, *args, beta=beta, **kwargs)
-        t = estimators.log_prob_terms(model, guide, *args, num_samples=self.num_particles,
-                                      max_plate_nesting=self._nesting, **kwargs)
+        t = estimators.log_prob_terms(
+            model, guide, *args, num_samples=self.num_particles, max_plate_nesting=self._nesting, **kwargs
+        )
         return -(t.log_lik + beta * (t.log_prior - t.log_q)).mean(0).sum()
 
 
@@ -136,16 +140,24 @@ class PyroELBO:
             return
         guide_tr, model_tr = estimators.inspection_traces(model, guide, args, kwargs)
         for name, site in guide_tr.nodes.items():
-            if (site["type"] != "sample" or site["is_observed"] or site_is_subsample(site)
-                    or name not in model_tr.nodes):
+            if (
+                site["type"] != "sample"
+                or site["is_observed"]
+                or site_is_subsample(site)
+                or name not in model_tr.nodes
+            ):
                 continue
             try:
                 torch.distributions.kl_divergence(site["fn"], model_tr.nodes[name]["fn"])
             except NotImplementedError:
-                warnings.warn(f"objective \"meanfield\": KL(q || p) at site {name!r} has no closed form "
-                              f"(guide {type(site['fn']).__name__}, prior {type(model_tr.nodes[name]['fn']).__name__}"
-                              "); it is estimated by Monte Carlo (log q - log p) for that site, as objective "
-                              "\"elbo\" does", RuntimeWarning, stacklevel=3)
+                warnings.warn(
+                    f'objective "meanfield": KL(q || p) at site {name!r} has no closed form '
+                    f"(guide {type(site['fn']).__name__}, prior {type(model_tr.nodes[name]['fn']).__name__}"
+                    "); it is estimated by Monte Carlo (log q - log p) for that site, as objective "
+                    '"elbo" does',
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
         with ScaleLatents(beta) if beta != 1.0 else contextlib.nullcontext():
@@ -167,6 +179,7 @@ def _stopped(guide: Callable) -> Callable:
         def call(*args, **kwargs):
             with _DetachParams():
                 return torch.func.functional_call(guide, detached, args, kwargs)
+
         return call
     return _DetachParams()(guide)
 
@@ -196,8 +209,9 @@ class IWAE:
         if self._nesting is None:
             self.prepare(model, guide, *args, **kwargs)
         if not self.dreg:
-            t = estimators.log_prob_terms(model, guide, *args, num_samples=self.k, max_plate_nesting=self._nesting,
-                                          **kwargs)
+            t = estimators.log_prob_terms(
+                model, guide, *args, num_samples=self.k, max_plate_nesting=self._nesting, **kwargs
+            )
             lw = t.log_lik + beta * (t.log_prior - t.log_q)
             return -estimators.iwae_from_log_weights(lw).sum()
         return -self._dreg_surrogate(model, guide, args, kwargs, beta)
@@ -206,13 +220,20 @@ class IWAE:
         k = self.k
         guide_tr, model_tr, pdim = estimators.traces(model, guide, args, kwargs, k, self._nesting)
         for site in guide_tr.nodes.values():
-            if (site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
-                    and not site["fn"].has_rsample):
-                raise PyrovaeError(f"DReG needs a reparameterizable guide; site {site['name']!r} has none. "
-                                   "Use objective = \"iwae\"")
+            if (
+                site["type"] == "sample"
+                and not site["is_observed"]
+                and not site_is_subsample(site)
+                and not site["fn"].has_rsample
+            ):
+                raise PyrovaeError(
+                    f"DReG needs a reparameterizable guide; site {site['name']!r} has none. "
+                    'Use objective = "iwae"'
+                )
         log_lik, log_prior = estimators.sum_sites(model_tr, pdim, k)
-        stop_tr = poutine.trace(poutine.replay(estimators.vectorize(_stopped(guide), k, pdim), trace=guide_tr)
-                                ).get_trace(*args, **kwargs)
+        stop_tr = poutine.trace(
+            poutine.replay(estimators.vectorize(_stopped(guide), k, pdim), trace=guide_tr)
+        ).get_trace(*args, **kwargs)
         _, log_q_stop = estimators.sum_sites(stop_tr, pdim, k)
         lw = log_lik + beta * (log_prior - log_q_stop)
         w = torch.softmax(lw.detach(), 0)
@@ -221,19 +242,28 @@ class IWAE:
         for name, site in guide_tr.nodes.items():
             if site["type"] == "sample":
                 detached.nodes[name] = {**site, "value": site["value"].detach()}
-        det_tr = poutine.trace(poutine.replay(estimators.vectorize(model, k, pdim), trace=detached)
-                               ).get_trace(*args, **kwargs)
+        det_tr = poutine.trace(
+            poutine.replay(estimators.vectorize(model, k, pdim), trace=detached)
+        ).get_trace(*args, **kwargs)
         d_lik, d_prior = estimators.sum_sites(det_tr, pdim, k)
         lw_theta = d_lik + beta * d_prior
         # theta: w^2 + (w - w^2) = w, as in IWAE; phi: w^2 through z only (log q's parameters stopped)
-        surrogate = (w ** 2 * lw).sum(0) + ((w - w ** 2) * lw_theta).sum(0)
+        surrogate = (w**2 * lw).sum(0) + ((w - w**2) * lw_theta).sum(0)
         # add the bound's value with zero gradient so that the loss reads as -IWAE
         bound = estimators.iwae_from_log_weights(lw.detach())
         return (surrogate - surrogate.detach() + bound).sum()
 
 
-def kl_weight(step: int, *, schedule: str = "constant", beta: float = 1.0, warmup_steps: int = 0,
-              total_steps: int = 1, cycles: int = 4, cycle_ratio: float = 0.5) -> float:
+def kl_weight(
+    step: int,
+    *,
+    schedule: str = "constant",
+    beta: float = 1.0,
+    warmup_steps: int = 0,
+    total_steps: int = 1,
+    cycles: int = 4,
+    cycle_ratio: float = 0.5,
+) -> float:
     """The KL weight at training step ``step`` (0-based).
 
     - ``constant``: beta.

@@ -2,6 +2,7 @@
 
 Files are drawn on ``matplotlib.figure.Figure`` objects, which need no backend, so that
 importing pyrovae leaves the user's backend (a notebook's inline one) alone."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,7 +31,7 @@ def save_completions(model, x: torch.Tensor, y: torch.Tensor, path: str | Path, 
         completions = model.complete(x, num)  # (num, N, ...)
     except TypeError:  # a deterministic model: one prediction
         completions = model.complete(x)[None]
-    rows = [torch.cat([visible[i:i + 1], completions[:, i], y[i:i + 1]]) for i in range(x.shape[0])]
+    rows = [torch.cat([visible[i : i + 1], completions[:, i], y[i : i + 1]]) for i in range(x.shape[0])]
     return save_grid(torch.cat(rows), path, nrow=completions.shape[0] + 2)
 
 
@@ -41,7 +42,12 @@ def plot_curves(rows: Sequence[dict], path: str | Path) -> Path:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     if steps:
-        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="train loss (-ELBO, beta-weighted)")
+        ax.plot(
+            [r["step"] for r in steps],
+            [r["loss"] for r in steps],
+            lw=1,
+            label="train loss (-ELBO, beta-weighted)",
+        )
     if epochs:
         ax.plot([r["step"] for r in epochs], [-r["val_elbo"] for r in epochs], "o-", label="validation -ELBO")
     ax.set_xlabel("step")
@@ -66,12 +72,16 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, ax) -> None:
     """Draw posterior means (N, D) on ``ax``, coloured by label (PCA to 2D when D > 2)."""
     z2 = pca_2d(z.detach().cpu().float())
     colours = None if labels is None else labels.cpu()
-    sc = ax.scatter(z2[:, 0], z2[:, 1], c=colours, cmap="tab10" if colours is not None else None, s=3, alpha=0.7)
+    sc = ax.scatter(
+        z2[:, 0], z2[:, 1], c=colours, cmap="tab10" if colours is not None else None, s=3, alpha=0.7
+    )
     if labels is not None and (labels >= 0).any():
         ax.figure.colorbar(sc, ax=ax, label="label")
     ax.set_xlabel("z1" if z.shape[1] <= 2 else "PC 1")
     ax.set_ylabel("z2" if z.shape[1] <= 2 else "PC 2")
-    ax.set_title("posterior means E_q[z | x]" + (" (first two principal components)" if z.shape[1] > 2 else ""))
+    ax.set_title(
+        "posterior means E_q[z | x]" + (" (first two principal components)" if z.shape[1] > 2 else "")
+    )
 
 
 def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:

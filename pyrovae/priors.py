@@ -11,6 +11,7 @@ so that every ELBO, IWAE bound and importance-sampled log-likelihood stays valid
 - ``flow``: N(0, I) transformed by a stack of Pyro's affine autoregressive transforms
   (Papamakarios et al. 2017, eq. 4, masked autoregressive density), identity at the start.
 """
+
 from __future__ import annotations
 
 import math
@@ -38,10 +39,13 @@ class DiagNormalMixture(TorchDistribution):
     support = constraints.real_vector
     has_rsample = False
 
-    def __init__(self, locs: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor,
-                 batch_shape: Sequence[int] = ()):
+    def __init__(
+        self, locs: torch.Tensor, scales: torch.Tensor, logits: torch.Tensor, batch_shape: Sequence[int] = ()
+    ):
         self.locs, self.scales, self.logits = locs, scales, logits
-        super().__init__(batch_shape=torch.Size(batch_shape), event_shape=locs.shape[-1:], validate_args=False)
+        super().__init__(
+            batch_shape=torch.Size(batch_shape), event_shape=locs.shape[-1:], validate_args=False
+        )
 
     def expand(self, batch_shape, _instance=None):
         return DiagNormalMixture(self.locs, self.scales, self.logits, batch_shape)
@@ -60,8 +64,9 @@ class DiagNormalMixture(TorchDistribution):
     def sample(self, sample_shape=torch.Size()) -> torch.Tensor:
         shape = torch.Size(sample_shape) + self.batch_shape
         k = torch.distributions.Categorical(logits=self.logits).sample(shape)
-        return self.locs[k] + self.scales[k] * torch.randn(shape + self.event_shape, device=self.locs.device,
-                                                           dtype=self.locs.dtype)
+        return self.locs[k] + self.scales[k] * torch.randn(
+            shape + self.event_shape, device=self.locs.device, dtype=self.locs.dtype
+        )
 
 
 class Prior(nn.Module):
@@ -127,8 +132,15 @@ class VampPrior(Prior):
     0.01; ``init = "random"``), or as K random training images (``init = "data"``: a config
     run calls ``init_from`` with them; in Python call it yourself)."""
 
-    def __init__(self, latent_dim: int, x_shape: Sequence[int], components: int = 500,
-                 init: str = "random", init_mean: float = 0.05, init_std: float = 0.01):
+    def __init__(
+        self,
+        latent_dim: int,
+        x_shape: Sequence[int],
+        components: int = 500,
+        init: str = "random",
+        init_mean: float = 0.05,
+        init_std: float = 0.01,
+    ):
         super().__init__(latent_dim)
         if not isinstance(components, int) or components < 1:
             raise ConfigError(f"the VampPrior needs components >= 1, got {components!r}")
@@ -140,8 +152,9 @@ class VampPrior(Prior):
 
     def attach(self, guide: Any) -> None:
         if not callable(getattr(guide, "params", None)):
-            raise ModelError(f"the VampPrior needs a guide with params(x) -> (loc, scale); "
-                             f"{type(guide).__name__} has none")
+            raise ModelError(
+                f"the VampPrior needs a guide with params(x) -> (loc, scale); {type(guide).__name__} has none"
+            )
         object.__setattr__(self, "_guide", guide)
 
     @torch.no_grad()
@@ -149,8 +162,10 @@ class VampPrior(Prior):
         """Set the pseudo-inputs to the first K rows of ``x`` (e.g. shuffled training images)."""
         k = self.pseudo_inputs.shape[0]
         if x.shape[0] < k or tuple(x.shape[1:]) != tuple(self.pseudo_inputs.shape[1:]):
-            raise ConfigError(f"init_from needs at least {k} datapoints of shape "
-                              f"{tuple(self.pseudo_inputs.shape[1:])}, got {tuple(x.shape)}")
+            raise ConfigError(
+                f"init_from needs at least {k} datapoints of shape "
+                f"{tuple(self.pseudo_inputs.shape[1:])}, got {tuple(x.shape)}"
+            )
         self.pseudo_inputs.copy_(x[:k])
 
     def inputs(self) -> torch.Tensor:
@@ -202,8 +217,9 @@ class FlowPrior(Prior):
         return dist.TransformedDistribution(base, self.transforms())
 
 
-def make_prior(prior: str | Prior, latent_dim: int, x_shape: Sequence[int],
-               options: Mapping[str, Any] | None = None) -> Prior:
+def make_prior(
+    prior: str | Prior, latent_dim: int, x_shape: Sequence[int], options: Mapping[str, Any] | None = None
+) -> Prior:
     """The prior named ``prior`` ("standard", "mog", "vamp" or "flow") with constructor ``options``,
     or ``prior`` itself when it is already a :class:`Prior`."""
     if isinstance(prior, Prior):

@@ -5,6 +5,7 @@ A file in ``models/`` or ``guides/`` that decorates a class with
 ``pyrovae list``, configs and the CLI with no other change: the packages import every
 module they hold.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,6 +25,7 @@ def _register(table: dict, kind: str, name: str):
         table[name] = cls
         cls.registered_name = name
         return cls
+
     return deco
 
 
@@ -66,9 +68,13 @@ def _build(table: dict, kind: str, name: str, kwargs: dict):
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     unknown = [k for k in kwargs if k not in sig.parameters and not accepts_any]
     if unknown:
-        options = [k for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
-        raise ConfigError(f"{kind} {name!r} takes no option(s) {', '.join(map(repr, unknown))}; "
-                          f"its options are: {', '.join(options)}")
+        options = [
+            k for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY or p.default is not p.empty
+        ]
+        raise ConfigError(
+            f"{kind} {name!r} takes no option(s) {', '.join(map(repr, unknown))}; "
+            f"its options are: {', '.join(options)}"
+        )
     return cls(**kwargs)
 
 
@@ -88,5 +94,8 @@ def available() -> dict[str, dict[str, str]]:
 
     def summary(cls):
         return (inspect.getdoc(cls) or "").split("\n")[0]
-    return {"models": {k: summary(v) for k, v in sorted(MODELS.items())},
-            "guides": {k: summary(v) for k, v in sorted(GUIDES.items())}}
+
+    return {
+        "models": {k: summary(v) for k, v in sorted(MODELS.items())},
+        "guides": {k: summary(v) for k, v in sorted(GUIDES.items())},
+    }

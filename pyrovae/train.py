@@ -7,6 +7,7 @@ over the parameters of the model and guide (``nn.Module`` parameters, plus any
 ``pyro.param`` sites of plain callables). The data are checked once up front; inside the
 loop Pyro's argument checks are off and the loss is read back every ``log_every`` steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,12 +29,19 @@ from torch import nn
 from tqdm import tqdm  # text bar everywhere (tqdm.auto needs ipywidgets in notebooks)
 
 from . import checkpoint as ckpt_io
-from .compile import Compiled, resolve_mode
 from . import distributed, estimators
+from .compile import Compiled, resolve_mode
 from .config import TrainConfig
 from .data import VAL_BINARIZATION_SEED, Batches, Split
-from .errors import (ConfigError, DataError, Interrupted, ModelError, NonFiniteError, PyrovaeError,
-                     unknown_name)
+from .errors import (
+    ConfigError,
+    DataError,
+    Interrupted,
+    ModelError,
+    NonFiniteError,
+    PyrovaeError,
+    unknown_name,
+)
 from .objectives import kl_weight, make_objective
 
 LR_SCHEDULES = ("constant", "exponential", "cosine", "iwae")
@@ -58,7 +66,7 @@ class FitResult:
     metrics: list[dict] = field(default_factory=list)
     run_dir: Path | None = None
     compile: str = "none"  #: how the loss ran: see pyrovae.compile.Compiled.summary
-    skipped: int = 0       #: steps whose update was skipped for a non-finite loss or gradient
+    skipped: int = 0  #: steps whose update was skipped for a non-finite loss or gradient
 
 
 def as_split(data: Split | torch.Tensor) -> Split:
@@ -67,8 +75,12 @@ def as_split(data: Split | torch.Tensor) -> Split:
         return data
     if isinstance(data, torch.Tensor):
         if data.dim() < 1:
-            raise DataError(f"data must be a batch of shape (N, ...), got a tensor of shape {tuple(data.shape)}")
-        return Split(data, torch.full((data.shape[0],), -1, dtype=torch.long, device=data.device), "continuous")
+            raise DataError(
+                f"data must be a batch of shape (N, ...), got a tensor of shape {tuple(data.shape)}"
+            )
+        return Split(
+            data, torch.full((data.shape[0],), -1, dtype=torch.long, device=data.device), "continuous"
+        )
     raise PyrovaeError(f"data must be a pyrovae.data.Split or a torch.Tensor, got {type(data).__name__}")
 
 
@@ -131,7 +143,7 @@ def iwae_lr_factor(epoch: int) -> float:
     i, end = 0, 1
     while epoch >= end and i < 7:
         i += 1
-        end += 3 ** i
+        end += 3**i
     return 10 ** (-i / 7)
 
 
@@ -150,13 +162,18 @@ def _loss(objective, model, guide, params, mode: str, example: tuple) -> Compile
     objective.prepare(model, guide, *example)
     if not objective.capturable:
         if mode not in ("auto", "none"):
-            warnings.warn(f"compile = {mode!r}: this objective reads values back to the host (Pyro's "
-                          "ELBO) and is not captured; training runs eagerly", RuntimeWarning, stacklevel=3)
+            warnings.warn(
+                f"compile = {mode!r}: this objective reads values back to the host (Pyro's "
+                "ELBO) and is not captured; training runs eagerly",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         mode = "none"
 
     def loss(*args):
         *data, beta = args
         return objective(model, guide, *data, beta=beta) / data[0].shape[0]
+
     return Compiled(loss, _modules(model, guide), mode, params=params)
 
 
@@ -170,7 +187,7 @@ def check_data(model, split: Split, name: str, chunk: int = 8192) -> None:
         raise DataError(f"{name} data must be a floating-point tensor, got {x.dtype}; use x.float()")
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         for start in range(0, len(split), chunk):
-            part = x[start:start + chunk]
+            part = x[start : start + chunk]
             if not torch.isfinite(part).all():
                 raise DataError(f"{name} data contains NaN or inf; clean it first")
             if split.pixels == "dynamic" and ((part < 0) | (part > 1)).any():
@@ -203,10 +220,21 @@ class _Writer:
         return any([bool(cb(row)) for cb in self.callbacks])
 
 
-def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Split | torch.Tensor | None = None,
-        *, config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device | None = "auto",
-        run_dir: str | Path | None = None, record: dict | None = None, resume: bool = False,
-        progress: bool | None = None, callbacks: Iterable[Callable[[dict], object]] = ()) -> FitResult:
+def fit(
+    model: Callable,
+    guide: Callable,
+    train: Split | torch.Tensor,
+    val: Split | torch.Tensor | None = None,
+    *,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    run_dir: str | Path | None = None,
+    record: dict | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Iterable[Callable[[dict], object]] = (),
+) -> FitResult:
     """Train ``model``/``guide`` by SVI on ``train``; validate on ``val`` each epoch.
 
     ``model(x)`` and ``guide(x)`` are any Pyro callables with a ``"data"`` plate; the data
@@ -256,11 +284,17 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
     if world > 1:
         in_modules = {id(p) for m in _modules(model, guide) for p in m.parameters()}
         if any(id(p) not in in_modules for p in params):
-            raise ConfigError("distributed training all-reduces the gradients of nn.Module parameters; keep every "
-                              "trained tensor in the model's or guide's modules, not in pyro.param")
+            raise ConfigError(
+                "distributed training all-reduces the gradients of nn.Module parameters; keep every "
+                "trained tensor in the model's or guide's modules, not in pyro.param"
+            )
         if cfg.compile not in ("auto", "none"):
-            warnings.warn(f"compile = {cfg.compile!r} does not apply under torch.distributed: the loss runs "
-                          "eagerly inside DistributedDataParallel", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"compile = {cfg.compile!r} does not apply under torch.distributed: the loss runs "
+                "eagerly inside DistributedDataParallel",
+                RuntimeWarning,
+                stacklevel=2,
+            )
     loss_fn = _loss(objective, model, guide, params, "none" if world > 1 else cfg.compile, example)
     beta_t = torch.ones((), device=device)
     # fused Adam skips a step's update when told the gradient is not finite (found_inf), with no host read
@@ -278,8 +312,12 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         if resume:
             state, last_checkpoint = ckpt_io.load_latest(run_dir, map_location=device)
             if last_checkpoint.name != "checkpoint.pt":
-                warnings.warn(f"{run_dir / 'checkpoint.pt'} could not be read; resuming from {last_checkpoint} "
-                              f"(step {state['step']})", RuntimeWarning, stacklevel=2)
+                warnings.warn(
+                    f"{run_dir / 'checkpoint.pt'} could not be read; resuming from {last_checkpoint} "
+                    f"(step {state['step']})",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             for m, key in ((model, "model"), (guide, "guide")):
                 if isinstance(m, nn.Module):
                     m.load_state_dict(state[key])
@@ -293,9 +331,12 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
             if world == 1 or (ranks is not None and len(ranks) == world):
                 ckpt_io.set_rng_state(state["rng"] if world == 1 else ranks[rank])
             else:  # saved by another number of ranks: fresh, still independent, streams
-                warnings.warn(f"{last_checkpoint} was written by {len(ranks or [0])} rank(s), not {world}: the "
-                              "random streams restart (the run continues, not bit for bit)", RuntimeWarning,
-                              stacklevel=2)
+                warnings.warn(
+                    f"{last_checkpoint} was written by {len(ranks or [0])} rank(s), not {world}: the "
+                    "random streams restart (the run continues, not bit for bit)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 pyro.set_rng_seed(distributed.rank_seed(seed + step, rank))
             if "metrics_rows" in state:  # rows written after that checkpoint are written again
                 write.truncate(state["metrics_rows"])
@@ -306,15 +347,25 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
 
     def snapshot(rng_ranks: list | None = None) -> dict:
         return {
-            "format": ckpt_io.FORMAT, "record": record or {}, "train_config": dataclasses.asdict(cfg),
+            "format": ckpt_io.FORMAT,
+            "record": record or {},
+            "train_config": dataclasses.asdict(cfg),
             "model": model.state_dict() if isinstance(model, nn.Module) else {},
             "guide": guide.state_dict() if isinstance(guide, nn.Module) else {},
-            "params": _param_store_state(), "optimizer": opt.state_dict(),
+            "params": _param_store_state(),
+            "optimizer": opt.state_dict(),
             "scheduler": None if sched is None else sched.state_dict(),
-            "step": step, "epoch": epoch, "batch": start_batch, "best_val_elbo": best,
-            "bad_epochs": bad_epochs, "skipped": skipped, "metrics_rows": write.count,
-            "rng": ckpt_io.rng_state(), "versions": ckpt_io.versions(),
-            "world_size": world, "rng_ranks": rng_ranks,
+            "step": step,
+            "epoch": epoch,
+            "batch": start_batch,
+            "best_val_elbo": best,
+            "bad_epochs": bad_epochs,
+            "skipped": skipped,
+            "metrics_rows": write.count,
+            "rng": ckpt_io.rng_state(),
+            "versions": ckpt_io.versions(),
+            "world_size": world,
+            "rng_ranks": rng_ranks,
         }
 
     def save_checkpoint() -> None:
@@ -327,22 +378,34 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         else:
             last_checkpoint = ckpt_io.step_path(run_dir, step)
 
-    val_x = None if val is None else model_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
+    val_x = (
+        None
+        if val is None
+        else model_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
+    )
 
     def validate() -> float:
         # A forked RNG: validating never changes the random stream training continues with,
         # so a run stopped and resumed anywhere matches one that never stopped. Reseeded, so
         # every epoch is scored with the same draws and epochs differ only by the model.
         # Under torch.distributed each rank scores its part of the data and the sums are shared.
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                pyro.validation_enabled(False):
+        with (
+            torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+            pyro.validation_enabled(False),
+        ):
             torch.manual_seed(distributed.rank_seed(seed + VAL_BINARIZATION_SEED, rank))
             for m in _modules(model, guide):
                 m.eval()
             part = tuple(distributed.shard(a, rank, world) for a in val_x)
             elbos = estimators.elbo(model, guide, *part, num_samples=cfg.val_samples, data_chunk=2000)
-            total = distributed.all_sum(torch.stack([elbos.double().sum(), torch.tensor(float(len(elbos)),
-                                                     dtype=torch.float64, device=elbos.device)]))
+            total = distributed.all_sum(
+                torch.stack(
+                    [
+                        elbos.double().sum(),
+                        torch.tensor(float(len(elbos)), dtype=torch.float64, device=elbos.device),
+                    ]
+                )
+            )
             for m in _modules(model, guide):
                 m.train()
         return (total[0] / total[1]).item()
@@ -358,14 +421,20 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 f"the loss or its gradient was not finite at step {first} ({where}); that step's update was "
                 f"not applied and training stopped at step {step}. Last good checkpoint: "
                 f"{last_checkpoint or 'none (no run directory)'}. Lower train.lr, set train.grad_clip, check the "
-                "data, or set train.nan_policy = \"skip\" to skip such batches")
+                'data, or set train.nan_policy = "skip" to skip such batches'
+            )
         skipped = total
 
     # on CPU reading the flag costs nothing, so a stop comes at the step itself; on CUDA every log_every steps
     check_every = 1 if device.type == "cpu" and cfg.nan_policy == "stop" else cfg.log_every
-    bar = tqdm(total=total_steps, initial=step,
-               disable=(not main) or (not progress if progress is not None else None),
-               desc="fit", unit="step", mininterval=1.0)
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        disable=(not main) or (not progress if progress is not None else None),
+        desc="fit",
+        unit="step",
+        mininterval=1.0,
+    )
     running, running_n = torch.zeros((), device=device), torch.zeros((), device=device)
     t_epoch = time.perf_counter()
     stop = step >= total_steps
@@ -376,8 +445,15 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
         while not stop and epoch < epochs:
             for batch in batches.epoch(epoch, start_batch, labels=conditional):
                 x = model_inputs(model, *batch) if conditional else (batch,)
-                beta = kl_weight(step, schedule=cfg.kl_schedule, beta=cfg.beta, warmup_steps=cfg.warmup_steps,
-                                 total_steps=total_steps, cycles=cfg.cycles, cycle_ratio=cfg.cycle_ratio)
+                beta = kl_weight(
+                    step,
+                    schedule=cfg.kl_schedule,
+                    beta=cfg.beta,
+                    warmup_steps=cfg.warmup_steps,
+                    total_steps=total_steps,
+                    cycles=cfg.cycles,
+                    cycle_ratio=cfg.cycle_ratio,
+                )
                 # a captured loss takes beta as a tensor input, so a schedule never forces a new capture
                 loss = step_loss(*x, beta_t.fill_(beta) if loss_fn.mode != "none" else beta)
                 opt.zero_grad(set_to_none=True)
@@ -397,8 +473,15 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                     sums = distributed.all_sum(torch.stack([running, running_n.to(running.dtype)]))
                     good = int(sums[1])
                     mean_loss = (sums[0] / good).item() if good else None
-                    row = {"kind": "step", "step": step, "epoch": epoch, "loss": mean_loss, "beta": beta,
-                           "lr": opt.param_groups[0]["lr"], "skipped": skipped}
+                    row = {
+                        "kind": "step",
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": mean_loss,
+                        "beta": beta,
+                        "lr": opt.param_groups[0]["lr"],
+                        "skipped": skipped,
+                    }
                     write(row)
                     if mean_loss is not None:
                         bar.set_postfix(loss=f"{mean_loss:.2f}")
@@ -418,9 +501,11 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                     check_finite(x)
                     save_checkpoint()
                     name = signal.Signals(received).name
-                    raise Interrupted(f"training stopped by {name} at step {step}; checkpoint saved to "
-                                      f"{last_checkpoint}; continue with `pyrovae fit --resume {run_dir}`",
-                                      received)
+                    raise Interrupted(
+                        f"training stopped by {name} at step {step}; checkpoint saved to "
+                        f"{last_checkpoint}; continue with `pyrovae fit --resume {run_dir}`",
+                        received,
+                    )
                 if step >= total_steps:
                     stop = True
                     break
@@ -450,8 +535,15 @@ def fit(model: Callable, guide: Callable, train: Split | torch.Tensor, val: Spli
                 break
             t_epoch = time.perf_counter()
     bar.close()
-    return FitResult(step=step, epoch=epoch, best_val_elbo=best, metrics=rows, run_dir=run_dir,
-                     compile=loss_fn.summary(), skipped=skipped)
+    return FitResult(
+        step=step,
+        epoch=epoch,
+        best_val_elbo=best,
+        metrics=rows,
+        run_dir=run_dir,
+        compile=loss_fn.summary(),
+        skipped=skipped,
+    )
 
 
 class _Guard:
@@ -464,8 +556,14 @@ class _Guard:
         self.count = torch.zeros((), dtype=torch.long, device=device)
         self.first = torch.full((), -1, dtype=torch.long, device=device)
 
-    def update(self, loss: torch.Tensor, params: list[torch.Tensor], step: int,
-               clip: float | None, agree: Callable | None = None) -> torch.Tensor:
+    def update(
+        self,
+        loss: torch.Tensor,
+        params: list[torch.Tensor],
+        step: int,
+        clip: float | None,
+        agree: Callable | None = None,
+    ) -> torch.Tensor:
         """``agree`` (all ranks' maximum, under torch.distributed) makes every rank skip the same steps."""
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.count.device)
@@ -480,13 +578,18 @@ class _Guard:
         return bad
 
 
-def diagnose_nonfinite(model: Callable, guide: Callable, x: tuple | torch.Tensor,
-                       params: list[torch.Tensor]) -> str:
+def diagnose_nonfinite(
+    model: Callable, guide: Callable, x: tuple | torch.Tensor, params: list[torch.Tensor]
+) -> str:
     """Where a non-finite loss came from, on a re-run of batch ``x`` (the model's arguments): the first non-finite
     parameter, sample value or log-density (guide sites first, as they run first), else the
     first non-finite gradient."""
-    named = {id(p): f"{prefix}.{n}" for prefix, m in (("model", model), ("guide", guide))
-             if isinstance(m, nn.Module) for n, p in m.named_parameters()}
+    named = {
+        id(p): f"{prefix}.{n}"
+        for prefix, m in (("model", model), ("guide", guide))
+        if isinstance(m, nn.Module)
+        for n, p in m.named_parameters()
+    }
     store = pyro.get_param_store()
     named.update({id(store._params[n]): f"pyro.param {n!r}" for n in store.keys()})
     label = lambda p: named.get(id(p), f"a parameter of shape {tuple(p.shape)}")
@@ -519,8 +622,12 @@ def check_sites(model: Callable, guide: Callable, *args) -> None:
         guide_tr, model_tr = estimators.inspection_traces(model, guide, args, {})
 
     def latent(tr):
-        return {n for n, s in tr.nodes.items()
-                if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
+        return {
+            n
+            for n, s in tr.nodes.items()
+            if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+        }
+
     in_model, in_guide = latent(model_tr), latent(guide_tr)
     if in_model != in_guide:
         parts = []
@@ -528,9 +635,11 @@ def check_sites(model: Callable, guide: Callable, *args) -> None:
             parts.append(f"the guide does not sample {sorted(in_model - in_guide)}")
         if in_guide - in_model:
             parts.append(f"the model has no site {sorted(in_guide - in_model)}")
-        raise ModelError(f"model and guide do not match: {'; '.join(parts)} (model latent sites "
-                         f"{sorted(in_model)}, guide sites {sorted(in_guide)}); give the guide one "
-                         "sample site per latent site of the model, with the same names")
+        raise ModelError(
+            f"model and guide do not match: {'; '.join(parts)} (model latent sites "
+            f"{sorted(in_model)}, guide sites {sorted(in_guide)}); give the guide one "
+            "sample site per latent site of the model, with the same names"
+        )
 
 
 class _Signals:

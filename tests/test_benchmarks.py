@@ -1,11 +1,11 @@
 """The benchmarks' hand-written reference computes exactly the loss pyrovae trains."""
+
 import importlib.util
 from pathlib import Path
 
 import pyro
-import torch
-
 import pytest
+import torch
 
 from pyrovae.objectives import make_elbo, make_objective
 
@@ -25,7 +25,9 @@ def test_plain_loss_equals_trace_elbo_on_the_same_draws(softplus):
     torch.testing.assert_close(ref, loss)
     g_ref = torch.autograd.grad(ref, list(guide.parameters()))
     pyro.set_rng_seed(4)
-    g = torch.autograd.grad(make_elbo("elbo").differentiable_loss(model, guide, x) / 16, list(guide.parameters()))
+    g = torch.autograd.grad(
+        make_elbo("elbo").differentiable_loss(model, guide, x) / 16, list(guide.parameters())
+    )
     for a, b in zip(g_ref, g):
         torch.testing.assert_close(a, b)
 

@@ -1,4 +1,5 @@
 """End to end on a slice of real MNIST: fit, evaluate, sample, reconstruct, latent plots."""
+
 import json
 import subprocess
 import sys
@@ -19,9 +20,27 @@ def pyrovae(*args, check=True):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("run") / "mnist"
-    pyrovae("fit", str(CONFIGS / "mnist_vae.toml"), "--run-dir", str(run), "--device", "cpu", "--no-progress",
-            "--set", "data.train_size=6000", "--set", "data.val_limit=1000", "--set", "data.test_limit=500",
-            "--set", "train.epochs=4", "--set", "train.batch_size=64", "--set", "eval_samples=10")
+    pyrovae(
+        "fit",
+        str(CONFIGS / "mnist_vae.toml"),
+        "--run-dir",
+        str(run),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        "data.train_size=6000",
+        "--set",
+        "data.val_limit=1000",
+        "--set",
+        "data.test_limit=500",
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "train.batch_size=64",
+        "--set",
+        "eval_samples=10",
+    )
     return run
 
 
@@ -31,8 +50,15 @@ def test_fit_lowers_the_validation_loss(run_dir):
     steps = [r["step"] for r in rows if r["kind"] == "step"]
     assert len(vals) == 4 and max(steps) == 4 * 94
     assert vals[-1] > vals[0] + 10  # nats per datapoint
-    for name in ("config.json", "checkpoint.pt", "best.pt", "curves.png", "samples.png", "reconstructions.png",
-                 "latent.png"):
+    for name in (
+        "config.json",
+        "checkpoint.pt",
+        "best.pt",
+        "curves.png",
+        "samples.png",
+        "reconstructions.png",
+        "latent.png",
+    ):
         assert (run_dir / name).stat().st_size > 0, name
 
 
@@ -49,7 +75,9 @@ def test_evaluate_reports_elbo_with_standard_error(run_dir):
     assert "log p(x)" in out.stdout and "bits per dim" in out.stdout
     pyrovae("evaluate", str(run_dir))  # same seed, same numbers
     again = json.loads((run_dir / "eval_test.json").read_text())
-    assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in report.items() if k != "seconds"}
+    assert {k: v for k, v in again.items() if k != "seconds"} == {
+        k: v for k, v in report.items() if k != "seconds"
+    }
 
 
 def test_sample_and_reconstruct_write_pngs(run_dir, tmp_path):
@@ -61,9 +89,21 @@ def test_sample_and_reconstruct_write_pngs(run_dir, tmp_path):
 
 def test_dianne_config_writes_the_latent_plots(tmp_path):
     run = tmp_path / "dianne"
-    pyrovae("fit", str(CONFIGS / "dianne_mnist_2d.toml"), "--run-dir", str(run), "--no-progress",
-            "--set", "train.max_steps=20", "--set", "data.train_size=1000", "--set", "data.val_limit=200",
-            "--set", "data.test_limit=300")
+    pyrovae(
+        "fit",
+        str(CONFIGS / "dianne_mnist_2d.toml"),
+        "--run-dir",
+        str(run),
+        "--no-progress",
+        "--set",
+        "train.max_steps=20",
+        "--set",
+        "data.train_size=1000",
+        "--set",
+        "data.val_limit=200",
+        "--set",
+        "data.test_limit=300",
+    )
     assert (run / "latent.png").exists() and (run / "manifold.png").exists()
 
 
@@ -82,7 +122,8 @@ def test_bits_per_dim_for_binary_pixels(run_dir):
     report = json.loads((run_dir / "eval_test.json").read_text())
     assert report["elbo_bits_per_dim"] == pytest.approx(-report["elbo"]["mean"] / (784 * 0.6931471805599453))
     assert report["log_likelihood_bits_per_dim"] == pytest.approx(
-        -report["log_likelihood"]["mean"] / (784 * 0.6931471805599453))
+        -report["log_likelihood"]["mean"] / (784 * 0.6931471805599453)
+    )
 
 
 def test_diagnose_reports_khat_gap_and_active_units(run_dir):
@@ -94,7 +135,9 @@ def test_diagnose_reports_khat_gap_and_active_units(run_dir):
     assert summary["gap"]["mean"] > 0 and 0 < summary["ess_fraction"] < 1
     assert 1 <= summary["active_units"]["z"]["active"] <= 20
     am = summary["amortization"]
-    assert am["total_gap"]["mean"] == pytest.approx(am["approximation_gap"]["mean"] + am["amortization_gap"]["mean"])
+    assert am["total_gap"]["mean"] == pytest.approx(
+        am["approximation_gap"]["mean"] + am["amortization_gap"]["mean"]
+    )
     assert am["amortization_gap"]["mean"] > 0  # a local fit beats the encoder on its own datapoint
     table = (run_dir / "diagnostics.csv").read_text().splitlines()
     assert table[0].startswith("datapoint,label,log_px,elbo,gap,k_hat") and len(table) == 201
@@ -102,4 +145,6 @@ def test_diagnose_reports_khat_gap_and_active_units(run_dir):
     # the gap's ELBO and log p(x) are evaluate's estimates, on the same datapoints
     pyrovae("evaluate", str(run_dir), "--limit", "200", "--num-samples", "200")
     report = json.loads((run_dir / "eval_test.json").read_text())
-    assert summary["gap"]["mean"] == pytest.approx(report["log_likelihood"]["mean"] - report["elbo"]["mean"], abs=0.05)
+    assert summary["gap"]["mean"] == pytest.approx(
+        report["log_likelihood"]["mean"] - report["elbo"]["mean"], abs=0.05
+    )

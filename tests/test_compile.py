@@ -1,4 +1,5 @@
 """The fast paths change speed, never results: captured and compiled losses against eager ones."""
+
 import warnings
 
 import numpy as np
@@ -34,8 +35,16 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 def trajectory(mode, objective="elbo", steps=12, batch=16, device="cpu", **train):
     model, guide = pair()
-    cfg = TrainConfig(max_steps=steps, batch_size=batch, log_every=1, compile=mode, objective=objective,
-                      kl_schedule="linear", warmup_steps=6, **train)
+    cfg = TrainConfig(
+        max_steps=steps,
+        batch_size=batch,
+        log_every=1,
+        compile=mode,
+        objective=objective,
+        kl_schedule="linear",
+        warmup_steps=6,
+        **train,
+    )
     result = pyrovae.fit(model, guide, data(), config=cfg, device=device, progress=False, seed=5)
     losses = torch.tensor([r["loss"] for r in result.metrics if r["kind"] == "step"])
     return result, losses, [p.detach().clone() for p in (*model.parameters(), *guide.parameters())]
@@ -59,7 +68,9 @@ def test_auto_is_capture():
     assert result.compile == "capture"
 
 
-@pytest.mark.parametrize("device,mode", [("cpu", "inductor")] + [("cuda", "cudagraphs")] * (DEVICES[-1] == "cuda"))
+@pytest.mark.parametrize(
+    "device,mode", [("cpu", "inductor")] + [("cuda", "cudagraphs")] * (DEVICES[-1] == "cuda")
+)
 def test_inductor_matches_eager_with_the_same_noise(monkeypatch, device, mode):
     # inductor draws its own random numbers unless told to fall back to eager's generator
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
@@ -79,8 +90,9 @@ def test_compiled_evaluation_equals_eager():
         torch.manual_seed(0)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a refused capture warns: fail on it
-            out[mode] = estimators.evaluate_terms(model, guide, x, num_samples=300, particle_chunk=128,
-                                                  data_chunk=5, compile=mode)
+            out[mode] = estimators.evaluate_terms(
+                model, guide, x, num_samples=300, particle_chunk=128, data_chunk=5, compile=mode
+            )
     for key in out["none"]:
         torch.testing.assert_close(out["capture"][key], out["none"][key], rtol=1e-6, atol=1e-6)
 
@@ -106,8 +118,9 @@ class NumpyNoiseGuide(MLPGuide):
             pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
 
 
-@pytest.mark.parametrize("guide_cls,reason", [(BranchingGuide, "could not be recorded"),
-                                              (NumpyNoiseGuide, "does not reproduce")])
+@pytest.mark.parametrize(
+    "guide_cls,reason", [(BranchingGuide, "could not be recorded"), (NumpyNoiseGuide, "does not reproduce")]
+)
 def test_programs_that_cannot_be_captured_run_eagerly(guide_cls, reason):
     model, _ = pair()
     guide = guide_cls((1, 4, 4), 3, hidden=[16])
@@ -136,16 +149,34 @@ def test_param_store_programs_and_pyro_elbos_run_eagerly():
 
     x = torch.randn(30, 16)
     with pytest.warns(RuntimeWarning, match="pyro.param"):
-        result = pyrovae.fit(model, guide, x, config=TrainConfig(max_steps=3, batch_size=10, compile="capture"),
-                             device="cpu", progress=False)
+        result = pyrovae.fit(
+            model,
+            guide,
+            x,
+            config=TrainConfig(max_steps=3, batch_size=10, compile="capture"),
+            device="cpu",
+            progress=False,
+        )
     assert result.compile.startswith("none") and "pyro.param" in result.compile
     m, g = pair()
-    meanfield = pyrovae.fit(m, g, data(), config=TrainConfig(max_steps=2, batch_size=20, objective="meanfield"),
-                            device="cpu", progress=False)
+    meanfield = pyrovae.fit(
+        m,
+        g,
+        data(),
+        config=TrainConfig(max_steps=2, batch_size=20, objective="meanfield"),
+        device="cpu",
+        progress=False,
+    )
     assert meanfield.compile == "none"
     with pytest.warns(RuntimeWarning, match="not captured"):
-        pyrovae.fit(m, g, data(), config=TrainConfig(max_steps=1, batch_size=20, objective="meanfield",
-                                                     compile="capture"), device="cpu", progress=False)
+        pyrovae.fit(
+            m,
+            g,
+            data(),
+            config=TrainConfig(max_steps=1, batch_size=20, objective="meanfield", compile="capture"),
+            device="cpu",
+            progress=False,
+        )
 
 
 @pytest.mark.parametrize("particles", [1, 3])
@@ -154,8 +185,9 @@ def test_elbo_objective_equals_pyro_trace_elbo(particles):
     x = data(10)
     ours = ELBO(particles)
     ours.prepare(model, guide, x)  # inspects on a forked stream: the draws below are the same
-    pyro_elbo = pyro.infer.Trace_ELBO(num_particles=particles, vectorize_particles=particles > 1,
-                                      max_plate_nesting=1)
+    pyro_elbo = pyro.infer.Trace_ELBO(
+        num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1
+    )
     params = [*model.parameters(), *guide.parameters()]
     values, grads = [], []
     for loss in (lambda: ours(model, guide, x), lambda: pyro_elbo.differentiable_loss(model, guide, x)):
@@ -190,9 +222,17 @@ def test_elbo_hands_non_reparameterized_guides_to_trace_elbo():
 
 def test_bernoulli_log_density_equals_torch():
     logits = torch.cat([torch.randn(200) * 5, torch.tensor([-80.0, -30.0, 0.0, 30.0, 80.0])])
-    for x in (torch.zeros_like(logits), torch.ones_like(logits), torch.bernoulli(torch.full_like(logits, 0.5))):
-        torch.testing.assert_close(BernoulliLogits(logits=logits).log_prob(x),
-                                   torch.distributions.Bernoulli(logits=logits).log_prob(x), rtol=1e-6, atol=1e-6)
+    for x in (
+        torch.zeros_like(logits),
+        torch.ones_like(logits),
+        torch.bernoulli(torch.full_like(logits, 0.5)),
+    ):
+        torch.testing.assert_close(
+            BernoulliLogits(logits=logits).log_prob(x),
+            torch.distributions.Bernoulli(logits=logits).log_prob(x),
+            rtol=1e-6,
+            atol=1e-6,
+        )
 
 
 def test_evaluation_chunks_fit_the_free_memory(monkeypatch):
@@ -213,7 +253,7 @@ def test_evaluation_chunks_fit_the_free_memory(monkeypatch):
     monkeypatch.setattr(estimators, "log_prob_terms", spy)
     lw = estimators.log_weights(model, guide, x, num_samples=250)
     assert lw.shape == (250, 30) and max(seen[1:]) <= rows  # seen[0] is the probe
-    monkeypatch.setattr(estimators, "free_memory", lambda device: 10 ** 15)
+    monkeypatch.setattr(estimators, "free_memory", lambda device: 10**15)
     assert estimators.chunk_rows(torch.device("cpu"), row_bytes) == estimators.CPU_ROWS
 
 
@@ -222,5 +262,11 @@ def test_unknown_compile_mode_is_named():
 
     model, guide = pair()
     with pytest.raises(ConfigError, match="compile mode.*capture"):
-        pyrovae.fit(model, guide, data(), config=TrainConfig(max_steps=1, compile="fastest"), device="cpu",
-                    progress=False)
+        pyrovae.fit(
+            model,
+            guide,
+            data(),
+            config=TrainConfig(max_steps=1, compile="fastest"),
+            device="cpu",
+            progress=False,
+        )

@@ -1,4 +1,5 @@
 """Configs are data: typed, checked, with the fix named."""
+
 from pathlib import Path
 
 import pytest

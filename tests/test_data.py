@@ -1,4 +1,5 @@
 """Datasets from the data root, pixel modes, the batch iterator and clear errors."""
+
 import gzip
 import urllib.error
 
@@ -20,7 +21,18 @@ def test_mnist_splits_hold_out_validation(mnist):
     x = mnist["train"].images
     assert x.dtype == torch.float32 and x.min() == 0 and x.max() == 1
     # class counts of the official test set (LeCun et al.), so the right files were read
-    assert torch.bincount(mnist["test"].labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert torch.bincount(mnist["test"].labels).tolist() == [
+        980,
+        1135,
+        1032,
+        1010,
+        982,
+        892,
+        958,
+        1028,
+        974,
+        1009,
+    ]
     # validation = the last 10,000 official training images, disjoint from training
     full = data.load_split("mnist", "train", pixels="continuous", val_size=0)
     assert torch.equal(full.images[50000:], mnist["val"].images)
@@ -64,6 +76,7 @@ def test_missing_dataset_offline_says_where_to_put_which_files(tmp_path, monkeyp
 
     def offline(self):
         raise urllib.error.URLError("no network")
+
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)  # FashionMNIST inherits it
     with pytest.raises(DataError, match=rf"train-images-idx3-ubyte\.gz.*{folder}/raw"):
         data.load_split(name, "train", root=tmp_path)

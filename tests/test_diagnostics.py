@@ -1,4 +1,5 @@
 """Posterior diagnostics against the closed forms of probabilistic PCA."""
+
 import arviz as az
 import matplotlib
 import pyro
@@ -19,10 +20,12 @@ from pyrovae.sites import DATA_PLATE, LATENT  # noqa: E402
 
 def scaled_exact_guide(model, factor):
     """q(z|x) = the exact posterior with its covariance scaled by factor^2."""
+
     def guide(x):
         post = model.posterior(x)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             pyro.sample(LATENT, dist.MultivariateNormal(post.loc, scale_tril=factor * post.scale_tril))
+
     return guide
 
 
@@ -70,10 +73,18 @@ def test_inference_data_groups_dims_and_values(ppca):
     guide = scaled_exact_guide(model, 1.1)
     labels = torch.arange(40) % 3
     index = torch.arange(100, 140)
-    idata = diagnostics.to_inference_data(model, guide, x, num_samples=800, chains=4, predictive_draws=40,
-                                          labels=labels, index=index.numpy())
-    assert set(idata.groups()) == {"posterior", "posterior_predictive", "observed_data", "log_likelihood",
-                                   "sample_stats", "constant_data", "datapoint_stats"}
+    idata = diagnostics.to_inference_data(
+        model, guide, x, num_samples=800, chains=4, predictive_draws=40, labels=labels, index=index.numpy()
+    )
+    assert set(idata.groups()) == {
+        "posterior",
+        "posterior_predictive",
+        "observed_data",
+        "log_likelihood",
+        "sample_stats",
+        "constant_data",
+        "datapoint_stats",
+    }
     z = idata.posterior["z"]
     assert z.dims == ("chain", "draw", "datapoint", "latent") and z.shape == (4, 200, 40, 2)
     assert list(idata.posterior["datapoint"].values) == list(range(100, 140))
@@ -95,14 +106,18 @@ def test_inference_data_groups_dims_and_values(ppca):
         q = dist.MultivariateNormal(post.loc, scale_tril=1.1 * post.scale_tril)
         log_w = log_lik + dist.Normal(0.0, 1.0).log_prob(draws).sum(-1) - q.log_prob(draws)
     torch.testing.assert_close(torch.as_tensor(idata.log_likelihood["x"].values).reshape(800, 40), log_lik)
-    torch.testing.assert_close(torch.as_tensor(idata.sample_stats["log_weight"].values).reshape(800, 40), log_w)
+    torch.testing.assert_close(
+        torch.as_tensor(idata.sample_stats["log_weight"].values).reshape(800, 40), log_w
+    )
 
     summary = az.summary(idata, var_names=["z"])
     assert len(summary) == 40 * 2 and summary["r_hat"].between(0.95, 1.05).all()
     assert summary.loc["z[100, 0]", "mean"] == pytest.approx(post.loc[0, 0].item(), abs=0.15)
-    for plot in (lambda: az.plot_posterior(idata, var_names=["z"], coords={"datapoint": [100, 101]}),
-                 lambda: az.plot_pair(idata, var_names=["z"], coords={"datapoint": [100]}),
-                 lambda: az.plot_ppc(idata, num_pp_samples=10)):
+    for plot in (
+        lambda: az.plot_posterior(idata, var_names=["z"], coords={"datapoint": [100, 101]}),
+        lambda: az.plot_pair(idata, var_names=["z"], coords={"datapoint": [100]}),
+        lambda: az.plot_ppc(idata, num_pp_samples=10),
+    ):
         plot()
         plt.close("all")
 
@@ -140,7 +155,9 @@ def orthogonal_ppca(active_scales, sigma=0.5, n=400):
     basis, _ = torch.linalg.qr(torch.randn(6, d, dtype=torch.float64))
     with torch.no_grad():
         model.weight.copy_(basis * torch.tensor(active_scales, dtype=torch.float64))
-        x = model.decode(torch.randn(n, d, dtype=torch.float64)) + sigma * torch.randn(n, 1, 1, 6, dtype=torch.float64)
+        x = model.decode(torch.randn(n, d, dtype=torch.float64)) + sigma * torch.randn(
+            n, 1, 1, 6, dtype=torch.float64
+        )
     return model, x
 
 
@@ -148,8 +165,11 @@ def diagonal_exact_guide(model):
     def guide(x):
         post = model.posterior(x)
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample(LATENT, dist.Normal(post.loc, post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt())
-                        .to_event(1))
+            pyro.sample(
+                LATENT,
+                dist.Normal(post.loc, post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt()).to_event(1),
+            )
+
     return guide
 
 
@@ -160,7 +180,7 @@ def test_active_units_and_kl_per_dim_match_known_inactive_dims():
     assert act.variance[[1, 3]].abs().max() < 1e-20
     post = model.posterior(x)
     mean, var = post.loc.detach(), post.covariance_matrix.diagonal(dim1=-2, dim2=-1).detach()
-    exact_kl = (0.5 * (var + mean ** 2 - 1 - var.log())).mean(0)
+    exact_kl = (0.5 * (var + mean**2 - 1 - var.log())).mean(0)
     torch.testing.assert_close(act.kl_per_dim, exact_kl)
     assert act.kl_per_dim[[1, 3]].abs().max() < 1e-12
     torch.testing.assert_close(act.variance, mean.var(0))
@@ -176,8 +196,9 @@ def test_collapse_warns():
 
 def test_no_kl_per_unit_under_a_mixture_prior():
     torch.manual_seed(0)
-    model = build_model("vae", x_shape=(1, 4, 4), latent_dim=3, hidden=(8,), prior="mog",
-                        prior_options={"components": 4})
+    model = build_model(
+        "vae", x_shape=(1, 4, 4), latent_dim=3, hidden=(8,), prior="mog", prior_options={"components": 4}
+    )
     guide = build_guide("mlp", x_shape=(1, 4, 4), latent_dim=3, hidden=(8,))
     x = (torch.rand(50, 1, 4, 4) < 0.5).float()
     act = diagnostics.latent_activity(model, guide, x, warn_below=0.0)["z"]
@@ -194,7 +215,9 @@ class LinearGuide(nn.Module):
 
     def forward(self, x):
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample(LATENT, dist.Normal(x.reshape(x.shape[0], -1) @ self.a.T + self.c, self.s).to_event(1))
+            pyro.sample(
+                LATENT, dist.Normal(x.reshape(x.shape[0], -1) @ self.a.T + self.c, self.s).to_event(1)
+            )
 
 
 def test_amortization_gap_matches_closed_form():
@@ -203,28 +226,40 @@ def test_amortization_gap_matches_closed_form():
     with torch.no_grad():  # correlated columns: posterior correlation -0.37, weights of q* of finite variance
         base = torch.randn(5, dtype=torch.float64)
         model.weight.copy_(torch.stack([base, base + 1.2 * torch.randn(5, dtype=torch.float64)], 1))
-        x = model.decode(torch.randn(8, 2, dtype=torch.float64)) + 0.5 * torch.randn(8, 1, 1, 5, dtype=torch.float64)
+        x = model.decode(torch.randn(8, 2, dtype=torch.float64)) + 0.5 * torch.randn(
+            8, 1, 1, 5, dtype=torch.float64
+        )
     post = model.posterior(x)
     torch.manual_seed(5)
     with torch.no_grad():  # the exact posterior mean map, perturbed, and scales off by 0.7x and 1.3x
         s2 = model.log_sigma.exp() ** 2
-        exact_map = torch.linalg.solve(model.weight.T @ model.weight + s2 * torch.eye(2, dtype=torch.float64),
-                                       model.weight.T)
+        exact_map = torch.linalg.solve(
+            model.weight.T @ model.weight + s2 * torch.eye(2, dtype=torch.float64), model.weight.T
+        )
         a = exact_map + 0.1 * torch.randn(2, 5, dtype=torch.float64)
         sd = post.covariance_matrix[0].diagonal().sqrt()
     guide = LinearGuide(a, -a @ model.bias.detach(), sd * torch.tensor([0.7, 1.3], dtype=torch.float64))
-    table = diagnostics.amortization_gap(model, guide, x, steps=1500, lr=0.05, num_particles=64,
-                                         num_samples=20000)
+    table = diagnostics.amortization_gap(
+        model, guide, x, steps=1500, lr=0.05, num_particles=64, num_samples=20000
+    )
     with torch.no_grad():
-        mu, sigma = post.loc, post.covariance_matrix[0]  # exact posterior N(mu, Sigma), the same Sigma for all
+        mu, sigma = (
+            post.loc,
+            post.covariance_matrix[0],
+        )  # exact posterior N(mu, Sigma), the same Sigma for all
         prec = torch.linalg.inv(sigma)
         # best diagonal Gaussian under KL(q || p): mean mu, variances 1 / diag(Lambda)
         approx = 0.5 * (prec.diagonal().log().sum() + torch.logdet(sigma))
         m = x.reshape(8, -1) @ guide.a.T + guide.c
-        s2 = guide.s ** 2
+        s2 = guide.s**2
         diff = mu - m
-        total = 0.5 * ((prec.diagonal() * s2).sum() + ((diff @ prec) * diff).sum(-1) - 2
-                       + torch.logdet(sigma) - s2.log().sum())
+        total = 0.5 * (
+            (prec.diagonal() * s2).sum()
+            + ((diff @ prec) * diff).sum(-1)
+            - 2
+            + torch.logdet(sigma)
+            - s2.log().sum()
+        )
     assert approx > 0.07 and (total - approx).min() > 0.1  # gaps worth measuring
     exact = model.log_marginal(x).detach().numpy()
     assert (table["log_px_k_hat"] < diagnostics.KHAT_BAD).all()

@@ -1,4 +1,5 @@
 """Data-parallel training and evaluation on two Gloo processes on this machine."""
+
 import json
 import os
 import signal
@@ -51,10 +52,27 @@ def _fit_worker(rank, tmp):
     _init(rank, tmp)
     model, guide = _pair()
     cfg = TrainConfig(epochs=3, batch_size=6, log_every=2, checkpoint_every=3)
-    result = fit(model, guide, _data(), _data(12), config=cfg, seed=3, device="cpu", run_dir=f"{tmp}/run",
-                 progress=False)
-    torch.save({"model": model.state_dict(), "guide": guide.state_dict(), "step": result.step,
-                "best": result.best_val_elbo, "rows": result.metrics}, f"{tmp}/rank{rank}.pt")
+    result = fit(
+        model,
+        guide,
+        _data(),
+        _data(12),
+        config=cfg,
+        seed=3,
+        device="cpu",
+        run_dir=f"{tmp}/run",
+        progress=False,
+    )
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "guide": guide.state_dict(),
+            "step": result.step,
+            "best": result.best_val_elbo,
+            "rows": result.metrics,
+        },
+        f"{tmp}/rank{rank}.pt",
+    )
     torch_dist.destroy_process_group()
 
 
@@ -75,7 +93,9 @@ def test_parameters_are_bitwise_equal_on_every_rank(tmp_path):
     assert len(lines) == len(a["rows"])  # written once, by rank 0
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["world_size"] == WORLD and len(state["rng_ranks"]) == WORLD
-    assert not torch.equal(state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"])  # own noise per rank
+    assert not torch.equal(
+        state["rng_ranks"][0]["torch"], state["rng_ranks"][1]["torch"]
+    )  # own noise per rank
 
 
 # --------------------------------------------------------------------------- one step's gradient
@@ -101,6 +121,7 @@ def _gradients(model, guide, x, eps, ddp: bool, total: int):
     def noisy_guide(x):
         with FixedNoise(eps):
             return guide(x)
+
     objective = make_objective("elbo")
     params = collect_params(model, guide, x[:2])
     loss_fn = _loss(objective, model, noisy_guide, params, "none", (x[:2],))
@@ -147,8 +168,9 @@ def test_two_ranks_compute_the_gradient_of_the_whole_batch(tmp_path, total):
 def _ppca():
     torch.manual_seed(1)
     model = LinearGaussian((1, 1, 5), latent_dim=2, sigma=0.7, init_scale=0.8).double()
-    x = model.decode(torch.randn(41, 2, dtype=torch.float64)).detach() + 0.7 * torch.randn(41, 1, 1, 5,
-                                                                                          dtype=torch.float64)
+    x = model.decode(torch.randn(41, 2, dtype=torch.float64)).detach() + 0.7 * torch.randn(
+        41, 1, 1, 5, dtype=torch.float64
+    )
     return model, x
 
 
@@ -161,7 +183,9 @@ def _eval_worker(rank, tmp):
     sampled = experiment.evaluate_data(vae, guide, data, num_samples=200, compile="none")
     sizes = [len(p) for p in torch.arange(7).tensor_split(WORLD)]
     order = distributed.gather_rows(torch.arange(7).tensor_split(WORLD)[rank], sizes)
-    json.dump({"exact": exact, "sampled": sampled, "order": order.tolist()}, open(f"{tmp}/eval{rank}.json", "w"))
+    json.dump(
+        {"exact": exact, "sampled": sampled, "order": order.tolist()}, open(f"{tmp}/eval{rank}.json", "w")
+    )
     torch_dist.destroy_process_group()
 
 
@@ -175,8 +199,9 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
     sharded = outs[0]["exact"]
     assert sharded["num_datapoints"] == 41
     for key in ("elbo", "log_likelihood", "reconstruction", "kl"):
-        assert sharded[key]["mean"] == pytest.approx(single[key]["mean"], rel=1e-9 if key in ("elbo", "log_likelihood")
-                                                     else 0.05), key
+        assert sharded[key]["mean"] == pytest.approx(
+            single[key]["mean"], rel=1e-9 if key in ("elbo", "log_likelihood") else 0.05
+        ), key
         if key in ("elbo", "log_likelihood"):  # exact posterior: the same numbers whatever the draws
             assert sharded[key]["stderr"] == pytest.approx(single[key]["stderr"], rel=1e-9)
     exact = model.log_marginal(x).mean().item()
@@ -224,8 +249,21 @@ checkpoint_every = 100
 
 def _torchrun(*args, restarts=0):
     env = {**os.environ, "PYROVAE_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(WORLD), "--max-restarts",
-           str(restarts), "--monitor-interval", "0.5", "-m", "pyrovae", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        str(WORLD),
+        "--max-restarts",
+        str(restarts),
+        "--monitor-interval",
+        "0.5",
+        "-m",
+        "pyrovae",
+        *args,
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -307,11 +345,13 @@ def test_two_nodes_through_a_rendezvous_train_like_one_node(tmp_path):
     """Two torchrun agents (--nnodes 2, c10d rendezvous, one process each): the several-machines
     path, on one host. Same ranks, same shards, same seeds: the same run as one agent with two
     processes."""
+
     def config(name):
         run = tmp_path / name
         path = tmp_path / f"{name}.toml"
         path.write_text(CONFIG.format(run=run).replace("epochs = 12", "epochs = 1"))
         return run, path
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one_run, one_cfg = config("one")
     job = _torchrun("fit", str(one_cfg), "--no-progress")
@@ -319,14 +359,40 @@ def test_two_nodes_through_a_rendezvous_train_like_one_node(tmp_path):
     assert job.returncode == 0, out
     two_run, two_cfg = config("two")
     port = 29400 + os.getpid() % 500
-    agents = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
-                                "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}", "--rdzv-id",
-                                "pyrovae-test", "-m", "pyrovae", "fit", str(two_cfg), "--no-progress"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-              for _ in range(2)]
+    agents = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"localhost:{port}",
+                "--rdzv-id",
+                "pyrovae-test",
+                "-m",
+                "pyrovae",
+                "fit",
+                str(two_cfg),
+                "--no-progress",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [a.communicate(timeout=300)[0] for a in agents]
     assert all(a.returncode == 0 for a in agents), outs
     assert any("on 2 ranks" in o for o in outs)
-    rows = lambda run: [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                        for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = lambda run: [
+        {k: v for k, v in json.loads(line).items() if k != "seconds"}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     assert rows(two_run) == rows(one_run)

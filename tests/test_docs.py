@@ -1,4 +1,5 @@
 """The README's example and the notebooks run as written."""
+
 import re
 from pathlib import Path
 
@@ -44,6 +45,7 @@ def test_notebook_is_saved_from_a_top_to_bottom_run(path):
 def test_notebook_runs_in_smoke_mode(path, monkeypatch):
     monkeypatch.setenv("PYROVAE_SMOKE", "1")  # the kernel inherits the environment
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on a failing cell
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()  # raises on a failing cell
     assert all(c.execution_count for c in nb.cells if c.cell_type == "code")

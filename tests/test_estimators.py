@@ -1,4 +1,5 @@
 """The per-datapoint core against closed forms of probabilistic PCA."""
+
 import math
 
 import pyro
@@ -16,6 +17,7 @@ def diagonal_guide(loc, scale):
     def guide(x):
         with pyro.plate(DATA_PLATE, x.shape[0]):
             pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+
     return guide
 
 
@@ -25,9 +27,9 @@ def closed_form_elbo(model, x, loc, scale):
     w, b, s2 = model.weight, model.bias, model.log_sigma.exp() ** 2
     d = w.shape[0]
     resid = x.reshape(x.shape[0], -1) - loc @ w.T - b
-    trace = ((w ** 2) @ (scale ** 2).T).sum(0)  # tr(W diag(scale^2) W^T) per datapoint
-    expected_loglik = -0.5 * d * torch.log(2 * math.pi * s2) - ((resid ** 2).sum(-1) + trace) / (2 * s2)
-    kl = 0.5 * (scale ** 2 + loc ** 2 - 1 - torch.log(scale ** 2)).sum(-1)
+    trace = ((w**2) @ (scale**2).T).sum(0)  # tr(W diag(scale^2) W^T) per datapoint
+    expected_loglik = -0.5 * d * torch.log(2 * math.pi * s2) - ((resid**2).sum(-1) + trace) / (2 * s2)
+    kl = 0.5 * (scale**2 + loc**2 - 1 - torch.log(scale**2)).sum(-1)
     return expected_loglik - kl, kl
 
 

@@ -1,4 +1,5 @@
 """Importance-weighted bounds, log-likelihood and the IWAE / DReG objectives, against closed forms."""
+
 import math
 
 import pyro
@@ -26,7 +27,9 @@ class LinearGuide(nn.Module):
 
     def forward(self, x):
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample(LATENT, dist.Normal(self.lin(x.reshape(x.shape[0], -1)), self.log_scale.exp()).to_event(1))
+            pyro.sample(
+                LATENT, dist.Normal(self.lin(x.reshape(x.shape[0], -1)), self.log_scale.exp()).to_event(1)
+            )
 
 
 def near_posterior_guide(model, widen=1.2):
@@ -46,8 +49,10 @@ def test_exact_posterior_makes_every_estimator_exact(ppca):
     guide, exact = model.exact_guide(), model.log_marginal(x)
     for fn, k in ((estimators.elbo, 3), (estimators.iwae_bound, 5), (estimators.log_likelihood, 50)):
         torch.testing.assert_close(fn(model, guide, x, num_samples=k), exact, atol=1e-4, rtol=0)
-    torch.testing.assert_close(estimators.importance_ess(model, guide, x, num_samples=50),
-                               torch.full((40,), 50.0, dtype=torch.float64))
+    torch.testing.assert_close(
+        estimators.importance_ess(model, guide, x, num_samples=50),
+        torch.full((40,), 50.0, dtype=torch.float64),
+    )
 
 
 def test_bounds_tighten_with_k_towards_the_exact_log_likelihood(ppca):
@@ -63,8 +68,10 @@ def test_bounds_tighten_with_k_towards_the_exact_log_likelihood(ppca):
 
     reps = x.repeat(500, 1, 1, 1)  # 500 independent estimates per datapoint, averaged
     exact = model.log_marginal(x).mean().item()
-    means = [estimators.iwae_bound(model, guide, reps, num_samples=k, data_chunk=reps.shape[0]).mean().item()
-             for k in (1, 5, 50)]
+    means = [
+        estimators.iwae_bound(model, guide, reps, num_samples=k, data_chunk=reps.shape[0]).mean().item()
+        for k in (1, 5, 50)
+    ]
     elbo = estimators.elbo(model, guide, reps, num_samples=5, data_chunk=reps.shape[0]).mean().item()
     assert elbo == pytest.approx(means[0], abs=0.02)
     assert means[0] < means[1] - 0.05 < means[2] - 0.1 and means[2] < exact
@@ -75,8 +82,12 @@ def test_bounds_tighten_with_k_towards_the_exact_log_likelihood(ppca):
 def test_vectorized_weights_equal_sequential_pyro_traces():
     """Each particle's log w, from the vectorized two-layer pass, equals Pyro's own log-densities of
     an unvectorized run conditioned on that particle's latents."""
-    model = pyrovae.build_model("vae2", x_shape=(1, 4, 4), latent_dim=[3, 2], hidden=[8], hidden_top=[8]).double()
-    guide = pyrovae.build_guide("mlp2", x_shape=(1, 4, 4), latent_dim=(3, 2), hidden=[8], hidden_top=[8]).double()
+    model = pyrovae.build_model(
+        "vae2", x_shape=(1, 4, 4), latent_dim=[3, 2], hidden=[8], hidden_top=[8]
+    ).double()
+    guide = pyrovae.build_guide(
+        "mlp2", x_shape=(1, 4, 4), latent_dim=(3, 2), hidden=[8], hidden_top=[8]
+    ).double()
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4, dtype=torch.float64))
     guide_tr, model_tr, pdim = estimators.traces(model, guide, (x,), {}, 4, 1)
     _, log_q = estimators.sum_sites(guide_tr, pdim, 4)
@@ -88,7 +99,9 @@ def test_vectorized_weights_equal_sequential_pyro_traces():
         m = poutine.trace(poutine.condition(model, data=values)).get_trace(x)
         g.compute_log_prob()
         m.compute_log_prob()
-        seq = sum(m.nodes[s]["log_prob"] for s in ("x", "z1", "z2")) - sum(g.nodes[s]["log_prob"] for s in ("z1", "z2"))
+        seq = sum(m.nodes[s]["log_prob"] for s in ("x", "z1", "z2")) - sum(
+            g.nodes[s]["log_prob"] for s in ("z1", "z2")
+        )
         torch.testing.assert_close(vectorized[k], seq)
 
 
@@ -133,9 +146,10 @@ def test_dreg_is_unbiased_for_the_iwae_gradient_and_lowers_the_guide_variance(pp
     def stats(objective, seeds):
         g = torch.stack([grads(objective, model, guide, reps, s) / 500 for s in seeds])
         return g.mean(0), g.std(0) / math.sqrt(len(seeds))
+
     mean_iwae, se_iwae = stats(IWAE(5), range(100, 110))
     mean_dreg, se_dreg = stats(IWAE(5, dreg=True), range(200, 210))
-    z = (mean_iwae - mean_dreg).abs() / (se_iwae ** 2 + se_dreg ** 2).sqrt()
+    z = (mean_iwae - mean_dreg).abs() / (se_iwae**2 + se_dreg**2).sqrt()
     assert z.max() < 4.5  # 30 parameters; a biased estimator (w instead of w^2) scores above 100 here
     n_guide = sum(p.numel() for p in guide.parameters())
     # lower total variance of the guide's gradient (Tucker et al. 2018, fig. 2)
@@ -151,6 +165,7 @@ def test_dreg_refuses_a_guide_without_reparameterization():
     def guide(x):
         with pyro.plate(DATA_PLATE, x.shape[0]):
             pyro.sample("z", dist.Bernoulli(0.3))
+
     with pytest.raises(pyrovae.PyrovaeError, match="reparameterizable.*'z'"):
         IWAE(3, dreg=True)(model, guide, torch.zeros(4))
 
@@ -163,8 +178,13 @@ def test_iwae_objectives_train_towards_the_exact_log_likelihood(ppca, objective)
     guide = LinearGuide()
     data = x.repeat(10, 1, 1, 1)
     start = estimators.iwae_bound(model, guide, data, num_samples=5).mean().item()
-    pyrovae.fit(model, guide, data, config=TrainConfig(objective=objective, k=5, epochs=40, batch_size=100, lr=0.02),
-                progress=False)
+    pyrovae.fit(
+        model,
+        guide,
+        data,
+        config=TrainConfig(objective=objective, k=5, epochs=40, batch_size=100, lr=0.02),
+        progress=False,
+    )
     end = estimators.iwae_bound(model, guide, data, num_samples=5).mean().item()
     exact = model.log_marginal(x).mean().item()
     assert end > start and exact - end < 0.3 * (exact - start)
@@ -183,5 +203,5 @@ def test_paper_learning_rate_schedule():
     """Burda et al. (2015), sec. 5: 3^i epochs at 1e-3 * 10^(-i/7), 3280 epochs in all."""
     factors = [iwae_lr_factor(e) for e in range(3280)]
     for i in range(8):
-        start = (3 ** i - 1) // 2
-        assert factors[start:start + 3 ** i] == [pytest.approx(10 ** (-i / 7))] * 3 ** i
+        start = (3**i - 1) // 2
+        assert factors[start : start + 3**i] == [pytest.approx(10 ** (-i / 7))] * 3**i

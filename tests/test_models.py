@@ -1,4 +1,5 @@
 """Every registered model/guide pair, likelihoods, and the registry."""
+
 import math
 import subprocess
 import sys
@@ -6,22 +7,26 @@ from pathlib import Path
 
 import pyro
 import pyro.poutine as poutine
-from pyro.poutine.util import site_is_subsample
 import pytest
 import torch
+from pyro.poutine.util import site_is_subsample
 
 import pyrovae
 from pyrovae import estimators, registry
 from pyrovae.config import Component, Config, TrainConfig
+from pyrovae.data import Split
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.experiment import build, load_run
-from pyrovae.data import Split
 from pyrovae.likelihoods import Likelihood
 from pyrovae.train import model_inputs
 
 X_SHAPE = (1, 28, 28)
-PAIRS = [(m, g) for m in sorted(registry.available()["models"]) for g in sorted(registry.available()["guides"])
-         if registry.fits(registry.MODELS[m], registry.GUIDES[g])]
+PAIRS = [
+    (m, g)
+    for m in sorted(registry.available()["models"])
+    for g in sorted(registry.available()["guides"])
+    if registry.fits(registry.MODELS[m], registry.GUIDES[g])
+]
 LATENT_DIMS = {0: [], 1: 3, 2: [3, 2]}
 LABELS = torch.arange(32) % 10
 
@@ -51,10 +56,16 @@ def test_sites_match(model_name, guide_name):
     x = args[0]
     guide_tr = poutine.trace(guide).get_trace(*args)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
-    latent = {n: s["value"].shape for n, s in model_tr.nodes.items()
-              if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)}
-    guided = {n: s["value"].shape for n, s in guide_tr.nodes.items()
-              if s["type"] == "sample" and not site_is_subsample(s)}
+    latent = {
+        n: s["value"].shape
+        for n, s in model_tr.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+    }
+    guided = {
+        n: s["value"].shape
+        for n, s in guide_tr.nodes.items()
+        if s["type"] == "sample" and not site_is_subsample(s)
+    }
     assert latent == guided
     assert all(shape[0] == 5 for shape in latent.values())
     observed = [s for s in model_tr.nodes.values() if s["type"] == "sample" and s["is_observed"]]
@@ -69,9 +80,17 @@ def test_fit_step_then_save_load_evaluate(model_name, guide_name, tmp_path):
     args = model_inputs(model, images, LABELS)
     before = [p.detach().clone() for p in model.parameters()]
     record = {"config": cfg.to_dict(), "x_shape": list(X_SHAPE)}
-    result = pyrovae.fit(model, guide, data, data.slice(16), config=TrainConfig(max_steps=2, batch_size=16,
-                                                                                log_every=1),
-                         device="cpu", run_dir=tmp_path, record=record, progress=False)
+    result = pyrovae.fit(
+        model,
+        guide,
+        data,
+        data.slice(16),
+        config=TrainConfig(max_steps=2, batch_size=16, log_every=1),
+        device="cpu",
+        run_dir=tmp_path,
+        record=record,
+        progress=False,
+    )
     assert result.step == 2
     assert math.isfinite(result.metrics[0]["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -97,10 +116,14 @@ def test_likelihoods_match_their_definitions():
     x = torch.rand(4, 1, 2, 3)
     xb = torch.bernoulli(x)
     lik = Likelihood("bernoulli", (1, 2, 3))
-    ref = (xb * torch.nn.functional.logsigmoid(logits) + (1 - xb) * torch.nn.functional.logsigmoid(-logits)).sum((1, 2, 3))
+    ref = (
+        xb * torch.nn.functional.logsigmoid(logits) + (1 - xb) * torch.nn.functional.logsigmoid(-logits)
+    ).sum((1, 2, 3))
     torch.testing.assert_close(lik(logits).log_prob(xb), ref)
     lik = Likelihood("gaussian", (1, 2, 3), sigma=0.2)
-    ref = (-0.5 * ((x - torch.sigmoid(logits)) / 0.2) ** 2 - math.log(0.2) - 0.5 * math.log(2 * math.pi)).sum((1, 2, 3))
+    ref = (-0.5 * ((x - torch.sigmoid(logits)) / 0.2) ** 2 - math.log(0.2) - 0.5 * math.log(2 * math.pi)).sum(
+        (1, 2, 3)
+    )
     torch.testing.assert_close(lik(logits).log_prob(x), ref)
     learned = Likelihood("gaussian", (1, 2, 3), sigma="learned", sigma_init=0.2)
     assert sum(p.numel() for p in learned.parameters()) == 6
@@ -149,9 +172,12 @@ def test_a_new_model_file_is_listed_with_no_other_change():
         "from pyrovae.registry import register_model\n"
         "from pyrovae.models.vae import VAE\n\n"
         "@register_model('tmp_listed_model')\n"
-        "class TmpListed(VAE):\n    \"\"\"A model added as one new file.\"\"\"\n")
+        'class TmpListed(VAE):\n    """A model added as one new file."""\n'
+    )
     try:
-        out = subprocess.run([sys.executable, "-m", "pyrovae", "list"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "pyrovae", "list"], capture_output=True, text=True, check=True
+        )
     finally:
         path.unlink()
     assert "tmp_listed_model" in out.stdout and "A model added as one new file." in out.stdout

@@ -1,4 +1,5 @@
 """Learned priors: normalized densities, their special cases, and training with each."""
+
 import math
 
 import pyro
@@ -46,8 +47,12 @@ def random_vamp(latent_dim=2, seed=0):
     return prior
 
 
-PRIORS = {"standard": lambda: StandardPrior(2).double(), "mog": random_mixture, "vamp": random_vamp,
-          "flow": perturbed_flow}
+PRIORS = {
+    "standard": lambda: StandardPrior(2).double(),
+    "mog": random_mixture,
+    "vamp": random_vamp,
+    "flow": perturbed_flow,
+}
 
 
 @pytest.mark.parametrize("name", list(PRIORS))
@@ -58,7 +63,7 @@ def test_each_prior_is_a_normalized_density(name):
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
     with torch.no_grad():
         density = prior(grid.shape[0]).log_prob(grid).exp()
-    assert abs(density.sum().item() * step ** 2 - 1.0) < 1e-3
+    assert abs(density.sum().item() * step**2 - 1.0) < 1e-3
 
 
 def test_one_component_mixture_at_the_origin_is_the_standard_prior():
@@ -78,20 +83,27 @@ def test_vamp_prior_is_the_average_of_the_guide_densities_at_the_pseudo_inputs()
     prior = random_vamp(latent_dim=2)
     z = torch.randn(6, 2, dtype=torch.float64)
     loc, scale = prior._guide.params(torch.nn.functional.hardtanh(prior.pseudo_inputs, 0, 1))
-    by_hand = torch.stack([torch.distributions.Normal(loc[k], scale[k]).log_prob(z).sum(-1).exp()
-                           for k in range(5)]).mean(0).log()
+    by_hand = (
+        torch.stack(
+            [torch.distributions.Normal(loc[k], scale[k]).log_prob(z).sum(-1).exp() for k in range(5)]
+        )
+        .mean(0)
+        .log()
+    )
     torch.testing.assert_close(prior(6).log_prob(z), by_hand)
 
 
 def test_the_mixture_log_density_by_matrix_products_equals_the_direct_one():
     torch.manual_seed(0)
     locs, scales, logits = torch.randn(6, 3), torch.rand(6, 3) + 0.2, torch.randn(6)
-    direct = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=logits),
-                                                   torch.distributions.Independent(
-                                                       torch.distributions.Normal(locs, scales), 1))
+    direct = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits),
+        torch.distributions.Independent(torch.distributions.Normal(locs, scales), 1),
+    )
     z = torch.randn(4, 9, 3) * 2
-    torch.testing.assert_close(DiagNormalMixture(locs, scales, logits, (9,)).log_prob(z), direct.log_prob(z),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        DiagNormalMixture(locs, scales, logits, (9,)).log_prob(z), direct.log_prob(z), rtol=1e-5, atol=1e-4
+    )
 
 
 @pytest.mark.parametrize("name", list(PRIORS))
@@ -108,8 +120,12 @@ def test_bad_prior_names_and_options_are_named():
         make_prior("vampp", 2, (1, 4, 4))
     with pytest.raises(ConfigError, match="prior 'mog'.*pyrovae.priors"):
         make_prior("mog", 2, (1, 4, 4), {"component": 3})
-    for name, options in (("mog", {"components": 0}), ("vamp", {"components": -1}), ("flow", {"depth": 0}),
-                          ("vamp", {"init": "dta"})):
+    for name, options in (
+        ("mog", {"components": 0}),
+        ("vamp", {"components": -1}),
+        ("flow", {"depth": 0}),
+        ("vamp", {"init": "dta"}),
+    ):
         with pytest.raises(ConfigError, match="components|depth|init"):
             make_prior(name, 2, (1, 4, 4), options)
     with pytest.raises(ModelError, match="attach_guide"):
@@ -130,6 +146,7 @@ def test_meanfield_with_a_learned_prior_warns_that_its_kl_is_monte_carlo():
 class _no_warning:
     def __enter__(self):
         import warnings
+
         self._w = warnings.catch_warnings()
         self._w.__enter__()
         warnings.simplefilter("error", RuntimeWarning)
@@ -145,18 +162,22 @@ def mnist_slice():
     return train, val
 
 
-@pytest.mark.parametrize("prior,options,objective", [
-    ("standard", {}, "elbo"),
-    ("mog", {"components": 10}, "iwae"),
-    ("vamp", {"components": 50, "init": "data"}, "elbo"),
-    ("flow", {"depth": 2, "hidden": [32]}, "dreg"),
-])
+@pytest.mark.parametrize(
+    "prior,options,objective",
+    [
+        ("standard", {}, "elbo"),
+        ("mog", {"components": 10}, "iwae"),
+        ("vamp", {"components": 50, "init": "data"}, "elbo"),
+        ("flow", {"depth": 2, "hidden": [32]}, "dreg"),
+    ],
+)
 def test_short_training_with_each_prior_improves_the_log_likelihood(mnist_slice, prior, options, objective):
     train, val = mnist_slice
     pyro.set_rng_seed(0)
-    config = Config(model=Component("vae", {"latent_dim": 8, "hidden": [64], "prior": prior,
-                                            "prior_options": options}),
-                    guide=Component("mlp", {"hidden": [64]}))
+    config = Config(
+        model=Component("vae", {"latent_dim": 8, "hidden": [64], "prior": prior, "prior_options": options}),
+        guide=Component("mlp", {"hidden": [64]}),
+    )
     model, guide = build(config, (1, 28, 28))
     if options.get("init") == "data":
         model.prior.init_from(train.observe(slice(0, 50)))
@@ -165,9 +186,16 @@ def test_short_training_with_each_prior_improves_the_log_likelihood(mnist_slice,
     def log_px():
         torch.manual_seed(1)
         return estimators.log_likelihood(model, guide, x, num_samples=50).mean().item()
+
     before = log_px()
-    result = pyrovae.fit(model, guide, train, config=TrainConfig(epochs=2, batch_size=100, objective=objective,
-                                                                 k=3), device="cpu", progress=False)
+    result = pyrovae.fit(
+        model,
+        guide,
+        train,
+        config=TrainConfig(epochs=2, batch_size=100, objective=objective, k=3),
+        device="cpu",
+        progress=False,
+    )
     after = log_px()
     assert result.compile == "capture"
     assert after > before + 20, (before, after)
@@ -186,8 +214,14 @@ def test_the_two_layer_vae_takes_a_prior_over_its_top_latent():
     for prior in ("mog", "flow"):
         model = TwoLayerVAE((1, 4, 4), (6, 3), hidden=[8], hidden_top=[8], prior=prior)
         guide = TwoLayerGuide((1, 4, 4), (6, 3), hidden=[8], hidden_top=[8])
-        result = pyrovae.fit(model, guide, x, config=TrainConfig(max_steps=4, batch_size=16, objective="iwae"),
-                             device="cpu", progress=False)
+        result = pyrovae.fit(
+            model,
+            guide,
+            x,
+            config=TrainConfig(max_steps=4, batch_size=16, objective="iwae"),
+            device="cpu",
+            progress=False,
+        )
         assert result.compile == "capture" and model.sample(3).shape == (3, 1, 4, 4)
         lw = estimators.log_weights(model, guide, x, num_samples=4)
         assert lw.shape == (4, 32) and torch.isfinite(lw).all()

@@ -1,5 +1,6 @@
 """Bad input gets a named error before any step, training never applies a non-finite update,
 no work is lost to a kill, and untrusted files run no code."""
+
 import dataclasses
 import json
 import math
@@ -24,8 +25,7 @@ import pyrovae
 from pyrovae import checkpoint as ckpt_io
 from pyrovae import data
 from pyrovae.config import Component, Config, TrainConfig, config_from_dict
-from pyrovae.errors import (CheckpointError, ConfigError, DataError, ModelError, NonFiniteError,
-                            PyrovaeError)
+from pyrovae.errors import CheckpointError, ConfigError, DataError, ModelError, NonFiniteError, PyrovaeError
 from pyrovae.experiment import build, evaluate_data
 from pyrovae.guides import MLPGuide
 from pyrovae.models import VAE
@@ -46,14 +46,23 @@ def binary(n=24, seed=0):
 
 
 def fit(model, guide, x, **train):
-    return pyrovae.fit(model, guide, x, config=TrainConfig(**{"max_steps": 3, "batch_size": 8, **train}),
-                       device="cpu", progress=False)
+    return pyrovae.fit(
+        model,
+        guide,
+        x,
+        config=TrainConfig(**{"max_steps": 3, "batch_size": 8, **train}),
+        device="cpu",
+        progress=False,
+    )
 
 
 # ---------------------------------------------------------------- bad input, one test each
 
+
 def test_wrong_shape_names_the_expected_shape():
-    with pytest.raises(DataError, match=r"built for images of shape \(1, 4, 4\).*got data of shape \(24, 16\)"):
+    with pytest.raises(
+        DataError, match=r"built for images of shape \(1, 4, 4\).*got data of shape \(24, 16\)"
+    ):
         fit(*tiny(), binary().flatten(1))
 
 
@@ -64,10 +73,13 @@ def test_wrong_dtype_names_the_fix():
         fit(*tiny(), binary().double())
 
 
-@pytest.mark.parametrize("likelihood,values,fits", [
-    ("bernoulli", 0.5, "continuous_bernoulli"),            # grey pixels: the continuous Bernoulli fits
-    ("continuous_bernoulli", 1.5, "gaussian"),             # outside [0, 1]: the Gaussian fits
-])
+@pytest.mark.parametrize(
+    "likelihood,values,fits",
+    [
+        ("bernoulli", 0.5, "continuous_bernoulli"),  # grey pixels: the continuous Bernoulli fits
+        ("continuous_bernoulli", 1.5, "gaussian"),  # outside [0, 1]: the Gaussian fits
+    ],
+)
 def test_pixels_outside_the_support_name_the_likelihood_that_fits(likelihood, values, fits):
     model = VAE((1, 4, 4), 2, hidden=[8], likelihood=likelihood)
     guide = MLPGuide((1, 4, 4), 2, hidden=[8])
@@ -85,13 +97,16 @@ def test_nan_or_inf_in_data(bad):
         evaluate_data(*tiny(), x, num_samples=3)
 
 
-@pytest.mark.parametrize("make,name,close", [
-    (lambda: build_model("vea", x_shape=(1, 4, 4)), "model", "vae"),
-    (lambda: build_guide("mlpp", x_shape=(1, 4, 4), latent_dim=2), "guide", "mlp"),
-    (lambda: make_objective("iwea"), "objective", "iwae"),
-    (lambda: fit(*tiny(), binary(), compile="captur"), "compile mode", "capture"),
-    (lambda: fit(*tiny(), binary(), nan_policy="skipp"), "nan_policy", "skip"),
-])
+@pytest.mark.parametrize(
+    "make,name,close",
+    [
+        (lambda: build_model("vea", x_shape=(1, 4, 4)), "model", "vae"),
+        (lambda: build_guide("mlpp", x_shape=(1, 4, 4), latent_dim=2), "guide", "mlp"),
+        (lambda: make_objective("iwea"), "objective", "iwae"),
+        (lambda: fit(*tiny(), binary(), compile="captur"), "compile mode", "capture"),
+        (lambda: fit(*tiny(), binary(), nan_policy="skipp"), "nan_policy", "skip"),
+    ],
+)
 def test_unknown_names_list_the_known_ones_and_the_closest(make, name, close):
     with pytest.raises(ConfigError, match=rf"unknown {name} .*known: .*Did you mean '{close}'"):
         make()
@@ -112,6 +127,7 @@ def test_model_and_guide_sites_that_differ_are_named():
     def guide(x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("w", dist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
+
     with pytest.raises(ModelError, match=r"does not sample \['z'\].*no site \['w'\]"):
         fit(model, guide, binary())
     with pytest.raises(ConfigError, match="guides that fit: mlp2"):
@@ -126,11 +142,14 @@ def test_corrupt_dataset_file_names_the_file_and_checksum(tmp_path, monkeypatch)
     broken = raw / "t10k-labels-idx1-ubyte.gz"
     broken.write_bytes(broken.read_bytes()[:-100])  # truncated
     monkeypatch.setenv("PYROVAE_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte\.gz is corrupt.*expected ec29112dd5afa0611ce80d1b7f02629c"):
+    with pytest.raises(
+        DataError, match=r"t10k-labels-idx1-ubyte\.gz is corrupt.*expected ec29112dd5afa0611ce80d1b7f02629c"
+    ):
         data.load_split("mnist", "test", root=tmp_path)
 
 
 # ---------------------------------------------------------------- non-finite values in training
+
 
 class Poisoned(nn.Module):
     """x ~ N(w z + log x_1, 1): finite unless a datapoint's first coordinate is 0."""
@@ -142,7 +161,9 @@ class Poisoned(nn.Module):
     def forward(self, x):
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0]), 1.0))
-            pyro.sample("x", dist.Normal(self.w * z[..., None] + torch.log(x[..., :1]), 1.0).to_event(1), obs=x)
+            pyro.sample(
+                "x", dist.Normal(self.w * z[..., None] + torch.log(x[..., :1]), 1.0).to_event(1), obs=x
+            )
 
 
 class PoisonGuide(nn.Module):
@@ -201,14 +222,38 @@ def test_skip_policy_skips_and_counts_the_bad_batches():
 
 # ---------------------------------------------------------------- no work lost
 
+
 def cli(*args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "pyrovae", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pyrovae", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
-FIT_ARGS = ["--device", "cpu", "--no-progress", "--set", "data.train_size=5000", "--set", "data.val_limit=200",
-            "--set", "data.test_limit=100", "--set", "train.max_steps=120", "--set", "train.batch_size=250",
-            "--set", "train.checkpoint_every=7", "--set", "train.log_every=1", "--set", "eval_samples=5"]
+FIT_ARGS = [
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--set",
+    "data.train_size=5000",
+    "--set",
+    "data.val_limit=200",
+    "--set",
+    "data.test_limit=100",
+    "--set",
+    "train.max_steps=120",
+    "--set",
+    "train.batch_size=250",
+    "--set",
+    "train.checkpoint_every=7",
+    "--set",
+    "train.log_every=1",
+    "--set",
+    "eval_samples=5",
+]
 
 
 def last_step(run: Path) -> int:
@@ -232,8 +277,10 @@ def stop_at(proc, run: Path, step: int, sig: int) -> None:
 
 def final_state(run: Path):
     state = ckpt_io.load(run / "checkpoint.pt")
-    rows = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        {k: v for k, v in json.loads(line).items() if k != "seconds"}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
     return state, rows
 
 
@@ -267,8 +314,12 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
 
 def small_run(tmp_path, **train):
     pyro.set_rng_seed(0)  # what experiment.fit_config does before building from a config
-    model, guide = build(Config(model=Component("vae", {"latent_dim": 2, "hidden": [8]}),
-                                guide=Component("mlp", {"hidden": [8]})), (1, 4, 4))
+    model, guide = build(
+        Config(
+            model=Component("vae", {"latent_dim": 2, "hidden": [8]}), guide=Component("mlp", {"hidden": [8]})
+        ),
+        (1, 4, 4),
+    )
     x = torch.bernoulli(torch.full((96, 1, 4, 4), 0.4), generator=torch.Generator().manual_seed(0))
     config = TrainConfig(**{"batch_size": 16, "lr": 1e-2, "checkpoint_every": 4, "max_steps": 12, **train})
     return model, guide, x, config
@@ -291,7 +342,9 @@ def test_a_truncated_checkpoint_is_named_and_resume_falls_back(tmp_path):
     model.load_state_dict(init[0])
     guide.load_state_dict(init[1])
     with pytest.warns(RuntimeWarning, match=r"resuming from .*step-00000008\.pt"):
-        result = pyrovae.fit(model, guide, x, config=config, run_dir=tmp_path / "run", resume=True, progress=False)
+        result = pyrovae.fit(
+            model, guide, x, config=config, run_dir=tmp_path / "run", resume=True, progress=False
+        )
     assert result.step == 12
     for a, b in zip(params_of(model, guide), straight):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
@@ -313,8 +366,9 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path):
     (run / "config.json").write_text(json.dumps(Config().to_dict()))
     with pytest.raises(CheckpointError, match="not a readable pyrovae checkpoint"):
         ckpt_io.load(run / "checkpoint.pt")
-    out = subprocess.run([sys.executable, "-m", "pyrovae", "fit", "--resume", str(run)], capture_output=True,
-                         text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "pyrovae", "fit", "--resume", str(run)], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "not a readable pyrovae checkpoint" in out.stderr
     assert not marker.exists()
 
@@ -322,12 +376,13 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path):
 def test_configs_are_data_never_code(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.toml"
-    path.write_text(f'run_dir = "__import__(\'os\').system(\'touch {marker}\')"\n')
+    path.write_text(f"run_dir = \"__import__('os').system('touch {marker}')\"\n")
     config = pyrovae.load_config(path)
     assert config.run_dir.startswith("__import__") and not marker.exists()
 
 
 # ---------------------------------------------------------------- reproducibility
+
 
 def test_the_same_config_and_seed_give_the_same_metrics(tmp_path):
     runs = []
@@ -350,8 +405,14 @@ FILLS = ["binary", "grey", "nan", "inf", "negative", "huge"]
 def make_tensor(shape, dtype, fill, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(shape, generator=g, dtype=torch.float64)
-    x = {"binary": (x > 0.5).double(), "grey": x, "nan": x.masked_fill(x > 0.9, float("nan")),
-         "inf": x.masked_fill(x > 0.9, float("inf")), "negative": -x, "huge": x * 1e30}[fill]
+    x = {
+        "binary": (x > 0.5).double(),
+        "grey": x,
+        "nan": x.masked_fill(x > 0.9, float("nan")),
+        "inf": x.masked_fill(x > 0.9, float("inf")),
+        "negative": -x,
+        "huge": x * 1e30,
+    }[fill]
     return x.to(dtype)
 
 
@@ -360,8 +421,12 @@ def finite_report(report):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=st.sampled_from([(12, 1, 4, 4), (12, 16), (12, 1, 4, 5), (0, 1, 4, 4), (12,), (3, 1, 4, 4)]),
-       dtype=st.sampled_from(DTYPES), fill=st.sampled_from(FILLS), seed=st.integers(0, 10))
+@given(
+    shape=st.sampled_from([(12, 1, 4, 4), (12, 16), (12, 1, 4, 5), (0, 1, 4, 4), (12,), (3, 1, 4, 4)]),
+    dtype=st.sampled_from(DTYPES),
+    fill=st.sampled_from(FILLS),
+    seed=st.integers(0, 10),
+)
 def test_random_tensors_train_and_evaluate_or_raise_pyrovae_errors(shape, dtype, fill, seed):
     model, guide = tiny()
     x = make_tensor(shape, dtype, fill, seed)
@@ -371,7 +436,9 @@ def test_random_tensors_train_and_evaluate_or_raise_pyrovae_errors(shape, dtype,
         pass
     else:
         assert result.step == 3 and all(torch.isfinite(p).all() for p in params_of(model, guide))
-        assert all(r["loss"] is not None and math.isfinite(r["loss"]) for r in result.metrics if r["kind"] == "step")
+        assert all(
+            r["loss"] is not None and math.isfinite(r["loss"]) for r in result.metrics if r["kind"] == "step"
+        )
     try:
         report = evaluate_data(model, guide, x, num_samples=3)
     except PyrovaeError:
@@ -380,10 +447,29 @@ def test_random_tensors_train_and_evaluate_or_raise_pyrovae_errors(shape, dtype,
         assert finite_report(report)
 
 
-TRAIN_VALUES = st.one_of(st.integers(-2, 40), st.floats(allow_nan=True, allow_infinity=True, width=32),
-                         st.sampled_from(["elbo", "iwae", "dreg", "meanfield", "linear", "cyclical", "cosine",
-                                          "capture", "none", "skip", "stop", "x"]),
-                         st.none(), st.booleans(), st.lists(st.integers(0, 3), max_size=2))
+TRAIN_VALUES = st.one_of(
+    st.integers(-2, 40),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.sampled_from(
+        [
+            "elbo",
+            "iwae",
+            "dreg",
+            "meanfield",
+            "linear",
+            "cyclical",
+            "cosine",
+            "capture",
+            "none",
+            "skip",
+            "stop",
+            "x",
+        ]
+    ),
+    st.none(),
+    st.booleans(),
+    st.lists(st.integers(0, 3), max_size=2),
+)
 TRAIN_KEYS = [f.name for f in dataclasses.fields(TrainConfig)] + ["bogus"]
 
 
