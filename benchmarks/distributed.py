@@ -152,12 +152,15 @@ def main() -> None:
     device = args.device if args.device == "cpu" else f"{args.device} ({args.device})"
     lines = [
         f"### Data-parallel throughput ({device}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores; `python benchmarks/distributed.py --device {args.device} --steps {args.steps}`)",
+        f"{os.cpu_count()} cores; `python benchmarks/distributed.py --device {args.device} --steps "
+        f"{args.steps}`)",
         "",
-        f"Default VAE (784-400-20), {args.batch} datapoints per rank per step, steps {WARMUP}..{args.steps} timed. "
+        f"Default VAE (784-400-20), {args.batch} datapoints per rank per step, steps "
+        f"{WARMUP}..{args.steps} timed. "
         f"All-reduce per step: {params:,} parameters = {params * 4 / 2**20:.2f} MiB (float32).",
         "",
-        "| ranks | loss | threads per rank | global batch | ms / step | all-reduce alone, ms | datapoints / s | vs 1 rank |",
+        "| ranks | loss | threads per rank | global batch | ms / step | all-reduce alone, ms | "
+        "datapoints / s | vs 1 rank |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for world, mode, r in rows:

@@ -87,7 +87,8 @@ def main() -> None:
     lines = [
         f"### pyrovae fit vs plain PyTorch, {a.epochs} epochs ({time.strftime('%Y-%m-%d')})",
         "",
-        f"Device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads); "
+        f"Device: {device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        "threads); "
         f"torch {torch.__version__}, pyro {pyro.__version__}, Python {platform.python_version()}.",
         f"Network 784-400-20 (ReLU, Bernoulli), Adam 1e-3, batch {a.batch_size}, dynamically binarized MNIST "
         f"(50,000 training images), test ELBO on the 10,000 test images with K = {a.eval_samples}.",

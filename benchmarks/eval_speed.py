@@ -98,17 +98,20 @@ def main() -> None:
     ) / 2**20
     floor = total_flops / rate
     header = (
-        f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}, "
+        f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch "
+        f"{torch.__version__}, "
         f"pyro {pyro.__version__}. Command: `python benchmarks/eval_speed.py --run {a.run} "
         f"--num-samples {k}{f' --limit {a.limit}' if a.limit else ''}"
-        f"{f' --max-rows {a.max_rows}' if a.max_rows else ''}{f' --compile {a.compile}' if a.compile != 'auto' else ''}`"
+        f"{f' --max-rows {a.max_rows}' if a.max_rows else ''}"
+        f"{f' --compile {a.compile}' if a.compile != 'auto' else ''}`"
     )
     lines = [
         "| images | K | chunk rows | bytes / row | seconds | TFLOP | achieved GFLOP/s | matmul GFLOP/s "
         "| matmul floor (s) | time / floor | peak memory (MB) | log p(x) |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         f"| {x.shape[0]} | {k} | {rows} | {row_bytes:.0f} | {seconds:.1f} | {total_flops / 1e12:.1f} | "
-        f"{total_flops / seconds / 1e9:.0f} | {rate / 1e9:.0f} | {floor:.1f} | {seconds / floor:.2f}x | {peak:.0f} | "
+        f"{total_flops / seconds / 1e9:.0f} | {rate / 1e9:.0f} | {floor:.1f} | {seconds / floor:.2f}x "
+        f"| {peak:.0f} | "
         f"{report['log_likelihood']['mean']:.2f} +- {report['log_likelihood']['stderr']:.2f} |",
     ]
     from report import emit  # benchmarks/ is on sys.path when run as a script

@@ -76,12 +76,15 @@ def main() -> None:
         f"{paper if paper is not None else 'table 1'} | {report['seconds']:.0f} |"
     )
     header = [
-        f"Device: {run.device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}, "
-        f"pyro {pyro.__version__}. Command: `python benchmarks/iwae_paper.py --layers {a.layers} --kind {a.kind} "
+        f"Device: {run.device} ({platform.machine()}, {torch.get_num_threads()} threads); torch "
+        f"{torch.__version__}, "
+        f"pyro {pyro.__version__}. Command: `python benchmarks/iwae_paper.py --layers {a.layers} "
+        f"--kind {a.kind} "
         f"--k {a.k} --epochs {a.epochs}{f' --minutes {a.minutes:g}' if a.minutes else ''}"
         f"{f' --threads {a.threads}' if a.threads else ''}`",
         "",
-        "| layers | objective | k | epochs trained | training minutes | test -log p(x), K = 5000 (nats) | test -ELBO "
+        "| layers | objective | k | epochs trained | training minutes | test -log p(x), K = 5000 "
+        "(nats) | test -ELBO "
         "| paper -log p(x) | K = 5000 evaluation seconds |",
         "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]

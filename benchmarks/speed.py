@@ -5,7 +5,8 @@ Rows: ``plain`` (hand-written loss, data as one tensor on the device: the refere
 ``naive`` (what most users start from: a torchvision DataLoader with ToTensor, Pyro's
 ``SVI`` with the global param store and ``pyro.optim.Adam``), ``pyrovae`` (``fit``
 with its default settings) and ``pyrovae:MODE`` (``fit`` with ``train.compile = MODE``:
-none, inductor, and cudagraphs on CUDA; see ``pyrovae.compile``). Networks: ``examples`` (pytorch/examples, 784-400-20, ReLU)
+none, inductor, and cudagraphs on CUDA; see ``pyrovae.compile``). Networks: ``examples``
+(pytorch/examples, 784-400-20, ReLU)
 and ``iwae`` (Burda et al. 2015, 784-200-200-50, tanh); batch 128 and 1024; dynamically
 binarized MNIST; Adam 1e-3. Each combination runs in its own process (so its peak memory
 is its own): ``--warmup`` steps, then the median over ``--repeats`` windows of ``--steps``.
@@ -201,7 +202,8 @@ def main() -> None:
         a.device,
     ] + (["--data-root", a.data_root] if a.data_root else [])
     lines = [
-        "| network | batch | loop | steps / s | seconds / epoch | time vs plain | peak memory (MB) | memory vs plain |",
+        "| network | batch | loop | steps / s | seconds / epoch | time vs plain | peak memory (MB) | "
+        "memory vs plain |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     device = memory = None
@@ -226,8 +228,10 @@ def main() -> None:
             )
         print("\n".join(lines[-len(results) :]), flush=True)
     header = [
-        f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch {torch.__version__}; "
-        f"memory = {memory}. Median of {a.repeats} windows of {a.steps} steps after {a.warmup} warm-up steps; "
+        f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch "
+        f"{torch.__version__}; "
+        f"memory = {memory}. Median of {a.repeats} windows of {a.steps} steps after {a.warmup} "
+        "warm-up steps; "
         f"seconds / epoch = seconds per step x steps in 50,000 images.",
         f"Command: `python benchmarks/speed.py --steps {a.steps} --repeats {a.repeats} --warmup {a.warmup}`",
         "",

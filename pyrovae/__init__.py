@@ -1,26 +1,23 @@
 """pyrovae: variational autoencoders in Pyro, with per-datapoint likelihood reports.
 
-Parameters live in their modules (``module_local_params``), not Pyro's global param
-store, so several runs can share one process.
+Importing pyrovae changes none of Pyro's global settings: its models and guides are plain
+``nn.Module``s whose parameters live in the modules, so several runs share one process
+whatever ``pyro.settings`` say.
 """
 
-import pyro
-
-pyro.settings.set(module_local_params=True)
-
-from . import data, estimators, objectives  # noqa: E402
-from .config import Config, DataConfig, TrainConfig, load_config  # noqa: E402
+from . import data, estimators, objectives
+from .config import Config, DataConfig, TrainConfig, load_config
 from .errors import (
     CheckpointError,
     ConfigError,
     DataError,
     Interrupted,
-    ModelError,  # noqa: E402
+    ModelError,
     NonFiniteError,
     PyrovaeError,
 )
-from .registry import build_guide, build_model, register_guide, register_model  # noqa: E402
-from .train import FitResult, fit  # noqa: E402
+from .registry import build_guide, build_model, register_guide, register_model
+from .train import FitResult, fit
 
 __version__ = "0.1.0"
 __all__ = [

@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from pyro.nn import PyroModule
+from torch import nn
 
 from .errors import ConfigError, DataError
 from .sites import LATENT
 
 
-class ImageModule(PyroModule):
-    """A model or guide over images of shape ``x_shape`` with a ``latent_dim`` code."""
+class ImageModule(nn.Module):
+    """A model or guide over images of shape ``x_shape`` with a ``latent_dim`` code.
+
+    A plain ``nn.Module`` (parameters in the module whatever Pyro's ``module_local_params``
+    setting); the optional hooks the engine reads are listed in :mod:`pyrovae.hooks`."""
 
     #: names of the latent sample sites, outermost (the one ``decode`` takes) last
     latent_sites: tuple[str, ...] = (LATENT,)

@@ -10,7 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from . import distributed, experiment, plots
+import torch
+
+from . import distributed, experiment, hooks, plots
 from .compile import MODES
 from .config import apply_overrides, config_from_dict, load_config
 from .data import EVAL_BINARIZATION_SEED
@@ -40,6 +42,8 @@ def cmd_fit(args) -> None:
         config = experiment.read_config(args.resume).replace(
             run_dir=str(args.resume)
         )  # wherever it lives now
+        if args.tensorboard:
+            config = config.replace(train=dataclasses.replace(config.train, tensorboard=True))
         if main:
             print(f"resuming {args.resume}" + (f" (restart {restarts})" if restarts else ""))
         result = experiment.fit_config(config, resume=True, progress=not args.no_progress)
@@ -53,6 +57,8 @@ def cmd_fit(args) -> None:
         for key in ("run_dir", "device", "seed"):
             if getattr(args, key) is not None:
                 raw[key] = getattr(args, key)
+        if args.tensorboard:
+            raw["train"]["tensorboard"] = True
         config = config_from_dict(apply_overrides(raw, args.set))
         result = experiment.fit_config(config, progress=not args.no_progress)
     if not main:  # rank 0 reports
@@ -87,7 +93,12 @@ def _load(args):
 def cmd_evaluate(args) -> None:
     run = _load(args)
     out = experiment.evaluate(
-        run, split=args.split, num_samples=args.num_samples, seed=args.seed, compile=args.compile
+        run,
+        split=args.split,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        compile=args.compile,
+        progress=not args.no_progress,
     )
     if not distributed.is_main():
         return
@@ -102,7 +113,7 @@ def cmd_evaluate(args) -> None:
     )
     print("  nats per datapoint, mean +- standard error over datapoints")
     target = {"quadrants": "log p(y | x)", "image,label": "log p(x | y)"}.get(
-        getattr(run.model, "takes", ""), "log p(x)"
+        hooks.takes(run.model), "log p(x)"
     )
     print(f"  {target:<16}{_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
     print(f"  ELBO            {_fmt(out['elbo'])}")
@@ -121,7 +132,7 @@ def cmd_sample(args) -> None:
     run = _load(args)
     out = Path(args.out or Path(args.run_dir) / "samples.png")
     if args.condition is not None:
-        if not hasattr(run.model, "num_classes"):
+        if hooks.num_classes(run.model) is None:
             raise PyrovaeError(
                 f"--condition needs a label-conditioned model (cvae); this run's model is "
                 f"{run.config.model.name!r}"
@@ -142,15 +153,17 @@ def cmd_reconstruct(args) -> None:
 
 def cmd_latent(args) -> None:
     run = _load(args)
-    for path in experiment.draw_report(run, args.run_dir, latent_points=args.limit or 5000)[2:]:
+    for path in experiment.draw_report(
+        run, args.run_dir, latent_points=args.limit or 5000, parts=("latent",)
+    ):
         print(f"wrote {path}")
 
 
 def cmd_diagnose(args) -> None:
-    from . import diagnostics
+    from .reports import diagnose_run
 
     run = _load(args)
-    out = diagnostics.diagnose_run(
+    out = diagnose_run(
         run,
         args.run_dir,
         split=args.split,
@@ -158,6 +171,7 @@ def cmd_diagnose(args) -> None:
         num_samples=args.num_samples,
         amortization=args.amortization,
         seed=args.seed,
+        progress=not args.no_progress,
     )
     print(f"q(z|x) on {out['num_datapoints']} {out['split']} datapoints, S = {out['num_samples']} draws each")
     print(f"  Pareto k-hat <= 0.5 (reliable)    {100 * out['k_hat_good']:.1f}%")
@@ -190,10 +204,7 @@ def cmd_list(args) -> None:
             print(f"  {name:<18} {doc}")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders in Pyro.")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _fit_parser(sub) -> None:
     f = sub.add_parser("fit", help="train a model and guide from a config (TOML or JSON)")
     f.add_argument("config", nargs="?", help="config file, e.g. configs/mnist_vae.toml")
     f.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
@@ -209,77 +220,105 @@ def parser() -> argparse.ArgumentParser:
         help="override a config key, e.g. --set train.epochs=3 (repeatable)",
     )
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard events (train.tensorboard)"
+    )
     f.set_defaults(fn=cmd_fit)
 
-    def run_cmd(name, help_, fn, **extra):
+
+SPLITS = ["test", "val"]
+
+
+def _run_commands() -> list[tuple]:
+    """(name, help, function, {flag: argparse options}) of the commands that take a RUN_DIR."""
+    commands = []
+    commands.append(
+        (
+            "evaluate",
+            "test-set ELBO per datapoint with its standard error",
+            cmd_evaluate,
+            {
+                "--num-samples": dict(
+                    type=int, help="particles per datapoint (default: the config's eval_samples)"
+                ),
+                "--split": dict(default="test", choices=SPLITS),
+                "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
+                "--seed": dict(type=int, default=0),
+                "--compile": dict(
+                    default="auto",
+                    choices=list(MODES),
+                    help="how chunks run: auto (= capture), none, capture, inductor, cudagraphs",
+                ),
+            },
+        )
+    )
+    commands.append(
+        (
+            "sample",
+            "PNG grid of images decoded from prior draws",
+            cmd_sample,
+            {
+                "--num": dict(type=int, default=64),
+                "--out": dict(),
+                "--condition": dict(type=int, help="the class to draw, for a label-conditioned model (cvae)"),
+            },
+        )
+    )
+    commands.append(
+        (
+            "reconstruct",
+            "PNG grid of test images and their reconstructions",
+            cmd_reconstruct,
+            {"--num": dict(type=int, default=32), "--out": dict()},
+        )
+    )
+    commands.append(
+        (
+            "latent",
+            "latent scatter (and manifold grid for 2D latents)",
+            cmd_latent,
+            {"--limit": dict(type=int, help="number of test points to embed")},
+        )
+    )
+    commands.append(
+        (
+            "diagnose",
+            "per-datapoint k-hat, ESS and gaps of q(z|x), active units",
+            cmd_diagnose,
+            {
+                "--num-samples": dict(type=int, default=1000, help="draws from q(z|x) per datapoint"),
+                "--split": dict(default="test", choices=SPLITS),
+                "--limit": dict(type=int, default=1000, help="the first N datapoints"),
+                "--amortization": dict(
+                    type=int,
+                    default=0,
+                    metavar="M",
+                    help="also split the gap on the first M datapoints (Cremer et al. 2018)",
+                ),
+                "--seed": dict(type=int, default=0),
+            },
+        )
+    )
+    return commands
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders in Pyro.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _fit_parser(sub)
+    for name, help_, fn, extra in _run_commands():
         s = sub.add_parser(name, help=help_)
         s.add_argument("run_dir")
         s.add_argument("--checkpoint", default="best", choices=["best", "last"])
         s.add_argument("--data-root")
         s.add_argument("--device")
+        s.add_argument("--no-progress", action="store_true", help="no progress bar")
         for flag, kw in extra.items():
             s.add_argument(flag, **kw)
         s.set_defaults(fn=fn)
-        return s
-
-    run_cmd(
-        "evaluate",
-        "test-set ELBO per datapoint with its standard error",
-        cmd_evaluate,
-        **{
-            "--num-samples": dict(
-                type=int, help="particles per datapoint (default: the config's eval_samples)"
-            ),
-            "--split": dict(default="test", choices=["test", "val"]),
-            "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
-            "--seed": dict(type=int, default=0),
-            "--compile": dict(
-                default="auto",
-                choices=list(MODES),
-                help="how chunks run: auto (= capture), none, capture, inductor, cudagraphs",
-            ),
-        },
-    )
-    run_cmd(
-        "sample",
-        "PNG grid of images decoded from prior draws",
-        cmd_sample,
-        **{
-            "--num": dict(type=int, default=64),
-            "--out": dict(),
-            "--condition": dict(type=int, help="the class to draw, for a label-conditioned model (cvae)"),
-        },
-    )
-    run_cmd(
-        "reconstruct",
-        "PNG grid of test images and their reconstructions",
-        cmd_reconstruct,
-        **{"--num": dict(type=int, default=32), "--out": dict()},
-    )
-    run_cmd(
-        "latent",
-        "latent scatter (and manifold grid for 2D latents)",
-        cmd_latent,
-        **{"--limit": dict(type=int, help="number of test points to embed")},
-    )
-    run_cmd(
-        "diagnose",
-        "per-datapoint k-hat, ESS and gaps of q(z|x), active units",
-        cmd_diagnose,
-        **{
-            "--num-samples": dict(type=int, default=1000, help="draws from q(z|x) per datapoint"),
-            "--split": dict(default="test", choices=["test", "val"]),
-            "--limit": dict(type=int, default=1000, help="the first N datapoints"),
-            "--amortization": dict(
-                type=int,
-                default=0,
-                metavar="M",
-                help="also split the gap on the first M datapoints (Cremer et al. 2018)",
-            ),
-            "--seed": dict(type=int, default=0),
-        },
-    )
-    sub.add_parser("list", help="registered models and guides").set_defaults(fn=cmd_list)
+    ls = sub.add_parser("list", help="registered models and guides")
+    ls.add_argument("--no-progress", action="store_true", help="accepted for uniformity (list shows no bar)")
+    ls.set_defaults(fn=cmd_list)
     return p
 
 
@@ -299,14 +338,28 @@ def main(argv: list[str] | None = None) -> int:
     except PyrovaeError as e:
         print(f"pyrovae: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        print(
+            f"pyrovae: error: out of memory ({type(e).__name__}); lower train.batch_size, "
+            "train.num_particles or train.k, the model's sizes, or evaluate with fewer --num-samples",
+            file=sys.stderr,
+        )
+        return 2
     except RuntimeError as e:  # DistBackendError and Gloo's errors are RuntimeErrors
+        if "allocate" in str(e) and not distributed.active():  # the CPU allocator's "can't allocate memory"
+            print(
+                f"pyrovae: error: out of memory ({str(e).splitlines()[0]}); lower train.batch_size, "
+                "train.num_particles or train.k, or the model's sizes",
+                file=sys.stderr,
+            )
+            return 2
         if not distributed.active():
             raise
         rank = distributed.world()[0]
         print(
-            f"pyrovae: error: rank {rank} lost the other ranks ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            "another rank stopped or died. Restart the job (torchrun --max-restarts N restarts it by itself): "
-            "`pyrovae fit` resumes from the last checkpoint",
+            f"pyrovae: error: rank {rank} lost the other ranks ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); another rank stopped or died. Restart the job (torchrun "
+            "--max-restarts N restarts it by itself): `pyrovae fit` resumes from the last checkpoint",
             file=sys.stderr,
         )
         return 1

@@ -52,6 +52,14 @@ class _Call(nn.Module):
         return self.fn(*tensors)
 
 
+def warn_eager(mode: str, reason: str, stacklevel: int = 3) -> None:
+    """Warn that a compile mode asked for by name does not apply (``reason``): the loss runs eagerly."""
+    if mode not in ("auto", "none"):
+        warnings.warn(
+            f"compile = {mode!r}: {reason}; the loss runs eagerly", RuntimeWarning, stacklevel=stacklevel + 1
+        )
+
+
 def resolve_mode(mode: str) -> str:
     if mode not in MODES:
         raise unknown_name("compile mode", mode, MODES)

@@ -27,6 +27,12 @@ class DataConfig:
     test_limit: int | None = None  #: use only the first N test images
 
     def __post_init__(self):
+        from .data import DATASETS, PIXEL_MODES
+
+        _names(
+            "data",
+            {"name": ("dataset", self.name, DATASETS), "pixels": ("pixel mode", self.pixels, PIXEL_MODES)},
+        )
         opt = lambda v: v is None or _at_least(v, 1)  # noqa: E731
         _require(
             "data",
@@ -44,6 +50,25 @@ def _require(cls_name: str, checks: dict[str, tuple[Any, bool, str]]) -> None:
     for key, (value, ok, rule) in checks.items():
         if not ok:
             raise ConfigError(f"{cls_name}.{key} must be {rule}, got {value!r}")
+
+
+MAX_SAMPLES = 100_000  #: particles or importance samples per datapoint in a training step
+MAX_EVAL_SAMPLES = 10_000_000  #: importance samples per datapoint in an evaluation (chunked)
+MAX_SEED = 2**31 - 1  #: seeds go to numpy, which takes 32-bit seeds (ranks add to them)
+NAN_POLICIES = ("stop", "skip")
+
+
+def _names(section: str, checks: dict[str, tuple[str, Any, tuple[str, ...]]]) -> None:
+    """Raise ConfigError (with the closest known name) for the first unknown name."""
+    from .errors import unknown_name
+
+    for key, (label, value, known) in checks.items():
+        if value not in known:
+            raise unknown_name(f"{label} ({section}.{key})", value, known)
+
+
+def _int_in(v, low, high) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
 
 
 def _positive(v) -> bool:
@@ -82,12 +107,27 @@ class TrainConfig:
     )
 
     def __post_init__(self):
+        from .compile import MODES
+        from .objectives import KL_SCHEDULES, OBJECTIVES
+        from .optim import LR_SCHEDULES
+
+        _names(
+            "train",
+            {
+                "objective": ("objective", self.objective, OBJECTIVES),
+                "kl_schedule": ("KL schedule", self.kl_schedule, KL_SCHEDULES),
+                "lr_schedule": ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+                "nan_policy": ("nan_policy", self.nan_policy, NAN_POLICIES),
+                "compile": ("compile mode", self.compile, MODES),
+            },
+        )
         opt = lambda v, f: v is None or f(v)  # noqa: E731
+        many = f"an integer in [1, {MAX_SAMPLES}]"
         _require(
             "train",
             {
-                "num_particles": (self.num_particles, _at_least(self.num_particles, 1), "an integer >= 1"),
-                "k": (self.k, _at_least(self.k, 1), "an integer >= 1"),
+                "num_particles": (self.num_particles, _int_in(self.num_particles, 1, MAX_SAMPLES), many),
+                "k": (self.k, _int_in(self.k, 1, MAX_SAMPLES), many),
                 "epochs": (self.epochs, _at_least(self.epochs, 0), "an integer >= 0"),
                 "max_steps": (
                     self.max_steps,
@@ -108,7 +148,7 @@ class TrainConfig:
                     _positive(self.cycle_ratio) and self.cycle_ratio <= 1,
                     "in (0, 1]",
                 ),
-                "val_samples": (self.val_samples, _at_least(self.val_samples, 1), "an integer >= 1"),
+                "val_samples": (self.val_samples, _int_in(self.val_samples, 1, MAX_SAMPLES), many),
                 "early_stopping": (
                     self.early_stopping,
                     opt(self.early_stopping, lambda v: _at_least(v, 1)),
@@ -130,6 +170,7 @@ class TrainConfig:
 
     log_every: int = 50  #: steps between metric lines and progress-bar updates
     compile: str = "auto"  #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.compile
+    tensorboard: bool = False  #: also write TensorBoard events into the run directory (pyrovae[tensorboard])
 
 
 @dataclass(frozen=True)
@@ -154,7 +195,14 @@ class Config:
     def __post_init__(self):
         _require(
             "config",
-            {"eval_samples": (self.eval_samples, _at_least(self.eval_samples, 1), "an integer >= 1")},
+            {
+                "eval_samples": (
+                    self.eval_samples,
+                    _int_in(self.eval_samples, 1, MAX_EVAL_SAMPLES),
+                    f"an integer in [1, {MAX_EVAL_SAMPLES}]",
+                ),
+                "seed": (self.seed, _int_in(self.seed, 0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
+            },
         )
 
     def to_dict(self) -> dict:

@@ -29,6 +29,7 @@ from .errors import DataError, unknown_name
 
 DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
 PIXEL_MODES = ("dynamic", "static", "continuous")
+SHAPES = {name: (1, 28, 28) for name in DATASETS}  #: image shape (C, H, W) of each dataset
 STATIC_BINARIZATION_SEED = 1234
 EVAL_BINARIZATION_SEED = 104729  #: seed of the one binarization a dynamic test set is evaluated on
 VAL_BINARIZATION_SEED = 7919  #: likewise for the validation set during training
@@ -107,7 +108,8 @@ class Split:
 
 
 def torchvision_dataset(name: str, root: Path, train: bool):
-    """torchvision's dataset class for ``name`` over the data root, unpacking local archives into the cache."""
+    """torchvision's dataset class for ``name`` over the data root, unpacking local archives into
+    the cache."""
     import torchvision
 
     cls_name, files = _TORCHVISION[name]

@@ -181,3 +181,66 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class Group:
+    """What differs between one process and a torch.distributed process group, in one object:
+    in one process (``size == 1``) every method does nothing and returns its input, so the
+    training loop reads the same either way."""
+
+    def __init__(self) -> None:
+        self.rank, self.size = world()
+
+    @property
+    def main(self) -> bool:
+        """True on the rank that writes files (rank 0)."""
+        return self.rank == 0
+
+    def seed(self, seed: int) -> int:
+        return rank_seed(seed, self.rank)
+
+    def check_trainable(self, params: Sequence[torch.Tensor], modules: Sequence[nn.Module], mode: str) -> str:
+        """The compile mode to use; under DDP every trained tensor must live in the modules,
+        and the loss runs eagerly (``none``), with a warning when a mode was asked by name."""
+        if self.size == 1:
+            return mode
+        in_modules = {id(p) for m in modules for p in m.parameters()}
+        if any(id(p) not in in_modules for p in params):
+            raise ConfigError(
+                "distributed training all-reduces the gradients of nn.Module parameters; keep every "
+                "trained tensor in the model's or guide's modules, not in pyro.param"
+            )
+        from .compile import warn_eager
+
+        warn_eager(mode, "does not apply under torch.distributed (DistributedDataParallel)", stacklevel=3)
+        return "none"
+
+    def wrap(self, loss: Callable, modules: Sequence[nn.Module], device: torch.device) -> Callable:
+        """``loss`` under DistributedDataParallel; ``loss`` itself in one process."""
+        return loss if self.size == 1 else wrap(loss, modules, device)
+
+    def weigh(self, loss: torch.Tensor, local: int, total: int) -> torch.Tensor:
+        """A rank's mean loss weighted so that DDP's average is the global batch's mean."""
+        return loss if self.size == 1 else loss * loss_scale(local, total)
+
+    def agree(self, flag: torch.Tensor) -> torch.Tensor:
+        """A boolean flag that is True on every rank when it is on one (every rank skips the
+        same steps)."""
+        return flag if self.size == 1 else all_max(flag.float()) > 0
+
+    def agree_signal(self, received: int | None, now: bool, device: torch.device) -> int | None:
+        """A signal received by any rank, agreed at steps where ``now`` (logging steps), so that
+        every rank stops at the same step; the signal itself in one process."""
+        if self.size == 1:
+            return received
+        if not now:
+            return None
+        return int(all_max(torch.tensor(float(received or 0), device=device))) or None
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """True when ``flag`` holds on some rank (a callback's stop)."""
+        return flag if self.size == 1 else bool(all_max(torch.tensor(float(flag), device=device)))
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order."""
+        return gather_objects(obj)

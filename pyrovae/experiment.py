@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pyro
-import pyro.poutine as poutine
 import torch
 
 from . import checkpoint as ckpt_io
-from . import distributed, estimators, plots
+from . import distributed, estimators, hooks, plots
+from .checks import check_inputs  # noqa: F401 - also pyrovae.experiment.check_inputs
 from .config import Config, config_from_dict
 from .data import EVAL_BINARIZATION_SEED, Split, load_split
-from .errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from .diagnostics import batched_posterior_means as posterior_means
+from .errors import CheckpointError, ConfigError, NonFiniteError
+from .hooks import code_site  # noqa: F401 - also pyrovae.experiment.code_site
 from .registry import GUIDES, build_guide, build_model, fits, guides_for
-from .sites import LATENT
-from .train import FitResult, as_split, check_data, check_sites, fit, model_inputs, resolve_device
+from .train import FitResult, fit, model_inputs, resolve_device
 
 
 def build(config: Config, x_shape) -> tuple[Any, Any]:
@@ -34,18 +35,15 @@ def build(config: Config, x_shape) -> tuple[Any, Any]:
     guide_cls = GUIDES.get(config.guide.name)
     if guide_cls is not None and not fits(type(model), guide_cls):
         raise ConfigError(
-            f"model {config.model.name!r} (latent sites {getattr(model, 'latent_sites', ())}, takes "
-            f"{getattr(model, 'takes', 'image')}) does not fit guide {config.guide.name!r} (samples "
-            f"{getattr(guide_cls, 'latent_sites', ())}, takes {getattr(guide_cls, 'takes', 'image')}); "
+            f"model {config.model.name!r} (latent sites {hooks.latent_sites(model)}, takes "
+            f"{hooks.takes(model)}) does not fit guide {config.guide.name!r} (samples "
+            f"{hooks.latent_sites(guide_cls)}, takes {hooks.takes(guide_cls)}); "
             f"guides that fit: {', '.join(guides_for(config.model.name)) or 'none'}"
         )
     guide = build_guide(
         config.guide.name, x_shape=tuple(x_shape), latent_dim=model.latent_dim, **config.guide.options
     )
-    if hasattr(model, "attach_guide"):
-        model.attach_guide(guide)  # a prior built from the guide (VampPrior)
-    if hasattr(guide, "attach_model"):
-        guide.attach_model(model)  # a guide that falls back on the model's prior network
+    hooks.attach(model, guide)  # a VampPrior's guide; a guide that falls back on the model's prior network
     return model, guide
 
 
@@ -58,7 +56,12 @@ def load_data(config: Config, split: str, device="cpu") -> Split:
 def fit_config(
     config: Config, *, resume: bool = False, progress: bool | None = None, callbacks=()
 ) -> FitResult:
-    """Train the run ``config`` describes into ``config.run_dir`` (or resume it)."""
+    """Train the run ``config`` describes into ``config.run_dir`` (or resume it). The whole
+    config is checked first (:func:`pyrovae.configcheck.validate`): nothing is written or
+    loaded for a config with a mistake."""
+    from .configcheck import validate
+
+    validate(config)
     device = resolve_device(distributed.device_for_rank(config.device))
     run_dir = Path(config.run_dir)
     pyro.set_rng_seed(config.seed)
@@ -147,6 +150,7 @@ def evaluate(
     seed: int = 0,
     compile: str = "auto",
     max_rows: int | None = None,
+    progress: bool | None = False,
 ) -> dict:
     """Per-datapoint ELBO (with its reconstruction and KL terms) and importance-sampled log p(x)
     on ``split`` of the run's dataset: :func:`evaluate_data` on one seeded binarization, with
@@ -172,37 +176,10 @@ def evaluate(
             compile=compile,
             max_rows=max_rows,
             bits_per_dim=run.config.data.pixels != "continuous" and len(args) == 1,
+            progress=progress,
         )
     )
     return out
-
-
-def check_inputs(
-    model,
-    guide,
-    x: torch.Tensor,
-    *condition: torch.Tensor,
-    images: torch.Tensor | None = None,
-    num_samples: int = 1,
-    name: str = "evaluation",
-) -> tuple:
-    """The checks training makes (shape, dtype, NaN/inf, the model's own, chunk by chunk), on
-    ``images`` (or ``x``), plus conditioning rows, matching latent sites and ``num_samples``;
-    returns the model's arguments ``(x, *condition)``."""
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}")
-    check_data(model, as_split(x if images is None else images), name)
-    for a in condition:
-        if not isinstance(a, torch.Tensor) or a.dim() < 1 or a.shape[0] != x.shape[0]:
-            raise DataError(
-                f"each conditioning tensor needs one row per datapoint ({x.shape[0]}), got "
-                f"{tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__}"
-            )
-        if a.is_floating_point() and not torch.isfinite(a).all():
-            raise DataError("the conditioning data contain NaN or inf; clean them first")
-    args = (x, *condition)
-    check_sites(model, guide, *(a[:2] for a in args))
-    return args
 
 
 def evaluate_data(
@@ -216,6 +193,7 @@ def evaluate_data(
     compile: str = "auto",
     max_rows: int | None = None,
     bits_per_dim: bool = True,
+    progress: bool | None = False,
 ) -> dict:
     """ELBO, reconstruction, KL and importance-sampled log p(x) of the datapoints ``x`` (for a
     conditional model, ``model(x, *condition)``: log p(x | condition), or log p(y | x) for a
@@ -227,7 +205,8 @@ def evaluate_data(
     particle-datapoint pairs (default: sized from free memory, see
     :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`).
     Inside a torch.distributed process group each rank evaluates a contiguous part of the
-    datapoints with its own draws, and every rank gets the gathered result."""
+    datapoints with its own draws, and every rank gets the gathered result. ``progress`` shows
+    a bar with an ETA over the chunks (rank 0)."""
     args = check_inputs(model, guide, x, *condition, images=images, num_samples=num_samples)
     rank, world = distributed.world()
     if world > x.shape[0]:
@@ -245,6 +224,7 @@ def evaluate_data(
             num_samples=num_samples,
             compile=compile,
             max_rows=max_rows,
+            progress=bool(progress) and rank == 0 and "evaluate",
         )
     terms = {k: distributed.gather_rows(v, sizes) for k, v in terms.items()}
     seconds = float(distributed.all_max(torch.tensor(time.perf_counter() - t0, device=x.device)))
@@ -265,29 +245,14 @@ def evaluate_data(
     return out
 
 
-def code_site(model) -> str:
-    """The latent site whose values ``model.decode`` takes (the outermost one)."""
-    return getattr(model, "latent_sites", (LATENT,))[-1]
-
-
-@torch.no_grad()
-def posterior_means(guide, *args: torch.Tensor, site: str = LATENT, batch: int = 1000) -> torch.Tensor:
-    """E_q[z | args] read off the guide's distribution at ``site`` (for a site below another
-    latent, at the sampled value of the one above), ``batch`` datapoints at a time."""
-    n = args[0].shape[0]
-    return torch.cat(
-        [
-            poutine.trace(guide).get_trace(*(a[i : i + batch] for a in args)).nodes[site]["fn"].mean
-            for i in range(0, n, batch)
-        ]
-    )
-
-
 @torch.no_grad()
 def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
     """Originals and E[x | z], z = E_q[z | x] at the code site, interleaved row by row for a grid."""
     recon = run.model.decode(posterior_means(run.guide, x, site=code_site(run.model)))
     return torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])
+
+
+REPORT_PARTS = ("samples", "reconstructions", "latent")
 
 
 def draw_report(
@@ -298,30 +263,36 @@ def draw_report(
     split: str = "test",
     latent_points: int = 5000,
     seed: int = 0,
+    parts: tuple[str, ...] = REPORT_PARTS,
 ) -> list[Path]:
-    """samples.png, reconstructions.png, latent.png and (2D latents) manifold.png in ``run_dir``."""
+    """The figures ``parts`` names, in ``run_dir``: samples.png, reconstructions.png, latent.png
+    and (2-D codes) manifold.png; a quadrant model draws completions.png, a label-conditioned
+    one a row of samples per class."""
     run_dir = Path(run_dir)
     pyro.set_rng_seed(seed)
     data = load_data(run.config, split, run.device)
     x = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
-    if hasattr(run.model, "complete"):  # a quadrant model: visible part, completions, truth
-        return [
-            plots.save_completions(run.model, *model_inputs(run.model, x[:8]), run_dir / "completions.png")
-        ]
-    if hasattr(run.model, "inputs"):  # a label-conditioned model: a row of samples per class
-        rows = [run.model.sample(8, condition=c) for c in range(run.model.num_classes)]
-        return [plots.save_grid(torch.cat(rows), run_dir / "samples.png", nrow=8)]
-    paths = [
-        plots.save_grid(run.model.sample(num), run_dir / "samples.png"),
-        plots.save_grid(reconstructions(run, x[: num // 2]), run_dir / "reconstructions.png", nrow=8),
-    ]
-    n = min(latent_points, x.shape[0])
-    z = posterior_means(run.guide, x[:n], site=code_site(run.model))
-    paths.append(plots.plot_latent_scatter(z, data.labels[:n], run_dir / "latent.png"))
-    if z.shape[-1] == 2:
-        paths.append(
-            plots.save_grid(
-                plots.manifold_grid(run.model.decode, 20, run.device), run_dir / "manifold.png", nrow=20
-            )
-        )
+    paths = []
+    if hooks.can_complete(run.model):  # a quadrant model: visible part, completions, truth
+        if "samples" in parts:
+            args = model_inputs(run.model, x[:8])
+            paths.append(plots.save_completions(run.model, *args, run_dir / "completions.png"))
+        return paths
+    if hooks.is_conditional(run.model):  # a label-conditioned model: a row of samples per class
+        if "samples" in parts:
+            rows = [run.model.sample(8, condition=c) for c in range(hooks.num_classes(run.model))]
+            paths.append(plots.save_grid(torch.cat(rows), run_dir / "samples.png", nrow=8))
+        return paths
+    if "samples" in parts:
+        paths.append(plots.save_grid(run.model.sample(num), run_dir / "samples.png"))
+    if "reconstructions" in parts:
+        grid = reconstructions(run, x[: num // 2])
+        paths.append(plots.save_grid(grid, run_dir / "reconstructions.png", nrow=8))
+    if "latent" in parts:
+        n = min(latent_points, x.shape[0])
+        z = posterior_means(run.guide, x[:n], site=code_site(run.model))
+        paths.append(plots.plot_latent_scatter(z, data.labels[:n], run_dir / "latent.png"))
+        if z.shape[-1] == 2:
+            grid = plots.manifold_grid(run.model.decode, 20, run.device)
+            paths.append(plots.save_grid(grid, run_dir / "manifold.png", nrow=20))
     return paths

@@ -104,7 +104,8 @@ def show_grid(images: torch.Tensor, ax, nrow: int = 8, title: str | None = None)
 
 @torch.no_grad()
 def manifold_grid(decode, n: int = 20, device="cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Decode an n x n grid of 2D codes at the N(0, 1) quantiles 0.05..0.95 (Kingma & Welling 2013, fig. 4)."""
+    """Decode an n x n grid of 2D codes at the N(0, 1) quantiles 0.05..0.95 (Kingma & Welling
+    2013, fig. 4)."""
     q = torch.distributions.Normal(0.0, 1.0).icdf(torch.linspace(0.05, 0.95, n))
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
     z = torch.stack([zx, zy], -1).reshape(-1, 2).to(device=device, dtype=dtype)

@@ -43,9 +43,10 @@ def fits(model_cls: Any, guide_cls: Any) -> bool:
     """Whether a guide class can serve a model class: the same latent sites and the same
     arguments (``takes``: "image" by default, "image,label", "quadrants"; a guide that takes
     "any" serves every model with its sites)."""
-    same_sites = set(getattr(model_cls, "latent_sites", ())) == set(getattr(guide_cls, "latent_sites", ()))
-    takes = getattr(guide_cls, "takes", "image")
-    return same_sites and (takes == "any" or takes == getattr(model_cls, "takes", "image"))
+    from .hooks import latent_sites, takes
+
+    same_sites = set(latent_sites(model_cls)) == set(latent_sites(guide_cls))
+    return same_sites and takes(guide_cls) in ("any", takes(model_cls))
 
 
 def guides_for(model_name: str) -> list[str]:

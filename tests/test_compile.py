@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae import estimators
+from pyrovae import chunks, estimators, weights
 from pyrovae.compile import Compiled
 from pyrovae.config import TrainConfig
 from pyrovae.guides import MLPGuide
@@ -240,20 +240,20 @@ def test_evaluation_chunks_fit_the_free_memory(monkeypatch):
     x = data(30)
     row_bytes = estimators.bytes_per_row(model, guide, (x,), {})
     assert row_bytes >= 16 * 4 * 2  # at least the 16 logits and their log-densities, in float32
-    monkeypatch.setattr(estimators, "free_memory", lambda device: int(400 * row_bytes))
+    monkeypatch.setattr(chunks, "free_memory", lambda device: int(400 * row_bytes))
     rows = estimators.chunk_rows(torch.device("cpu"), row_bytes)
     assert rows == 100  # a quarter of the free memory
     seen = []
-    real = estimators.log_prob_terms
+    real = weights.log_prob_terms
 
     def spy(model, guide, xc, num_samples, **kw):
         seen.append(num_samples * xc.shape[0])
         return real(model, guide, xc, num_samples=num_samples, **kw)
 
-    monkeypatch.setattr(estimators, "log_prob_terms", spy)
+    monkeypatch.setattr(weights, "log_prob_terms", spy)
     lw = estimators.log_weights(model, guide, x, num_samples=250)
     assert lw.shape == (250, 30) and max(seen[1:]) <= rows  # seen[0] is the probe
-    monkeypatch.setattr(estimators, "free_memory", lambda device: 10**15)
+    monkeypatch.setattr(chunks, "free_memory", lambda device: 10**15)
     assert estimators.chunk_rows(torch.device("cpu"), row_bytes) == estimators.CPU_ROWS
 
 

@@ -215,7 +215,7 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
         assert sampled[key]["stderr"] == pytest.approx(single[key]["stderr"], rel=0.05)
 
 
-# --------------------------------------------------------------------------- failure and restart under torchrun
+# ------------------------------------------------------------------ failure and restart under torchrun
 
 CONFIG = """
 seed = 0

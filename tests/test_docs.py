@@ -25,6 +25,16 @@ def test_readme_example_runs(capsys):
     assert "validation ELBO" in capsys.readouterr().out
 
 
+def test_readme_tutorial_idiom_runs_captured(capsys):
+    text = (ROOT / "README.md").read_text()
+    code = re.search(r"<!-- example-tutorial -->\n```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].step == 16  # 2000 images, batch 128
+    assert namespace["result"].compile == "capture"
+    assert "capture" in capsys.readouterr().out
+
+
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 

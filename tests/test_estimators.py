@@ -9,6 +9,7 @@ import torch
 
 from pyrovae import estimators
 from pyrovae.errors import PyrovaeError
+from pyrovae.guides import MLPGuide
 from pyrovae.objectives import ScaleLatents, kl_weight, make_elbo
 from pyrovae.sites import DATA_PLATE, LATENT
 
@@ -117,3 +118,29 @@ def test_kl_schedules():
     assert cyc[6] == pytest.approx(6 / 25 / 0.5)
     assert cyc[13:25] == [1.0] * 12
     assert max(cyc) == 1.0
+
+
+def test_folded_summaries_equal_those_of_the_kept_log_weights(ppca):
+    """evaluate_terms reduces each chunk of particles as it goes (memory O(N)); on the same draws
+    it must give what the whole (K, N) tensor gives, whatever the chunking."""
+    model, x = ppca
+    guide = MLPGuide((1, 1, 5), 2, hidden=[8]).double()
+    for pc, dc in ((7, 9), (50, 40), (1, 3)):
+        pyro.set_rng_seed(11)
+        terms = estimators.evaluate_terms(model, guide, x, num_samples=50, particle_chunk=pc, data_chunk=dc)
+        pyro.set_rng_seed(11)
+        full = estimators.map_terms(
+            model,
+            guide,
+            x,
+            num_samples=50,
+            particle_chunk=pc,
+            data_chunk=dc,
+            reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior, t.log_weights], -1),
+        )
+        lw = full[..., 2]
+        torch.testing.assert_close(terms["elbo"], lw.mean(0))
+        torch.testing.assert_close(terms["reconstruction"], full[..., 0].mean(0))
+        torch.testing.assert_close(terms["kl"], full[..., 1].mean(0))
+        torch.testing.assert_close(terms["log_likelihood"], estimators.iwae_from_log_weights(lw))
+        torch.testing.assert_close(terms["ess"], estimators.ess_from_log_weights(lw))

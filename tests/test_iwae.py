@@ -18,7 +18,8 @@ from pyrovae.train import iwae_lr_factor
 
 
 class LinearGuide(nn.Module):
-    """q(z|x) = N(A x + c, diag exp(s)^2): trainable, and never the exact PPCA posterior (which is not diagonal)."""
+    """q(z|x) = N(A x + c, diag exp(s)^2): trainable, and never the exact PPCA posterior (which is "
+    "not diagonal)."""
 
     def __init__(self, dim=5, latent=2):
         super().__init__()

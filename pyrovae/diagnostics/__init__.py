@@ -1,0 +1,73 @@
+"""Posterior diagnostics for amortized guides q(z | x), one datapoint at a time.
+
+- :func:`to_inference_data`: draws of every latent site per datapoint, posterior predictive
+  draws, observed data, log importance weights and pointwise log-likelihoods as an
+  ``arviz.InferenceData`` (ArviZ 0.x, 0.18 or later: the line that installs on Python 3.11;
+  ArviZ 1.x changed ``from_dict`` and is not supported yet);
+- :func:`posterior_quality`: per datapoint, the Pareto k-hat of the importance weights
+  (PSIS, Yao et al. 2018, sec. 2.2, through ``arviz.psislw``), the importance ESS and the
+  gap log p(x) - ELBO(x), an estimate of KL(q(z|x) || p(z|x));
+- :func:`amortization_gap`: that gap split into approximation and amortization gaps
+  (Cremer et al. 2018, eq. 4) by fitting a local Gaussian q_n(z) to each chosen datapoint;
+- :func:`latent_activity`: active units (Burda et al. 2015, sec. 5.2: Cov_x(E_q[z_u]) > 0.01)
+  and the KL per latent dimension, with a posterior-collapse warning;
+- latent plots: posterior means by label, the decoded manifold of a 2-D latent, traversals
+  and interpolations.
+
+Reading k-hat (Yao et al. 2018, sec. 2.2; Vehtari et al. 2024, sec. 3): below 0.5 the
+importance weights have finite variance and the IS estimate of log p(x) converges fast;
+between 0.5 and 0.7 it still converges, slowly; above 0.7 the estimate is unreliable at any
+practical K: q(z|x) misses mass of p(z|x) (too narrow, too light tails, or off centre).
+"""
+
+from .activity import ACTIVE_THRESHOLD, LatentActivity, PosteriorCollapseWarning, latent_activity
+from .amortization import LocalGaussian, amortization_gap
+from .draws import PosteriorDraws, sample_posterior, to_inference_data
+from .importance import (
+    FLAT_SPREAD,
+    KHAT_BAD,
+    KHAT_GOOD,
+    importance_table,
+    plot_quality,
+    posterior_quality,
+    psis_khat,
+    quality_summary,
+    worst,
+)
+from .latent import (
+    batched_posterior_means,
+    interpolate,
+    plot_images,
+    plot_latent_means,
+    plot_manifold,
+    posterior_means,
+    traversals,
+)
+
+__all__ = [
+    "ACTIVE_THRESHOLD",
+    "FLAT_SPREAD",
+    "KHAT_BAD",
+    "KHAT_GOOD",
+    "LatentActivity",
+    "LocalGaussian",
+    "PosteriorCollapseWarning",
+    "PosteriorDraws",
+    "amortization_gap",
+    "batched_posterior_means",
+    "importance_table",
+    "interpolate",
+    "latent_activity",
+    "plot_images",
+    "plot_latent_means",
+    "plot_manifold",
+    "plot_quality",
+    "posterior_means",
+    "posterior_quality",
+    "psis_khat",
+    "quality_summary",
+    "sample_posterior",
+    "to_inference_data",
+    "traversals",
+    "worst",
+]

@@ -1,0 +1,174 @@
+"""Active units (Burda et al. 2015, sec. 5.2) and the KL per latent dimension, with a
+posterior-collapse warning."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pyro
+import torch
+
+from .. import estimators
+from ..checks import check_inputs
+from ..errors import ModelError
+from .draws import _layout, _sites
+
+ACTIVE_THRESHOLD = 0.01  #: Cov_x(E_q[z_u]) above this makes unit u active (Burda et al. 2015, sec. 5.2)
+
+
+class PosteriorCollapseWarning(UserWarning):
+    """Few latent units are active: the decoder ignores most of the code."""
+
+
+def _elementwise(fn):
+    """The per-element distribution under Independent wrappers, or None."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn if fn.event_shape == torch.Size() else None
+
+
+@dataclass
+class LatentActivity:
+    """Active units and KL per dimension of one latent site."""
+
+    site: str
+    variance: torch.Tensor  #: Cov_x(E_q[z_u | x]) per unit u
+    active: torch.Tensor  #: variance > threshold
+    kl_per_dim: torch.Tensor | None  #: E_x E_q[KL per unit]; None when the prior is not a product over units
+    threshold: float
+    note: str = ""
+
+    @property
+    def num_active(self) -> int:
+        return int(self.active.sum())
+
+    def table(self):
+        import pandas as pd
+
+        out = pd.DataFrame(
+            {
+                "unit": np.arange(self.variance.numel()),
+                "variance": self.variance.cpu().numpy(),
+                "active": self.active.cpu().numpy(),
+            }
+        )
+        if self.kl_per_dim is not None:
+            out["kl"] = self.kl_per_dim.cpu().numpy()
+        return out
+
+    def __str__(self) -> str:
+        kl = "" if self.kl_per_dim is None else f", KL {self.kl_per_dim.sum():.2f} nats"
+        return (
+            f"{self.site}: {self.num_active} of {self.variance.numel()} units active "
+            f"(Cov_x E_q[z] > {self.threshold}){kl}{self.note}"
+        )
+
+
+@torch.no_grad()
+def latent_activity(
+    model,
+    guide,
+    x: torch.Tensor,
+    *condition: torch.Tensor,
+    num_samples: int = 16,
+    threshold: float = ACTIVE_THRESHOLD,
+    warn_below: float = 0.1,
+    images: torch.Tensor | None = None,
+    seed: int = 0,
+    progress: bool | str = False,
+) -> dict[str, LatentActivity]:
+    """Active units and KL per dimension of each latent site over the datapoints ``x``.
+
+    Unit u is active when Cov_x(E_q[z_u | x]) > ``threshold`` (Burda et al. 2015, sec. 5.2).
+    E_q[z | x] is the guide's own mean where its distribution has one (exact for a site with
+    no latent parent in the guide), averaged over ``num_samples`` draws of the parents. The
+    KL of unit u is E_x E_q[KL(q(z_u | .) || p(z_u | .))], in closed form where torch has it
+    (Gaussians), else by Monte Carlo, when both the guide's and the model's distributions
+    factorize over units (a standard prior does; a mixture, VampPrior or flow prior does not,
+    and then only the total KL, E_q[log q - log p], is defined). A
+    :class:`PosteriorCollapseWarning` is raised when fewer than ``warn_below`` of a site's
+    units (and at least one) are active; ``warn_below = 0`` never warns.
+    """
+    args = check_inputs(
+        model, guide, x, *condition, images=images, num_samples=num_samples, name="diagnostics"
+    )
+    pyro.set_rng_seed(seed)
+    latent, _, model_tr, pdim = _sites(model, guide, args)
+    if not latent:
+        raise ModelError("the guide samples no latent site: there are no units to inspect")
+    sizes = {n: _layout(s, pdim).shape[-1] for n, s in latent.items()}
+    per_unit = {
+        n: _elementwise(s["fn"]) is not None and _elementwise(model_tr.nodes[n]["fn"]) is not None
+        for n, s in latent.items()
+    }
+
+    pack = _packer(list(latent), per_unit)
+    with pyro.validation_enabled(False):
+        packed = estimators.map_terms(
+            model, guide, *args, num_samples=num_samples, reduce_traces=pack, progress=progress
+        )
+    packed = packed.mean(0)
+    out, start = {}, 0
+    for name in latent:
+        d = sizes[name]
+        means = packed[:, start : start + d].double()
+        start += d
+        kl = None
+        if per_unit[name]:
+            kl = packed[:, start : start + d].double().mean(0)
+            start += d
+        variance = means.var(0) if means.shape[0] > 1 else torch.zeros(d, dtype=torch.float64)
+        prior = type(model_tr.nodes[name]["fn"]).__name__
+        note = (
+            ""
+            if per_unit[name]
+            else f" (the prior at {name!r}, {prior}, is not a product over units: no KL per unit)"
+        )
+        act = LatentActivity(
+            name,
+            variance.cpu(),
+            (variance > threshold).cpu(),
+            None if kl is None else kl.cpu(),
+            threshold,
+            note,
+        )
+        if warn_below > 0 and act.num_active < max(1, math.ceil(warn_below * d)):
+            warnings.warn(
+                f"posterior collapse: {act.num_active} of {d} units of {name!r} are active "
+                f"(Cov_x E_q[z] > {threshold}); the decoder ignores the rest of the code "
+                "(try a KL warm-up, a weaker decoder or fewer latent dimensions)",
+                PosteriorCollapseWarning,
+                stacklevel=3,
+            )  # the caller, past no_grad
+        out[name] = act
+    return out
+
+
+def _packer(latent: list[str], per_unit: dict[str, bool]) -> Callable:
+    """reduce_traces for :func:`latent_activity`: per datapoint, E_q[z] of each latent site and,
+    where the site factorizes over units, the KL of each unit."""
+
+    def pack(guide_tr, model_tr, particle_dim, k):
+        cols = []
+        for name in latent:
+            g, m = guide_tr.nodes[name], model_tr.nodes[name]
+            ev = g["fn"].event_dim
+            try:
+                mean = g["fn"].mean.expand(g["value"].shape)
+            except NotImplementedError:
+                mean = g["value"]
+            cols.append(estimators.per_datapoint(mean, g, particle_dim, k, ev))
+            if per_unit[name]:
+                qb, pb = _elementwise(g["fn"]), _elementwise(m["fn"])
+                try:
+                    kl = torch.distributions.kl_divergence(qb, pb)
+                except NotImplementedError:
+                    kl = qb.log_prob(g["value"]) - pb.log_prob(g["value"])
+                cols.append(estimators.per_datapoint(kl.expand(g["value"].shape), g, particle_dim, k, ev))
+        return torch.cat(cols, -1)
+
+    return pack

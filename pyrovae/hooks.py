@@ -1,0 +1,115 @@
+"""What the engine may call on a model or guide besides ``model(*args)`` / ``guide(*args)``.
+
+A model and a guide are any Pyro callables with a ``"data"`` plate. Each hook below is
+optional and has a default, so a plain function needs none of them; this module is the one
+place the engine reads them (:class:`pyrovae.base.ImageModel` defines them for registered
+models). :class:`ModelHooks` and :class:`GuideHooks` list them as Protocols, for reading
+and for type checkers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from .sites import LATENT
+
+
+@runtime_checkable
+class ModelHooks(Protocol):
+    """Optional attributes of a model, with what the engine does without them.
+
+    - ``inputs(images, labels) -> tuple``: the arguments of model and guide for a batch of
+      images and their labels. Defining it makes the model *conditional*: ``fit`` then batches
+      (images, labels) pairs. Default: ``(images,)``.
+    - ``check_data(x)``: raise :class:`pyrovae.DataError` for a batch the model cannot take
+      (shape, dtype, the likelihood's support). Default: no check beyond finiteness.
+    - ``attach_guide(guide)``: called once the guide exists (a prior built from the guide,
+      the VampPrior). Default: nothing.
+    - ``latent_sites``: names of the latent sample sites, the one ``decode`` takes last.
+      Default: ``("z",)``.
+    - ``takes``: the arguments model and guide take: ``"image"`` (default), ``"image,label"``,
+      ``"quadrants"``; a registered guide must take the same.
+    - ``num_classes``: the number of classes of a label-conditioned model. Default: none.
+    - ``complete(x, num)``: sampled completions of partly observed inputs (the quadrant
+      task); reports draw completions instead of samples when it exists.
+    - ``decode(z)``, ``sample(num)``: images from codes and from the prior, for plots and
+      ``pyrovae sample``.
+    """
+
+    def __call__(self, *args: Any) -> Any: ...
+
+
+@runtime_checkable
+class GuideHooks(Protocol):
+    """Optional attributes of a guide: ``attach_model(model)`` (called once the model exists,
+    for a guide that falls back on the model's prior network), ``latent_sites`` and ``takes``
+    (as for models; ``takes = "any"`` serves every model with its sites)."""
+
+    def __call__(self, *args: Any) -> Any: ...
+
+
+def inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
+    """The arguments a model and its guide take for observed ``images``."""
+    fn = getattr(model, "inputs", None)
+    return (images,) if fn is None else tuple(fn(images, labels))
+
+
+def is_conditional(model: Any) -> bool:
+    """True when the model takes more than the images (it defines ``inputs``)."""
+    return getattr(model, "inputs", None) is not None
+
+
+def check_data(model: Any, x: torch.Tensor) -> None:
+    """The model's own data check, if it has one."""
+    fn = getattr(model, "check_data", None)
+    if fn is not None:
+        fn(x)
+
+
+def attach(model: Any, guide: Any) -> None:
+    """Introduce model and guide to each other (``attach_guide`` / ``attach_model``)."""
+    for obj, name, other in ((model, "attach_guide", guide), (guide, "attach_model", model)):
+        fn = getattr(obj, name, None)
+        if fn is not None:
+            fn(other)
+
+
+def latent_sites(obj: Any) -> tuple[str, ...]:
+    """The latent sites a model or guide class declares (default ``("z",)``)."""
+    return tuple(getattr(obj, "latent_sites", (LATENT,)))
+
+
+def code_site(model: Any) -> str:
+    """The latent site whose values ``model.decode`` takes (the outermost one)."""
+    return latent_sites(model)[-1]
+
+
+def takes(obj: Any) -> str:
+    """The arguments a model or guide takes: ``"image"`` unless it says otherwise."""
+    return getattr(obj, "takes", "image")
+
+
+def num_classes(model: Any) -> int | None:
+    """The number of classes of a label-conditioned model, else None."""
+    return getattr(model, "num_classes", None)
+
+
+def can_complete(model: Any) -> bool:
+    """True for a structured-output model that completes partly observed inputs."""
+    return getattr(model, "complete", None) is not None
+
+
+def owner_modules(*fns: Any) -> list[torch.nn.Module]:
+    """The ``nn.Module``s that hold the parameters of callables: a module itself, the module
+    behind a bound method (model and guide as methods of one module, as in Pyro's VAE
+    tutorial) or behind a ``functools.partial``; each once, in order."""
+    out: list[torch.nn.Module] = []
+    for fn in fns:
+        while not isinstance(fn, torch.nn.Module) and hasattr(fn, "func"):  # functools.partial
+            fn = fn.func
+        owner = fn if isinstance(fn, torch.nn.Module) else getattr(fn, "__self__", None)
+        if isinstance(owner, torch.nn.Module) and all(owner is not m for m in out):
+            out.append(owner)
+    return out
