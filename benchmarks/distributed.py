@@ -101,26 +101,11 @@ def launch(world: int, args, compile_mode: str) -> dict:
     cores = os.cpu_count() or 1
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, cores // world))}
     with tempfile.TemporaryDirectory() as run_dir:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc-per-node",
-            str(world),
-            __file__,
-            "--worker",
-            "--run-dir",
-            run_dir,
-            "--steps",
-            str(args.steps),
-            "--batch",
-            str(args.batch),
-            "--device",
-            args.device,
-            "--compile",
-            compile_mode,
-        ]
+        worker = (
+            f"--worker --run-dir {run_dir} --steps {args.steps} --batch {args.batch} --device {args.device}"
+        )
+        torchrun = f"-m torch.distributed.run --standalone --nproc-per-node {world}"
+        cmd = [sys.executable, *torchrun.split(), __file__, *worker.split(), "--compile", compile_mode]
         out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:

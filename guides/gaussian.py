@@ -58,15 +58,8 @@ class MLPGuide(DiagonalGaussianGuide):
 class ConvGuide(DiagonalGaussianGuide):
     """Diagonal-Gaussian encoder: stride-2 convolutions ``channels``, then MLP ``hidden``."""
 
-    def __init__(
-        self,
-        x_shape: Sequence[int],
-        latent_dim: int,
-        *,
-        channels: Sequence[int] = (32, 64),
-        hidden: Sequence[int] = (256,),
-        activation: str = "relu",
-        min_scale: float = 1e-4,
-    ):
+    def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (32, 64),
+                 hidden: Sequence[int] = (256,), activation: str = "relu",
+                 min_scale: float = 1e-4):  # fmt: skip
         net = ConvEncoder(x_shape, 2 * latent_dim, channels, hidden, activation)
         super().__init__(x_shape, latent_dim, net, min_scale)

@@ -22,16 +22,9 @@ class TwoLayerGuide(ImageModule):
 
     latent_sites = ("z1", "z2")
 
-    def __init__(
-        self,
-        x_shape: Sequence[int],
-        latent_dim: Sequence[int] = (100, 50),
-        *,
-        hidden: Sequence[int] = (200, 200),
-        hidden_top: Sequence[int] = (100, 100),
-        activation: str = "tanh",
-        min_scale: float = 1e-4,
-    ):
+    def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int] = (100, 50), *,
+                 hidden: Sequence[int] = (200, 200), hidden_top: Sequence[int] = (100, 100),
+                 activation: str = "tanh", min_scale: float = 1e-4):  # fmt: skip
         super().__init__(x_shape, latent_dim)
         d1, d2 = self.latent_dim
         self.min_scale = min_scale

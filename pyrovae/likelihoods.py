@@ -30,8 +30,7 @@ class BernoulliImage(dist.Independent):
     """``BernoulliLogits(l).to_event(d)`` whose log-density sums the two terms separately:
     log p(x) = sum_i x_i l_i - sum_i softplus(l_i), the same number as the sum of
     :meth:`BernoulliLogits.log_prob` over the event dims, with one fewer full-size temporary
-    per pair (on CPU, 2.7x faster than summing the elementwise log-densities; see
-    ``benchmarks/eval_speed.py``)."""
+    and pass over the pixels of each particle."""
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         if self._validate_args:

@@ -24,7 +24,7 @@ import torch
 from . import distributed, estimators, tensorboard
 from .checks import as_split, check_data, check_sites, model_inputs  # noqa: F401 - also pyrovae.train.*
 from .compile import Compiled, resolve_mode, warn_eager
-from .config import TrainConfig
+from .config import NAN_POLICIES, TrainConfig  # noqa: F401 - NAN_POLICIES: also pyrovae.train.*
 from .data import VAL_BINARIZATION_SEED, Batches, Split
 from .errors import ConfigError, ModelError
 from .guard import Guard, diagnose_nonfinite

@@ -149,14 +149,8 @@ def test_param_store_programs_and_pyro_elbos_run_eagerly():
 
     x = torch.randn(30, 16)
     with pytest.warns(RuntimeWarning, match="pyro.param"):
-        result = pyrovae.fit(
-            model,
-            guide,
-            x,
-            config=TrainConfig(max_steps=3, batch_size=10, compile="capture"),
-            device="cpu",
-            progress=False,
-        )
+        cfg = TrainConfig(max_steps=3, batch_size=10, compile="capture")
+        result = pyrovae.fit(model, guide, x, config=cfg, device="cpu", progress=False)
     assert result.compile.startswith("none") and "pyro.param" in result.compile
     m, g = pair()
     meanfield = pyrovae.fit(

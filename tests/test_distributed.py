@@ -249,21 +249,8 @@ checkpoint_every = 100
 
 def _torchrun(*args, restarts=0):
     env = {**os.environ, "PYROVAE_DIST_TIMEOUT": "60", "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        str(WORLD),
-        "--max-restarts",
-        str(restarts),
-        "--monitor-interval",
-        "0.5",
-        "-m",
-        "pyrovae",
-        *args,
-    ]
+    torchrun = f"-m torch.distributed.run --standalone --nproc-per-node {WORLD} --max-restarts {restarts}"
+    cmd = [sys.executable, *torchrun.split(), "--monitor-interval", "0.5", "-m", "pyrovae", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

@@ -214,14 +214,8 @@ def test_the_two_layer_vae_takes_a_prior_over_its_top_latent():
     for prior in ("mog", "flow"):
         model = TwoLayerVAE((1, 4, 4), (6, 3), hidden=[8], hidden_top=[8], prior=prior)
         guide = TwoLayerGuide((1, 4, 4), (6, 3), hidden=[8], hidden_top=[8])
-        result = pyrovae.fit(
-            model,
-            guide,
-            x,
-            config=TrainConfig(max_steps=4, batch_size=16, objective="iwae"),
-            device="cpu",
-            progress=False,
-        )
+        cfg = TrainConfig(max_steps=4, batch_size=16, objective="iwae")
+        result = pyrovae.fit(model, guide, x, config=cfg, device="cpu", progress=False)
         assert result.compile == "capture" and model.sample(3).shape == (3, 1, 4, 4)
         lw = estimators.log_weights(model, guide, x, num_samples=4)
         assert lw.shape == (4, 32) and torch.isfinite(lw).all()

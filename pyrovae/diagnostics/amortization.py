@@ -46,19 +46,10 @@ class LocalGaussian(nn.Module):
                 )
 
 
-def amortization_gap(
-    model,
-    guide,
-    x: torch.Tensor,
-    *condition: torch.Tensor,
-    steps: int = 1000,
-    lr: float = 0.02,
-    num_particles: int = 16,
-    num_samples: int = 5000,
-    index: Sequence[int] | None = None,
-    images: torch.Tensor | None = None,
-    seed: int = 0,
-):
+def amortization_gap(model, guide, x: torch.Tensor, *condition: torch.Tensor, steps: int = 1000,
+                     lr: float = 0.02, num_particles: int = 16, num_samples: int = 5000,
+                     index: Sequence[int] | None = None, images: torch.Tensor | None = None,
+                     seed: int = 0):  # fmt: skip
     """Split log p(x) - ELBO(x) of each datapoint into the approximation gap
     log p(x) - ELBO(q*_n) and the amortization gap ELBO(q*_n) - ELBO(q(.|x)) (Cremer et al.
     2018, eq. 4), with q*_n the best diagonal Gaussian for datapoint n alone: a

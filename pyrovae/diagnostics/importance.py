@@ -71,19 +71,10 @@ def importance_table(
     return table
 
 
-def posterior_quality(
-    model,
-    guide,
-    x: torch.Tensor,
-    *condition: torch.Tensor,
-    num_samples: int = 1000,
-    labels: torch.Tensor | None = None,
-    index: Sequence[int] | None = None,
-    images: torch.Tensor | None = None,
-    seed: int = 0,
-    max_rows: int | None = None,
-    progress: bool | str = False,
-):
+def posterior_quality(model, guide, x: torch.Tensor, *condition: torch.Tensor, num_samples: int = 1000,
+                      labels: torch.Tensor | None = None, index: Sequence[int] | None = None,
+                      images: torch.Tensor | None = None, seed: int = 0, max_rows: int | None = None,
+                      progress: bool | str = False):  # fmt: skip
     """:func:`importance_table` of ``num_samples`` draws from q(z | x) for each datapoint."""
     args = check_inputs(
         model, guide, x, *condition, images=images, num_samples=num_samples, name="diagnostics"
