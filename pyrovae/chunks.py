@@ -21,7 +21,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from . import weights
+from .compile import Compiled
 from .errors import PyrovaeError
+from .hooks import owner_modules
+from .progress import bar
 from .weights import LogProbTerms, _cuda_devices, inspection_traces, plate_nesting, traces
 
 
@@ -77,15 +80,20 @@ class _CountBytes(TorchDispatchMode):
         return out
 
 
-def bytes_per_row(model: Callable, guide: Callable, args, kwargs, probe: int = 16) -> float:
+def bytes_per_row(
+    model: Callable, guide: Callable, args, kwargs, probe: int = 16, whole: bool | None = None
+) -> float:
     """Memory one particle-datapoint pair needs, measured on a probe of ``probe`` particles of
     one datapoint (every intermediate counted as if kept: a bound, not an average). A program
-    that only runs on all its datapoints at once is probed on them with one particle."""
+    that only runs on all its datapoints at once (``whole``; found by :func:`needs_all_data`
+    when None) is probed on them with one particle."""
     n = _data_size(args, kwargs)
+    if whole is None:
+        whole = needs_all_data(model, guide, args, kwargs)
     with torch.random.fork_rng(devices=_cuda_devices(args, kwargs)), torch.no_grad():
         a, k = _slice_args(args, kwargs, n, 0, 1)
-        if n > 1 and not runs_on_slices(model, guide, args, kwargs, 1):
-            a, k, probe = args, kwargs, 1  # a guide sized for all N datapoints
+        if whole:
+            a, k, probe = args, kwargs, 1
         nesting = plate_nesting(model, guide, a, k)
         rows = probe * _data_size(a, k)
         with _CountBytes() as count:
@@ -124,24 +132,32 @@ def runs_on_slices(model: Callable, guide: Callable, args, kwargs, rows: int) ->
     return True
 
 
-def plan(model, guide, args, kwargs, num_samples, particle_chunk=None, data_chunk=None, max_rows=None):
+def needs_all_data(model: Callable, guide: Callable, args, kwargs) -> bool:
+    """True for a pair that runs only on all its datapoints at once (probed on one datapoint)."""
+    return _data_size(args, kwargs) > 1 and not runs_on_slices(model, guide, args, kwargs, 1)
+
+
+def chunk_sizes(model, guide, args, kwargs, num_samples, particle_chunk=None, data_chunk=None, max_rows=None):
     """(particle chunk, data chunk): at most ``max_rows`` pairs (default: sized from the free
     memory), equal particle chunks, and the whole data at once for a pair that needs it."""
     n = _data_size(args, kwargs)
+    whole = needs_all_data(model, guide, args, kwargs)
     if max_rows is None and not (particle_chunk and data_chunk):
         device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
-        max_rows = chunk_rows(device, bytes_per_row(model, guide, args, kwargs))
+        max_rows = chunk_rows(device, bytes_per_row(model, guide, args, kwargs, whole=whole))
     max_rows = max_rows or particle_chunk * data_chunk
     if not particle_chunk:  # equal particle chunks: 5000 in 2 x 2500, not 4096 + 904
         particle_chunk = math.ceil(num_samples / math.ceil(num_samples / max_rows))
     data_chunk = data_chunk or max(1, max_rows // particle_chunk)
-    if data_chunk < n and not runs_on_slices(model, guide, args, kwargs, data_chunk):
+    if whole and data_chunk < n:
         data_chunk = n
         particle_chunk = max(1, min(particle_chunk, max_rows // n))
     return particle_chunk, data_chunk
 
 
-def _chunk_fn(model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, cache):
+def _chunk_fn(model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs):
+    """The function of one chunk shape (k particles), captured unless ``compile = "none"``."""
+
     def fn(*a, **k):
         if reduce_traces is not None:
             return reduce_traces(*traces(model, guide, a, k, kk, nesting), kk)
@@ -152,12 +168,7 @@ def _chunk_fn(model, guide, kk, nesting, reduce, reduce_traces, compile, args, k
     tensors_only = not kwargs and all(isinstance(t, torch.Tensor) for t in args)
     if compile == "none" or reduce_traces is not None or not tensors_only:
         return fn
-    if kk not in cache:
-        from .compile import Compiled
-        from .hooks import owner_modules
-
-        cache[kk] = Compiled(fn, owner_modules(model, guide), compile, grad=False)
-    return cache[kk]
+    return Compiled(fn, owner_modules(model, guide), compile, grad=False)
 
 
 def pieces(
@@ -179,10 +190,8 @@ def pieces(
     being ``reduce(terms)`` (or ``reduce_traces(guide_trace, model_trace, particle_dim, k)``)
     of k particles of those datapoints; ``progress`` (a label) shows a bar with an ETA."""
     n = _data_size(args, kwargs)
-    pc, dc = plan(model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows)
-    nesting, cache = None, {}
-    from .progress import bar
-
+    pc, dc = chunk_sizes(model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows)
+    nesting, fns = None, {}  # one function per chunk shape (at most two particle counts)
     label = progress if isinstance(progress, str) else "evaluate"
     total = math.ceil(n / dc) * math.ceil(num_samples / pc)
     with bar(label, total, unit="chunk", show=bool(progress)) as b:
@@ -191,8 +200,11 @@ def pieces(
             if nesting is None:
                 nesting = plate_nesting(model, guide, a, k)
             for p_start, kk in _chunks(num_samples, pc):
-                fn = _chunk_fn(model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, cache)
-                yield start, size, p_start, kk, fn(*a, **k)
+                if kk not in fns:
+                    fns[kk] = _chunk_fn(
+                        model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs
+                    )
+                yield start, size, p_start, kk, fns[kk](*a, **k)
                 b.update(1)
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .compile import warn_eager
 from .errors import ConfigError
 
 #: seconds a collective waits for a silent peer before the job fails (PYROVAE_DIST_TIMEOUT)
@@ -210,8 +211,6 @@ class Group:
                 "distributed training all-reduces the gradients of nn.Module parameters; keep every "
                 "trained tensor in the model's or guide's modules, not in pyro.param"
             )
-        from .compile import warn_eager
-
         warn_eager(mode, "does not apply under torch.distributed (DistributedDataParallel)", stacklevel=3)
         return "none"
 

@@ -19,9 +19,11 @@ from .chunks import (  # noqa: F401 - the chunking API, also reached as pyrovae.
     MEMORY_FRACTION,
     bytes_per_row,
     chunk_rows,
+    chunk_sizes,
     fold_terms,
     free_memory,
     map_terms,
+    needs_all_data,
     runs_on_slices,
 )
 from .weights import (  # noqa: F401 - the core, also reached as pyrovae.estimators.*

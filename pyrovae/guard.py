@@ -50,15 +50,18 @@ class Guard:
         self.found = bad.to(self.found.dtype)
         return bad
 
-    def check(self, skipped: int, step: int, where: Callable[[], str], last_checkpoint: str) -> int:
+    def check(
+        self, skipped: int, step: int, where: Callable[[], str], last_checkpoint: Callable[[], str]
+    ) -> int:
         """The number of skipped steps; raises NonFiniteError on a new one under the "stop" policy.
-        ``where()`` names the cause (re-running the batch), ``last_checkpoint`` the way back."""
+        ``where()`` names the cause (re-running the batch), ``last_checkpoint()`` the way back;
+        both are called only then."""
         total = int(self.count)
         if total > skipped and self.policy == "stop":
             raise NonFiniteError(
                 f"the loss or its gradient was not finite at step {int(self.first)} ({where()}); that step's "
                 f"update was not applied and training stopped at step {step}. Last good checkpoint: "
-                f"{last_checkpoint}. Lower train.lr, set train.grad_clip, check the data, or set "
+                f"{last_checkpoint()}. Lower train.lr, set train.grad_clip, check the data, or set "
                 'train.nan_policy = "skip" to skip such batches'
             )
         return total

@@ -230,18 +230,20 @@ def fit(
     opt = make_optimizer(params, cfg)
     state = TrainState(model, guide, opt, make_scheduler(opt, cfg, run.epochs), cfg, record, device, group)
     board = tensorboard.callbacks(
-        cfg.tensorboard and group.main, run_dir, model, guide, run.val or run.train, seed
+        cfg.tensorboard and group.main, run_dir, model, guide, run.train if run.val is None else run.val, seed
     )
     files = RunFiles(run_dir, state, [*callbacks, *board], keep=cfg.keep_checkpoints)
     files.start(resume, seed, device)
     step_loss = group.wrap(loss_fn, owner_modules(model, guide), device)
-    validate = run.val and Validator(model, guide, run.val, cfg.val_samples, seed, group, device)
+    validate = (
+        None if run.val is None else Validator(model, guide, run.val, cfg.val_samples, seed, group, device)
+    )
     guard = Guard(device, state.skipped, cfg.nan_policy, cfg.log_every)
     beta_t = torch.ones((), device=device, dtype=params[0].dtype)
 
     def check(x) -> None:  # read the device's non-finite count back and stop on a new one
         where = lambda: diagnose_nonfinite(model, guide, x, params)
-        state.skipped = guard.check(state.skipped, state.step, where, files.describe_last())
+        state.skipped = guard.check(state.skipped, state.step, where, files.describe_last)
 
     t_epoch = time.perf_counter()
     show = progress if group.main else False
