@@ -7,11 +7,15 @@ Rows: ``plain`` (hand-written loss, data as one tensor on the device: the refere
 with its default settings) and ``pyrovae:MODE`` (``fit`` with ``train.compile = MODE``:
 none, inductor, and cudagraphs on CUDA; see ``pyrovae.compile``). Networks: ``examples``
 (pytorch/examples, 784-400-20, ReLU)
-and ``iwae`` (Burda et al. 2015, 784-200-200-50, tanh); batch 128 and 1024; dynamically
-binarized MNIST; Adam 1e-3. Each combination runs in its own process (so its peak memory
-is its own): ``--warmup`` steps, then the median over ``--repeats`` windows of ``--steps``.
+and ``iwae`` (Burda et al. 2015, 784-200-200-50, tanh) on dynamically binarized MNIST, and
+``resnet32`` (a ResNet VAE, 64 latents, encoder widths 32-64, decoder 64-32, one residual block
+per scale, discretized logistic mixture of 5) on 10,000 synthetic 8-bit 3x32x32 images held as
+uint8 on the device (the ``naive`` row is MNIST-only); batch 128 and 1024; Adam 1e-3. Each
+combination runs in its own process (so its peak memory is its own): ``--warmup`` steps, then
+the median over ``--repeats`` windows of ``--steps``.
 
     python benchmarks/speed.py [--nets examples iwae] [--batches 128 1024] [--append benchmarks/RESULTS.md]
+    python benchmarks/speed.py --nets resnet32 --batches 128 --rows plain pyrovae pyrovae:none
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 NETS = {
     "examples": dict(latent_dim=20, hidden=[400], activation="relu"),
     "iwae": dict(latent_dim=50, hidden=[200, 200], activation="tanh"),
+    "resnet32": dict(latent_dim=64),
 }
 ROWS = (
     "plain",
@@ -44,10 +49,14 @@ ROWS = (
 
 
 def build(net: str, device):
-    from pyrovae.guides import MLPGuide
+    from pyrovae.guides import MLPGuide, ResNetGuide
     from pyrovae.models import VAE
 
     o = NETS[net]
+    if net == "resnet32":
+        lik = dict(likelihood="discretized_logistic_mixture", components=5)
+        model = VAE((3, 32, 32), 64, decoder="resnet", channels=[64, 32], blocks=1, **lik).to(device)
+        return model, ResNetGuide((3, 32, 32), 64, channels=[32, 64], blocks=1).to(device)
     model = VAE((1, 28, 28), o["latent_dim"], hidden=o["hidden"], activation=o["activation"]).to(device)
     guide = MLPGuide((1, 28, 28), o["latent_dim"], hidden=o["hidden"], activation=o["activation"]).to(device)
     return model, guide
@@ -62,7 +71,9 @@ def plain_loss(model, guide, x: torch.Tensor, softplus: bool = False) -> torch.T
     q = Normal(loc, scale)
     z = q.rsample()
     logits = model.net(z)
-    if softplus:
+    if model.likelihood.name != "bernoulli":  # the same likelihood module, called directly
+        log_lik = model.likelihood(logits).log_prob(x)
+    elif softplus:
         log_lik = (x * logits - torch.nn.functional.softplus(logits)).flatten(1).sum(-1)
     else:
         log_lik = Bernoulli(logits=logits).log_prob(x).flatten(1).sum(-1)
@@ -72,6 +83,17 @@ def plain_loss(model, guide, x: torch.Tensor, softplus: bool = False) -> torch.T
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def training_split(net: str, a, device):
+    """Dynamically binarized MNIST, or for ``resnet32`` 10,000 random 8-bit 3x32x32 images (uint8)."""
+    from pyrovae.data import Split, load_split
+
+    if net != "resnet32":
+        return load_split("mnist", "train", root=a.data_root, device=device)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (10000, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return Split(images, torch.full((10000,), -1), "8bit").to(device)
 
 
 def time_steps(step, n: int, device) -> float:
@@ -87,14 +109,14 @@ def one(row: str, net: str, batch: int, a) -> dict:
     """Seconds per step (median window) and peak memory of one combination, in this process."""
     import pyro
 
-    from pyrovae.data import Batches, data_root, load_split, torchvision_dataset
+    from pyrovae.data import Batches, data_root, torchvision_dataset
     from pyrovae.train import resolve_device
 
     device = resolve_device(a.device)
     pyro.set_rng_seed(0)
     model, guide = build(net, device)
     if row.startswith("plain"):
-        train = load_split("mnist", "train", root=a.data_root, device=device)
+        train = training_split(net, a, device)
         batches = itertools.chain.from_iterable(Batches(train, batch).epoch(e) for e in itertools.count())
         opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=1e-3)
 
@@ -130,7 +152,7 @@ def one(row: str, net: str, batch: int, a) -> dict:
         import pyrovae
         from pyrovae.config import TrainConfig
 
-        train = load_split("mnist", "train", root=a.data_root, device=device)
+        train = training_split(net, a, device)
         marks: list[float] = []
         options = {} if row == "pyrovae" else {"compile": row.split(":")[1]}
         cfg = TrainConfig(
@@ -209,7 +231,7 @@ def main() -> None:
     device = memory = None
     for net, batch in itertools.product(a.nets, a.batches):
         results = {}
-        for row in a.rows:
+        for row in [r for r in a.rows if r != "naive" or net != "resnet32"]:
             out = subprocess.run(
                 [sys.executable, __file__, "--one", row, net, str(batch), *passthrough],
                 capture_output=True,

@@ -4,9 +4,9 @@
 import importlib
 import pkgutil
 
-from .gaussian import ConvGuide, DiagonalGaussianGuide, MLPGuide
+from .gaussian import ConvGuide, DiagonalGaussianGuide, MLPGuide, ResNetGuide
 
 for _m in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["DiagonalGaussianGuide", "MLPGuide", "ConvGuide"]
+__all__ = ["DiagonalGaussianGuide", "MLPGuide", "ConvGuide", "ResNetGuide"]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pyrovae.base import ImageModule
-from pyrovae.nn import ConvEncoder, gaussian_head, mlp
+from pyrovae.nn import ConvEncoder, ResNetEncoder, gaussian_head, mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE, LATENT
 
@@ -62,4 +62,15 @@ class ConvGuide(DiagonalGaussianGuide):
                  hidden: Sequence[int] = (256,), activation: str = "relu",
                  min_scale: float = 1e-4):  # fmt: skip
         net = ConvEncoder(x_shape, 2 * latent_dim, channels, hidden, activation)
+        super().__init__(x_shape, latent_dim, net, min_scale)
+
+
+@register_guide("resnet")
+class ResNetGuide(DiagonalGaussianGuide):
+    """Diagonal-Gaussian encoder for colour images: per scale ``blocks`` residual blocks and a
+    stride-2 convolution (``channels`` from the finest scale), then a linear head."""
+
+    def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (64, 128),
+                 blocks: int = 2, activation: str = "relu", min_scale: float = 1e-4):  # fmt: skip
+        net = ResNetEncoder(x_shape, 2 * latent_dim, channels, blocks, activation)
         super().__init__(x_shape, latent_dim, net, min_scale)

@@ -59,16 +59,17 @@ class ClassConditionalVAE(ImageModel):
         activation: str = "relu",
         likelihood: str = "bernoulli",
         sigma: float | str = 0.1,
+        components: int = 5,
     ):
         super().__init__(x_shape, latent_dim)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"cvae needs num_classes >= 1, got {num_classes!r}")
         self.num_classes = num_classes
         self.prior = StandardPrior(latent_dim)
-        self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
+        self.likelihood = Likelihood(likelihood, self.x_shape, sigma, components=components)
         self.net = nn.Sequential(
-            mlp([latent_dim + num_classes, *hidden, math.prod(self.x_shape)], activation),
-            nn.Unflatten(-1, self.x_shape),
+            mlp([latent_dim + num_classes, *hidden, math.prod(self.likelihood.param_shape)], activation),
+            nn.Unflatten(-1, self.likelihood.param_shape),
         )
 
     def inputs(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,7 @@ class TwoLayerVAE(ImageModel):
         activation: str = "tanh",
         likelihood: str = "bernoulli",
         sigma: float | str = 0.1,
+        components: int = 5,
         min_scale: float = 1e-4,
         prior: str | Prior = "standard",
         prior_options: Mapping[str, Any] | None = None,
@@ -51,10 +52,11 @@ class TwoLayerVAE(ImageModel):
             )
         self.prior = make_prior(prior, d2, self.x_shape, prior_options)  # p(z2)
         self.min_scale = min_scale
-        self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
+        self.likelihood = Likelihood(likelihood, self.x_shape, sigma, components=components)
         self.top = mlp([d2, *hidden_top, 2 * d1], activation)
         self.net = torch.nn.Sequential(
-            mlp([d1, *hidden, math.prod(self.x_shape)], activation), torch.nn.Unflatten(-1, self.x_shape)
+            mlp([d1, *hidden, math.prod(self.likelihood.param_shape)], activation),
+            torch.nn.Unflatten(-1, self.likelihood.param_shape),
         )
 
     def forward(self, x: torch.Tensor) -> None:

@@ -11,7 +11,7 @@ import torch
 from pyrovae.base import ImageModel
 from pyrovae.errors import unknown_name
 from pyrovae.likelihoods import Likelihood
-from pyrovae.nn import ConvDecoder, mlp
+from pyrovae.nn import ConvDecoder, ResNetDecoder, mlp
 from pyrovae.priors import Prior, make_prior
 from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, LATENT, OBSERVED
@@ -21,9 +21,13 @@ from pyrovae.sites import DATA_PLATE, LATENT, OBSERVED
 class VAE(ImageModel):
     """VAE: z ~ N(0, I), x ~ p(x | decoder(z)) (Kingma & Welling 2013, sec. 3).
 
-    ``decoder`` is ``"mlp"`` (layers ``hidden``) or ``"conv"`` (MLP ``hidden`` then
-    transposed convolutions with ``channels``); ``likelihood`` is ``"bernoulli"``,
-    ``"gaussian"`` (``sigma`` fixed or ``"learned"`` per pixel) or ``"continuous_bernoulli"``;
+    ``decoder`` is ``"mlp"`` (layers ``hidden``), ``"conv"`` (MLP ``hidden`` then
+    transposed convolutions with ``channels``) or ``"resnet"`` (per scale, coarsest first, a
+    transposed convolution to ``channels[i]`` and ``blocks`` residual blocks); ``likelihood`` is
+    ``"bernoulli"``, ``"gaussian"`` (``sigma`` fixed or ``"learned"`` per pixel),
+    ``"continuous_bernoulli"``, or for 8-bit pixels ``"discretized_logistic"``,
+    ``"discretized_logistic_mixture"`` (``components``) or ``"categorical"``
+    (see :class:`pyrovae.likelihoods.Likelihood`);
     ``prior`` is ``"standard"`` (N(0, I)), ``"mog"``, ``"vamp"`` or ``"flow"`` with
     ``prior_options`` (see :mod:`pyrovae.priors`), or a :class:`pyrovae.priors.Prior`.
     """
@@ -38,22 +42,28 @@ class VAE(ImageModel):
         activation: str = "relu",
         likelihood: str = "bernoulli",
         sigma: float | str = 0.1,
+        components: int = 5,
         channels: Sequence[int] = (64, 32),
+        blocks: int = 2,
         prior: str | Prior = "standard",
         prior_options: Mapping[str, Any] | None = None,
     ):
         super().__init__(x_shape, latent_dim)
         self.prior = make_prior(prior, latent_dim, self.x_shape, prior_options)
-        self.likelihood = Likelihood(likelihood, self.x_shape, sigma)
+        self.likelihood = Likelihood(likelihood, self.x_shape, sigma, components=components)
         if decoder == "mlp":
             self.net = torch.nn.Sequential(
-                mlp([latent_dim, *hidden, math.prod(self.x_shape)], activation),
-                torch.nn.Unflatten(-1, self.x_shape),
+                mlp([latent_dim, *hidden, math.prod(self.likelihood.param_shape)], activation),
+                torch.nn.Unflatten(-1, self.likelihood.param_shape),
             )
         elif decoder == "conv":
-            self.net = ConvDecoder(latent_dim, self.x_shape, channels, hidden, activation)
+            out = self.likelihood.param_shape[0]
+            self.net = ConvDecoder(latent_dim, self.x_shape, channels, hidden, activation, out)
+        elif decoder == "resnet":
+            out = self.likelihood.param_shape[0]
+            self.net = ResNetDecoder(latent_dim, self.x_shape, channels, blocks, activation, out)
         else:
-            raise unknown_name("decoder", decoder, ("mlp", "conv"))
+            raise unknown_name("decoder", decoder, ("mlp", "conv", "resnet"))
 
     def attach_guide(self, guide) -> None:
         """Give a prior built from the guide (the VampPrior) its guide; a no-op for the others."""

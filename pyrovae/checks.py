@@ -31,6 +31,10 @@ def as_split(data: Split | torch.Tensor) -> Split:
                 f"data must be a batch of shape (N, ...), got a tensor of shape {tuple(data.shape)}"
             )
         labels = torch.full((data.shape[0],), -1, dtype=torch.long, device=data.device)
+        if data.dtype == torch.uint8:  # 8-bit levels, or binary pixels when all are 0 or 1
+            return (
+                Split(data, labels, "static", maximum=1) if data.max() <= 1 else Split(data, labels, "8bit")
+            )
         return Split(data, labels, "continuous")
     raise PyrovaeError(f"data must be a pyrovae.data.Split or a torch.Tensor, got {type(data).__name__}")
 
@@ -41,11 +45,13 @@ def check_data(model: Any, split: Split, name: str, chunk: int = 8192) -> None:
     x = split.images
     if x.dim() < 1 or len(split) == 0:
         raise DataError(f"{name} data must be a non-empty batch of shape (N, ...), got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise DataError(f"{name} data must be a floating-point tensor, got {x.dtype}; use x.float()")
+    if not x.is_floating_point() and x.dtype != torch.uint8:
+        raise DataError(
+            f"{name} data must be a floating-point (or uint8) tensor, got {x.dtype}; use x.float()"
+        )
     with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
         for start in range(0, len(split), chunk):
-            part = x[start : start + chunk]
+            part = split.values(slice(start, start + chunk))
             if not torch.isfinite(part).all():
                 raise DataError(f"{name} data contains NaN or inf; clean it first")
             if split.pixels == "dynamic" and ((part < 0) | (part > 1)).any():

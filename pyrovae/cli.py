@@ -122,8 +122,15 @@ def cmd_evaluate(args) -> None:
     print(f"  importance ESS  {out['ess']['mean']:.1f} on average, {out['ess']['min']:.1f} at least, of K")
     if "elbo_bits_per_dim" in out:
         print(
-            f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} (-log p(x)), "
+            f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} +- "
+            f"{out['log_likelihood_bits_per_dim_stderr']:.4f} (-log p(x) / (D ln 2)), "
             f"{out['elbo_bits_per_dim']:.4f} (-ELBO)"
+        )
+    elif not out.get("discrete", True) and target == "log p(x)":
+        print(
+            "  note: this likelihood is a density over grey levels: its log p(x) is not comparable "
+            "with probabilities of discrete pixels (use likelihood discretized_logistic(_mixture) "
+            'with pixels = "8bit" for bits/dim)'
         )
     print(f"wrote {path}")
 

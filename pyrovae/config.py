@@ -18,13 +18,22 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: str = "mnist"  #: mnist | fashion_mnist | binarized_mnist
-    pixels: str = "dynamic"  #: dynamic | static | continuous
+    #: mnist | fashion_mnist | binarized_mnist | cifar10 | svhn | celeba | omniglot | folder | tensor
+    name: str = "mnist"
+    pixels: str = "dynamic"  #: dynamic | static | 8bit | continuous
     root: str | None = None  #: data root; else $PYROVAE_DATA, else ./data
-    val_size: int = 10000  #: images held out of the training set for validation
+    val_size: int | None = (
+        None  #: images held out of the training set for validation (null: the dataset's default)
+    )
     train_size: int | None = None  #: use only the first N training images (smoke runs)
     val_limit: int | None = None  #: use only the first N validation images
     test_limit: int | None = None  #: use only the first N test images
+    path: str | None = None  #: folder: the image folder; tensor: the .pt / .npy / .npz file
+    test_path: str | None = None  #: folder / tensor: the test images (else test_fraction of path is held out)
+    labels_path: str | None = None  #: tensor: labels in a separate .pt / .npy file
+    size: list[int] | None = None  #: folder: resize every image to [H, W]
+    channels: int | None = None  #: folder: 1 (grey) or 3 (RGB); default from the first image
+    test_fraction: float = 0.1  #: folder / tensor without test_path: the share held out as test set
 
     def __post_init__(self):
         from .data import DATASETS, PIXEL_MODES
@@ -34,15 +43,38 @@ class DataConfig:
             {"name": ("dataset", self.name, DATASETS), "pixels": ("pixel mode", self.pixels, PIXEL_MODES)},
         )
         opt = lambda v: v is None or _at_least(v, 1)  # noqa: E731
+        size = self.size
+        size_ok = size is None or (
+            isinstance(size, (list, tuple)) and len(size) == 2 and all(_int_in(v, 1, 65536) for v in size)
+        )
+        fraction_ok = _positive(self.test_fraction) and self.test_fraction < 1
+        what = "image folder" if self.name == "folder" else "tensor file"
         _require(
             "data",
             {
-                "val_size": (self.val_size, _at_least(self.val_size, 0), "an integer >= 0"),
+                "val_size": (
+                    self.val_size,
+                    opt(self.val_size) or self.val_size == 0,
+                    "null or an integer >= 0",
+                ),
                 "train_size": (self.train_size, opt(self.train_size), "null or an integer >= 1"),
                 "val_limit": (self.val_limit, opt(self.val_limit), "null or an integer >= 1"),
                 "test_limit": (self.test_limit, opt(self.test_limit), "null or an integer >= 1"),
+                "size": (size, size_ok, "null or [H, W], two positive integers"),
+                "channels": (self.channels, self.channels in (None, 1, 3), "null, 1 or 3"),
+                "test_fraction": (self.test_fraction, fraction_ok, "a number in (0, 1)"),
+                "path": (
+                    self.path,
+                    self.path is not None or self.name not in ("folder", "tensor"),
+                    f"the {what} for data.name = {self.name!r}",
+                ),
             },
         )
+
+    def source(self) -> dict:
+        """The own-data options, for :func:`pyrovae.data.load_split`."""
+        keys = ("path", "test_path", "labels_path", "size", "channels", "test_fraction")
+        return {k: getattr(self, k) for k in keys} if self.name in ("folder", "tensor") else {}
 
 
 def _require(cls_name: str, checks: dict[str, tuple[Any, bool, str]]) -> None:
@@ -216,6 +248,10 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+def _type_name(t: Any) -> str:
+    return f"a list of {typing.get_args(t)[0].__name__}" if typing.get_origin(t) is list else t.__name__
+
+
 def _check_type(where: str, value: Any, hint: Any) -> Any:
     """Check ``value`` against a simple type hint, allowing int for float; return it coerced."""
     options = (
@@ -232,7 +268,11 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
             return value
         if t in (str, bool) and isinstance(value, t):
             return value
-    names = " or ".join("null" if t is type(None) else t.__name__ for t in options)
+        if typing.get_origin(t) is list and isinstance(value, (list, tuple)):
+            inner = typing.get_args(t)[0]
+            if all(isinstance(v, inner) and not isinstance(v, bool) for v in value):
+                return list(value)
+    names = " or ".join("null" if t is type(None) else _type_name(t) for t in options)
     raise ConfigError(f"config key {where} must be {names}, got {value!r}")
 
 

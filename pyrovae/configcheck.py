@@ -18,12 +18,11 @@ from typing import Any
 import torch
 
 from .config import Config
-from .data import SHAPES
+from .data import image_shape
 from .errors import ConfigError, PyrovaeError, unknown_name
 from .registry import GUIDES, MODELS, _load_all
 
 MAX_PARAMETERS = 2**31  #: a model and guide with more parameters than this are refused (8 GiB in float32)
-DRY_RUN_PARAMETERS = 10**8  #: up to this size the pair is also built and run on two blank images
 
 
 def _matches(value: Any, hint: Any) -> bool:
@@ -91,9 +90,11 @@ def validate(config: Config) -> None:
     _load_all()
     check_options("model", MODELS, config.model.name, dict(config.model.options))
     check_options("guide", GUIDES, config.guide.name, dict(config.guide.options))
+    d = config.data
+    shape = image_shape(d.name, d.root, **d.source())
     try:
         with torch.device("meta"):
-            model, guide = build(config, SHAPES[config.data.name])
+            model, guide = build(config, shape)
     except PyrovaeError:
         raise
     except Exception as e:  # noqa: BLE001 - any constructor failure is a config problem
@@ -108,3 +109,6 @@ def validate(config: Config) -> None:
             f"the model and guide would have {count:,} parameters (more than {MAX_PARAMETERS:,}); "
             "check the sizes in [model] and [guide]"
         )
+    likelihood = getattr(model, "likelihood", None)
+    if hasattr(likelihood, "check_pixels"):  # a bernoulli on 8-bit pixels, a discretized one on binary...
+        likelihood.check_pixels(d.pixels)

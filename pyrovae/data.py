@@ -1,14 +1,17 @@
 """Datasets as tensors on the training device, pixel modes and a batch iterator.
 
-A split is loaded once into one float tensor of shape (N, C, H, W) with values in
-[0, 1] and batched by indexing a shuffled permutation, so the training step does no
+A split is loaded once into one tensor of shape (N, C, H, W) on the device: uint8 for 8-bit
+and binarized images (a quarter of float32's memory), converted to floats in [0, 1] batch by
+batch, and batched by indexing a shuffled permutation, so the training step does no
 per-sample work. Pixel modes:
 
 - ``dynamic``: x ~ Bernoulli(intensity), resampled each time a batch is drawn
   (Burda et al. 2015, section 5);
 - ``static``: binarized once with a fixed seed (or the fixed binarization of
   ``binarized_mnist``, Salakhutdinov & Murray 2008);
-- ``continuous``: grey levels in [0, 1].
+- ``8bit``: the 256 levels k / 255 of 8-bit images, for the discrete likelihoods
+  (:mod:`pyrovae.discretized`), whose log p(x) is a probability and gives bits/dim;
+- ``continuous``: grey levels in [0, 1] (k / 255 for 8-bit images), for densities.
 """
 
 from __future__ import annotations
@@ -24,12 +27,17 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from . import datasets, owndata
 from .distributed import shard
 from .errors import DataError, unknown_name
 
-DATASETS = ("mnist", "fashion_mnist", "binarized_mnist")
-PIXEL_MODES = ("dynamic", "static", "continuous")
-SHAPES = {name: (1, 28, 28) for name in DATASETS}  #: image shape (C, H, W) of each dataset
+NAMED = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "svhn", "celeba", "omniglot")
+DATASETS = (*NAMED, "folder", "tensor")  #: folder: data.path = DIR; tensor: data.path = FILE
+PIXEL_MODES = ("dynamic", "static", "8bit", "continuous")
+SHAPES = {name: (1, 28, 28) for name in ("mnist", "fashion_mnist", "binarized_mnist", "omniglot")}
+SHAPES.update(cifar10=(3, 32, 32), svhn=(3, 32, 32), celeba=(3, datasets.CELEBA_SIZE, datasets.CELEBA_SIZE))
+DEFAULT_VAL_SIZE = {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 5000, "svhn": 5000, "celeba": 10000,
+                    "omniglot": 1000}  # fmt: skip  # images held out of the training set; own data: a tenth
 STATIC_BINARIZATION_SEED = 1234
 EVAL_BINARIZATION_SEED = 104729  #: seed of the one binarization a dynamic test set is evaluated on
 VAL_BINARIZATION_SEED = 7919  #: likewise for the validation set during training
@@ -72,11 +80,14 @@ def cache_dir() -> Path:
 
 @dataclass
 class Split:
-    """One split of a dataset: ``images`` (N, C, H, W) in [0, 1] and ``labels`` (N,)."""
+    """One split of a dataset: ``images`` (N, C, H, W) and ``labels`` (N,). Float images hold
+    values in [0, 1]; uint8 images hold levels 0..``maximum`` (255, or 1 once binarized),
+    divided by ``maximum`` as each batch is drawn."""
 
     images: torch.Tensor
     labels: torch.Tensor
     pixels: str
+    maximum: int = 255
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -86,18 +97,25 @@ class Split:
         return tuple(self.images.shape[1:])
 
     def to(self, device) -> "Split":
-        return Split(self.images.to(device), self.labels.to(device), self.pixels)
+        return Split(self.images.to(device), self.labels.to(device), self.pixels, self.maximum)
 
     def slice(self, n: int | None) -> "Split":
         if n is None or n >= len(self):
             return self
-        return Split(self.images[:n], self.labels[:n], self.pixels)
+        return Split(self.images[:n], self.labels[:n], self.pixels, self.maximum)
+
+    def values(self, index: torch.Tensor | slice | None = None) -> torch.Tensor:
+        """The stored values for ``index`` as floats in [0, 1] (before any binarization)."""
+        x = self.images if index is None else self.images[index]
+        if x.dtype == torch.uint8:
+            return x.to(torch.get_default_dtype()).div_(self.maximum)
+        return x
 
     def observe(
         self, index: torch.Tensor | slice | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """The pixels the model sees for ``index``: a fresh Bernoulli draw in dynamic mode."""
-        x = self.images if index is None else self.images[index]
+        x = self.values(index)
         if self.pixels == "dynamic":
             return torch.bernoulli(x, generator=generator)
         return x
@@ -209,14 +227,15 @@ def _binarized_mnist(root: Path, split: str) -> torch.Tensor:
     return read_amat(folder / name, BINARIZED_MNIST_SIZES[split])
 
 
-def load_split(
-    name: str, split: str, *, pixels: str = "dynamic", root=None, val_size: int = 10000, device="cpu"
-) -> Split:
+def load_split(name: str, split: str, *, pixels: str = "dynamic", root=None, val_size: int | None = None,
+               device="cpu", **source) -> Split:  # fmt: skip
     """Load ``split`` ("train", "val" or "test") of dataset ``name`` onto ``device``.
 
-    For MNIST and Fashion-MNIST the validation split is the last ``val_size`` images of
-    the official training set, which training never sees; ``binarized_mnist`` has its
-    own 50k/10k/10k splits.
+    The validation split is the last ``val_size`` images of the training set (default:
+    :data:`DEFAULT_VAL_SIZE`, a tenth for own data), which training never sees;
+    ``binarized_mnist`` has its own 50k/10k/10k splits. ``source`` holds the own-data
+    options (``path``, ``test_path``, ``labels_path``, ``size``, ``channels``,
+    ``test_fraction``; see :func:`pyrovae.owndata.splits`).
     """
     if name not in DATASETS:
         raise unknown_name("dataset", name, DATASETS)
@@ -233,19 +252,59 @@ def load_split(
             )
         images = _binarized_mnist(root, {"train": "train", "val": "valid", "test": "test"}[split])
         labels = torch.full((images.shape[0],), -1, dtype=torch.long)  # the .amat files carry no labels
-        return Split(images, labels, pixels).to(device)
-    ds = torchvision_dataset(name, root, train=split != "test")
-    data, targets = ds.data, ds.targets
+        return Split(images.to(torch.uint8), labels, pixels, maximum=1).to(device)
+    images, labels = raw_split(name, "test" if split == "test" else "train", root, source)
     if split != "test":
-        if not 0 <= val_size < data.shape[0]:
-            raise DataError(f"val_size must be in [0, {data.shape[0]}), got {val_size}")
-        cut = data.shape[0] - val_size
-        data, targets = (data[:cut], targets[:cut]) if split == "train" else (data[cut:], targets[cut:])
-    images = data.to(torch.float32).div_(255.0).unsqueeze(1)
-    if pixels == "static":
-        g = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED + ("train", "val", "test").index(split))
-        images = torch.bernoulli(images, generator=g)
-    return Split(images, targets.clone(), pixels).to(device)
+        n = images.shape[0]
+        val_size = (DEFAULT_VAL_SIZE.get(name) or n // 10) if val_size is None else val_size
+        if not 0 <= val_size < n:
+            raise DataError(
+                f"data.val_size must be in [0, {n}) for {name}'s {n} training images, got {val_size}; "
+                "set it lower (or leave it unset for the dataset's default)"
+            )
+        cut = n - val_size
+        # the validation part is copied, so that the whole training part is not kept alive for it
+        images, labels = (
+            (images[:cut], labels[:cut]) if split == "train" else (images[cut:].clone(), labels[cut:])
+        )
+    return pixel_mode(images, labels.clone(), pixels, ("train", "val", "test").index(split)).to(device)
+
+
+def pixel_mode(images: torch.Tensor, labels: torch.Tensor, pixels: str, offset: int = 0) -> Split:
+    """A Split of ``images`` (uint8 levels or floats in [0, 1]) in pixel mode ``pixels``; static
+    binarization is drawn here, once, with a seed fixed per split (``offset``)."""
+    if pixels == "8bit" and images.dtype != torch.uint8:
+        raise DataError(
+            'pixels = "8bit" needs 8-bit images (uint8, or floats that are all k / 255); these are '
+            'other floats: use pixels = "continuous"'
+        )
+    if pixels != "static":
+        return Split(images, labels, pixels)
+    g = torch.Generator().manual_seed(STATIC_BINARIZATION_SEED + offset)
+    binary = torch.bernoulli(Split(images, labels, pixels).values().float(), generator=g)
+    return Split(binary.to(torch.uint8), labels, pixels, maximum=1)
+
+
+def raw_split(name: str, which: str, root: Path, source: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of the official ``which`` ("train" or "test") part of dataset ``name``:
+    uint8 (N, C, H, W) levels (own float data: floats in [0, 1])."""
+    if name in _TORCHVISION:
+        ds = torchvision_dataset(name, root, train=which == "train")
+        return ds.data.unsqueeze(1).contiguous(), ds.targets.clone()
+    if name in ("folder", "tensor"):
+        return owndata.splits(name, **source)[which]
+    readers = {"cifar10": datasets.cifar10, "svhn": datasets.svhn, "omniglot": datasets.omniglot}
+    readers["celeba"] = lambda r: datasets.celeba(r, cache_dir())
+    return readers[name](root)[which]
+
+
+def image_shape(name: str, root=None, **source) -> tuple[int, ...]:
+    """The image shape (C, H, W) of dataset ``name``, without loading it when it is known."""
+    if name in SHAPES:
+        return SHAPES[name]
+    if name == "folder" and source.get("size") is not None and source.get("channels") is not None:
+        return (source["channels"], *source["size"])
+    return tuple(owndata.splits(name, **source)["train"][0].shape[1:])
 
 
 class Batches:

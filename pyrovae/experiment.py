@@ -49,7 +49,9 @@ def build(config: Config, x_shape) -> tuple[Any, Any]:
 
 def load_data(config: Config, split: str, device="cpu") -> Split:
     d = config.data
-    data = load_split(d.name, split, pixels=d.pixels, root=d.root, val_size=d.val_size, device=device)
+    data = load_split(
+        d.name, split, pixels=d.pixels, root=d.root, val_size=d.val_size, device=device, **d.source()
+    )
     return data.slice({"train": d.train_size, "val": d.val_limit, "test": d.test_limit}[split])
 
 
@@ -68,9 +70,10 @@ def fit_config(
     train_data = load_data(config, "train", device)
     val_data = (
         load_data(config, "val", device)
-        if config.data.val_size > 0 or config.data.name == "binarized_mnist"
+        if config.data.val_size != 0 or config.data.name == "binarized_mnist"
         else None
     )
+    val_data = val_data if val_data is not None and len(val_data) > 0 else None  # own data: a tenth may be 0
     model, guide = build(config, train_data.shape)
     prior = getattr(model, "prior", None)
     if not resume and getattr(prior, "init", None) == "data":  # VampPrior pseudo-inputs from training images
@@ -175,11 +178,18 @@ def evaluate(
             seed=seed,
             compile=compile,
             max_rows=max_rows,
-            bits_per_dim=run.config.data.pixels != "continuous" and len(args) == 1,
+            bits_per_dim=discrete_likelihood(run.model, run.config.data.pixels) and len(args) == 1,
             progress=progress,
         )
     )
     return out
+
+
+def discrete_likelihood(model, pixels: str) -> bool:
+    """Whether the model's log p(x) is a probability (a mass over discrete pixels), comparable
+    across models and reported in bits/dim, rather than a density over grey levels."""
+    likelihood = getattr(model, "likelihood", None)
+    return getattr(likelihood, "discrete", pixels in ("dynamic", "static", "8bit"))
 
 
 def evaluate_data(
@@ -238,10 +248,14 @@ def evaluate_data(
         mean, se = estimators.mean_and_stderr(terms[key])
         out[key] = {"mean": mean, "stderr": se}
     out["ess"] = {"mean": terms["ess"].mean().item(), "min": terms["ess"].min().item()}
-    if bits_per_dim:
+    out["discrete"] = bits_per_dim
+    if (
+        bits_per_dim
+    ):  # -log2 p(x) / D (e.g. Salimans et al. 2017, sec. 3; 8 bits/dim = uniform over 256 levels)
         nats_per_bit_dim = x[0].numel() * math.log(2.0)
         out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / nats_per_bit_dim
         out["log_likelihood_bits_per_dim"] = -out["log_likelihood"]["mean"] / nats_per_bit_dim
+        out["log_likelihood_bits_per_dim_stderr"] = out["log_likelihood"]["stderr"] / nats_per_bit_dim
     return out
 
 

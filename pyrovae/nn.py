@@ -136,3 +136,77 @@ def gaussian_head(h: torch.Tensor, dim: int, min_scale: float = 1e-4) -> tuple[t
     """Split ``2 * dim`` network outputs into (loc, scale) with scale = softplus(.) + ``min_scale``."""
     loc, raw = h.split(dim, dim=-1)
     return loc, F.softplus(raw) + min_scale
+
+
+class ResBlock(nn.Module):
+    """x + conv3x3(act(conv3x3(act(x)))), pre-activation (He et al. 2016, "Identity mappings in
+    deep residual networks", fig. 4e), the last convolution zero-initialized so that each block
+    starts as the identity (Goyal et al. 2017, sec. 5.1)."""
+
+    def __init__(self, channels: int, act: str = "relu"):
+        super().__init__()
+        last = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.body = nn.Sequential(
+            activation(act), nn.Conv2d(channels, channels, 3, padding=1), activation(act), last
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _check_resnet(shape: Sequence[int], channels: Sequence[int], blocks: int) -> None:
+    _check_conv_shape(shape, channels)
+    if not channels or not isinstance(blocks, int) or blocks < 0:
+        raise ConfigError(
+            f"resnet networks need channels per scale and blocks >= 0; got {channels}, {blocks}"
+        )
+
+
+class ResNetEncoder(nn.Module):
+    """A convolutional stem, then per scale ``blocks`` residual blocks and a stride-2 4x4
+    convolution to the next width (``channels`` from the finest scale), then a linear map of
+    the feature map to ``out_dim``. Pixels in [0, 1] are centred to [-1, 1] first."""
+
+    def __init__(self, x_shape: Sequence[int], out_dim: int, channels: Sequence[int] = (64, 128),
+                 blocks: int = 2, act: str = "relu"):  # fmt: skip
+        super().__init__()
+        _check_resnet(x_shape, channels, blocks)
+        layers: list[nn.Module] = [nn.Conv2d(x_shape[0], channels[0], 3, padding=1)]
+        for i, c in enumerate(channels):
+            layers += [ResBlock(c, act) for _ in range(blocks)]
+            nxt = channels[min(i + 1, len(channels) - 1)]
+            layers += [activation(act), nn.Conv2d(c, nxt, 4, stride=2, padding=1)]
+        f = 2 ** len(channels)
+        layers += [activation(act), nn.Flatten()]
+        self.net = nn.Sequential(*layers)
+        self.head = nn.Linear(channels[-1] * (x_shape[1] // f) * (x_shape[2] // f), out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(2 * x - 1))
+
+
+class ResNetDecoder(nn.Module):
+    """A linear map of z to a feature map at 1 / 2^len(channels) of the image size, then per
+    scale a stride-2 4x4 transposed convolution to the width ``channels[i]`` (coarsest first)
+    and ``blocks`` residual blocks, then a 3x3 convolution to ``out_channels`` outputs."""
+
+    def __init__(self, in_dim: int, x_shape: Sequence[int], channels: Sequence[int] = (128, 64),
+                 blocks: int = 2, act: str = "relu", out_channels: int | None = None):  # fmt: skip
+        super().__init__()
+        _check_resnet(x_shape, channels, blocks)
+        f = 2 ** len(channels)
+        self.map_shape = (channels[0], x_shape[1] // f, x_shape[2] // f)
+        self.head = nn.Linear(in_dim, math.prod(self.map_shape))
+        layers: list[nn.Module] = []
+        for prev, c in zip([channels[0], *channels[:-1]], channels):
+            layers += [activation(act), nn.ConvTranspose2d(prev, c, 4, stride=2, padding=1)]
+            layers += [ResBlock(c, act) for _ in range(blocks)]
+        layers += [activation(act), nn.Conv2d(channels[-1], out_channels or x_shape[0], 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-1]
+        out = self.net(self.head(z).reshape(-1, *self.map_shape))
+        return out.reshape(*batch, *out.shape[1:])

@@ -18,7 +18,8 @@ def mnist():
 def test_mnist_splits_hold_out_validation(mnist):
     assert [len(mnist[s]) for s in ("train", "val", "test")] == [50000, 10000, 10000]
     assert mnist["train"].shape == (1, 28, 28)
-    x = mnist["train"].images
+    assert mnist["train"].images.dtype == torch.uint8  # 8-bit on the device, floats per batch
+    x = mnist["train"].values()
     assert x.dtype == torch.float32 and x.min() == 0 and x.max() == 1
     # class counts of the official test set (LeCun et al.), so the right files were read
     assert torch.bincount(mnist["test"].labels).tolist() == [
@@ -45,7 +46,7 @@ def test_pixel_modes(mnist):
     assert set(a.unique().tolist()) == {0.0, 1.0} and not torch.equal(a, b)
     # the dynamic draw has the intensities as its mean
     draws = torch.stack([dyn.observe(slice(0, 50)) for _ in range(400)]).mean(0)
-    assert (draws - x.images[:50]).abs().max() < 0.15
+    assert (draws - x.values(slice(0, 50))).abs().max() < 0.15
     s1 = data.load_split("mnist", "test", pixels="static").slice(500)
     s2 = data.load_split("mnist", "test", pixels="static").slice(500)
     assert torch.equal(s1.images, s2.images) and set(s1.images.unique().tolist()) == {0.0, 1.0}

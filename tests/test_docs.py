@@ -39,7 +39,8 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_the_notebooks_are_there():
-    assert {p.stem for p in NOTEBOOKS} >= {"quickstart", "own_model", "diagnostics", "priors", "cvae"}
+    expected = {"quickstart", "own_model", "own_data", "diagnostics", "priors", "cvae"}
+    assert {p.stem for p in NOTEBOOKS} >= expected
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

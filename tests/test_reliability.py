@@ -68,7 +68,7 @@ def test_wrong_shape_names_the_expected_shape():
 
 def test_wrong_dtype_names_the_fix():
     with pytest.raises(DataError, match=r"floating-point.*x\.float\(\)"):
-        fit(*tiny(), binary().to(torch.uint8))
+        fit(*tiny(), binary().to(torch.int32))
     with pytest.raises(DataError, match=r"torch\.float64.*torch\.float32"):
         fit(*tiny(), binary().double())
 
