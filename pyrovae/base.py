@@ -68,6 +68,12 @@ class ImageModel(ImageModule):
         if likelihood is not None:
             likelihood.check_data(x)
 
+    def check_pixels(self, pixels: str) -> None:
+        """Check the likelihood against the pixel mode (``Likelihood.check_pixels``)."""
+        likelihood = getattr(self, "likelihood", None)
+        if likelihood is not None:
+            likelihood.check_pixels(pixels)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """E[x | z] for codes ``z`` of the outermost latent site (the last of ``latent_sites``)."""
         raise NotImplementedError

@@ -13,10 +13,12 @@ import inspect
 import math
 import types
 import typing
+import warnings
 from typing import Any
 
 import torch
 
+from . import hooks
 from .config import Config
 from .data import image_shape
 from .errors import ConfigError, PyrovaeError, unknown_name
@@ -109,6 +111,6 @@ def validate(config: Config) -> None:
             f"the model and guide would have {count:,} parameters (more than {MAX_PARAMETERS:,}); "
             "check the sizes in [model] and [guide]"
         )
-    likelihood = getattr(model, "likelihood", None)
-    if hasattr(likelihood, "check_pixels"):  # a bernoulli on 8-bit pixels, a discretized one on binary...
-        likelihood.check_pixels(d.pixels)
+    with warnings.catch_warnings():  # refusals now, before any data is read; warnings come with fit's checks
+        warnings.simplefilter("ignore")
+        hooks.check_pixels(model, d.pixels)

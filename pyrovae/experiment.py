@@ -249,9 +249,8 @@ def evaluate_data(
         out[key] = {"mean": mean, "stderr": se}
     out["ess"] = {"mean": terms["ess"].mean().item(), "min": terms["ess"].min().item()}
     out["discrete"] = bits_per_dim
-    if (
-        bits_per_dim
-    ):  # -log2 p(x) / D (e.g. Salimans et al. 2017, sec. 3; 8 bits/dim = uniform over 256 levels)
+    # bits/dim = -log2 p(x) / D (Salimans et al. 2017, sec. 3); uniform over 256 levels is 8
+    if bits_per_dim:
         nats_per_bit_dim = x[0].numel() * math.log(2.0)
         out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / nats_per_bit_dim
         out["log_likelihood_bits_per_dim"] = -out["log_likelihood"]["mean"] / nats_per_bit_dim

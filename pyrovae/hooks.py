@@ -25,6 +25,9 @@ class ModelHooks(Protocol):
       (images, labels) pairs. Default: ``(images,)``.
     - ``check_data(x)``: raise :class:`pyrovae.DataError` for a batch the model cannot take
       (shape, dtype, the likelihood's support). Default: no check beyond finiteness.
+    - ``check_pixels(pixels)``: raise :class:`pyrovae.ConfigError` when the likelihood cannot
+      model the pixel mode (a Bernoulli on 8-bit levels), warn when a density meets discrete
+      pixels. Default: no check.
     - ``attach_guide(guide)``: called once the guide exists (a prior built from the guide,
       the VampPrior). Default: nothing.
     - ``latent_sites``: names of the latent sample sites, the one ``decode`` takes last.
@@ -66,6 +69,13 @@ def check_data(model: Any, x: torch.Tensor) -> None:
     fn = getattr(model, "check_data", None)
     if fn is not None:
         fn(x)
+
+
+def check_pixels(model: Any, pixels: str) -> None:
+    """The model's check of its likelihood against the data's pixel mode, if it has one."""
+    fn = getattr(model, "check_pixels", None)
+    if fn is not None:
+        fn(pixels)
 
 
 def attach(model: Any, guide: Any) -> None:

@@ -133,9 +133,11 @@ class Likelihood(nn.Module):
         return torch.sigmoid(logits)
 
     def check_pixels(self, pixels: str) -> None:
-        """Raise ConfigError when this likelihood cannot model the pixel mode ``pixels``; warn when
-        a density is put on 8-bit pixels."""
-        if self.name == "bernoulli" and pixels in ("8bit", "continuous"):
+        """Raise ConfigError when this likelihood cannot model the pixel mode ``pixels`` (a
+        Bernoulli on 8-bit levels, an 8-bit likelihood on other pixels); warn when a density is
+        put on discrete pixels (binary or 8-bit). Grey values under a Bernoulli are refused by
+        :meth:`check_data`."""
+        if self.name == "bernoulli" and pixels == "8bit":
             raise ConfigError(
                 f'the bernoulli likelihood models binary pixels, not {pixels} ones: use pixels = "dynamic" '
                 'or "static", or likelihood = "discretized_logistic_mixture" for 8-bit pixels'
@@ -145,11 +147,12 @@ class Likelihood(nn.Module):
                 f'likelihood {self.name} models 8-bit pixels (256 levels): set data.pixels = "8bit" '
                 f"(got {pixels!r})"
             )
-        if not self.discrete and pixels == "8bit":
+        if not self.discrete and pixels != "continuous":
+            fits = "discretized_logistic_mixture" if pixels == "8bit" else "bernoulli"
             warnings.warn(
-                f"the {self.name} likelihood is a density over grey levels: its log p(x) on 8-bit pixels "
-                "is not comparable with the probabilities of discrete likelihoods (use "
-                "discretized_logistic_mixture for bits/dim)",
+                f"the {self.name} likelihood is a density: its log p(x) on {pixels} (discrete) pixels is "
+                f"not comparable with the probabilities of discrete likelihoods (use {fits} for a "
+                "probability and bits/dim)",
                 stacklevel=2,
             )
 

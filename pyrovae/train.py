@@ -28,7 +28,7 @@ from .config import NAN_POLICIES, TrainConfig  # noqa: F401 - NAN_POLICIES: also
 from .data import VAL_BINARIZATION_SEED, Batches, Split
 from .errors import ConfigError, ModelError
 from .guard import Guard, diagnose_nonfinite
-from .hooks import is_conditional, owner_modules
+from .hooks import check_pixels, is_conditional, owner_modules
 from .objectives import kl_weight, make_objective
 from .optim import LR_SCHEDULES, collect_params, iwae_lr_factor, make_optimizer, make_scheduler  # noqa: F401
 from .progress import bar
@@ -82,6 +82,8 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
     trains on the whole data in order, one batch per step."""
     for m in owner_modules(model, guide):
         m.to(device)
+    if isinstance(train, Split):  # a declared pixel mode (a plain tensor's values meet check_data)
+        check_pixels(model, train.pixels)
     train, val = as_split(train).to(device), None if val is None else as_split(val).to(device)
     check_data(model, train, "training")
     if val is not None:
