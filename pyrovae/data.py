@@ -299,12 +299,9 @@ def raw_split(name: str, which: str, root: Path, source: dict) -> tuple[torch.Te
 
 
 def image_shape(name: str, root=None, **source) -> tuple[int, ...]:
-    """The image shape (C, H, W) of dataset ``name``, without loading it when it is known."""
-    if name in SHAPES:
-        return SHAPES[name]
-    if name == "folder" and source.get("size") is not None and source.get("channels") is not None:
-        return (source["channels"], *source["size"])
-    return tuple(owndata.splits(name, **source)["train"][0].shape[1:])
+    """The image shape (C, H, W) of dataset ``name``, without loading it (own data: see
+    :func:`pyrovae.owndata.image_shape`)."""
+    return SHAPES[name] if name in SHAPES else owndata.image_shape(name, **source)
 
 
 class Batches:

@@ -161,6 +161,7 @@ def evaluate(
     data = load_data(run.config, split, run.device)
     images = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
     args = model_inputs(run.model, images, data.labels)
+    discrete = discrete_likelihood(run.model, run.config.data.pixels)
     out: dict[str, Any] = {
         "split": split,
         "dataset": run.config.data.name,
@@ -178,11 +179,11 @@ def evaluate(
             seed=seed,
             compile=compile,
             max_rows=max_rows,
-            bits_per_dim=discrete_likelihood(run.model, run.config.data.pixels) and len(args) == 1,
+            bits_per_dim=discrete and len(args) == 1,  # D of the images: unconditional log p(x) only
             progress=progress,
         )
     )
-    return out
+    return {**out, "discrete": discrete}  # the likelihood's kind, whether or not bits/dim apply
 
 
 def discrete_likelihood(model, pixels: str) -> bool:

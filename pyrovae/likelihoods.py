@@ -139,7 +139,7 @@ class Likelihood(nn.Module):
         :meth:`check_data`."""
         if self.name == "bernoulli" and pixels == "8bit":
             raise ConfigError(
-                f'the bernoulli likelihood models binary pixels, not {pixels} ones: use pixels = "dynamic" '
+                'the bernoulli likelihood models binary pixels, not 8-bit ones: use pixels = "dynamic" '
                 'or "static", or likelihood = "discretized_logistic_mixture" for 8-bit pixels'
             )
         if self.name in EIGHT_BIT and pixels != "8bit":

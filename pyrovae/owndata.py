@@ -46,20 +46,27 @@ def _files(folder: Path) -> tuple[list[Path], list[int]]:
     return [p for p, _ in pairs], [c for _, c in pairs]
 
 
+def _open(path: Path, folder: Path, channels: int | None):
+    """(the image at ``path`` as grey or RGB, its channels: ``channels``, else 1 for a grey file)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(path)
+        if channels is None:
+            channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
+        return image.convert("L" if channels == 1 else "RGB"), channels
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path} is not a readable image ({e}); remove it from {folder}") from e
+
+
 def read_folder(folder: Path, size: tuple[int, int] | None, channels: int | None):
     """All images of ``folder`` as uint8 (N, C, H, W) and their class labels (see the module)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     files, labels = _files(folder)
     images, first = [], None
     for path in files:
-        try:
-            image = Image.open(path)
-            if channels is None:
-                channels = 1 if image.mode in ("1", "L", "LA", "I", "I;16", "F") else 3
-            image = image.convert("L" if channels == 1 else "RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise DataError(f"{path} is not a readable image ({e}); remove it from {folder}") from e
+        image, channels = _open(path, folder, channels)
         if size is not None:
             image = image.resize((size[1], size[0]), Image.BILINEAR)
         first = first or (path, image.size)
@@ -155,6 +162,16 @@ def read_tensor(path: Path, labels_path: Path | None = None) -> tuple[torch.Tens
     if labels.is_floating_point() and not torch.equal(labels, labels.round()):
         raise DataError(f"{where}: labels must be integers, got fractional values")
     return images, labels.long()
+
+
+def image_shape(name: str, path=None, size=None, channels=None, labels_path=None, **_) -> tuple[int, ...]:
+    """(C, H, W) of the images: for a folder from its first image (with ``size`` and
+    ``channels``), without decoding the rest; a tensor file is read and checked whole."""
+    if name != "folder" or path is None:
+        return tuple(_read_own(name, path, size, channels, labels_path)[0].shape[1:])
+    folder = Path(path).expanduser()
+    image, channels = _open(_files(folder)[0][0], folder, channels)
+    return (channels, *(size if size is not None else (image.size[1], image.size[0])))
 
 
 def _read_own(name: str, path, size, channels, labels_path=None):

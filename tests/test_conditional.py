@@ -2,6 +2,7 @@
 modes, and short runs of the label-conditioned and quadrant tasks."""
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -230,6 +231,8 @@ def test_quadrant_config_runs_from_the_command_line(tmp_path):
         [sys.executable, "-m", "pyrovae", "evaluate", str(run), *common], capture_output=True, text=True
     )
     assert out.returncode == 0 and "log p(y | x)" in out.stdout, out.stderr
+    report = json.loads((run / "eval_test.json").read_text())
+    assert report["discrete"] and "log_likelihood_bits_per_dim" not in report  # binary, but not D of x
     bad = subprocess.run(
         [sys.executable, "-m", "pyrovae", "sample", str(run), "--condition", "3", *common],
         capture_output=True,

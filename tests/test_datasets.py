@@ -84,6 +84,8 @@ def test_folder_classes_split_and_resize(tmp_path):
     assert torch.equal(again.images, test.images)  # the held-out part is fixed
     grey = _load("folder", "test", tmp_path, size=[4, 4], channels=1, **kw)
     assert grey.shape == (1, 4, 4)
+    assert data.image_shape("folder", **kw) == train.shape  # from the first image alone
+    assert data.image_shape("folder", size=[4, 4], channels=1, **kw) == grey.shape
 
 
 def test_tensor_files(tmp_path):
