@@ -81,6 +81,8 @@ def check_sites(model: Callable, guide: Callable, *args) -> None:
             f"{first}); check their options and code against the data"
         ) from e
     in_model, in_guide = _latent(model_tr), _latent(guide_tr)
+    # a discrete site the model enumerates itself is summed out there, not sampled by the guide
+    in_model -= {n for n in in_model - in_guide if model_tr.nodes[n]["infer"].get("enumerate") == "parallel"}
     if in_model != in_guide:
         parts = []
         if in_model - in_guide:

@@ -81,7 +81,13 @@ class _CountBytes(TorchDispatchMode):
 
 
 def bytes_per_row(
-    model: Callable, guide: Callable, args, kwargs, probe: int = 16, whole: bool | None = None
+    model: Callable,
+    guide: Callable,
+    args,
+    kwargs,
+    probe: int = 16,
+    whole: bool | None = None,
+    enumerate: bool = True,
 ) -> float:
     """Memory one particle-datapoint pair needs, measured on a probe of ``probe`` particles of
     one datapoint (every intermediate counted as if kept: a bound, not an average). A program
@@ -97,7 +103,9 @@ def bytes_per_row(
         nesting = plate_nesting(model, guide, a, k)
         rows = probe * _data_size(a, k)
         with _CountBytes() as count:
-            weights.log_prob_terms(model, guide, *a, num_samples=probe, max_plate_nesting=nesting, **k)
+            weights.log_prob_terms(
+                model, guide, *a, num_samples=probe, max_plate_nesting=nesting, enumerate=enumerate, **k
+            )
     return count.total / rows
 
 
@@ -137,14 +145,26 @@ def needs_all_data(model: Callable, guide: Callable, args, kwargs) -> bool:
     return _data_size(args, kwargs) > 1 and not runs_on_slices(model, guide, args, kwargs, 1)
 
 
-def chunk_sizes(model, guide, args, kwargs, num_samples, particle_chunk=None, data_chunk=None, max_rows=None):
+def chunk_sizes(
+    model,
+    guide,
+    args,
+    kwargs,
+    num_samples,
+    particle_chunk=None,
+    data_chunk=None,
+    max_rows=None,
+    enumerate=True,
+):
     """(particle chunk, data chunk): at most ``max_rows`` pairs (default: sized from the free
     memory), equal particle chunks, and the whole data at once for a pair that needs it."""
     n = _data_size(args, kwargs)
     whole = needs_all_data(model, guide, args, kwargs)
     if max_rows is None and not (particle_chunk and data_chunk):
         device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
-        max_rows = chunk_rows(device, bytes_per_row(model, guide, args, kwargs, whole=whole))
+        max_rows = chunk_rows(
+            device, bytes_per_row(model, guide, args, kwargs, whole=whole, enumerate=enumerate)
+        )
     max_rows = max_rows or particle_chunk * data_chunk
     if not particle_chunk:  # equal particle chunks: 5000 in 2 x 2500, not 4096 + 904
         particle_chunk = math.ceil(num_samples / math.ceil(num_samples / max_rows))
@@ -155,14 +175,16 @@ def chunk_sizes(model, guide, args, kwargs, num_samples, particle_chunk=None, da
     return particle_chunk, data_chunk
 
 
-def _chunk_fn(model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs):
+def _chunk_fn(model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, enumerate):
     """The function of one chunk shape (k particles), captured unless ``compile = "none"``."""
 
     def fn(*a, **k):
         if reduce_traces is not None:
-            return reduce_traces(*traces(model, guide, a, k, kk, nesting), kk)
+            return reduce_traces(*traces(model, guide, a, k, kk, nesting, enumerate), kk)
         return reduce(
-            weights.log_prob_terms(model, guide, *a, num_samples=kk, max_plate_nesting=nesting, **k)
+            weights.log_prob_terms(
+                model, guide, *a, num_samples=kk, max_plate_nesting=nesting, enumerate=enumerate, **k
+            )
         )
 
     tensors_only = not kwargs and all(isinstance(t, torch.Tensor) for t in args)
@@ -185,12 +207,16 @@ def pieces(
     max_rows=None,
     compile="none",
     progress=None,
+    enumerate=True,
 ) -> Iterator:
     """Yield ``(data start, data size, particle start, k, piece)`` over all chunks, ``piece``
     being ``reduce(terms)`` (or ``reduce_traces(guide_trace, model_trace, particle_dim, k)``)
-    of k particles of those datapoints; ``progress`` (a label) shows a bar with an ETA."""
+    of k particles of those datapoints; ``progress`` (a label) shows a bar with an ETA;
+    ``enumerate`` sums out the sites marked for enumeration (else they are sampled)."""
     n = _data_size(args, kwargs)
-    pc, dc = chunk_sizes(model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows)
+    pc, dc = chunk_sizes(
+        model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows, enumerate
+    )
     nesting, fns = None, {}  # one function per chunk shape (at most two particle counts)
     label = progress if isinstance(progress, str) else "evaluate"
     total = math.ceil(n / dc) * math.ceil(num_samples / pc)
@@ -202,7 +228,7 @@ def pieces(
             for p_start, kk in _chunks(num_samples, pc):
                 if kk not in fns:
                     fns[kk] = _chunk_fn(
-                        model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs
+                        model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, enumerate
                     )
                 yield start, size, p_start, kk, fns[kk](*a, **k)
                 b.update(1)
@@ -218,7 +244,9 @@ def map_terms(
     default :func:`chunk_rows` of the measured :func:`bytes_per_row`), ``compile`` (each chunk
     shape through :class:`pyrovae.compile.Compiled`; positional tensor arguments only),
     ``reduce_traces(guide_trace, model_trace, particle_dim, k)`` for consumers of the site
-    values themselves (eager), ``progress``; other keywords go to model and guide.
+    values themselves (eager), ``progress``, ``enumerate`` (default True: sites marked
+    ``infer={"enumerate": "parallel"}`` are summed out exactly, :mod:`pyrovae.enumeration`;
+    False samples them); other keywords go to model and guide.
     """
     kwargs = {k: options.pop(k) for k in list(options) if k not in _OPTIONS}
     n = _data_size(args, kwargs)
@@ -261,4 +289,4 @@ def fold_terms(
     return out
 
 
-_OPTIONS = ("particle_chunk", "data_chunk", "max_rows", "compile", "progress", "reduce_traces")
+_OPTIONS = ("particle_chunk", "data_chunk", "max_rows", "compile", "progress", "reduce_traces", "enumerate")

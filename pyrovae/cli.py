@@ -132,6 +132,17 @@ def cmd_evaluate(args) -> None:
             "with probabilities of discrete pixels (use likelihood discretized_logistic(_mixture) "
             'with pixels = "8bit" for bits/dim)'
         )
+    if "classification_error" in out:
+        e = out["classification_error"]
+        print(
+            f"  test error      {100 * e['error']:.2f}% +- {100 * e['stderr']:.2f}   "
+            f"argmax q({e['site']} | x)"
+        )
+    for site, acc in out.get("cluster_accuracy", {}).items():
+        print(
+            f"  cluster acc.    {100 * acc:.2f}%   argmax q({site} | x), "
+            "clusters matched to labels (Hungarian)"
+        )
     print(f"wrote {path}")
 
 

@@ -34,6 +34,9 @@ class DataConfig:
     size: list[int] | None = None  #: folder: resize every image to [H, W]
     channels: int | None = None  #: folder: 1 (grey) or 3 (RGB); default from the first image
     test_fraction: float = 0.1  #: folder / tensor without test_path: the share held out as test set
+    labelled: int | None = (
+        None  #: keep the labels of only N training images, balanced over classes (semi-supervised)
+    )
 
     def __post_init__(self):
         from .data import DATASETS, PIXEL_MODES
@@ -60,6 +63,7 @@ class DataConfig:
                 "train_size": (self.train_size, opt(self.train_size), "null or an integer >= 1"),
                 "val_limit": (self.val_limit, opt(self.val_limit), "null or an integer >= 1"),
                 "test_limit": (self.test_limit, opt(self.test_limit), "null or an integer >= 1"),
+                "labelled": (self.labelled, opt(self.labelled), "null or an integer >= 1"),
                 "size": (size, size_ok, "null or [H, W], two positive integers"),
                 "channels": (self.channels, self.channels in (None, 1, 3), "null, 1 or 3"),
                 "test_fraction": (self.test_fraction, fraction_ok, "a number in (0, 1)"),

@@ -76,9 +76,10 @@ def ess_from_log_weights(lw: torch.Tensor) -> torch.Tensor:
 
 def _stats(t: LogProbTerms) -> torch.Tensor:
     """Per-datapoint summaries of k particles, (5, n): sums of log p(x|z), of log q - log p(z)
-    and of log w, and the log-sum-exps of log w and of 2 log w."""
+    and of the ELBO, and the log-sum-exps of log w and of 2 log w (with enumerated sites the
+    ELBO is their exact expectation and log w sums them inside, :mod:`pyrovae.enumeration`)."""
     lw = t.log_weights
-    sums = torch.stack([t.log_lik.sum(0), (t.log_q - t.log_prior).sum(0), lw.sum(0)])
+    sums = torch.stack([t.log_lik.sum(0), (t.log_q - t.log_prior).sum(0), t.elbo.sum(0)])
     return torch.cat([sums, torch.stack([lw.logsumexp(0), (2 * lw).logsumexp(0)])])
 
 
@@ -91,9 +92,12 @@ def evaluate_terms(
     model: Callable, guide: Callable, *args, num_samples: int = 5000, **kwargs
 ) -> dict[str, torch.Tensor]:
     """Everything a report needs from one pass of K particles, each per datapoint (N,):
-    ``elbo`` (mean of log w), ``reconstruction`` E_q[log p(x|z)], ``kl`` E_q[log q(z|x) - log p(z)]
+    ``elbo`` (mean of log w; with enumerated sites, of its exact expectation over them),
+    ``reconstruction`` E_q[log p(x|z)], ``kl`` E_q[log q(z|x) - log p(z)]
     (Kingma & Welling 2013, eq. 7), ``log_likelihood`` (the K-sample importance estimate,
-    Burda et al. 2015, eq. 8) and ``ess`` (Kong 1992). Each chunk of particles is reduced to
+    Burda et al. 2015, eq. 8; enumerated sites summed inside each weight) and ``ess`` (Kong
+    1992). Sites marked for parallel enumeration are summed out exactly unless
+    ``enumerate=False`` (then sampled). Each chunk of particles is reduced to
     these sums and log-sum-exps as it is computed (:func:`pyrovae.chunks.fold_terms`), so
     memory stays O(N) whatever K. Options of :func:`map_terms` (chunks, ``compile``,
     ``progress``) pass through."""

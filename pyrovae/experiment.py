@@ -18,7 +18,7 @@ import pyro
 import torch
 
 from . import checkpoint as ckpt_io
-from . import distributed, estimators, hooks, plots
+from . import clusters, distributed, estimators, hooks, plots
 from .checks import check_inputs  # noqa: F401 - also pyrovae.experiment.check_inputs
 from .config import Config, config_from_dict
 from .data import EVAL_BINARIZATION_SEED, Split, load_split
@@ -52,7 +52,10 @@ def load_data(config: Config, split: str, device="cpu") -> Split:
     data = load_split(
         d.name, split, pixels=d.pixels, root=d.root, val_size=d.val_size, device=device, **d.source()
     )
-    return data.slice({"train": d.train_size, "val": d.val_limit, "test": d.test_limit}[split])
+    data = data.slice({"train": d.train_size, "val": d.val_limit, "test": d.test_limit}[split])
+    if split == "train" and d.labelled is not None:  # semi-supervised: the other labels hidden
+        data = data.keep_labels(d.labelled, config.seed)
+    return data
 
 
 def fit_config(
@@ -160,7 +163,7 @@ def evaluate(
     the run's description added."""
     data = load_data(run.config, split, run.device)
     images = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)
-    args = model_inputs(run.model, images, data.labels)
+    args = hooks.evaluation_inputs(run.model, images, data.labels)
     discrete = discrete_likelihood(run.model, run.config.data.pixels)
     out: dict[str, Any] = {
         "split": split,
@@ -179,11 +182,29 @@ def evaluate(
             seed=seed,
             compile=compile,
             max_rows=max_rows,
-            bits_per_dim=discrete and len(args) == 1,  # D of the images: unconditional log p(x) only
+            bits_per_dim=discrete and len(args) == 1 + (hooks.takes(run.model) == "image,partial_label"),
             progress=progress,
         )
     )
+    out.update(class_report(run.model, run.guide, args, data.labels))
     return {**out, "discrete": discrete}  # the likelihood's kind, whether or not bits/dim apply
+
+
+def class_report(model, guide, args: tuple, labels: torch.Tensor) -> dict:
+    """For each discrete site of the guide, on labelled data: the classification error of the
+    model's label site (semi-supervised), the clustering accuracy (Hungarian) of the others."""
+    probs = clusters.discrete_probs(guide, *args)
+    known = labels >= 0
+    if not probs or not known.any():
+        return {}
+    out = {}
+    for site, p in probs.items():
+        p, y = p[known], labels[known]
+        if site == hooks.label_site(model):
+            out["classification_error"] = {"site": site, **clusters.classification_error(p, y)}
+        else:
+            out.setdefault("cluster_accuracy", {})[site] = clusters.cluster_accuracy(p, y)
+    return out
 
 
 def discrete_likelihood(model, pixels: str) -> bool:

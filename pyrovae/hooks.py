@@ -37,6 +37,9 @@ class ModelHooks(Protocol):
     - ``num_classes``: the number of classes of a label-conditioned model. Default: none.
     - ``complete(x, num)``: sampled completions of partly observed inputs (the quadrant
       task); reports draw completions instead of samples when it exists.
+    - ``label_site``: the discrete latent site that stands for the class label
+      (``takes = "image,partial_label"``, semi-supervised): ``evaluate`` reports the test
+      classification error of its q(y | x); other discrete sites get the clustering accuracy.
     - ``decode(z)``, ``sample(num)``: images from codes and from the prior, for plots and
       ``pyrovae sample``.
     """
@@ -48,7 +51,15 @@ class ModelHooks(Protocol):
 class GuideHooks(Protocol):
     """Optional attributes of a guide: ``attach_model(model)`` (called once the model exists,
     for a guide that falls back on the model's prior network), ``latent_sites`` and ``takes``
-    (as for models; ``takes = "any"`` serves every model with its sites)."""
+    (as for models; ``takes = "any"`` serves every model with its sites).
+
+    Either a model or a guide may define:
+
+    - ``attach_data(labels)``: called by ``fit`` with the training labels (-1 unlabelled)
+      before training (the share of labelled data scales M2's auxiliary loss).
+    - ``auxiliary_loss(*args) -> Tensor``: a term added to the training loss, summed over the
+      batch (the classifier loss of Kingma et al. 2014, eq. 9). Default: none.
+    """
 
     def __call__(self, *args: Any) -> Any: ...
 
@@ -57,6 +68,33 @@ def inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None)
     """The arguments a model and its guide take for observed ``images``."""
     fn = getattr(model, "inputs", None)
     return (images,) if fn is None else tuple(fn(images, labels))
+
+
+def evaluation_inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
+    """The arguments for scoring ``images``: a semi-supervised model (``takes =
+    "image,partial_label"``) sees no labels, so that its log p(x) sums the class out."""
+    return inputs(model, images, None if takes(model) == "image,partial_label" else labels)
+
+
+def attach_data(model: Any, guide: Any, labels: torch.Tensor) -> None:
+    """Give model and guide the training labels (``attach_data``), where they ask for them."""
+    for obj in (model, guide):
+        fn = getattr(obj, "attach_data", None)
+        if fn is not None:
+            fn(labels)
+
+
+def auxiliary_loss(model: Any, guide: Any, *args: torch.Tensor):
+    """The sum of the model's and the guide's ``auxiliary_loss(*args)``, or None when neither has one."""
+    terms = [
+        fn(*args) for fn in (getattr(o, "auxiliary_loss", None) for o in (model, guide)) if fn is not None
+    ]
+    return sum(terms[1:], terms[0]) if terms else None
+
+
+def label_site(model: Any) -> str | None:
+    """The discrete latent site standing for the class label, else None."""
+    return getattr(model, "label_site", None)
 
 
 def is_conditional(model: Any) -> bool:

@@ -210,3 +210,25 @@ class ResNetDecoder(nn.Module):
         batch = z.shape[:-1]
         out = self.net(self.head(z).reshape(-1, *self.map_shape))
         return out.reshape(*batch, *out.shape[1:])
+
+
+def cat_broadcast(*tensors: torch.Tensor) -> torch.Tensor:
+    """Concatenate along the last dim after broadcasting the leading dims (an enumerated
+    discrete code of shape (C, 1, 1, K) beside features of shape (N, H))."""
+    lead = torch.broadcast_shapes(*(t.shape[:-1] for t in tensors))
+    return torch.cat([t.expand(*lead, t.shape[-1]) for t in tensors], -1)
+
+
+class CodeConditioned(nn.Module):
+    """An MLP on [h, one-hot c] whose first layer is split, W_h h + W_c c + b: equal to the MLP
+    on the concatenation, with the h part computed once however many values c takes."""
+
+    def __init__(self, in_features: int, classes: int, sizes: Sequence[int], act: str = "relu"):
+        super().__init__()
+        self.h_in = nn.Linear(in_features, sizes[0])
+        self.c_in = nn.Linear(classes, sizes[0], bias=False)
+        self.act = activation(act)
+        self.rest = mlp(sizes, act) if len(sizes) > 1 else nn.Identity()
+
+    def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        return self.rest(self.act(self.h_in(h) + self.c_in(code)))

@@ -3,7 +3,10 @@ and KL-weight (beta) schedules.
 
 - ``elbo``: the Monte Carlo ELBO with reparameterized samples (Kingma & Welling 2013, eq. 6),
   computed from the per-datapoint log-weights (no host synchronization); Pyro's ``Trace_ELBO``
-  when some guide site cannot be reparameterized;
+  (score-function terms) when some guide site cannot be reparameterized;
+- ``enum``: the same ELBO with every discrete site marked ``infer={"enumerate": "parallel"}``
+  summed out exactly (Kingma et al. 2014, eq. 7; :mod:`pyrovae.enumeration`), Pyro's
+  ``TraceEnum_ELBO`` when a discrete site is left unmarked;
 - ``meanfield``: Pyro's ``TraceMeanField_ELBO``, analytic KL where known (ibid., eq. 7);
 - ``iwae``: the k-sample importance-weighted bound (Burda et al. 2015, eq. 8);
 - ``dreg``: the same bound with doubly reparameterized gradients for the guide
@@ -26,7 +29,7 @@ from pyro.poutine.util import site_is_subsample
 from . import estimators
 from .errors import ConfigError, PyrovaeError, unknown_name
 
-OBJECTIVES = ("elbo", "meanfield", "iwae", "dreg")
+OBJECTIVES = ("elbo", "enum", "meanfield", "iwae", "dreg")
 KL_SCHEDULES = ("constant", "linear", "cyclical")
 _PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
 
@@ -42,8 +45,8 @@ def make_elbo(objective: str, num_particles: int = 1) -> pyro.infer.ELBO:
 
 def make_objective(objective: str, *, num_particles: int = 1, k: int = 5) -> Callable:
     """The training loss named ``objective``; ``num_particles`` serves the ELBOs, ``k`` the IWAE bounds."""
-    if objective == "elbo":
-        return ELBO(num_particles)
+    if objective in ("elbo", "enum"):
+        return ELBO(num_particles, enumerate=objective == "enum")
     if objective in _PYRO_ELBOS:
         return PyroELBO(make_elbo(objective, num_particles))
     if objective in ("iwae", "dreg"):
@@ -73,20 +76,32 @@ class ScaleLatents(Messenger):
             msg["scale"] = self.beta * msg["scale"]
 
 
-def _inspect(model: Callable, guide: Callable, args, kwargs) -> tuple[int, str | None]:
-    """(plate nesting, why the pair needs Pyro's general ELBO or None): the log-weight
-    objectives need reparameterized guide sites and unscaled log-densities."""
+def marked(trace) -> list[str]:
+    """The latent sample sites of a trace marked for parallel enumeration."""
+    return [
+        n
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and s["infer"].get("enumerate") == "parallel"
+    ]
+
+
+def _inspect(model: Callable, guide: Callable, args, kwargs, enumerate: bool = False):
+    """(plate nesting, why the pair needs Pyro's general ELBO or None, the sites marked for
+    enumeration): the log-weight objectives need reparameterized guide sites (or, with
+    ``enumerate``, sites marked for enumeration) and unscaled log-densities."""
     guide_tr, model_tr = estimators.inspection_traces(model, guide, args, kwargs)
     nesting = estimators.plate_nesting(model, guide, args, kwargs, traces=(guide_tr, model_tr))
+    enum = marked(guide_tr) + [n for n in marked(model_tr) if n not in guide_tr.nodes]
     for tr in (guide_tr, model_tr):
         for site in tr.nodes.values():
             if site["type"] != "sample" or site_is_subsample(site):
                 continue
-            if tr is guide_tr and not site["is_observed"] and not site["fn"].has_rsample:
-                return nesting, f"guide site {site['name']!r} cannot be reparameterized"
+            summed = enumerate and site["name"] in enum
+            if tr is guide_tr and not site["is_observed"] and not site["fn"].has_rsample and not summed:
+                return nesting, f"guide site {site['name']!r} cannot be reparameterized", enum
             if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
-                return nesting, f"site {site['name']!r} is scaled (subsampling or poutine.scale)"
-    return nesting, None
+                return nesting, f"site {site['name']!r} is scaled (subsampling or poutine.scale)", enum
+    return nesting, None, enum
 
 
 class ELBO:
@@ -96,12 +111,16 @@ class ELBO:
     ``Trace_ELBO`` on the same draws; it only skips Pyro's per-site ``.item()`` calls, so a
     step issues no host synchronization and can be captured as one graph. A pair with a
     non-reparameterizable or scaled site is handed to ``Trace_ELBO`` (score-function terms).
+    With ``enumerate`` (objective ``"enum"``) the sites marked for parallel enumeration are
+    summed out exactly (Kingma et al. 2014, eq. 7), each term weighted by q(c | x); a discrete
+    guide site left unmarked hands the pair to Pyro's ``TraceEnum_ELBO``.
     """
 
-    def __init__(self, num_particles: int = 1):
+    def __init__(self, num_particles: int = 1, enumerate: bool = False):
         if num_particles < 1:
             raise ConfigError(f"num_particles must be positive, got {num_particles}")
         self.num_particles, self._nesting, self._fallback = num_particles, None, None
+        self.enumerate = enumerate
 
     @property
     def capturable(self) -> bool:
@@ -109,8 +128,29 @@ class ELBO:
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Inspect the pair once (on a forked random stream); called by the first loss otherwise."""
-        self._nesting, reason = _inspect(model, guide, args, kwargs)
-        if reason is not None:
+        self._nesting, reason, enum = _inspect(model, guide, args, kwargs, self.enumerate)
+        if enum and not self.enumerate:
+            warnings.warn(
+                f'objective "elbo" samples the site(s) {enum} marked for enumeration (score-function '
+                'gradients, high variance); objective "enum" sums them out exactly',
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if self.enumerate and not enum:
+            warnings.warn(
+                'objective "enum": no site is marked infer={"enumerate": "parallel"}, so it is the '
+                "plain ELBO; mark discrete sites (or wrap the guide in pyro.infer.config_enumerate)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if reason is not None and self.enumerate:
+            elbo = pyro.infer.TraceEnum_ELBO(
+                max_plate_nesting=self._nesting,
+                num_particles=self.num_particles,
+                vectorize_particles=self.num_particles > 1,
+            )
+            self._fallback = PyroELBO(elbo)
+        elif reason is not None:
             self._fallback = PyroELBO(make_elbo("elbo", self.num_particles))
 
     def __call__(self, model: Callable, guide: Callable, *args, beta=1.0, **kwargs) -> torch.Tensor:
@@ -119,7 +159,13 @@ class ELBO:
         if self._fallback is not None:
             return self._fallback(model, guide, *args, beta=beta, **kwargs)
         t = estimators.log_prob_terms(
-            model, guide, *args, num_samples=self.num_particles, max_plate_nesting=self._nesting, **kwargs
+            model,
+            guide,
+            *args,
+            num_samples=self.num_particles,
+            max_plate_nesting=self._nesting,
+            enumerate=self.enumerate,
+            **kwargs,
         )
         return -(t.log_lik + beta * (t.log_prior - t.log_q)).mean(0).sum()
 
@@ -191,7 +237,9 @@ class IWAE:
     With ``dreg=True`` the guide's gradient is the doubly reparameterized estimator of
     Tucker et al. (2018), eq. 8: sum_i wt_i^2 d log w_i / dz_i dz_i / dphi with log q's
     parameters stopped (wt the normalized weights); the model's gradient stays
-    sum_i wt_i grad_theta log w_i. Both need reparameterizable guide sites.
+    sum_i wt_i grad_theta log w_i. Both need reparameterizable guide sites; the plain bound sums
+    a site marked for enumeration inside each importance sample (:mod:`pyrovae.enumeration`),
+    DReG refuses one.
     """
 
     def __init__(self, k: int = 5, dreg: bool = False):
@@ -203,17 +251,35 @@ class IWAE:
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Learn the plate nesting once (on a forked random stream); called by the first loss otherwise."""
-        self._nesting = estimators.plate_nesting(model, guide, args, kwargs)
+        self._nesting, _, enum = _inspect(model, guide, args, kwargs, enumerate=True)
+        if enum and self.dreg:
+            raise ConfigError(
+                f'objective "dreg" needs reparameterizable sites; {enum} are discrete and marked for '
+                'enumeration: use objective "iwae" (which sums them inside each sample) or "enum"'
+            )
+        if enum:
+            warnings.warn(
+                f'objective "iwae" sums {enum} inside each importance sample: the bound '
+                "log sum_c p(x, c, z) / q(z | x, c) does not depend on q(c | x), which learns only "
+                'from an auxiliary loss (objective "enum" trains it)',
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
     def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
         if self._nesting is None:
             self.prepare(model, guide, *args, **kwargs)
         if not self.dreg:
             t = estimators.log_prob_terms(
-                model, guide, *args, num_samples=self.k, max_plate_nesting=self._nesting, **kwargs
+                model,
+                guide,
+                *args,
+                num_samples=self.k,
+                max_plate_nesting=self._nesting,
+                enumerate=True,
+                **kwargs,
             )
-            lw = t.log_lik + beta * (t.log_prior - t.log_q)
-            return -estimators.iwae_from_log_weights(lw).sum()
+            return -estimators.iwae_from_log_weights(t.annealed(beta)).sum()
         return -self._dreg_surrogate(model, guide, args, kwargs, beta)
 
     def _dreg_surrogate(self, model, guide, args, kwargs, beta):

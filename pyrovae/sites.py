@@ -3,3 +3,5 @@
 DATA_PLATE = "data"  #: the plate over datapoints; estimators weigh each of its entries
 LATENT = "z"  #: the latent code of a one-layer VAE
 OBSERVED = "x"  #: the observed image
+CLUSTER = "c"  #: a discrete latent: the mixture component of a Gaussian-mixture model
+LABEL = "y"  #: the class of the semi-supervised model, latent where the label is missing

@@ -28,7 +28,7 @@ from .config import NAN_POLICIES, TrainConfig  # noqa: F401 - NAN_POLICIES: also
 from .data import VAL_BINARIZATION_SEED, Batches, Split
 from .errors import ConfigError, ModelError
 from .guard import Guard, diagnose_nonfinite
-from .hooks import check_pixels, is_conditional, owner_modules
+from .hooks import attach_data, auxiliary_loss, check_pixels, evaluation_inputs, is_conditional, owner_modules
 from .objectives import kl_weight, make_objective
 from .optim import LR_SCHEDULES, collect_params, iwae_lr_factor, make_optimizer, make_scheduler  # noqa: F401
 from .progress import bar
@@ -86,6 +86,7 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
         check_pixels(model, train.pixels)
     train, val = as_split(train).to(device), None if val is None else as_split(val).to(device)
     check_data(model, train, "training")
+    attach_data(model, guide, train.labels)
     if val is not None:
         check_data(model, val, "validation")
     probe = model_inputs(model, train.observe(slice(0, 3)), train.labels[:3])
@@ -115,7 +116,9 @@ def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Com
 
     def loss(*args):
         *data, beta = args
-        return objective(model, guide, *data, beta=beta) / data[0].shape[0]
+        value = objective(model, guide, *data, beta=beta)
+        extra = auxiliary_loss(model, guide, *data)  # e.g. M2's classifier loss
+        return (value if extra is None else value + extra) / data[0].shape[0]
 
     return Compiled(loss, owner_modules(model, guide), mode, params=params)
 
@@ -159,7 +162,7 @@ class Validator:
     def __init__(self, model, guide, val: Split, samples: int, seed: int, group, device: torch.device):
         self.model, self.guide, self.samples, self.seed, self.group = model, guide, samples, seed, group
         self.device = device
-        self.x = model_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
+        self.x = evaluation_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
 
     def __call__(self) -> float:
         cuda = [self.device] if self.device.type == "cuda" else []

@@ -16,6 +16,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
+from .enumeration import Enumerated, enumerated_terms
 from .errors import PyrovaeError
 from .sites import DATA_PLATE
 
@@ -23,15 +24,31 @@ PARTICLE_PLATE = "_pyrovae_particles"
 
 
 class LogProbTerms(NamedTuple):
-    """Per-datapoint log-densities of one set of K particles, each of shape (K, N)."""
+    """Per-datapoint log-densities of one set of K particles, each of shape (K, N). With
+    enumerated discrete sites each is its expectation under the guide's q(c | x), so that
+    log_lik + log_prior - log_q is the ELBO of the particle, and ``enumerated`` holds the
+    terms per value (:mod:`pyrovae.enumeration`)."""
 
     log_lik: torch.Tensor  #: sum over observed sites of log p(x | z)
     log_prior: torch.Tensor  #: sum over latent sites of log p(z)
     log_q: torch.Tensor  #: sum over guide sites of log q(z | x)
+    enumerated: Enumerated | None = None
 
     @property
     def log_weights(self) -> torch.Tensor:
+        """log w = log p(x, z) - log q(z | x), with enumerated sites summed inside each weight."""
+        return self.annealed(1.0)
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """The ELBO of each particle (equal to log w unless a site was enumerated)."""
         return self.log_lik + self.log_prior - self.log_q
+
+    def annealed(self, beta=1.0) -> torch.Tensor:
+        """log p(x | z) + beta (log p(z) - log q(z | x)), enumerated sites summed inside."""
+        if self.enumerated is not None:
+            return self.enumerated.log_weights(beta)
+        return self.log_lik + beta * (self.log_prior - self.log_q)
 
 
 def _cuda_devices(args, kwargs) -> list[int]:
@@ -129,13 +146,26 @@ def sum_sites(trace, particle_dim: int, num_samples: int) -> tuple[torch.Tensor 
     return observed, latent
 
 
-def traces(model: Callable, guide: Callable, args, kwargs, num_samples: int, max_plate_nesting: int):
-    """Guide trace and model trace replayed on it, both under a plate of ``num_samples`` particles."""
+def traces(
+    model: Callable,
+    guide: Callable,
+    args,
+    kwargs,
+    num_samples: int,
+    max_plate_nesting: int,
+    enumerate: bool = False,
+):
+    """Guide trace and model trace replayed on it, both under a plate of ``num_samples`` particles;
+    with ``enumerate``, sites marked for parallel enumeration take all their values along dims
+    left of the particle plate (the guide's first, then the model's own, as in Pyro's
+    ``TraceEnum_ELBO``)."""
     particle_dim = -max_plate_nesting - 1
-    guide_tr = poutine.trace(vectorize(guide, num_samples, particle_dim)).get_trace(*args, **kwargs)
-    model_tr = poutine.trace(
-        poutine.replay(vectorize(model, num_samples, particle_dim), trace=guide_tr)
-    ).get_trace(*args, **kwargs)
+    guide, model = vectorize(guide, num_samples, particle_dim), vectorize(model, num_samples, particle_dim)
+    if enumerate:
+        guide = poutine.enum(guide, first_available_dim=particle_dim - 1)
+        model = poutine.enum(model)  # continues allocating dims after the guide's
+    guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
     return guide_tr, model_tr, particle_dim
 
 
@@ -145,16 +175,25 @@ def log_prob_terms(
     *args,
     num_samples: int = 1,
     max_plate_nesting: int | None = None,
+    enumerate: bool = False,
     **kwargs,
 ) -> LogProbTerms:
     """log p(x|z), log p(z) and log q(z|x) per particle and datapoint, each (K, N).
 
     One vectorized pass with K = ``num_samples`` particles, differentiable; no chunking
-    (see :func:`map_terms` for the chunked core).
+    (see :func:`map_terms` for the chunked core). With ``enumerate``, sites marked
+    ``infer={"enumerate": "parallel"}`` are summed out exactly (:mod:`pyrovae.enumeration`);
+    otherwise they are sampled.
     """
     if max_plate_nesting is None:
         max_plate_nesting = plate_nesting(model, guide, args, kwargs)
-    guide_tr, model_tr, particle_dim = traces(model, guide, args, kwargs, num_samples, max_plate_nesting)
+    guide_tr, model_tr, particle_dim = traces(
+        model, guide, args, kwargs, num_samples, max_plate_nesting, enumerate
+    )
+    if enumerate:
+        terms = enumerated_terms(guide_tr, model_tr, particle_dim, num_samples)
+        if terms is not None:
+            return LogProbTerms(*terms)
     log_lik, log_prior = sum_sites(model_tr, particle_dim, num_samples)
     _, log_q = sum_sites(guide_tr, particle_dim, num_samples)
     if log_lik is None:

@@ -107,10 +107,9 @@ def latent_activity(
     }
 
     pack = _packer(list(latent), per_unit)
+    options = dict(reduce_traces=pack, progress=progress, enumerate=False)  # draws of discrete sites
     with pyro.validation_enabled(False):
-        packed = estimators.map_terms(
-            model, guide, *args, num_samples=num_samples, reduce_traces=pack, progress=progress
-        )
+        packed = estimators.map_terms(model, guide, *args, num_samples=num_samples, **options)
     packed = packed.mean(0)
     out, start = {}, 0
     for name in latent:

@@ -13,6 +13,7 @@ from pyro.poutine.util import site_is_subsample
 
 from .. import estimators
 from ..checks import check_inputs
+from ..clusters import discrete_probs
 from ..errors import ConfigError, ModelError
 from .importance import importance_table
 
@@ -93,8 +94,8 @@ def sample_posterior(
         log_q = sum(estimators.site_log_prob(guide_tr.nodes[n], particle_dim, k) for n in latent)
         return torch.cat([*cols, (log_p - log_q)[..., None]], -1)
 
-    packed = estimators.map_terms(
-        model, guide, *args, num_samples=num_samples, reduce_traces=pack, max_rows=max_rows
+    packed = estimators.map_terms(  # discrete sites drawn from q(c | x), not enumerated: these are draws
+        model, guide, *args, num_samples=num_samples, reduce_traces=pack, max_rows=max_rows, enumerate=False
     )
     parts = _unpack(
         packed, {**{("z", n): s for n, s in sizes.items()}, **{("ll", n): 1 for n in observed}, ("lw", ""): 1}
@@ -119,7 +120,13 @@ def sample_posterior(
 
         predictive = _unpack(
             estimators.map_terms(
-                model, guide, *args, num_samples=predictive_draws, reduce_traces=draw, max_rows=max_rows
+                model,
+                guide,
+                *args,
+                num_samples=predictive_draws,
+                reduce_traces=draw,
+                max_rows=max_rows,
+                enumerate=False,
             ),
             obs_sizes,
         )
@@ -166,7 +173,9 @@ def to_inference_data(
       self-normalised, these weights turn the q draws into p(z | x) draws;
     - ``datapoint_stats``: the :func:`posterior_quality` columns (``log_px``, ``elbo``,
       ``gap``, ``k_hat``, ``ess``, ``ess_fraction``) [datapoint];
-    - ``constant_data``: ``label`` [datapoint], when ``labels`` are given.
+    - ``constant_data``: ``label`` [datapoint], when ``labels`` are given;
+    - ``discrete_probs``: for each discrete (categorical) site of the guide, q(c | x)
+      [datapoint, ``<site>_value``]; its draws in ``posterior`` are sampled from it.
 
     The ``num_samples`` draws are independent; they are split into ``chains`` chains only
     so that ArviZ's summaries (r-hat needs two or more) run unchanged; r-hat is then 1 up to
@@ -204,6 +213,11 @@ def to_inference_data(
         c: ("datapoint", table[c].to_numpy()) for c in table.columns if c not in ("datapoint", "label")
     }
     idata.add_groups({"datapoint_stats": xr.Dataset(columns, coords={"datapoint": index}, attrs=attrs)})
+    probs = discrete_probs(guide, *args)
+    if probs:  # q(c | x) of each discrete site [datapoint, <site>_value]
+        data = {n: (["datapoint", f"{n}_value"], p.cpu().numpy()) for n, p in probs.items()}
+        coords = {"datapoint": index, **{f"{n}_value": np.arange(p.shape[-1]) for n, p in probs.items()}}
+        idata.add_groups({"discrete_probs": xr.Dataset(data, coords=coords, attrs=attrs)})
     return idata
 
 

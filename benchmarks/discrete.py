@@ -1,0 +1,154 @@
+"""Discrete latents: M2's test error and the GMVAE's log p(x) and clustering accuracy beside
+the published rows, and the step time of objective "enum" against "elbo".
+
+Rows (each a config in configs/):
+- ``m2_100``, ``m2_600``, ``m2_1000``, ``m2_3000``: the semi-supervised VAE with that many labels;
+- ``gmvae_10``, ``gmvae_16``: the Gaussian-mixture VAE with K = 10 and 16 clusters;
+- ``step_time``: one training step of M2 under "enum" (the class summed out) and under "elbo"
+  (sampled, Pyro's score-function Trace_ELBO), median of ``--steps`` steps, as a ratio.
+
+Each trained row runs ``--epochs`` epochs (default: the config's), then reports the test error
+(or clustering accuracy) on the whole test set and log p(x) on the first ``--test-limit`` test
+images with K = ``--eval-samples``.
+
+    python benchmarks/discrete.py --rows m2_100 m2_3000 --epochs 20 --test-limit 1000 --eval-samples 100
+    python benchmarks/discrete.py --rows step_time --steps 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pyrovae import experiment, hooks
+from pyrovae.config import apply_overrides, config_from_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+KINGMA = "Kingma et al. 2014, table 1, M2"
+PYRO = "Pyro's ss-vae tutorial, enumeration + auxiliary loss"
+ROWS = {  # config, published rows
+    "m2_100": ("mnist_m2_100.toml", [(KINGMA, "11.97% (+-1.71)"), (PYRO, "accuracy 0.9319 (6.81%)")]),
+    "m2_600": ("mnist_m2_600.toml", [(KINGMA, "4.94% (+-0.13)")]),
+    "m2_1000": ("mnist_m2_1000.toml", [(KINGMA, "3.60% (+-0.56)")]),
+    "m2_3000": ("mnist_m2_3000.toml", [(KINGMA, "3.92% (+-0.63)"), (PYRO, "accuracy 0.9582 (4.18%)")]),
+    "gmvae_10": ("mnist_gmvae_10.toml", [("VaDE (Jiang et al. 2017, table 2), pretrained", "94.46% acc."),
+                                         ("DEC (Xie et al. 2016, table 2)", "84.30% acc.")]),
+    "gmvae_16": ("mnist_gmvae_16.toml", []),
+}  # fmt: skip
+
+
+def configure(row: str, a, out: Path):
+    raw = load_config(CONFIGS / ROWS[row][0]).to_dict()
+    sets = [f'run_dir="{out / row}"', f'device="{a.device}"']
+    sets += [f"train.epochs={a.epochs}"] if a.epochs else []
+    sets += [f"data.train_size={a.train_size}"] if a.train_size else []
+    return config_from_dict(apply_overrides(raw, sets))
+
+
+def run_row(row: str, a, out: Path) -> str:
+    """Train and evaluate one row; its markdown line."""
+    config = configure(row, a, out)
+    start = time.perf_counter()
+    result = experiment.fit_config(config, progress=False)
+    minutes = (time.perf_counter() - start) / 60
+    run = experiment.load_run(config.run_dir, which="last")
+    test = experiment.load_data(run.config, "test", run.device)
+    images = test.observe_fixed(experiment.EVAL_BINARIZATION_SEED)
+    report = experiment.class_report(
+        run.model, run.guide, hooks.evaluation_inputs(run.model, images, test.labels), test.labels
+    )
+    if "classification_error" in report:
+        e = report["classification_error"]
+        score = f"{100 * e['error']:.2f}% +- {100 * e['stderr']:.2f} error"
+    else:
+        score = f"{100 * next(iter(report['cluster_accuracy'].values())):.2f}% acc."
+    run.config = dataclasses.replace(
+        run.config, data=dataclasses.replace(run.config.data, test_limit=a.test_limit)
+    )
+    ev = experiment.evaluate(run, num_samples=a.eval_samples)
+    ll = ev["log_likelihood"]
+    published = "; ".join(f"{n}: {v}" for n, v in ROWS[row][1])
+    return (
+        f"| {row} | {result.epoch} epochs, {result.step} steps, {minutes:.1f} min | {score} "
+        f"({len(test)} test images) | {ll['mean']:.2f} +- {ll['stderr']:.2f} ({ev['num_datapoints']} x K = "
+        f"{ev['num_samples']}) | {published} |"
+    )
+
+
+def step_time(a) -> str:
+    """Median seconds of one M2 training step under "enum" and under "elbo", and their ratio."""
+    from pyrovae import objectives, optim, train
+    from pyrovae.data import Batches
+
+    config = configure("m2_100", a, Path(tempfile.mkdtemp()))
+    data = experiment.load_data(config, "train")
+    times, how = {}, {}
+    for name in ("enum", "elbo"):
+        torch.manual_seed(0)
+        model, guide = experiment.build(config, data.shape)
+        hooks.attach_data(model, guide, data.labels)
+        images, labels = next(iter(Batches(data, config.train.batch_size, seed=1).epoch(0, labels=True)))
+        x = hooks.inputs(model, images, labels)
+        params = optim.collect_params(model, guide, *x)
+        loss = train.make_loss(objectives.make_objective(name), model, guide, params, "auto", x)
+        opt = torch.optim.Adam(params, lr=1e-4)
+        one = torch.ones(())
+        samples = []
+        for i in range(a.steps + 3):
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            loss(*x, one).backward()
+            opt.step()
+            samples.append(time.perf_counter() - t0)
+        times[name], how[name] = statistics.median(samples[3:]), loss.summary()
+    return (
+        f"| M2 step, batch {config.train.batch_size} | enum {1000 * times['enum']:.1f} ms ({how['enum']}) | "
+        f"elbo {1000 * times['elbo']:.1f} ms ({how['elbo']}) | "
+        f"ratio enum / elbo {times['enum'] / times['elbo']:.2f} |"
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", nargs="+", choices=[*ROWS, "step_time"], default=["m2_100", "m2_3000"])
+    p.add_argument("--epochs", type=int, help="override the configs' epochs")
+    p.add_argument("--train-size", type=int, help="train on the first N images (smoke runs)")
+    p.add_argument("--test-limit", type=int, default=1000, help="log p(x) on the first N test images")
+    p.add_argument("--eval-samples", type=int, default=100)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per objective (step_time)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="where the runs go (default: a temporary folder)")
+    p.add_argument("--append", help="append the table to this markdown file")
+    a = p.parse_args()
+    out = Path(a.out or tempfile.mkdtemp(prefix="discrete_"))
+    lines = [
+        "| row | training | test error / clustering accuracy | test log p(x) | published |",
+        "| --- | --- | --- | ---: | --- |",
+    ]
+    for row in a.rows:
+        lines.append(step_time(a) if row == "step_time" else run_row(row, a, out))
+        print(lines[-1], flush=True)
+    skip = ("rows", "append", "out", "device")
+    flags = " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v is not None and k not in skip
+    )
+    header = [
+        f"Device: {a.device} ({platform.machine()}, {torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}",
+        f"Command: `python benchmarks/discrete.py --rows {' '.join(a.rows)} {flags}`",
+        "",
+    ]
+    from report import emit  # benchmarks/ is on sys.path when run as a script
+
+    emit("\n".join(header + lines) + "\n", a.append)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The semi-supervised VAE (M2) and the Gaussian-mixture VAE: labels kept, the class summed
+out of log p(x), the auxiliary loss, the reports, and short runs from their configs."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from pyrovae import cli, clusters, estimators
+from pyrovae.data import Split
+from pyrovae.errors import DataError
+from pyrovae.registry import build_guide, build_model
+
+
+def test_kept_labels_are_balanced_seeded_and_the_rest_hidden():
+    labels = torch.arange(300) % 3
+    split = Split(torch.zeros(300, 1, 2, 2), labels, "continuous")
+    kept = split.keep_labels(10, seed=1).labels
+    assert (kept >= 0).sum() == 10 and torch.bincount(kept[kept >= 0]).tolist() == [4, 3, 3]
+    assert (kept[kept >= 0] == labels[kept >= 0]).all()
+    assert torch.equal(kept, split.keep_labels(10, seed=1).labels)
+    assert not torch.equal(kept, split.keep_labels(10, seed=2).labels)
+    with pytest.raises(DataError, match="data.labelled"):
+        split.keep_labels(2)
+
+
+def test_classification_error_and_hungarian_cluster_accuracy():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0])
+    probs = torch.nn.functional.one_hot((labels + 1) % 3, 4).float()  # clusters = labels shifted
+    assert clusters.cluster_accuracy(probs, labels) == 1.0
+    assert clusters.classification_error(probs, labels)["error"] == 1.0
+    probs[0] = torch.tensor([0.0, 0.0, 0.0, 1.0])  # one datapoint in an unmatched cluster
+    assert clusters.cluster_accuracy(probs, labels) == pytest.approx(7 / 8)
+    e = clusters.classification_error(torch.nn.functional.one_hot(labels, 3).float(), labels)
+    assert e == {"error": 0.0, "stderr": 0.0}
+
+
+@pytest.fixture
+def m2():
+    torch.manual_seed(0)
+    shape = (1, 2, 2)
+    model = build_model("ss_vae", x_shape=shape, latent_dim=[3, 2], hidden=[8]).double()
+    guide = build_guide("ss_mlp", x_shape=shape, latent_dim=[3, 2], hidden=[8]).double()
+    return model, guide, torch.rand(6, *shape, dtype=torch.float64).bernoulli()
+
+
+def test_m2_log_px_sums_the_class_out(m2):
+    """log p(x) = log sum_y p(x, y): the unlabelled estimate against the labelled ones."""
+    model, guide, x = m2
+    hidden = torch.full((6,), -1)
+    unlabelled = estimators.log_likelihood(model, guide, x, hidden, num_samples=20000)
+    labelled = torch.stack(
+        [estimators.log_likelihood(model, guide, x, torch.full((6,), y), num_samples=20000) for y in range(3)]
+    )
+    torch.testing.assert_close(
+        unlabelled, labelled.logsumexp(0), atol=0.04, rtol=0
+    )  # a wrong count of y: log 3
+
+
+def test_m2_auxiliary_loss_is_alpha_over_the_labelled_share(m2):
+    model, guide, x = m2
+    y = torch.tensor([2, -1, 0, -1, -1, -1])
+    guide.attach_data(torch.tensor([1, -1, -1, -1]))  # a quarter of the training data labelled
+    logits = guide.class_logits(x)
+    nll = -(torch.log_softmax(logits, -1)[0, 2] + torch.log_softmax(logits, -1)[2, 0])
+    torch.testing.assert_close(guide.auxiliary_loss(x, y), 0.1 / 0.25 * nll)
+
+
+def _run(tmp_path, config, sets):
+    run = tmp_path / "run"
+    argv = ["fit", config, "--run-dir", str(run), "--no-progress"]
+    assert cli.main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
+    assert cli.main(["evaluate", str(run), "--num-samples", "3", "--no-progress", "--limit", "50"]) == 0
+    return json.loads((run / "eval_test.json").read_text())
+
+
+def test_m2_trains_from_its_config_and_reports_the_test_error(tmp_path, capsys):
+    sets = ["data.train_size=400", "data.labelled=20", "data.val_size=100", "data.val_limit=50",
+            "train.max_steps=4", "model.hidden=[16]", "guide.hidden=[16]"]  # fmt: skip
+    out = _run(tmp_path, "configs/mnist_m2_100.toml", sets)
+    e = out["classification_error"]
+    assert (
+        e["site"] == "y"
+        and 0 <= e["error"] <= 1
+        and e["stderr"] == pytest.approx(math.sqrt(e["error"] * (1 - e["error"]) / 50))
+    )
+    assert "log_likelihood_bits_per_dim" in out  # log p(x) of the images alone, labels summed out
+    assert "test error" in capsys.readouterr().out
+
+
+def test_gmvae_trains_from_its_config_and_reports_the_clustering_accuracy(tmp_path):
+    sets = ["data.train_size=300", "data.val_size=100", "data.val_limit=50", "train.max_steps=4",
+            "model.hidden=[16]", "guide.hidden=[16]"]  # fmt: skip
+    out = _run(tmp_path, "configs/mnist_gmvae_10.toml", sets)
+    assert 0.1 <= out["cluster_accuracy"]["c"] <= 1 and math.isfinite(out["log_likelihood"]["mean"])
