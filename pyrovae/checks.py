@@ -26,9 +26,9 @@ def as_split(data: Split | torch.Tensor) -> Split:
     if isinstance(data, Split):
         return data
     if isinstance(data, torch.Tensor):
-        if data.dim() < 1:
+        if data.dim() < 1 or data.shape[0] == 0:
             raise DataError(
-                f"data must be a batch of shape (N, ...), got a tensor of shape {tuple(data.shape)}"
+                f"data must be a non-empty batch of shape (N, ...), got a tensor of shape {tuple(data.shape)}"
             )
         labels = torch.full((data.shape[0],), -1, dtype=torch.long, device=data.device)
         if data.dtype == torch.uint8:  # 8-bit levels, or binary pixels when all are 0 or 1

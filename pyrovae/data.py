@@ -120,30 +120,6 @@ class Split:
             return torch.bernoulli(x, generator=generator)
         return x
 
-    def keep_labels(self, n: int, seed: int = 0) -> "Split":
-        """The split with the labels of ``n`` images kept, balanced over the classes (n // C
-        each, the remainder to the first classes) and chosen by ``seed``; the others get -1
-        (unlabelled), as in the semi-supervised benchmarks of Kingma et al. (2014), sec. 4.2."""
-        labels = self.labels.cpu()
-        classes = labels[labels >= 0].unique()
-        if n > len(self) or len(classes) == 0 or n < len(classes):
-            raise DataError(
-                f"cannot keep {n} balanced labels of {len(self)} datapoints in {len(classes)} classes; "
-                f"set data.labelled between {len(classes)} and {len(self)}"
-            )
-        g = torch.Generator().manual_seed(seed)
-        keep = []
-        for i, c in enumerate(classes.tolist()):
-            members = (labels == c).nonzero().squeeze(1)
-            want = n // len(classes) + (i < n % len(classes))
-            if want > len(members):
-                raise DataError(f"class {c} has {len(members)} images, fewer than the {want} labels asked")
-            keep.append(members[torch.randperm(len(members), generator=g)[:want]])
-        kept = torch.full_like(labels, -1)
-        index = torch.cat(keep)
-        kept[index] = labels[index]
-        return Split(self.images, kept.to(self.labels.device), self.pixels, self.maximum)
-
     def observe_fixed(self, seed: int) -> torch.Tensor:
         """All pixels with one seeded binarization in dynamic mode: data to validate or evaluate on."""
         return self.observe(generator=torch.Generator(device=self.images.device).manual_seed(seed))

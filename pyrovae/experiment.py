@@ -25,6 +25,7 @@ from .data import EVAL_BINARIZATION_SEED, Split, load_split
 from .diagnostics import batched_posterior_means as posterior_means
 from .errors import CheckpointError, ConfigError, NonFiniteError
 from .hooks import code_site  # noqa: F401 - also pyrovae.experiment.code_site
+from .labelled import keep_labels
 from .registry import GUIDES, build_guide, build_model, fits, guides_for
 from .train import FitResult, fit, model_inputs, resolve_device
 
@@ -54,7 +55,7 @@ def load_data(config: Config, split: str, device="cpu") -> Split:
     )
     data = data.slice({"train": d.train_size, "val": d.val_limit, "test": d.test_limit}[split])
     if split == "train" and d.labelled is not None:  # semi-supervised: the other labels hidden
-        data = data.keep_labels(d.labelled, config.seed)
+        data = keep_labels(data, d.labelled, config.seed)
     return data
 
 

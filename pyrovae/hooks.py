@@ -33,7 +33,9 @@ class ModelHooks(Protocol):
     - ``latent_sites``: names of the latent sample sites, the one ``decode`` takes last.
       Default: ``("z",)``.
     - ``takes``: the arguments model and guide take: ``"image"`` (default), ``"image,label"``,
-      ``"quadrants"``; a registered guide must take the same.
+      ``"quadrants"``, ``"image,partial_label"`` (labels with -1 for unlabelled: ``fit`` then
+      batches labelled and unlabelled datapoints apart, evaluation hides the labels); a
+      registered guide must take the same.
     - ``num_classes``: the number of classes of a label-conditioned model. Default: none.
     - ``complete(x, num)``: sampled completions of partly observed inputs (the quadrant
       task); reports draw completions instead of samples when it exists.

@@ -28,7 +28,16 @@ from .config import NAN_POLICIES, TrainConfig  # noqa: F401 - NAN_POLICIES: also
 from .data import VAL_BINARIZATION_SEED, Batches, Split
 from .errors import ConfigError, ModelError
 from .guard import Guard, diagnose_nonfinite
-from .hooks import attach_data, auxiliary_loss, check_pixels, evaluation_inputs, is_conditional, owner_modules
+from .hooks import (
+    attach_data,
+    auxiliary_loss,
+    check_pixels,
+    evaluation_inputs,
+    is_conditional,
+    owner_modules,
+    takes,
+)
+from .labelled import LabelledBatches, is_partly_labelled
 from .objectives import kl_weight, make_objective
 from .optim import LR_SCHEDULES, collect_params, iwae_lr_factor, make_optimizer, make_scheduler  # noqa: F401
 from .progress import bar
@@ -99,7 +108,10 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
             "for them): train it in one process with val=None"
         )
     size = len(train) if whole else cfg.batch_size
-    batches = Batches(train, size, shuffle=not whole, seed=seed, rank=group.rank, world=group.size)
+    if takes(model) == "image,partial_label" and not whole and is_partly_labelled(train):
+        batches = LabelledBatches(train, size, seed=seed, rank=group.rank, world=group.size)
+    else:
+        batches = Batches(train, size, shuffle=not whole, seed=seed, rank=group.rank, world=group.size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(batches)
     if total < 1:
         raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")

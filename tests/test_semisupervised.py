@@ -10,19 +10,35 @@ import torch
 from pyrovae import cli, clusters, estimators
 from pyrovae.data import Split
 from pyrovae.errors import DataError
+from pyrovae.labelled import LabelledBatches, keep_labels
 from pyrovae.registry import build_guide, build_model
 
 
 def test_kept_labels_are_balanced_seeded_and_the_rest_hidden():
     labels = torch.arange(300) % 3
     split = Split(torch.zeros(300, 1, 2, 2), labels, "continuous")
-    kept = split.keep_labels(10, seed=1).labels
+    kept = keep_labels(split, 10, seed=1).labels
     assert (kept >= 0).sum() == 10 and torch.bincount(kept[kept >= 0]).tolist() == [4, 3, 3]
     assert (kept[kept >= 0] == labels[kept >= 0]).all()
-    assert torch.equal(kept, split.keep_labels(10, seed=1).labels)
-    assert not torch.equal(kept, split.keep_labels(10, seed=2).labels)
+    assert torch.equal(kept, keep_labels(split, 10, seed=1).labels)
+    assert not torch.equal(kept, keep_labels(split, 10, seed=2).labels)
     with pytest.raises(DataError, match="data.labelled"):
-        split.keep_labels(2)
+        keep_labels(split, 2)
+
+
+def test_labelled_batches_keep_the_kinds_apart_and_see_each_datapoint_once():
+    labels = torch.full((50,), -1)
+    labels[[3, 7, 11, 20, 31]] = torch.tensor([0, 1, 2, 0, 1])
+    split = Split(torch.arange(50.0).reshape(50, 1), labels, "continuous")
+    batches = LabelledBatches(split, 4, seed=2)
+    epoch = list(batches.epoch(1, labels=True))
+    kinds = ["l" if (y >= 0).all() else "u" for _, y in epoch]
+    assert all((y >= 0).all() or (y < 0).all() for _, y in epoch)  # never mixed
+    assert kinds.count("l") == 2 and kinds[0] == "u" and kinds[-1] == "u"  # interleaved
+    seen = torch.cat([x[:, 0] for x, _ in epoch]).long().sort().values
+    assert torch.equal(seen, torch.arange(50)) and len(batches) == len(epoch)
+    assert [batches.total(b) for b in range(len(batches))] == [len(x) for x, _ in epoch]
+    assert [x.tolist() for x, _ in epoch[3:]] == [x.tolist() for x in batches.epoch(1, start=3)]  # resumes
 
 
 def test_classification_error_and_hungarian_cluster_accuracy():

@@ -1,0 +1,79 @@
+"""Semi-supervised data: a few labels kept, and batches that keep labelled and unlabelled
+datapoints apart."""
+
+from __future__ import annotations
+
+import torch
+
+from .data import Batches, Split
+from .errors import ConfigError, DataError
+
+
+def keep_labels(split: Split, n: int, seed: int = 0) -> Split:
+    """``split`` with the labels of ``n`` datapoints kept, balanced over the classes (n // C
+    each, the remainder to the first classes) and chosen by ``seed``; the others get -1
+    (unlabelled), as in the semi-supervised benchmarks of Kingma et al. (2014), sec. 4.2."""
+    labels = split.labels.cpu()
+    classes = labels[labels >= 0].unique()
+    if n > len(split) or len(classes) == 0 or n < len(classes):
+        raise DataError(
+            f"cannot keep {n} balanced labels of {len(split)} datapoints in {len(classes)} classes; "
+            f"set data.labelled between {len(classes)} and {len(split)}"
+        )
+    g = torch.Generator().manual_seed(seed)
+    keep = []
+    for i, c in enumerate(classes.tolist()):
+        members = (labels == c).nonzero().squeeze(1)
+        want = n // len(classes) + (i < n % len(classes))
+        if want > len(members):
+            raise DataError(f"class {c} has {len(members)} images, fewer than the {want} labels asked")
+        keep.append(members[torch.randperm(len(members), generator=g)[:want]])
+    kept, index = torch.full_like(labels, -1), torch.cat(keep)
+    kept[index] = labels[index]
+    return Split(split.images, kept.to(split.labels.device), split.pixels, split.maximum)
+
+
+def is_partly_labelled(split: Split) -> bool:
+    known = split.labels >= 0
+    return bool(known.any()) and not bool(known.all())
+
+
+class LabelledBatches(Batches):
+    """Batches of unlabelled datapoints, with batches of the labelled ones interleaved at even
+    intervals: every datapoint once per epoch, a labelled batch observing its labels whole (the
+    schedule of Pyro's ss-vae example, which Kingma et al. 2014 eq. 9 weighs). The order of
+    epoch ``e`` depends only on ``(seed, e)``, as for :class:`Batches`; one process only."""
+
+    def __init__(self, data: Split, batch_size: int, *, seed: int = 0, rank: int = 0, world: int = 1):
+        if world > 1:
+            raise ConfigError("semi-supervised batches run in one process; train without torchrun")
+        super().__init__(data, batch_size, shuffle=True, seed=seed)
+        known = (data.labels >= 0).cpu()
+        self.parts = {"l": known.nonzero().squeeze(1), "u": (~known).nonzero().squeeze(1)}
+        self.counts = {k: -(-len(v) // batch_size) for k, v in self.parts.items()}
+        n_u, n_l = self.counts["u"], self.counts["l"]
+        slots = {(i + 1) * (n_u + n_l) // (n_l + 1) for i in range(n_l)}  # distinct: n_u >= 1
+        seen = {"l": 0, "u": 0}
+        self.layout = []  # (part, chunk) per position
+        for b in range(n_u + n_l):
+            part = "l" if b in slots else "u"
+            self.layout.append((part, seen[part]))
+            seen[part] += 1
+
+    def __len__(self) -> int:
+        return len(self.layout)
+
+    def total(self, b: int) -> int:
+        part, chunk = self.layout[b]
+        return min(self.batch_size, len(self.parts[part]) - chunk * self.batch_size)
+
+    def epoch(self, epoch: int, start: int = 0, labels: bool = False):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        device = self.data.images.device
+        chunks = {
+            k: v[torch.randperm(len(v), generator=g)].to(device).split(self.batch_size)
+            for k, v in sorted(self.parts.items())
+        }
+        for part, chunk in self.layout[start:]:
+            index = chunks[part][chunk]
+            yield (self.data.observe(index), self.data.labels[index]) if labels else self.data.observe(index)
