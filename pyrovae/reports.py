@@ -21,7 +21,7 @@ from .diagnostics import (
     worst,
 )
 from .experiment import load_data
-from .train import model_inputs
+from .hooks import evaluation_inputs
 
 
 def diagnose_run(
@@ -43,7 +43,7 @@ def diagnose_run(
     data = load_data(run.config, split, run.device)
     images = data.observe_fixed(seed + EVAL_BINARIZATION_SEED)[:limit]
     labels = data.labels[:limit]
-    args = model_inputs(run.model, images, labels)
+    args = evaluation_inputs(run.model, images, labels)  # a semi-supervised model sums its class out
     table = posterior_quality(
         run.model,
         run.guide,
