@@ -13,11 +13,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyrovae.base import ImageModule
+from pyrovae.enumeration import ENUMERATE
 from pyrovae.nn import CodeConditioned, activation, gaussian_head, mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import CLUSTER, DATA_PLATE, LABEL, LATENT
-
-ENUMERATE = {"enumerate": "parallel"}  #: the mark that sums a discrete site out exactly
 
 
 class _DiscreteThenGaussian(ImageModule):

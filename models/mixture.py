@@ -11,10 +11,9 @@ import torch
 from torch import nn
 
 from pyrovae.base import ImageModel
+from pyrovae.enumeration import ENUMERATE
 from pyrovae.registry import register_model
 from pyrovae.sites import CLUSTER, DATA_PLATE, LATENT, OBSERVED
-
-ENUMERATE = {"enumerate": "parallel"}  #: the mark that sums a discrete site out exactly
 
 
 @register_model("mfa")

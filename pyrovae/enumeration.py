@@ -28,6 +28,8 @@ from pyro.poutine.util import site_is_subsample
 from .errors import ModelError
 from .sites import DATA_PLATE
 
+ENUMERATE = {"enumerate": "parallel"}  #: the mark (a site's ``infer``) that sums a discrete site out exactly
+
 
 class Enumerated(NamedTuple):
     """Per enumerated value g (all enumerated guide sites' values, flattened), each (G, K, N)."""
