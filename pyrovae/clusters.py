@@ -7,7 +7,6 @@ import math
 from typing import Callable
 
 import pyro
-import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
@@ -16,7 +15,7 @@ from .chunks import _slice_args
 
 
 def _categorical_probs(fn) -> torch.Tensor | None:
-    while isinstance(fn, (dist.MaskedDistribution, dist.Independent)) or hasattr(fn, "base_dist"):
+    while hasattr(fn, "base_dist"):  # masked, independent or expanded wrappers
         fn = fn.base_dist
     if isinstance(fn, (torch.distributions.Categorical, torch.distributions.OneHotCategorical)):
         return fn.probs

@@ -58,8 +58,11 @@ def check_site(site: dict, particle_dim: int) -> None:
             f"site {name!r} asks for sequential enumeration; pyrovae enumerates in parallel: "
             'use infer={"enumerate": "parallel"}'
         )
-    others = [f.name for f in site["cond_indep_stack"] if f.vectorized and f.dim not in (particle_dim,)]
-    others = [n for n in others if n != DATA_PLATE]
+    others = [
+        f.name
+        for f in site["cond_indep_stack"]
+        if f.vectorized and f.dim != particle_dim and f.name != DATA_PLATE
+    ]
     if others:
         raise ModelError(
             f"enumerated site {name!r} sits in plate(s) {others}; per-datapoint enumeration sums "
@@ -82,18 +85,24 @@ def _layout(site: dict, lp: torch.Tensor, particle_dim: int, dims: list[int], si
     return lp.expand(*sizes, k, data.size)
 
 
-def _sum(trace, particle_dim, dims, sizes, k, want):
-    """Sum of the masked log-densities of the sites ``want(site)`` selects, as (*sizes, K, N)."""
-    total = None
+def masked_log_prob(site: dict) -> torch.Tensor:
+    """A sample site's log-density, masked (masked-out entries add nothing, as in Pyro's ELBOs)
+    but not scaled."""
+    lp = site["fn"].log_prob(site["value"])
+    return lp if site["mask"] is None else lp * site["mask"]
+
+
+def _sums(trace, particle_dim, dims, sizes, k, group) -> dict:
+    """{key: sum of the masked log-densities of the sites ``group(site)`` puts under key}, each
+    (*sizes, K, N); each site's log-density is computed once."""
+    totals: dict = {}
     for site in trace.nodes.values():
-        if site["type"] != "sample" or site_is_subsample(site) or not want(site):
+        if site["type"] != "sample" or site_is_subsample(site):
             continue
-        lp = site["fn"].log_prob(site["value"])
-        if site["mask"] is not None:
-            lp = lp * site["mask"]
-        lp = _layout(site, lp, particle_dim, dims, sizes, k)
-        total = lp if total is None else total + lp
-    return total
+        for key in group(site):
+            lp = _layout(site, masked_log_prob(site), particle_dim, dims, sizes, k)
+            totals[key] = lp if key not in totals else totals[key] + lp
+    return totals
 
 
 def enumerated_terms(guide_tr, model_tr, particle_dim: int, k: int) -> tuple[torch.Tensor, ...] | None:
@@ -117,18 +126,22 @@ def enumerated_terms(guide_tr, model_tr, particle_dim: int, k: int) -> tuple[tor
     all_dims = sorted(dim_size)
     sizes = [dim_size[d] for d in all_dims]
     g_sizes = [dim_size[d] for d in g_dims]
-    every = lambda site: True
-    joint = _sum(model_tr, particle_dim, all_dims, sizes, k, every)
-    prior = _sum(model_tr, particle_dim, all_dims, sizes, k, lambda s: not s["is_observed"])
-    zero = torch.zeros((), dtype=joint.dtype, device=joint.device)
-    prior = zero.expand_as(joint) if prior is None else prior
+    model = _sums(model_tr, particle_dim, all_dims, sizes, k, lambda s: ("obs" if s["is_observed"] else "z",))
+    zero = torch.zeros((), dtype=model["obs"].dtype, device=model["obs"].device)
+    prior = model.get("z", zero.expand_as(model["obs"]))
+    joint = model["obs"] + prior
     if m_dims:  # the model's own discrete sites: log sum_c inside the joint and p(z)
         pos = [all_dims.index(d) for d in m_dims]
         joint, prior = torch.logsumexp(joint, pos), torch.logsumexp(prior, pos)
-    log_q = _sum(guide_tr, particle_dim, g_dims, g_sizes, k, lambda s: not s["is_observed"])
-    log_q = zero.expand_as(joint) if log_q is None else log_q
-    log_c = _sum(guide_tr, particle_dim, g_dims, g_sizes, k, lambda s: s["name"] in guide_sites)
-    log_c = zero.expand_as(joint) if log_c is None else log_c
+    guide = _sums(
+        guide_tr,
+        particle_dim,
+        g_dims,
+        g_sizes,
+        k,
+        lambda s: () if s["is_observed"] else ("q", "c") if s["name"] in guide_sites else ("q",),
+    )
+    log_q, log_c = (guide.get(key, zero.expand_as(joint)) for key in ("q", "c"))
     g = math.prod(g_sizes)
     flat = lambda t: t.reshape(g, *t.shape[-2:])
     log_lik, prior, log_q, log_c = flat(joint - prior), flat(prior), flat(log_q), flat(log_c)

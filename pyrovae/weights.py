@@ -16,7 +16,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .enumeration import Enumerated, enumerated_terms
+from .enumeration import Enumerated, enumerated_terms, masked_log_prob
 from .errors import PyrovaeError
 from .sites import DATA_PLATE
 
@@ -116,10 +116,7 @@ def per_datapoint(
 
 def site_log_prob(site: dict, particle_dim: int, num_particles: int) -> torch.Tensor:
     """A site's log-density, masked but not scaled, summed to shape (K, N)."""
-    lp = site["fn"].log_prob(site["value"])
-    if site["mask"] is not None:
-        lp = lp * site["mask"]  # masked-out entries contribute nothing, as in Pyro's ELBOs
-    return per_datapoint(lp, site, particle_dim, num_particles).sum(-1)
+    return per_datapoint(masked_log_prob(site), site, particle_dim, num_particles).sum(-1)
 
 
 def vectorize(fn: Callable, num_samples: int, particle_dim: int) -> Callable:
