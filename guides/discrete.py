@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from pyrovae.base import ImageModule
 from pyrovae.enumeration import ENUMERATE
+from pyrovae.errors import ConfigError
 from pyrovae.nn import CodeConditioned, activation, gaussian_head, mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import CLUSTER, DATA_PLATE, LABEL, LATENT
@@ -82,7 +83,9 @@ class SemiSupervisedGuide(_DiscreteThenGaussian):
     ``hidden``) for the unlabelled datapoints, y marked for enumeration, and q(z | x, y), an
     MLP on [x, one-hot y] with y the label where given. The classifier also gets the
     auxiliary loss alpha E[-log q(y | x)] on the labelled data (ibid., eq. 9): ``alpha`` is
-    the paper's 0.1 N per training datapoint, spread over the labelled ones."""
+    the paper's 0.1 N per training datapoint, spread over the labelled ones; or, where
+    ``aux_weight`` is set, that weight on each labelled image's -log q(y | x) each time it is
+    seen (the ``aux_loss_multiplier`` of Pyro's ss-vae example, 46 there)."""
 
     latent_sites = (LABEL, LATENT)
     takes = "image,partial_label"
@@ -90,9 +93,11 @@ class SemiSupervisedGuide(_DiscreteThenGaussian):
 
     def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int], *, hidden: Sequence[int] = (500,),
                  activation: str = "softplus", min_scale: float = 1e-4, enumerate: bool = True,
-                 alpha: float = 0.1):  # fmt: skip
+                 alpha: float = 0.1, aux_weight: float | None = None):  # fmt: skip
         super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerate, shared=False)
-        self.alpha = alpha
+        if aux_weight is not None and not aux_weight >= 0:
+            raise ConfigError(f"guide.aux_weight must be null or a number >= 0, got {aux_weight}")
+        self.alpha, self.aux_weight = alpha, aux_weight
         self.register_buffer("labelled_fraction", torch.ones(()))
 
     def attach_data(self, labels: torch.Tensor) -> None:
@@ -103,9 +108,10 @@ class SemiSupervisedGuide(_DiscreteThenGaussian):
         self._sample(x, y)
 
     def auxiliary_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """(alpha / labelled share) sum over the labelled datapoints of -log q(y | x): in
-        expectation over batches, alpha times the mean over the labelled data per datapoint
-        of the whole set, the paper's alpha = 0.1 N of eq. 9."""
+        """w sum over the labelled datapoints of -log q(y | x), w = ``aux_weight`` or
+        alpha / labelled share: with each label seen once an epoch, alpha times the mean over the
+        labelled data per datapoint of the whole set, the paper's alpha = 0.1 N of eq. 9."""
         labelled = y >= 0
         nll = F.cross_entropy(self.class_logits(x), y.clamp(min=0), reduction="none")
-        return self.alpha / self.labelled_fraction * (nll * labelled).sum()
+        weight = self.alpha / self.labelled_fraction if self.aux_weight is None else self.aux_weight
+        return weight * (nll * labelled).sum()

@@ -123,6 +123,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  #: stop after this many steps (overrides epochs)
     batch_size: int = 128
+    labelled_repeat: int | None = None  #: semi-supervised: passes over the labels per epoch (null: auto)
     lr: float = 1e-3
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
@@ -171,6 +172,11 @@ class TrainConfig:
                     "null or an integer >= 1",
                 ),
                 "batch_size": (self.batch_size, _at_least(self.batch_size, 1), "an integer >= 1"),
+                "labelled_repeat": (
+                    self.labelled_repeat,
+                    opt(self.labelled_repeat, lambda v: _at_least(v, 1)),
+                    "null or an integer >= 1",
+                ),
                 "lr": (self.lr, _at_least(self.lr, 0), "a finite number >= 0"),
                 "adam_eps": (self.adam_eps, _positive(self.adam_eps), "a finite number > 0"),
                 "weight_decay": (self.weight_decay, _at_least(self.weight_decay, 0), "a finite number >= 0"),

@@ -38,19 +38,39 @@ def is_partly_labelled(split: Split) -> bool:
     return bool(known.any()) and not bool(known.all())
 
 
+LABELLED_SHARE = 16  #: automatic repeat: at least one labelled batch in every 16 + 1
+
+
+def labelled_repeat(labelled: int, unlabelled: int, batch_size: int, repeat: int | None = None) -> int:
+    """How many times per epoch the labelled datapoints are drawn: ``repeat``, or where None the
+    least that makes labelled batches at least one in every 17 (the rate of Pyro's ss-vae example
+    with 3000 of 50,000 labels at batch 200): with 100 labels, a classifier that sees its labels
+    once in 250 steps learns nothing from them before the entropy of q(y | x) flattens it."""
+    if repeat is not None:
+        if int(repeat) < 1:
+            raise ConfigError(f"train.labelled_repeat must be a positive integer, got {repeat}")
+        return int(repeat)
+    n_l, n_u = -(-labelled // batch_size), -(-unlabelled // batch_size)
+    return max(1, -(-n_u // (LABELLED_SHARE * n_l)))
+
+
 class LabelledBatches(Batches):
     """Batches of unlabelled datapoints, with batches of the labelled ones interleaved at even
-    intervals: every datapoint once per epoch, a labelled batch observing its labels whole (the
-    schedule of Pyro's ss-vae example, which Kingma et al. 2014 eq. 9 weighs). The order of
-    epoch ``e`` depends only on ``(seed, e)``, as for :class:`Batches`; one process only."""
+    intervals, a labelled batch observing its labels whole (the schedule of Pyro's ss-vae
+    example). Each epoch sees every unlabelled datapoint once and every labelled one ``repeat``
+    times (:func:`labelled_repeat`; each pass its own order). The order of epoch ``e`` depends
+    only on ``(seed, e)``, as for :class:`Batches`; one process only."""
 
-    def __init__(self, data: Split, batch_size: int, *, seed: int = 0, rank: int = 0, world: int = 1):
+    def __init__(self, data: Split, batch_size: int, *, seed: int = 0, rank: int = 0, world: int = 1,
+                 repeat: int | None = None):  # fmt: skip
         if world > 1:
             raise ConfigError("semi-supervised batches run in one process; train without torchrun")
         super().__init__(data, batch_size, shuffle=True, seed=seed)
         known = (data.labels >= 0).cpu()
         self.parts = {"l": known.nonzero().squeeze(1), "u": (~known).nonzero().squeeze(1)}
-        self.counts = {k: -(-len(v) // batch_size) for k, v in self.parts.items()}
+        self.repeat = labelled_repeat(len(self.parts["l"]), len(self.parts["u"]), batch_size, repeat)
+        per_pass = -(-len(self.parts["l"]) // batch_size)
+        self.counts = {"l": per_pass * self.repeat, "u": -(-len(self.parts["u"]) // batch_size)}
         n_u, n_l = self.counts["u"], self.counts["l"]
         slots = {(i + 1) * (n_u + n_l) // (n_l + 1) for i in range(n_l)}  # distinct: n_u >= 1
         seen = {"l": 0, "u": 0}
@@ -63,17 +83,21 @@ class LabelledBatches(Batches):
     def __len__(self) -> int:
         return len(self.layout)
 
+    def _size(self, part: str) -> list[int]:
+        sizes = [len(c) for c in torch.arange(len(self.parts[part])).split(self.batch_size)]
+        return sizes * (self.repeat if part == "l" else 1)
+
     def total(self, b: int) -> int:
         part, chunk = self.layout[b]
-        return min(self.batch_size, len(self.parts[part]) - chunk * self.batch_size)
+        return self._size(part)[chunk]
 
     def epoch(self, epoch: int, start: int = 0, labels: bool = False):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         device = self.data.images.device
-        chunks = {
-            k: v[torch.randperm(len(v), generator=g)].to(device).split(self.batch_size)
-            for k, v in sorted(self.parts.items())
-        }
+        chunks = {}
+        for k, v in sorted(self.parts.items()):  # a fresh order for each pass over the labelled
+            passes = [v[torch.randperm(len(v), generator=g)] for _ in range(self.repeat if k == "l" else 1)]
+            chunks[k] = [c.to(device) for p in passes for c in p.split(self.batch_size)]
         for part, chunk in self.layout[start:]:
             index = chunks[part][chunk]
             yield (self.data.observe(index), self.data.labels[index]) if labels else self.data.observe(index)

@@ -109,7 +109,9 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
         )
     size = len(train) if whole else cfg.batch_size
     if takes(model) == "image,partial_label" and not whole and is_partly_labelled(train):
-        batches = LabelledBatches(train, size, seed=seed, rank=group.rank, world=group.size)
+        batches = LabelledBatches(
+            train, size, seed=seed, rank=group.rank, world=group.size, repeat=cfg.labelled_repeat
+        )
     else:
         batches = Batches(train, size, shuffle=not whole, seed=seed, rank=group.rank, world=group.size)
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(batches)

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pyrovae import cli, clusters, estimators
+from pyrovae.config import TrainConfig
 from pyrovae.data import Split
-from pyrovae.errors import DataError
-from pyrovae.labelled import LabelledBatches, keep_labels
+from pyrovae.errors import ConfigError, DataError
+from pyrovae.labelled import LabelledBatches, keep_labels, labelled_repeat
 from pyrovae.registry import build_guide, build_model
 
 
@@ -39,6 +40,28 @@ def test_labelled_batches_keep_the_kinds_apart_and_see_each_datapoint_once():
     assert torch.equal(seen, torch.arange(50)) and len(batches) == len(epoch)
     assert [batches.total(b) for b in range(len(batches))] == [len(x) for x, _ in epoch]
     assert [x.tolist() for x, _ in epoch[3:]] == [x.tolist() for x in batches.epoch(1, start=3)]  # resumes
+
+
+def test_few_labels_are_repeated_so_that_one_batch_in_17_is_labelled():
+    assert labelled_repeat(100, 49900, 200) == 16  # 1 labelled batch and 250 unlabelled
+    assert labelled_repeat(3000, 47000, 200) == 1  # 15 and 235: Pyro's example's own rate
+    assert labelled_repeat(100, 49900, 200, repeat=3) == 3
+    with pytest.raises(ConfigError, match="labelled_repeat"):
+        labelled_repeat(100, 49900, 200, repeat=0)
+    with pytest.raises(ConfigError, match="labelled_repeat"):
+        TrainConfig(labelled_repeat=0)
+    labels = torch.full((40,), -1)
+    labels[[2, 9, 17]] = torch.tensor([0, 1, 2])
+    split = Split(torch.arange(40.0).reshape(40, 1), labels, "continuous")
+    batches = LabelledBatches(split, 2, seed=0, repeat=4)
+    epoch = list(batches.epoch(0, labels=True))
+    seen = torch.cat([x[:, 0] for x, y in epoch if (y >= 0).all()]).long()
+    assert torch.equal(torch.bincount(seen, minlength=40)[[2, 9, 17]], torch.tensor([4, 4, 4]))
+    assert len(seen) == 12 and len(batches) == len(epoch) == 8 + 19
+    passes = [seen[i : i + 3].tolist() for i in range(0, 12, 3)]
+    assert all(sorted(p) == [2, 9, 17] for p in passes) and len({tuple(p) for p in passes}) > 1  # reshuffled
+    assert [batches.total(b) for b in range(len(batches))] == [len(x) for x, _ in epoch]
+    assert [x.tolist() for x, _ in epoch[5:]] == [x.tolist() for x in batches.epoch(0, start=5)]
 
 
 def test_classification_error_and_hungarian_cluster_accuracy():
@@ -81,6 +104,8 @@ def test_m2_auxiliary_loss_is_alpha_over_the_labelled_share(m2):
     logits = guide.class_logits(x)
     nll = -(torch.log_softmax(logits, -1)[0, 2] + torch.log_softmax(logits, -1)[2, 0])
     torch.testing.assert_close(guide.auxiliary_loss(x, y), 0.1 / 0.25 * nll)
+    guide.aux_weight = 46.0  # Pyro's multiplier: per labelled image, whatever the share
+    torch.testing.assert_close(guide.auxiliary_loss(x, y), 46.0 * nll)
 
 
 def _run(tmp_path, config, sets):
