@@ -69,9 +69,8 @@ class LabelledBatches(Batches):
         known = (data.labels >= 0).cpu()
         self.parts = {"l": known.nonzero().squeeze(1), "u": (~known).nonzero().squeeze(1)}
         self.repeat = labelled_repeat(len(self.parts["l"]), len(self.parts["u"]), batch_size, repeat)
-        per_pass = -(-len(self.parts["l"]) // batch_size)
-        self.counts = {"l": per_pass * self.repeat, "u": -(-len(self.parts["u"]) // batch_size)}
-        n_u, n_l = self.counts["u"], self.counts["l"]
+        self.per_pass = {k: -(-len(v) // batch_size) for k, v in self.parts.items()}  # batches per pass
+        n_u, n_l = self.per_pass["u"], self.per_pass["l"] * self.repeat
         slots = {(i + 1) * (n_u + n_l) // (n_l + 1) for i in range(n_l)}  # distinct: n_u >= 1
         seen = {"l": 0, "u": 0}
         self.layout = []  # (part, chunk) per position
@@ -83,13 +82,10 @@ class LabelledBatches(Batches):
     def __len__(self) -> int:
         return len(self.layout)
 
-    def _size(self, part: str) -> list[int]:
-        sizes = [len(c) for c in torch.arange(len(self.parts[part])).split(self.batch_size)]
-        return sizes * (self.repeat if part == "l" else 1)
-
     def total(self, b: int) -> int:
         part, chunk = self.layout[b]
-        return self._size(part)[chunk]
+        start = (chunk % self.per_pass[part]) * self.batch_size  # its place within its pass
+        return min(self.batch_size, len(self.parts[part]) - start)
 
     def epoch(self, epoch: int, start: int = 0, labels: bool = False):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
