@@ -7,11 +7,13 @@ Rows (each a config in configs/):
 - ``step_time``: one training step of M2 under "enum" (the class summed out) and under "elbo"
   (sampled, Pyro's score-function Trace_ELBO), median of ``--steps`` steps, as a ratio.
 
-Each trained row runs ``--epochs`` epochs (default: the config's), then reports the test error
-(or clustering accuracy) on the whole test set and log p(x) on the first ``--test-limit`` test
-images with K = ``--eval-samples``.
+Each trained row runs ``--epochs`` epochs (default: the config's), then reports the error (or
+clustering accuracy) on the 10,000 validation images held out of training and on the whole test
+set, and log p(x) on the first ``--test-limit`` test images with K = ``--eval-samples``. With
+``--aux-weight`` each M2 row trains once per classifier weight: choose by the validation column.
 
     python benchmarks/discrete.py --rows m2_100 m2_3000 --epochs 20 --test-limit 1000 --eval-samples 100
+    python benchmarks/discrete.py --rows m2_100 --aux-weight 10 46 150 --device cuda
     python benchmarks/discrete.py --rows step_time --steps 30
 """
 
@@ -44,41 +46,51 @@ ROWS = {  # config, published rows
 }  # fmt: skip
 
 
-def configure(row: str, a, out: Path):
+def configure(row: str, a, out: Path, aux_weight: float | None = None):
     raw = load_config(CONFIGS / ROWS[row][0]).to_dict()
-    sets = [f'run_dir="{out / row}"', f'device="{a.device}"']
+    name = row if aux_weight is None else f"{row}_w{aux_weight:g}"
+    sets = [f'run_dir="{out / name}"', f'device="{a.device}"']
+    sets += [f"guide.aux_weight={aux_weight}"] if aux_weight is not None else []
     sets += [f"train.epochs={a.epochs}"] if a.epochs else []
     sets += [f"data.train_size={a.train_size}"] if a.train_size else []
+    sets += a.set or []
     return config_from_dict(apply_overrides(raw, sets))
 
 
-def run_row(row: str, a, out: Path) -> str:
-    """Train and evaluate one row; its markdown line."""
-    config = configure(row, a, out)
+def score(run, split: str) -> tuple[str, int]:
+    """The test error (M2) or clustering accuracy (GMVAE) of ``run`` on ``split``, and its size."""
+    data = experiment.load_data(run.config, split, run.device)
+    images = data.observe_fixed(experiment.EVAL_BINARIZATION_SEED)
+    report = experiment.class_report(
+        run.model, run.guide, hooks.evaluation_inputs(run.model, images, data.labels), data.labels
+    )
+    if "classification_error" in report:
+        e = report["classification_error"]
+        return f"{100 * e['error']:.2f}% +- {100 * e['stderr']:.2f} error", len(data)
+    return f"{100 * next(iter(report['cluster_accuracy'].values())):.2f}% acc.", len(data)
+
+
+def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
+    """Train and evaluate one row (with this classifier weight, for M2); its markdown line."""
+    config = configure(row, a, out, aux_weight)
     start = time.perf_counter()
     result = experiment.fit_config(config, progress=False)
     minutes = (time.perf_counter() - start) / 60
     run = experiment.load_run(config.run_dir, which="last")
-    test = experiment.load_data(run.config, "test", run.device)
-    images = test.observe_fixed(experiment.EVAL_BINARIZATION_SEED)
-    report = experiment.class_report(
-        run.model, run.guide, hooks.evaluation_inputs(run.model, images, test.labels), test.labels
-    )
-    if "classification_error" in report:
-        e = report["classification_error"]
-        score = f"{100 * e['error']:.2f}% +- {100 * e['stderr']:.2f} error"
-    else:
-        score = f"{100 * next(iter(report['cluster_accuracy'].values())):.2f}% acc."
+    test_score, n_test = score(run, "test")
+    val_score, n_val = score(run, "val") if config.data.val_size else ("-", 0)
     run.config = dataclasses.replace(
         run.config, data=dataclasses.replace(run.config.data, test_limit=a.test_limit)
     )
     ev = experiment.evaluate(run, num_samples=a.eval_samples)
     ll = ev["log_likelihood"]
     published = "; ".join(f"{n}: {v}" for n, v in ROWS[row][1])
+    weight = f", aux_weight {run.guide.aux_weight}" if hasattr(run.guide, "aux_weight") else ""
     return (
-        f"| {row} | {result.epoch} epochs, {result.step} steps, {minutes:.1f} min | {score} "
-        f"({len(test)} test images) | {ll['mean']:.2f} +- {ll['stderr']:.2f} ({ev['num_datapoints']} x K = "
-        f"{ev['num_samples']}) | {published} |"
+        f"| {row}{weight} | {result.epoch} epochs, {result.step} steps, {minutes:.1f} min | {val_score} "
+        f"({n_val} validation images) | {test_score} ({n_test} test images) "
+        f"| {ll['mean']:.2f} +- {ll['stderr']:.2f} ({ev['num_datapoints']} x K = {ev['num_samples']}) "
+        f"| {published} |"
     )
 
 
@@ -125,26 +137,36 @@ def main() -> None:
         ("steps", 30, "timed steps per objective (step_time)"),
     ):
         p.add_argument(f"--{flag}", type=int, default=default, help=what)
+    p.add_argument("--aux-weight", type=float, nargs="+", help="M2 rows: one run per classifier weight")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="config overrides for every row")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="where the runs go (default: a temporary folder)")
     p.add_argument("--append", help="append the table to this markdown file")
     a = p.parse_args()
     out = Path(a.out or tempfile.mkdtemp(prefix="discrete_"))
     lines = [
-        "| row | training | test error / clustering accuracy | test log p(x) | published |",
-        "| --- | --- | --- | ---: | --- |",
+        "| row | training | validation error / accuracy | test error / clustering accuracy "
+        "| test log p(x) | published |",
+        "| --- | --- | --- | --- | ---: | --- |",
     ]
     for row in a.rows:
-        lines.append(step_time(a) if row == "step_time" else run_row(row, a, out))
-        print(lines[-1], flush=True)
-    skip = ("rows", "append", "out", "device")
+        weights = a.aux_weight if row.startswith("m2") and a.aux_weight else [None]
+        for w in weights:
+            lines.append(step_time(a) if row == "step_time" else run_row(row, a, out, w))
+            print(lines[-1], flush=True)
+    skip = ("rows", "append", "out", "device", "aux_weight", "set") + (
+        () if "step_time" in a.rows else ("steps",)
+    )
     flags = " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v is not None and k not in skip
     )
+    weights = f" --aux-weight {' '.join(f'{w:g}' for w in a.aux_weight)}" if a.aux_weight else ""
+    weights += f" --set {' '.join(a.set)}" if a.set else ""
+    gpu = f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else ""
     header = [
-        f"Device: {a.device} ({platform.machine()}, {torch.get_num_threads()} threads), "
+        f"Device: {a.device}{gpu} ({platform.machine()}, {torch.get_num_threads()} threads), "
         f"torch {torch.__version__}",
-        f"Command: `python benchmarks/discrete.py --rows {' '.join(a.rows)} {flags}`",
+        f"Command: `python benchmarks/discrete.py --rows {' '.join(a.rows)} {flags}{weights}`",
         "",
     ]
     from report import emit  # benchmarks/ is on sys.path when run as a script

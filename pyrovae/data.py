@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -142,23 +143,7 @@ def torchvision_dataset(name: str, root: Path, train: bool):
                 f"replace them with the original files {', '.join(files)}"
             ) from e
     if all((raw / f"{f}.gz").exists() for f in files):
-        # Never unpack beside the user's files: copy the archives into the cache, where
-        # torchvision unpacks them without touching the network; each is checked first.
-        work = cache_dir() / "torchvision"
-        (work / cls_name / "raw").mkdir(parents=True, exist_ok=True)
-        expected = {Path(url).name: md5 for url, md5 in cls.resources}
-        for f in files:
-            dst = work / cls_name / "raw" / f"{f}.gz"
-            if not dst.exists() or dst.stat().st_size != (raw / f"{f}.gz").stat().st_size:
-                check_md5(raw / f"{f}.gz", expected.get(f"{f}.gz"))
-                shutil.copyfile(raw / f"{f}.gz", dst)
-        try:
-            return cls(str(work), train=train, download=True)
-        except RuntimeError as e:
-            raise DataError(
-                f"{name}: the archives in {raw} failed torchvision's md5 check ({e}); "
-                "replace them with the original files"
-            ) from e
+        return cls(str(_unpack_into_cache(name, cls, files, raw)), train=train, download=False)
     try:
         return cls(str(root), train=train, download=True)
     except Exception as e:  # network errors come as URLError, RuntimeError, OSError...
@@ -168,6 +153,49 @@ def torchvision_dataset(name: str, root: Path, train: bool):
             f"Put the four files {listing} into {raw}, or point --data-root / $PYROVAE_DATA "
             "at a folder holding them."
         ) from e
+
+
+def _unpack_into_cache(name: str, cls, files: list[str], raw: Path) -> Path:
+    """The cache root holding ``cls``'s unpacked ``files``, unpacked from the archives in ``raw``
+    (never beside the user's files) when missing or made from other archives. Each archive is
+    checked, copied and unpacked by torchvision (no network) in a private folder, then moved into
+    the cache file by file (``os.replace``, atomic): processes started together never read a
+    half-written file. The archive copy, moved last, marks its unpacked file complete."""
+    work = cache_dir() / "torchvision"
+    done = work / cls.__name__ / "raw"
+
+    def current(f: str) -> bool:
+        stamp = done / f"{f}.gz"
+        return (
+            (done / f).exists()
+            and stamp.exists()
+            and stamp.stat().st_size == (raw / f"{f}.gz").stat().st_size
+        )
+
+    if all(current(f) for f in files):
+        return work
+    expected = {Path(url).name: md5 for url, md5 in cls.resources}
+    work.mkdir(parents=True, exist_ok=True)
+    private = Path(tempfile.mkdtemp(dir=work, prefix=".unpack-"))
+    try:
+        (private / cls.__name__ / "raw").mkdir(parents=True)
+        for f in files:
+            check_md5(raw / f"{f}.gz", expected.get(f"{f}.gz"))
+            shutil.copyfile(raw / f"{f}.gz", private / cls.__name__ / "raw" / f"{f}.gz")
+        try:
+            cls(str(private), train=True, download=True)  # unpacks every archive
+        except RuntimeError as e:
+            raise DataError(
+                f"{name}: the archives in {raw} failed torchvision's md5 check ({e}); "
+                "replace them with the original files"
+            ) from e
+        done.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            for part in (f, f"{f}.gz"):
+                os.replace(private / cls.__name__ / "raw" / part, done / part)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    return work
 
 
 def check_md5(path: Path, expected: str | None) -> None:

@@ -122,3 +122,25 @@ def test_ranks_split_each_global_batch_of_one_permutation():
     assert len(data.Batches(tiny, 4, rank=0, world=2)) == 1  # a last batch of 1 cannot feed 2 ranks
     with pytest.raises(DataError, match="among 4 ranks"):
         data.Batches(data.Split(torch.zeros(3, 1), torch.zeros(3), "continuous"), 1, rank=0, world=4)
+
+
+def test_unpacking_is_atomic_and_ignores_a_half_written_file(tmp_path, monkeypatch):
+    """A run started beside another that is unpacking the same archives reads only complete files:
+    an unpacked file without its archive copy beside it (a writer mid-way) is unpacked afresh."""
+    monkeypatch.setenv("PYROVAE_CACHE", str(tmp_path / "cache"))
+    raw = data.data_root() / "MNIST" / "raw"
+    cached = tmp_path / "cache" / "torchvision" / "MNIST" / "raw"
+    cached.mkdir(parents=True)
+    for archive in raw.glob("*.gz"):
+        (cached / archive.stem).write_bytes(gzip.decompress(archive.read_bytes()))
+        (cached / archive.name).write_bytes(archive.read_bytes())
+    half = cached / "t10k-images-idx3-ubyte"
+    half.write_bytes(half.read_bytes()[:1000])
+    (cached / "t10k-images-idx3-ubyte.gz").unlink()  # its writer has not finished
+    test = data.load_split("mnist", "test", root=data.data_root())
+    assert len(test) == 10000 and torch.bincount(test.labels)[0] == 980
+    assert half.stat().st_size == 16 + 10000 * 28 * 28
+    assert [p.name for p in cached.parent.parent.iterdir()] == ["MNIST"]  # no private folder left
+    before = half.stat().st_mtime_ns
+    data.load_split("mnist", "train", root=data.data_root())
+    assert half.stat().st_mtime_ns == before  # complete and current: kept
