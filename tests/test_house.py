@@ -62,3 +62,17 @@ def test_ruff_finds_nothing():
     for args in (["check", "."], ["format", "--check", "."]):
         out = subprocess.run(["ruff", *args], cwd=ROOT, capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_package_folder_is_installed():
+    """A plain (not editable) ``pip install .`` ships only the packages pyproject.toml lists."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {name: ROOT / path for name, path in setuptools["package-dir"].items()}
+    found = set()
+    for name, folder in folders.items():
+        for init in folder.rglob("__init__.py"):
+            parts = init.parent.relative_to(folder).parts
+            found.add(".".join((name, *parts)))
+    assert found == set(setuptools["packages"])
