@@ -13,6 +13,8 @@ from typing import Callable
 
 import torch
 
+from .ais import AIS, ais_log_likelihood, sigmoid_schedule  # noqa: F401 - also reached as pyrovae.estimators.*
+from .bdmc import BDMC, bdmc  # noqa: F401
 from .chunks import (  # noqa: F401 - the chunking API, also reached as pyrovae.estimators.*
     CPU_ROWS,
     MAX_ROWS,

@@ -1,0 +1,116 @@
+"""Annealed importance sampling and BDMC against probabilistic PCA's exact log p(x)."""
+
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyrovae import ais, bdmc, estimators
+from pyrovae.errors import PyrovaeError
+
+
+def test_one_step_from_the_exact_posterior_is_exact(ppca):
+    model, x = ppca
+    r = ais.ais_log_likelihood(model, model.exact_guide(), x, num_steps=1, num_chains=3, progress=False)
+    torch.testing.assert_close(r.log_likelihood, model.log_marginal(x), rtol=0, atol=1e-10)
+    assert r.log_weights.shape == (3, 40) and torch.all(r.stderr < 1e-10)
+
+
+def test_sigmoid_schedule_rises_from_zero_to_one():
+    b = ais.sigmoid_schedule(100)
+    assert b.shape == (101,) and b[0] == 0 and b[-1] == 1 and torch.all(b.diff() > 0)
+    assert b[1] < 0.01 < 0.99 < b[-2]  # dense at both ends
+    with pytest.raises(PyrovaeError, match="num_steps >= 1"):
+        ais.sigmoid_schedule(0)
+
+
+def test_hmc_transitions_reach_and_keep_the_target(ppca):
+    """Chains started from the prior, moved by transitions at beta = 1, have the exact
+    posterior's moments (a wrong gradient, momentum or Metropolis test shifts them)."""
+    model, x = ppca
+    x = x[:10]
+    chains = ais.Chains(model, model.exact_guide(), (x,), {}, 1000, "prior")
+    u = chains.start()
+    ends, _ = chains.ends(u)
+    step = torch.full((1, 10, 1), 0.25, dtype=x.dtype)
+    rates = []
+    for _ in range(60):
+        u, ends, accept = chains.transition(u, 1.0, step, 10, ends)
+        rates.append(accept.double().mean())
+    post = model.posterior(x)
+    standard = (u - post.mean) / post.variance.sqrt()  # N(0, 1) per coordinate if the chains mix
+    assert abs(standard.mean()) < 0.05 and abs(standard.var() - 1) < 0.05
+    assert 0.5 < torch.stack(rates[-10:]).mean() < 1  # a real Metropolis test: some proposals fail
+    torch.testing.assert_close(ends.log_joint, chains.ends(u)[0].log_joint)  # kept ends match the state
+
+
+def test_ais_from_the_prior_converges_to_the_exact_log_likelihood(ppca):
+    model, x = ppca
+    x, exact = x[:10], model.log_marginal(x[:10])
+    errors = {}
+    for steps in (1, 30, 1000):
+        torch.manual_seed(steps)
+        r = ais.ais_log_likelihood(
+            model, model.exact_guide(), x, num_steps=steps, num_chains=16, initial="prior",
+            leapfrog_steps=5, progress=False,
+        )  # fmt: skip
+        errors[steps] = (r.log_likelihood - exact).mean().item()
+    assert errors[1] < errors[30] < -0.01  # a lower bound, rising with T
+    assert abs(errors[1000]) < 0.02
+    assert 0.3 < r.acceptance.mean() < 1 and torch.all(r.step_size > 0.05)  # adapted upwards
+
+
+def test_bdmc_sandwiches_the_exact_value_and_the_gap_shrinks(ppca):
+    model, _ = ppca
+    torch.manual_seed(3)
+    data = bdmc.simulate(model, torch.zeros(20, 1, 1, 5, dtype=torch.float64))
+    assert data.latents["z"].shape == (20, 2) and data.x.shape == (20, 1, 1, 5)
+    exact = model.log_marginal(data.x)
+    gaps = []
+    for steps in (3, 100):
+        s = bdmc.sandwich(
+            model, model.exact_guide(), data, num_steps=steps, num_chains=8, initial="prior", leapfrog_steps=5
+        )
+        assert (s.lower - exact).mean() < 0.02 and (s.upper - exact).mean() > -0.02
+        gaps.append(s.gap.mean().item())
+    assert gaps[0] > 1 and gaps[1] < 0.3 * gaps[0]
+
+
+def test_bdmc_reports_importance_sampling_on_the_same_data(ppca):
+    model, x = ppca
+    r = estimators.bdmc(
+        model, model.exact_guide(), x, num_datapoints=10, num_steps=30, num_chains=4, initial="prior",
+        leapfrog_steps=5, importance_samples=7,
+    )  # fmt: skip
+    assert r.data.x.shape == (10, 1, 1, 5) and not torch.equal(r.data.x, x[:10])  # simulated, not x
+    torch.testing.assert_close(r.importance, model.log_marginal(r.data.x), rtol=0, atol=1e-8)  # exact guide
+    assert r.sandwich.lower.mean() < r.importance.mean() < r.sandwich.upper.mean()
+    with pytest.raises(PyrovaeError, match=r"num_datapoints must be in \[1, 40\]"):
+        estimators.bdmc(model, model.exact_guide(), x, num_datapoints=41)
+
+
+def test_simulated_data_follow_the_model(ppca):
+    """x ~ p(x | z*) with z* ~ p(z): the simulated data have the model's marginal covariance."""
+    model, _ = ppca
+    data = bdmc.simulate(model, torch.zeros(20000, 1, 1, 5, dtype=torch.float64))
+    flat = data.x.reshape(20000, 5)
+    cov = model.weight @ model.weight.T + model.log_sigma.exp() ** 2 * torch.eye(5, dtype=torch.float64)
+    torch.testing.assert_close(flat.mean(0), model.bias.detach(), atol=0.05, rtol=0)
+    torch.testing.assert_close(torch.cov(flat.T), cov.detach(), atol=0.06, rtol=0)
+
+
+def test_discrete_latents_are_refused_by_name():
+    def model(x):
+        import pyro
+
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+            pyro.sample("x", dist.Normal(c.float(), 1.0), obs=x)
+
+    def guide(x):
+        import pyro
+
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(torch.ones(3) / 3))
+
+    with pytest.raises(PyrovaeError, match="site 'c' is discrete"):
+        ais.ais_log_likelihood(model, guide, torch.zeros(4), num_steps=2, num_chains=2, progress=False)
