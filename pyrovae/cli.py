@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, experiment, hooks, plots
+from . import annealed, distributed, experiment, hooks, plots
 from .compile import MODES
 from .config import apply_overrides, config_from_dict, load_config
 from .data import EVAL_BINARIZATION_SEED
@@ -104,7 +104,6 @@ def cmd_evaluate(args) -> None:
         return
     out["ranks"] = distributed.world()[1]
     path = Path(args.run_dir) / f"eval_{args.split}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
     print(
         f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
         f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
@@ -143,6 +142,8 @@ def cmd_evaluate(args) -> None:
             f"  cluster acc.    {100 * acc:.2f}%   argmax q({site} | x), "
             "clusters matched to labels (Hungarian)"
         )
+    annealed.report(run, args, out)  # --method ais, --bdmc N
+    path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {path}")
 
 
@@ -262,6 +263,12 @@ def _run_commands() -> list[tuple]:
                 "--split": dict(default="test", choices=SPLITS),
                 "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
                 "--seed": dict(type=int, default=0),
+                "--method": dict(default="is", choices=["is", "ais"], help="ais: AIS beside the IS figure"),
+                "--steps": dict(type=int, default=1000, help="AIS/BDMC intermediate distributions T"),
+                "--chains": dict(type=int, default=16, help="AIS/BDMC chains per datapoint S"),
+                "--bdmc": dict(
+                    type=int, metavar="N", help="BDMC bounds on N datapoints simulated from the model"
+                ),
                 "--compile": dict(
                     default="auto",
                     choices=list(MODES),

@@ -148,3 +148,19 @@ def test_diagnose_reports_khat_gap_and_active_units(run_dir):
     assert summary["gap"]["mean"] == pytest.approx(
         report["log_likelihood"]["mean"] - report["elbo"]["mean"], abs=0.05
     )
+
+
+def test_evaluate_adds_ais_and_bdmc_beside_importance_sampling(run_dir):
+    out = pyrovae(
+        "evaluate", str(run_dir), "--limit", "20", "--num-samples", "500", "--method", "ais",
+        "--steps", "100", "--chains", "4", "--bdmc", "6", "--no-progress",
+    )  # fmt: skip
+    report = json.loads((run_dir / "eval_test.json").read_text())
+    ais, bdmc = report["ais"], report["bdmc"]
+    assert ais["num_datapoints"] == 20 and ais["num_steps"] == 100 and ais["num_chains"] == 4
+    # annealing from q(z|x) starts from the ELBO and ends near the K = 500 estimate
+    assert report["elbo"]["mean"] + 1 < ais["log_likelihood"]["mean"] < report["log_likelihood"]["mean"] + 3
+    assert 0.3 < ais["acceptance"] < 1
+    assert bdmc["num_datapoints"] == 6 and bdmc["lower"]["mean"] < bdmc["upper"]["mean"]
+    assert bdmc["gap"]["mean"] == pytest.approx(bdmc["upper"]["mean"] - bdmc["lower"]["mean"])
+    assert "AIS log p(x)" in out.stdout and "reverse AIS" in out.stdout

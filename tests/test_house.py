@@ -14,6 +14,7 @@ RUN_LEVEL = {
     "reports",
     "configcheck",
     "__main__",
+    "annealed",
 }  #: modules that know configs and run dirs
 SOURCES = sorted(
     [*(ROOT / "pyrovae").rglob("*.py"), *(ROOT / "models").glob("*.py"), *(ROOT / "guides").glob("*.py")]
