@@ -102,14 +102,10 @@ def main() -> None:
         f"--run {a.run} --limit {a.limit} --is-samples {ints(map(str, a.is_samples))} "
         f"--steps {ints(map(str, a.steps))} --chains {a.chains} --bdmc {a.bdmc}"
     )
-    header = [
-        f"Device: {device}, torch {torch.__version__}; {n} test images of {a.run}",
-        f"Command: `python benchmarks/ais.py {flags}`",
-        "",
-    ]
-    from report import emit  # benchmarks/ is on sys.path when run as a script
+    from report import emit_table  # benchmarks/ is on sys.path when run as a script
 
-    emit("\n".join(header + lines) + "\n", a.append)
+    where = f"{device}, torch {torch.__version__}; {n} test images of {a.run}"
+    emit_table(where, f"python benchmarks/ais.py {flags}", lines, a.append)
 
 
 if __name__ == "__main__":

@@ -163,15 +163,13 @@ def main() -> None:
     weights = f" --aux-weight {' '.join(f'{w:g}' for w in a.aux_weight)}" if a.aux_weight else ""
     weights += f" --set {' '.join(a.set)}" if a.set else ""
     gpu = f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else ""
-    header = [
-        f"Device: {a.device}{gpu} ({platform.machine()}, {torch.get_num_threads()} threads), "
-        f"torch {torch.__version__}",
-        f"Command: `python benchmarks/discrete.py --rows {' '.join(a.rows)} {flags}{weights}`",
-        "",
-    ]
-    from report import emit  # benchmarks/ is on sys.path when run as a script
+    from report import emit_table  # benchmarks/ is on sys.path when run as a script
 
-    emit("\n".join(header + lines) + "\n", a.append)
+    threads = f"{platform.machine()}, {torch.get_num_threads()} threads"
+    where = f"{a.device}{gpu} ({threads}), torch {torch.__version__}"
+    emit_table(
+        where, f"python benchmarks/discrete.py --rows {' '.join(a.rows)} {flags}{weights}", lines, a.append
+    )
 
 
 if __name__ == "__main__":

@@ -9,3 +9,8 @@ def emit(table: str, append: str | None = None) -> None:
     if append:
         with open(append, "a") as f:
             f.write("\n" + table)
+
+
+def emit_table(device: str, command: str, lines: list[str], append: str | None = None) -> None:
+    """:func:`emit` of ``lines`` under a "Device: ..." and a "Command: `...`" line."""
+    emit("\n".join([f"Device: {device}", f"Command: `{command}`", "", *lines]) + "\n", append)

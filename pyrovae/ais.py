@@ -41,6 +41,10 @@ from .errors import PyrovaeError
 from .weights import data_frame, plate_nesting, sum_sites, traces, vectorize
 
 INITIAL = ("guide", "prior")
+#: the annealing options and their defaults (:func:`ais_log_likelihood`, :func:`pyrovae.bdmc.sandwich`)
+ANNEALING = dict(
+    num_steps=1000, num_chains=16, initial="guide", leapfrog_steps=10, step_size=0.05, target_accept=0.65
+)
 
 
 def sigmoid_schedule(num_steps: int, delta: float = 4.0) -> torch.Tensor:

@@ -56,6 +56,7 @@ def evaluate_bdmc(
     initial="guide",
     importance_samples=5000,
     seed=0,
+    progress=False,
 ) -> dict:
     """BDMC on ``num_datapoints`` datapoints simulated from the run's model: the lower and upper
     bounds, their gap and the importance-sampled estimate on the same data, each averaged."""
@@ -66,7 +67,7 @@ def evaluate_bdmc(
     start = time.perf_counter()
     r = estimators.bdmc(
         run.model, run.guide, x, *condition, num_steps=num_steps, num_chains=num_chains, initial=initial,
-        importance_samples=importance_samples,
+        importance_samples=importance_samples, progress="BDMC" if progress else False,
     )  # fmt: skip
     s = r.sandwich
     return {
@@ -99,7 +100,12 @@ def report(run, args, out: dict) -> None:
         )
     if args.bdmc:
         b = out["bdmc"] = evaluate_bdmc(
-            run, args.bdmc, num_steps=args.steps, num_chains=args.chains, seed=args.seed
+            run,
+            args.bdmc,
+            num_steps=args.steps,
+            num_chains=args.chains,
+            seed=args.seed,
+            progress=not args.no_progress,
         )
         print(
             f"  BDMC on {b['num_datapoints']} datapoints simulated from the model, "

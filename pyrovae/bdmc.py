@@ -16,8 +16,9 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .ais import Chains, anneal, sigmoid_schedule, summarize
+from .ais import ANNEALING, Chains, anneal, sigmoid_schedule, summarize
 from .errors import PyrovaeError
+from .progress import bar
 
 
 class Simulated(NamedTuple):
@@ -66,49 +67,31 @@ class Sandwich(NamedTuple):
 
 
 def sandwich(
-    model: Callable,
-    guide: Callable,
-    data: Simulated,
-    *args,
-    num_steps: int = 1000,
-    num_chains: int = 16,
-    initial: str = "guide",
-    leapfrog_steps: int = 10,
-    step_size: float = 0.05,
-    target_accept: float = 0.65,
-    **kwargs,
+    model: Callable, guide: Callable, data: Simulated, *args, progress: str | bool | None = None, **options
 ) -> Sandwich:
-    """Forward and reverse AIS with the same schedule and transitions on simulated ``data``."""
-    with pyro.validation_enabled(False):  # Pyro's argument checks at every step: the caller's job
-        return _sandwich(
-            model,
-            guide,
-            data,
-            args,
-            kwargs,
-            num_steps,
-            num_chains,
-            initial,
-            leapfrog_steps,
-            step_size,
-            target_accept,
-        )
-
-
-def _sandwich(
-    model, guide, data, args, kwargs, num_steps, num_chains, initial, leapfrog_steps, step_size, target_accept
-):
+    """Forward and reverse AIS with the same schedule and transitions on simulated ``data``:
+    ``num_steps``, ``num_chains``, ``initial``, ``leapfrog_steps``, ``step_size`` and
+    ``target_accept`` as :func:`pyrovae.ais.ais_log_likelihood` takes them (other keywords go to
+    the model and guide); ``progress`` (a label) shows a bar over both passes."""
+    o = {**ANNEALING, **{k: options.pop(k) for k in list(options) if k in ANNEALING}}
+    num_steps, num_chains, leapfrog_steps, target_accept = (
+        o["num_steps"], o["num_chains"], o["leapfrog_steps"], o["target_accept"]
+    )  # fmt: skip
+    kwargs = options
     betas = sigmoid_schedule(num_steps)
-    a = (data.x, *args)
-    chains = Chains(model, guide, a, kwargs, num_chains, initial)
-    step = torch.full((data.x.shape[0],), float(step_size))
-    forward = summarize(*anneal(chains, chains.start(), betas, step, leapfrog_steps, target_accept))
-    u = chains.start()  # for the layout; the chains then start at the exact sample
-    template = chains.layout.unpack(u)[0]
-    exact = {n: data.latents[n].expand_as(v) for n, v in template.items()}
-    log_w, rate, _ = anneal(
-        chains, chains.layout.pack(exact), betas.flip(0), step, leapfrog_steps, target_accept
-    )
+    chains = Chains(model, guide, (data.x, *args), kwargs, num_chains, o["initial"])
+    step = torch.full((data.x.shape[0],), float(o["step_size"]))
+    label = progress if isinstance(progress, str) else "BDMC"
+    show = None if progress is None else bool(progress)
+    with pyro.validation_enabled(False), bar(label, 2 * num_steps, unit="step", show=show) as b:
+        # Pyro's argument checks at every step are the caller's job
+        forward = summarize(*anneal(chains, chains.start(), betas, step, leapfrog_steps, target_accept, b))
+        template = chains.layout.unpack(chains.start())[0]  # the chains' layout, then z* in it
+        missing = set(template) - set(data.latents)
+        if missing:
+            raise PyrovaeError(f"the guide's sites {sorted(missing)} are not latent sites of the model")
+        exact = chains.layout.pack({n: data.latents[n].expand_as(v) for n, v in template.items()})
+        log_w, rate, _ = anneal(chains, exact, betas.flip(0), step, leapfrog_steps, target_accept, b)
     upper = -summarize(log_w, rate, step).log_likelihood
     return Sandwich(forward.log_likelihood, upper, upper - forward.log_likelihood, forward.acceptance, rate)
 
