@@ -16,7 +16,7 @@ sec. 4): :mod:`pyrovae.bdmc`.
 
 log p(x, z) and log q(z | x) are those of the importance-sampling core
 (:func:`pyrovae.weights.traces`, :func:`pyrovae.weights.sum_sites`), evaluated at the chains'
-values by conditioning the guide on them. Pyro's leapfrog integrator
+values by replaying the guide (or, from the prior, the model alone) on them. Pyro's leapfrog integrator
 (:func:`pyro.ops.integrator.velocity_verlet`) moves every chain at once: it sums the potential
 over chains and datapoints, which gives each chain its own gradient since the chains are
 independent; the per-chain energies the Metropolis test needs are kept from its last
