@@ -159,16 +159,14 @@ class Chains:
         self.chains, self.initial = chains, initial
         self.nesting = plate_nesting(model, guide, args, kwargs) if nesting is None else nesting
 
-    def start(self, values: dict | None = None) -> torch.Tensor:
-        """Unconstrained (S, n, D) draws from f_0 (or the given site values), with the layout."""
+    def start(self) -> torch.Tensor:
+        """Unconstrained (S, n, D) draws from f_0; sets the chains' layout."""
         pdim = -self.nesting - 1
         program = self.model if self.initial == "prior" else self.guide  # the model alone draws from p(z)
         with torch.no_grad():
             source = poutine.trace(vectorize(program, self.chains, pdim)).get_trace(*self.args, **self.kwargs)
         self.layout = Layout(source, pdim)
-        if values is None:
-            values = {n: source.nodes[n]["value"].detach() for n in self.layout.names}
-        return self.layout.pack(values)
+        return self.layout.pack({n: source.nodes[n]["value"].detach() for n in self.layout.names})
 
     def ends(self, u: torch.Tensor) -> tuple[Ends, torch.Tensor]:
         """The path's end densities at u, and log |det dz/du|."""

@@ -85,8 +85,9 @@ def sandwich(
     show = None if progress is None else bool(progress)
     with pyro.validation_enabled(False), bar(label, 2 * num_steps, unit="step", show=show) as b:
         # Pyro's argument checks at every step are the caller's job
-        forward = summarize(*anneal(chains, chains.start(), betas, step, leapfrog_steps, target_accept, b))
-        template = chains.layout.unpack(chains.start())[0]  # the chains' layout, then z* in it
+        start = chains.start()
+        forward = summarize(*anneal(chains, start, betas, step, leapfrog_steps, target_accept, b))
+        template = chains.layout.unpack(start)[0]  # the sites' shapes, for z* laid out as the chains
         missing = set(template) - set(data.latents)
         if missing:
             raise PyrovaeError(f"the guide's sites {sorted(missing)} are not latent sites of the model")
