@@ -161,6 +161,8 @@ def test_evaluate_adds_ais_and_bdmc_beside_importance_sampling(run_dir):
     # annealing from q(z|x) starts from the ELBO and ends near the K = 500 estimate
     assert report["elbo"]["mean"] + 1 < ais["log_likelihood"]["mean"] < report["log_likelihood"]["mean"] + 3
     assert 0.3 < ais["acceptance"] < 1
-    assert bdmc["num_datapoints"] == 6 and bdmc["lower"]["mean"] < bdmc["upper"]["mean"]
+    assert bdmc["num_datapoints"] == 6 and bdmc["num_steps"] == 100
+    # stochastic bounds: close at T = 100, crossing at most by their noise
+    assert -0.1 < bdmc["gap"]["mean"] < 2
     assert bdmc["gap"]["mean"] == pytest.approx(bdmc["upper"]["mean"] - bdmc["lower"]["mean"])
     assert "AIS log p(x)" in out.stdout and "reverse AIS" in out.stdout
