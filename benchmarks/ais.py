@@ -44,9 +44,11 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=100, help="test images")
     p.add_argument("--is-samples", type=int, nargs="+", default=[100, 1000, 5000])
-    p.add_argument("--steps", type=int, nargs="+", default=[100, 1000])
+    p.add_argument("--steps", type=int, nargs="*", default=[100, 1000], help="T of AIS on the test images")
+    p.add_argument("--bdmc-steps", type=int, nargs="*", help="T of BDMC (default: --steps)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--bdmc", type=int, default=20, help="simulated datapoints (0: none)")
+    p.add_argument("--compile", default="auto", help="how the path's densities run (pyrovae.compile)")
     p.add_argument("--append", help="append the tables to this markdown file")
     a = p.parse_args()
     if a.train:
@@ -69,7 +71,8 @@ def main() -> None:
     for t in a.steps:
         torch.manual_seed(0)
         r, s = timed(lambda: estimators.ais_log_likelihood(
-            run.model, run.guide, x, *cond, num_steps=t, num_chains=a.chains, progress=False))  # fmt: skip
+            run.model, run.guide, x, *cond, num_steps=t, num_chains=a.chains, compile=a.compile,
+            progress=False))  # fmt: skip
         lines.append(
             row(
                 f"AIS, T = {t}, S = {a.chains} (acceptance {r.acceptance.mean():.2f})", r.log_likelihood, s, n
@@ -82,11 +85,11 @@ def main() -> None:
             "| BDMC, T | lower | upper | gap | IS on the same data | seconds |",
             "| ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
-        for t in a.steps:
+        for t in a.steps if a.bdmc_steps is None else a.bdmc_steps:
             torch.manual_seed(0)
             b, s = timed(lambda: estimators.bdmc(
                 run.model, run.guide, x, *cond, num_datapoints=a.bdmc, num_steps=t, num_chains=a.chains,
-                importance_samples=max(a.is_samples)))  # fmt: skip
+                importance_samples=max(a.is_samples), compile=a.compile))  # fmt: skip
             parts = (b.sandwich.lower, b.sandwich.upper, b.sandwich.gap, b.importance)
             stats = [estimators.mean_and_stderr(v.double().cpu()) for v in parts]
             cells = [f"{mean:.3f} +- {stderr:.3f}" for mean, stderr in stats]
@@ -101,6 +104,8 @@ def main() -> None:
     flags = (
         f"--run {a.run} --limit {a.limit} --is-samples {ints(map(str, a.is_samples))} "
         f"--steps {ints(map(str, a.steps))} --chains {a.chains} --bdmc {a.bdmc}"
+        + ("" if a.bdmc_steps is None else f" --bdmc-steps {ints(map(str, a.bdmc_steps))}")
+        + ("" if a.compile == "auto" else f" --compile {a.compile}")
     )
     from report import emit_table  # benchmarks/ is on sys.path when run as a script
 

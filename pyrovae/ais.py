@@ -27,7 +27,9 @@ rate of 0.65, multiplied by 1.02 or 0.98 after each transition).
 
 from __future__ import annotations
 
+import copy
 import math
+from contextlib import contextmanager
 from typing import Callable, NamedTuple
 
 import pyro
@@ -37,13 +39,21 @@ from pyro.ops.integrator import velocity_verlet
 from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
+from .compile import Compiled
 from .errors import PyrovaeError
+from .hooks import owner_modules
 from .weights import data_frame, plate_nesting, sum_sites, traces, vectorize
 
 INITIAL = ("guide", "prior")
 #: the annealing options and their defaults (:func:`ais_log_likelihood`, :func:`pyrovae.bdmc.sandwich`)
 ANNEALING = dict(
-    num_steps=1000, num_chains=16, initial="guide", leapfrog_steps=10, step_size=0.05, target_accept=0.65
+    num_steps=1000,
+    num_chains=16,
+    initial="guide",
+    leapfrog_steps=10,
+    step_size=0.05,
+    target_accept=0.65,
+    compile="auto",
 )
 
 
@@ -72,8 +82,8 @@ class Layout:
                 )
             value, event = site["value"], site["fn"].event_dim
             left = (value.dim() + particle_dim - event, value.dim() + data_frame(site).dim - event)
-            moved = value.movedim(left, (0, 1)).shape
-            self.sites.append((name, left, moved, biject_to(site["fn"].support)))
+            rest = value.movedim(left, (0, 1)).shape[2:]  # any S and n: one layout serves every chunk
+            self.sites.append((name, left, rest, biject_to(site["fn"].support)))
 
     @property
     def names(self) -> set[str]:
@@ -82,17 +92,17 @@ class Layout:
     def pack(self, values: dict) -> torch.Tensor:
         """Constrained site values -> unconstrained (S, n, D)."""
         parts = []
-        for name, left, moved, t in self.sites:
+        for name, left, _, t in self.sites:
             u = t.inv(values[name]).movedim(left, (0, 1))
-            parts.append(u.reshape(moved[0], moved[1], -1))
+            parts.append(u.reshape(*u.shape[:2], -1))
         return torch.cat(parts, -1)
 
     def unpack(self, u: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Unconstrained (S, n, D) -> (constrained site values, log |det dz/du| of shape (S, n))."""
         values, log_det, start = {}, u.new_zeros(u.shape[:2]), 0
-        for name, left, moved, t in self.sites:
-            size = math.prod(moved[2:])
-            part = u[..., start : start + size].reshape(moved).movedim((0, 1), left)
+        for name, left, rest, t in self.sites:
+            size = math.prod(rest)
+            part = u[..., start : start + size].reshape(*u.shape[:2], *rest).movedim((0, 1), left)
             start += size
             values[name] = t(part)
             ladj = t.log_abs_det_jacobian(part, values[name]).movedim(left, (0, 1))
@@ -101,13 +111,16 @@ class Layout:
 
 
 class Ends(NamedTuple):
-    """log f_0(z) and log p(x, z) of every chain, each (S, n)."""
+    """log f_0(z) and log p(x, z) of every chain, each (S, n), and log |det dz/du| of the
+    unconstrained coordinates u the chains move in."""
 
     log_init: torch.Tensor
     log_joint: torch.Tensor
+    log_det: torch.Tensor | float = 0.0
 
     def log_f(self, beta) -> torch.Tensor:
-        return self.log_init + beta * (self.log_joint - self.log_init)
+        """log f_beta in the coordinates u."""
+        return self.log_init + beta * (self.log_joint - self.log_init) + self.log_det
 
 
 def _given(values: dict) -> poutine.Trace:
@@ -150,14 +163,28 @@ def path_ends(model, guide, args, kwargs, values: dict, chains: int, nesting: in
 
 
 class Chains:
-    """S HMC chains for each of n datapoints on the path of one (model, guide, data)."""
+    """S HMC chains for each of n datapoints on the path of one (model, guide, data).
 
-    def __init__(self, model, guide, args, kwargs, chains: int, initial: str, nesting: int | None = None):
+    The path's ends at the chains' values run through one captured graph per shape
+    (:class:`pyrovae.compile.Compiled`, ``compile`` mode; checked against the eager call once),
+    which removes Pyro's per-call Python from each of the T x leapfrog gradient evaluations;
+    a model with non-tensor arguments or keywords runs eagerly."""
+
+    def __init__(
+        self, model, guide, args, kwargs, chains: int, initial: str, nesting=None, compile: str = "auto"
+    ):
         if initial not in INITIAL:
             raise PyrovaeError(f"AIS initial distribution {initial!r} is not one of {INITIAL}")
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
-        self.chains, self.initial = chains, initial
+        self.chains, self.initial, self.compile = chains, initial, compile
         self.nesting = plate_nesting(model, guide, args, kwargs) if nesting is None else nesting
+        self._ends = None
+
+    def on(self, args, kwargs) -> "Chains":
+        """The same chains on other data (another chunk): layout and captured graphs are kept."""
+        other = copy.copy(self)
+        other.args, other.kwargs = args, kwargs
+        return other
 
     def start(self) -> torch.Tensor:
         """Unconstrained (S, n, D) draws from f_0; sets the chains' layout."""
@@ -165,38 +192,44 @@ class Chains:
         program = self.model if self.initial == "prior" else self.guide  # the model alone draws from p(z)
         with torch.no_grad():
             source = poutine.trace(vectorize(program, self.chains, pdim)).get_trace(*self.args, **self.kwargs)
-        self.layout = Layout(source, pdim)
+        self.layout = getattr(self, "layout", None) or Layout(source, pdim)
         return self.layout.pack({n: source.nodes[n]["value"].detach() for n in self.layout.names})
 
-    def ends(self, u: torch.Tensor) -> tuple[Ends, torch.Tensor]:
-        """The path's end densities at u, and log |det dz/du|."""
+    def _path(self, u, *args) -> torch.Tensor:
         values, log_det = self.layout.unpack(u)
         ends = path_ends(
-            self.model, self.guide, self.args, self.kwargs, values, self.chains, self.nesting, self.initial
+            self.model, self.guide, args, self.kwargs, values, self.chains, self.nesting, self.initial
         )
-        return ends, log_det
+        return torch.stack([ends.log_init, ends.log_joint, log_det])
+
+    def ends(self, u: torch.Tensor) -> Ends:
+        """The path's end densities at u, with log |det dz/du|."""
+        if self._ends is None:
+            tensors = not self.kwargs and all(isinstance(t, torch.Tensor) for t in self.args)
+            mode = self.compile if tensors else "none"
+            self._ends = Compiled(self._path, owner_modules(self.model, self.guide), mode)
+        # a copy: CUDA-graph modes hand back buffers that their next replay overwrites
+        return Ends(*self._ends(u, *self.args).clone().unbind(0))
 
     def transition(self, u, beta: float, step: torch.Tensor, leapfrog: int, current: Ends):
         """One HMC transition leaving f_beta invariant for every chain: (u, ends at u, accepted)."""
         kept = {}
 
         def potential(z):
-            ends, log_det = self.ends(z["u"])
-            kept["ends"], kept["log_f"] = (
-                Ends(*(e.detach() for e in ends)),
-                (ends.log_f(beta) + log_det).detach(),
-            )
-            return -(ends.log_f(beta) + log_det).sum()
+            ends = self.ends(z["u"])
+            kept["ends"] = Ends(*(e.detach() for e in ends))
+            return -ends.log_f(beta).sum()
 
-        with torch.no_grad():
-            _, log_det0 = self.layout.unpack(u)
-        log_f0 = current.log_f(beta) + log_det0
         p = torch.randn_like(u)
         # a step size drawn afresh around ``step`` (+-20%) keeps trajectories from
         # returning to their start on near-Gaussian targets (Neal 2011, sec. 5.4.2.2)
         eps = step * (0.8 + 0.4 * torch.rand_like(step))
         new, p_new, _, _ = velocity_verlet({"u": u}, {"u": p}, potential, lambda r: r, eps, leapfrog)
-        log_ratio = kept["log_f"] - 0.5 * p_new["u"].pow(2).sum(-1) - (log_f0 - 0.5 * p.pow(2).sum(-1))
+        log_ratio = (
+            kept["ends"].log_f(beta)
+            - 0.5 * p_new["u"].pow(2).sum(-1)
+            - (current.log_f(beta) - 0.5 * p.pow(2).sum(-1))
+        )
         accept = torch.log(torch.rand_like(log_ratio)) < log_ratio  # NaN (a diverged chain) rejects
         u = torch.where(accept.unsqueeze(-1), new["u"].detach(), u)
         current = Ends(*(torch.where(accept, a, b) for a, b in zip(kept["ends"], current)))
@@ -231,7 +264,7 @@ def anneal(chains: Chains, u, betas, step, leapfrog: int, target: float, progres
     multiplied by 1.02 (0.98) after a transition accepted more (less) often than ``target``
     over its chains, as Wu et al. (2017, sec. 4) do."""
     with torch.no_grad():
-        ends, _ = chains.ends(u)
+        ends = chains.ends(u)
     log_w, accepted = torch.zeros_like(ends.log_init), torch.zeros_like(ends.log_init[0])
     step = step.reshape(1, -1, 1).to(u)
     for t in range(1, len(betas)):
@@ -244,6 +277,22 @@ def anneal(chains: Chains, u, betas, step, leapfrog: int, target: float, progres
         if progress is not None:
             progress.update(1)
     return log_w, accepted / max(1, len(betas) - 2), step.reshape(-1)
+
+
+@contextmanager
+def annealing(model, guide):
+    """Pyro's argument checks off (they read values back at every step: check the data
+    beforehand) and the modules' parameters held fixed, so that gradients are taken with
+    respect to the chains' latents alone."""
+    params = [p for m in owner_modules(model, guide) for p in m.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with pyro.validation_enabled(False):
+            yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def data_chunk_for(model, guide, args, kwargs, chains: int) -> int:
@@ -267,6 +316,7 @@ def ais_log_likelihood(
     target_accept: float = 0.65,
     schedule: torch.Tensor | None = None,
     data_chunk: int | None = None,
+    compile: str = "auto",
     progress: str | bool | None = None,
     **kwargs,
 ) -> AIS:
@@ -274,7 +324,8 @@ def ais_log_likelihood(
     ("guide": q(z | x); "prior": p(z)) through ``num_steps`` intermediate distributions
     (``schedule``, beta_0 = 0 to beta_T = 1; default :func:`sigmoid_schedule`), each HMC
     transition ``leapfrog_steps`` leapfrog steps of an adapted per-datapoint step size. A
-    stochastic lower bound in expectation (Jensen); see the module docstring."""
+    stochastic lower bound in expectation (Jensen); see the module docstring. ``compile``:
+    how the path's densities run (:class:`Chains`; ``"none"``: Pyro eagerly)."""
     from .chunks import _chunks, _data_size, _slice_args
     from .progress import bar
 
@@ -285,20 +336,22 @@ def ais_log_likelihood(
     if not (betas[0] == 0 and betas[-1] == 1 and (betas.diff() >= 0).all()):
         raise PyrovaeError("an AIS schedule must rise from 0 to 1 (beta_0 = 0, beta_T = 1)")
     size = data_chunk or data_chunk_for(model, guide, args, kwargs, num_chains)
-    parts = []
+    parts, chains = [], None
     label = progress if isinstance(progress, str) else "AIS"
-    with bar(
-        label,
-        math.ceil(n / size) * (len(betas) - 1),
-        unit="step",
-        show=None if progress is None else bool(progress),
-    ) as b:
+    show = None if progress is None else bool(progress)
+    with (
+        bar(label, math.ceil(n / size) * (len(betas) - 1), unit="step", show=show) as b,
+        annealing(model, guide),
+    ):
         for start, rows in _chunks(n, size):
             a, k = _slice_args(args, kwargs, n, start, start + rows)
-            chains = Chains(model, guide, a, k, num_chains, initial)
+            chains = (
+                Chains(model, guide, a, k, num_chains, initial, compile=compile)
+                if chains is None
+                else chains.on(a, k)
+            )
             u = chains.start()
             step = torch.full((rows,), float(step_size))
-            with pyro.validation_enabled(False):  # Pyro's argument checks at every step: the caller's job
-                parts.append(anneal(chains, u, betas, step, leapfrog_steps, target_accept, b))
+            parts.append(anneal(chains, u, betas, step, leapfrog_steps, target_accept, b))
     log_w, acceptance, step = (torch.cat(p, dim=d) for p, d in zip(zip(*parts), (1, 0, 0)))
     return summarize(log_w, acceptance, step)

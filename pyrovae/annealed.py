@@ -19,7 +19,15 @@ def _stats(values: torch.Tensor) -> dict:
 
 
 def evaluate_ais(
-    run, *, split="test", num_steps=1000, num_chains=16, initial="guide", seed=0, progress=False
+    run,
+    *,
+    split="test",
+    num_steps=1000,
+    num_chains=16,
+    initial="guide",
+    seed=0,
+    compile="auto",
+    progress=False,
 ) -> dict:
     """AIS log p(x) on ``split`` (the binarization :func:`pyrovae.experiment.evaluate` uses):
     mean and standard error over datapoints, the mean per-datapoint Monte Carlo error, the
@@ -33,7 +41,7 @@ def evaluate_ais(
     start = time.perf_counter()
     r = estimators.ais_log_likelihood(
         run.model, run.guide, *args, num_steps=num_steps, num_chains=num_chains, initial=initial,
-        progress="AIS" if progress else False,
+        compile=compile, progress="AIS" if progress else False,
     )  # fmt: skip
     return {
         "log_likelihood": _stats(r.log_likelihood),
@@ -56,6 +64,7 @@ def evaluate_bdmc(
     initial="guide",
     importance_samples=5000,
     seed=0,
+    compile="auto",
     progress=False,
 ) -> dict:
     """BDMC on ``num_datapoints`` datapoints simulated from the run's model: the lower and upper
@@ -67,7 +76,7 @@ def evaluate_bdmc(
     start = time.perf_counter()
     r = estimators.bdmc(
         run.model, run.guide, x, *condition, num_steps=num_steps, num_chains=num_chains, initial=initial,
-        importance_samples=importance_samples, progress="BDMC" if progress else False,
+        importance_samples=importance_samples, compile=compile, progress="BDMC" if progress else False,
     )  # fmt: skip
     s = r.sandwich
     return {
@@ -92,7 +101,7 @@ def report(run, args, out: dict) -> None:
     if args.method == "ais":
         a = out["ais"] = evaluate_ais(
             run, split=args.split, num_steps=args.steps, num_chains=args.chains, seed=args.seed,
-            progress=not args.no_progress,
+            compile=args.compile, progress=not args.no_progress,
         )  # fmt: skip
         print(
             f"  AIS log p(x)    {_fmt(a['log_likelihood'])}   T = {a['num_steps']}, S = {a['num_chains']} "
@@ -105,6 +114,7 @@ def report(run, args, out: dict) -> None:
             num_steps=args.steps,
             num_chains=args.chains,
             seed=args.seed,
+            compile=args.compile,
             progress=not args.no_progress,
         )
         print(

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .ais import ANNEALING, Chains, anneal, sigmoid_schedule, summarize
+from .ais import ANNEALING, Chains, anneal, annealing, sigmoid_schedule, summarize
 from .errors import PyrovaeError
 from .progress import bar
 
@@ -70,21 +69,20 @@ def sandwich(
     model: Callable, guide: Callable, data: Simulated, *args, progress: str | bool | None = None, **options
 ) -> Sandwich:
     """Forward and reverse AIS with the same schedule and transitions on simulated ``data``:
-    ``num_steps``, ``num_chains``, ``initial``, ``leapfrog_steps``, ``step_size`` and
-    ``target_accept`` as :func:`pyrovae.ais.ais_log_likelihood` takes them (other keywords go to
-    the model and guide); ``progress`` (a label) shows a bar over both passes."""
+    ``num_steps``, ``num_chains``, ``initial``, ``leapfrog_steps``, ``step_size``,
+    ``target_accept`` and ``compile`` as :func:`pyrovae.ais.ais_log_likelihood` takes them
+    (other keywords go to the model and guide); ``progress`` (a label) shows a bar over both passes."""
     o = {**ANNEALING, **{k: options.pop(k) for k in list(options) if k in ANNEALING}}
     num_steps, num_chains, leapfrog_steps, target_accept = (
         o["num_steps"], o["num_chains"], o["leapfrog_steps"], o["target_accept"]
     )  # fmt: skip
     kwargs = options
     betas = sigmoid_schedule(num_steps)
-    chains = Chains(model, guide, (data.x, *args), kwargs, num_chains, o["initial"])
+    chains = Chains(model, guide, (data.x, *args), kwargs, num_chains, o["initial"], compile=o["compile"])
     step = torch.full((data.x.shape[0],), float(o["step_size"]))
     label = progress if isinstance(progress, str) else "BDMC"
     show = None if progress is None else bool(progress)
-    with pyro.validation_enabled(False), bar(label, 2 * num_steps, unit="step", show=show) as b:
-        # Pyro's argument checks at every step are the caller's job
+    with annealing(model, guide), bar(label, 2 * num_steps, unit="step", show=show) as b:
         start = chains.start()
         forward = summarize(*anneal(chains, start, betas, step, leapfrog_steps, target_accept, b))
         template = chains.layout.unpack(start)[0]  # the sites' shapes, for z* laid out as the chains

@@ -272,7 +272,7 @@ def _run_commands() -> list[tuple]:
                 "--compile": dict(
                     default="auto",
                     choices=list(MODES),
-                    help="how chunks run: auto (= capture), none, capture, inductor, cudagraphs",
+                    help="how IS chunks and AIS paths run (auto = capture)",
                 ),
             },
         )
