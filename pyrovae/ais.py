@@ -178,7 +178,7 @@ class Chains:
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.chains, self.initial, self.compile = chains, initial, compile
         self.nesting = plate_nesting(model, guide, args, kwargs) if nesting is None else nesting
-        self._ends = None
+        self.layout, self._ends = None, None
 
     def on(self, args, kwargs) -> "Chains":
         """The same chains on other data (another chunk): layout and captured graphs are kept."""
@@ -192,7 +192,7 @@ class Chains:
         program = self.model if self.initial == "prior" else self.guide  # the model alone draws from p(z)
         with torch.no_grad():
             source = poutine.trace(vectorize(program, self.chains, pdim)).get_trace(*self.args, **self.kwargs)
-        self.layout = getattr(self, "layout", None) or Layout(source, pdim)
+        self.layout = self.layout or Layout(source, pdim)
         return self.layout.pack({n: source.nodes[n]["value"].detach() for n in self.layout.names})
 
     def _path(self, u, *args) -> torch.Tensor:
@@ -204,10 +204,11 @@ class Chains:
 
     def ends(self, u: torch.Tensor) -> Ends:
         """The path's end densities at u, with log |det dz/du|."""
+        tensors = not self.kwargs and all(isinstance(t, torch.Tensor) for t in self.args)
+        if self.compile == "none" or not tensors:  # keywords would be baked into a graph
+            return Ends(*self._path(u, *self.args).unbind(0))
         if self._ends is None:
-            tensors = not self.kwargs and all(isinstance(t, torch.Tensor) for t in self.args)
-            mode = self.compile if tensors else "none"
-            self._ends = Compiled(self._path, owner_modules(self.model, self.guide), mode)
+            self._ends = Compiled(self._path, owner_modules(self.model, self.guide), self.compile)
         # a copy: CUDA-graph modes hand back buffers that their next replay overwrites
         return Ends(*self._ends(u, *self.args).clone().unbind(0))
 
