@@ -5,12 +5,17 @@ Rows (each a config in configs/):
 - ``m2_100``, ``m2_600``, ``m2_1000``, ``m2_3000``: the semi-supervised VAE with that many labels;
 - ``gmvae_10``, ``gmvae_16``: the Gaussian-mixture VAE with K = 10 and 16 clusters;
 - ``step_time``: one training step of M2 under "enum" (the class summed out) and under "elbo"
-  (sampled, Pyro's score-function Trace_ELBO), median of ``--steps`` steps, as a ratio.
+  (sampled, Pyro's score-function Trace_ELBO), median of ``--steps`` steps, as a ratio; and
+  one step of the same M2 written in plain Pyro (``TraceEnum_ELBO``, benchmarks/pyro_m2.py).
 
 Each trained row runs ``--epochs`` epochs (default: the config's), then reports the error (or
 clustering accuracy) on the 10,000 validation images held out of training and on the whole test
-set, and log p(x) on the first ``--test-limit`` test images with K = ``--eval-samples``. With
-``--aux-weight`` each M2 row trains once per classifier weight: choose by the validation column.
+set (with ``train.select = "error"``, as the M2 configs, also at the epoch of lowest validation
+error; with dynamic pixels, q(y | x) averaged over 16 binarizations as ``evaluate`` does, and
+beside it on one binarization and on the grey image), and log p(x) on the first
+``--test-limit`` test images with K = ``--eval-samples``. With ``--aux-weight`` each M2 row
+trains once per classifier weight: choose by the validation column. ``--score-only`` scores
+the runs already in ``--out``.
 
     python benchmarks/discrete.py --rows m2_100 m2_3000 --epochs 20 --test-limit 1000 --eval-samples 100
     python benchmarks/discrete.py --rows m2_100 --aux-weight 10 46 150 --device cuda
@@ -60,24 +65,37 @@ def configure(row: str, a, out: Path, aux_weight: float | None = None):
 def score(run, split: str) -> tuple[str, int]:
     """The test error (M2) or clustering accuracy (GMVAE) of ``run`` on ``split``, and its size."""
     data = experiment.load_data(run.config, split, run.device)
-    images = data.observe_fixed(experiment.EVAL_BINARIZATION_SEED)
-    report = experiment.class_report(
-        run.model, run.guide, hooks.evaluation_inputs(run.model, images, data.labels), data.labels
-    )
+    report = experiment.class_report_data(run.model, run.guide, data)
     if "classification_error" in report:
         e = report["classification_error"]
-        return f"{100 * e['error']:.2f}% +- {100 * e['stderr']:.2f} error", len(data)
+        views = ""
+        if data.pixels == "dynamic":  # the same q(y | x) on one binarization and on the grey image
+            one = experiment.class_report_data(run.model, run.guide, data, draws=1)
+            grey = experiment.class_report(run.model, run.guide, [data_inputs(run, data)], data.labels)
+            errors = [r["classification_error"]["error"] for r in (one, grey)]
+            views = " (one binarization {:.2f}%, grey {:.2f}%)".format(*(100 * v for v in errors))
+        return f"{100 * e['error']:.2f}% +- {100 * e['stderr']:.2f} error{views}", len(data)
     return f"{100 * next(iter(report['cluster_accuracy'].values())):.2f}% acc.", len(data)
+
+
+def data_inputs(run, data) -> tuple:
+    """The model's evaluation inputs on the grey images of ``data`` (not binarized)."""
+    return hooks.evaluation_inputs(run.model, data.values(), data.labels)
 
 
 def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
     """Train and evaluate one row (with this classifier weight, for M2); its markdown line."""
     config = configure(row, a, out, aux_weight)
     start = time.perf_counter()
-    result = experiment.fit_config(config, progress=False)
+    if not a.score_only:
+        experiment.fit_config(config, progress=False)
     minutes = (time.perf_counter() - start) / 60
     run = experiment.load_run(config.run_dir, which="last")
+    trained = f"{run.checkpoint['epoch']} epochs, {run.checkpoint['step']} steps"
+    trained += "" if a.score_only else f", {minutes:.1f} min"
     test_score, n_test = score(run, "test")
+    if config.train.select == "error":  # also the epoch of lowest validation error (best.pt)
+        test_score += f"; at best validation: {score(experiment.load_run(config.run_dir), 'test')[0]}"
     val_score, n_val = score(run, "val") if config.data.val_size else ("-", 0)
     run.config = dataclasses.replace(
         run.config, data=dataclasses.replace(run.config.data, test_limit=a.test_limit)
@@ -87,7 +105,7 @@ def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
     published = "; ".join(f"{n}: {v}" for n, v in ROWS[row][1])
     weight = f", aux_weight {run.guide.aux_weight}" if hasattr(run.guide, "aux_weight") else ""
     return (
-        f"| {row}{weight} | {result.epoch} epochs, {result.step} steps, {minutes:.1f} min | {val_score} "
+        f"| {row}{weight} | {trained} | {val_score} "
         f"({n_val} validation images) | {test_score} ({n_test} test images) "
         f"| {ll['mean']:.2f} +- {ll['stderr']:.2f} ({ev['num_datapoints']} x K = {ev['num_samples']}) "
         f"| {published} |"
@@ -120,10 +138,36 @@ def step_time(a) -> str:
             opt.step()
             samples.append(time.perf_counter() - t0)
         times[name], how[name] = statistics.median(samples[3:]), loss.summary()
+    times["pyro"] = pyro_recipe_step(images.flatten(1).float(), model.num_classes, a.steps)
     cells = [f"M2 step, batch {config.train.batch_size}"]
     cells += [f"{n} {1000 * times[n]:.1f} ms ({how[n]})" for n in ("enum", "elbo")]
+    cells += [f"Pyro's recipe (TraceEnum_ELBO, eager) {1000 * times['pyro']:.1f} ms"]
     cells += [f"ratio enum / elbo {times['enum'] / times['elbo']:.2f}"]
+    cells += [f"ratio Pyro's recipe / enum {times['pyro'] / times['enum']:.2f}"]
     return "| " + " | ".join(cells) + " |"
+
+
+def pyro_recipe_step(x: torch.Tensor, classes: int, steps: int) -> float:
+    """Median seconds of one unlabelled step of the same M2 written in plain Pyro
+    (benchmarks/pyro_m2.py: ``TraceEnum_ELBO`` over y, eager)."""
+    import pyro
+    from pyro_m2 import M2  # benchmarks/ is on sys.path when run as a script
+
+    pyro.clear_param_store()
+    m2 = M2(d=x.shape[1], classes=classes)
+    svi = pyro.infer.SVI(
+        m2.model,
+        pyro.infer.config_enumerate(m2.guide, "parallel"),
+        pyro.optim.Adam({"lr": 1e-4}),
+        loss=pyro.infer.TraceEnum_ELBO(max_plate_nesting=1),
+    )
+    samples = []
+    with pyro.validation_enabled(False):
+        for _ in range(steps + 3):
+            t0 = time.perf_counter()
+            svi.step(x)
+            samples.append(time.perf_counter() - t0)
+    return statistics.median(samples[3:])
 
 
 def main() -> None:
@@ -142,7 +186,10 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="where the runs go (default: a temporary folder)")
     p.add_argument("--append", help="append the table to this markdown file")
+    p.add_argument("--score-only", action="store_true", help="score the runs already in --out, no training")
     a = p.parse_args()
+    if a.score_only and not a.out:
+        p.error("--score-only scores the runs in --out: name that folder")
     out = Path(a.out or tempfile.mkdtemp(prefix="discrete_"))
     lines = [
         "| row | training | validation error / accuracy | test error / clustering accuracy "
@@ -154,14 +201,15 @@ def main() -> None:
         for w in weights:
             lines.append(step_time(a) if row == "step_time" else run_row(row, a, out, w))
             print(lines[-1], flush=True)
-    skip = ("rows", "append", "out", "device", "aux_weight", "set") + (
-        () if "step_time" in a.rows else ("steps",)
-    )
+    skip = ("rows", "append", "device", "aux_weight", "set", "score_only")
+    skip += () if "step_time" in a.rows else ("steps",)
+    skip += ("epochs", "test_limit", "eval_samples") if a.rows == ["step_time"] else ()
     flags = " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items() if v is not None and k not in skip
     )
     weights = f" --aux-weight {' '.join(f'{w:g}' for w in a.aux_weight)}" if a.aux_weight else ""
     weights += f" --set {' '.join(a.set)}" if a.set else ""
+    weights += " --score-only" if a.score_only else ""
     gpu = f" ({torch.cuda.get_device_name()})" if a.device.startswith("cuda") else ""
     from report import emit_table  # benchmarks/ is on sys.path when run as a script
 

@@ -136,6 +136,7 @@ def cmd_evaluate(args) -> None:
         print(
             f"  test error      {100 * e['error']:.2f}% +- {100 * e['stderr']:.2f}   "
             f"argmax q({e['site']} | x)"
+            + (f", mean over {e['binarizations']} binarizations" if e["binarizations"] > 1 else "")
         )
     for site, acc in out.get("cluster_accuracy", {}).items():
         print(

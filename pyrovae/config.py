@@ -92,6 +92,7 @@ MAX_SAMPLES = 100_000  #: particles or importance samples per datapoint in a tra
 MAX_EVAL_SAMPLES = 10_000_000  #: importance samples per datapoint in an evaluation (chunked)
 MAX_SEED = 2**31 - 1  #: seeds go to numpy, which takes 32-bit seeds (ranks add to them)
 NAN_POLICIES = ("stop", "skip")
+SELECT = ("elbo", "error")  #: train.select: best.pt by validation ELBO, or by classification error
 
 
 def _names(section: str, checks: dict[str, tuple[str, Any, tuple[str, ...]]]) -> None:
@@ -136,7 +137,8 @@ class TrainConfig:
     cycles: int = 4  #: cyclical schedule: number of cycles
     cycle_ratio: float = 0.5  #: cyclical schedule: fraction of a cycle spent rising
     val_samples: int = 1  #: particles per datapoint for the validation ELBO
-    early_stopping: int | None = None  #: stop after this many epochs without a better validation ELBO
+    early_stopping: int | None = None  #: stop after this many epochs without a better validation figure
+    select: str = "elbo"  #: what picks best.pt: elbo | error (classification, a label site)
     checkpoint_every: int = 1000  #: steps between checkpoints (and at each epoch end)
     keep_checkpoints: int = 3  #: step checkpoints kept in run_dir/checkpoints (checkpoint.pt is the newest)
     nan_policy: str = (
@@ -196,6 +198,7 @@ class TrainConfig:
                     opt(self.early_stopping, lambda v: _at_least(v, 1)),
                     "null or an integer >= 1",
                 ),
+                "select": (self.select, self.select in SELECT, f"one of {', '.join(SELECT)}"),
                 "checkpoint_every": (
                     self.checkpoint_every,
                     _at_least(self.checkpoint_every, 1),

@@ -12,7 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyro
 import torch
@@ -28,6 +28,8 @@ from .hooks import code_site  # noqa: F401 - also pyrovae.experiment.code_site
 from .labelled import keep_labels
 from .registry import GUIDES, build_guide, build_model, fits, guides_for
 from .train import FitResult, fit, model_inputs, resolve_device
+
+CLASS_DRAWS = 16  #: binarizations of a dynamic split that q(c | x) is averaged over to classify
 
 
 def build(config: Config, x_shape) -> tuple[Any, Any]:
@@ -187,25 +189,43 @@ def evaluate(
             progress=progress,
         )
     )
-    out.update(class_report(run.model, run.guide, args, data.labels))
+    out.update(class_report_data(run.model, run.guide, data, seed))
     return {**out, "discrete": discrete}  # the likelihood's kind, whether or not bits/dim apply
 
 
-def class_report(model, guide, args: tuple, labels: torch.Tensor) -> dict:
+def class_report(model, guide, args: Iterable[tuple], labels: torch.Tensor) -> dict:
     """For each discrete site of the guide, on labelled data: the classification error of the
-    model's label site (semi-supervised), the clustering accuracy (Hungarian) of the others."""
-    probs = clusters.discrete_probs(guide, *args)
+    model's label site (semi-supervised), the clustering accuracy (Hungarian) of the others;
+    q(c | x) averaged over the argument tuples ``args`` (draws of the same datapoints)."""
+    probs, draws = {}, 0
+    for a in args:
+        for site, p in clusters.discrete_probs(guide, *a).items():
+            probs[site] = p if site not in probs else probs[site] + p
+        draws += 1
     known = labels >= 0
     if not probs or not known.any():
         return {}
     out = {}
     for site, p in probs.items():
-        p, y = p[known], labels[known]
+        p, y = p[known] / draws, labels[known]
         if site == hooks.label_site(model):
-            out["classification_error"] = {"site": site, **clusters.classification_error(p, y)}
+            error = clusters.classification_error(p, y)
+            out["classification_error"] = {"site": site, **error, "binarizations": draws}
         else:
             out.setdefault("cluster_accuracy", {})[site] = clusters.cluster_accuracy(p, y)
     return out
+
+
+def class_report_data(model, guide, data: Split, seed: int = 0, draws: int = CLASS_DRAWS) -> dict:
+    """:func:`class_report` on ``data``; with dynamic pixels, q(c | x) averaged over ``draws``
+    seeded binarizations, the class of the grey image under the model's pixel process rather
+    than of one draw of it (Pyro's ss-vae example classifies the grey image itself)."""
+    draws = draws if data.pixels == "dynamic" else 1
+    args = (
+        hooks.evaluation_inputs(model, data.observe_fixed(seed + EVAL_BINARIZATION_SEED + i), data.labels)
+        for i in range(draws)
+    )
+    return class_report(model, guide, args, data.labels)
 
 
 def discrete_likelihood(model, pixels: str) -> bool:

@@ -43,7 +43,10 @@ class TrainState:
     learning-rate schedule), with the random streams of every rank."""
 
     #: the plain numbers of a run, stored in the checkpoint under these names
-    COUNTERS = ("step", "epoch", "batch", "best_val_elbo", "bad_epochs", "skipped", "metrics_rows")
+    COUNTERS = (
+        *("step", "epoch", "batch", "best_val_elbo", "best_val_error"),
+        *("bad_epochs", "skipped", "metrics_rows"),
+    )
 
     def __init__(
         self,
@@ -59,7 +62,7 @@ class TrainState:
         self.model, self.guide, self.optimizer, self.scheduler = model, guide, optimizer, scheduler
         self.config, self.record, self.group = config, record or {}, group
         self.step = self.epoch = self.batch = self.bad_epochs = self.skipped = self.metrics_rows = 0
-        self.best_val_elbo = -math.inf
+        self.best_val_elbo, self.best_val_error = -math.inf, math.inf
         self.running = torch.zeros(2, device=device)  #: this rank's loss sum and count since the last row
 
     def advance(self, loss: torch.Tensor, bad: torch.Tensor) -> None:

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import pyro
 import torch
 
-from . import distributed, estimators, tensorboard
+from . import clusters, distributed, estimators, tensorboard
 from .checks import as_split, check_data, check_sites, model_inputs  # noqa: F401 - also pyrovae.train.*
 from .compile import Compiled, resolve_mode, warn_eager
 from .config import NAN_POLICIES, TrainConfig  # noqa: F401 - NAN_POLICIES: also pyrovae.train.*
@@ -34,6 +34,7 @@ from .hooks import (
     check_pixels,
     evaluation_inputs,
     is_conditional,
+    label_site,
     owner_modules,
     takes,
 )
@@ -98,6 +99,11 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
     attach_data(model, guide, train.labels)
     if val is not None:
         check_data(model, val, "validation")
+    if cfg.select == "error" and (label_site(model) is None or val is None or not (val.labels >= 0).any()):
+        raise ConfigError(
+            'train.select = "error" picks best.pt by validation classification error: it needs a model '
+            'with a label site (e.g. ss_vae) and labelled validation data; use select = "elbo"'
+        )
     probe = model_inputs(model, train.observe(slice(0, 3)), train.labels[:3])
     whole = len(train) > 2 and not estimators.runs_on_slices(model, guide, probe, {}, 2)
     example = model_inputs(model, train.observe(), train.labels) if whole else tuple(a[:2] for a in probe)
@@ -171,14 +177,17 @@ def train_step(
 class Validator:
     """The validation ELBO, on one fixed binarization and with the same draws every epoch, on a
     forked random stream (validating never changes the stream training continues with, so a
-    resumed run matches one that never stopped). Ranks score their parts and share the sums."""
+    resumed run matches one that never stopped); for a model with a label site, also the
+    classification error of argmax q(y | x) on the labelled validation images. Ranks score
+    their parts and share the sums."""
 
     def __init__(self, model, guide, val: Split, samples: int, seed: int, group, device: torch.device):
         self.model, self.guide, self.samples, self.seed, self.group = model, guide, samples, seed, group
         self.device = device
         self.x = evaluation_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
+        self.labels = val.labels if label_site(model) is not None and (val.labels >= 0).any() else None
 
-    def __call__(self) -> float:
+    def __call__(self) -> dict:
         cuda = [self.device] if self.device.type == "cuda" else []
         modules = owner_modules(self.model, self.guide)
         with torch.random.fork_rng(devices=cuda), pyro.validation_enabled(False):
@@ -187,15 +196,38 @@ class Validator:
                 m.eval()
             part = tuple(distributed.shard(a, self.group.rank, self.group.size) for a in self.x)
             elbos = estimators.elbo(self.model, self.guide, *part, num_samples=self.samples, data_chunk=2000)
-            count = torch.tensor(float(len(elbos)), dtype=torch.float64, device=elbos.device)
-            total = distributed.all_sum(torch.stack([elbos.double().sum(), count]))
+            sums = [elbos.double().sum(), torch.tensor(float(len(elbos)), device=elbos.device)]
+            if self.labels is not None:
+                sums += self._wrong(part)
+            total = distributed.all_sum(torch.stack([s.to(elbos.device, torch.float64) for s in sums]))
             for m in modules:
                 m.train()
-        return (total[0] / total[1]).item()
+        row = {"val_elbo": (total[0] / total[1]).item()}
+        return row if self.labels is None else {**row, "val_error": (total[2] / total[3]).item()}
+
+    def _wrong(self, part: tuple) -> list[torch.Tensor]:
+        """(misclassified, labelled) counts of this rank's part."""
+        labels = distributed.shard(self.labels, self.group.rank, self.group.size)
+        probs = clusters.discrete_probs(self.guide, *part)[label_site(self.model)]
+        known = labels >= 0
+        wrong = (probs.argmax(-1) != labels.to(probs.device)) & known.to(probs.device)
+        return [wrong.double().sum(), known.double().sum()]
+
+
+def improved(state: TrainState, row: dict) -> bool:
+    """Whether the epoch's validation figure (``train.select``) is the best so far; records it."""
+    if state.config.select == "error":
+        better = row["val_error"] < state.best_val_error
+        state.best_val_error = min(state.best_val_error, row["val_error"])
+    else:
+        better = row["val_elbo"] > state.best_val_elbo
+    if row["val_elbo"] > state.best_val_elbo:
+        state.best_val_elbo = row["val_elbo"]
+    return better
 
 
 def end_epoch(state: TrainState, files: RunFiles, validate, seconds: float, full: bool, device) -> bool:
-    """The epoch row (validation ELBO, best checkpoint), the schedule's step, a checkpoint and
+    """The epoch row (validation figures, best checkpoint), the schedule's step, a checkpoint and
     the curves; True when training should stop (a callback, early stopping)."""
     row = {
         "kind": "epoch",
@@ -205,9 +237,9 @@ def end_epoch(state: TrainState, files: RunFiles, validate, seconds: float, full
         "skipped": state.skipped,
     }
     if validate is not None:
-        row["val_elbo"] = validate()
-        if row["val_elbo"] > state.best_val_elbo:
-            state.best_val_elbo, state.bad_epochs = row["val_elbo"], 0
+        row.update(validate())
+        if improved(state, row):
+            state.bad_epochs = 0
             files.save_best()
         else:
             state.bad_epochs += 1

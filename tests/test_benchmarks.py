@@ -1,4 +1,4 @@
-"""The benchmarks' hand-written reference computes exactly the loss pyrovae trains."""
+"""The benchmarks' hand-written references: the loss pyrovae trains, Pyro's M2 schedule."""
 
 import importlib.util
 from pathlib import Path
@@ -9,9 +9,17 @@ import torch
 
 from pyrovae.objectives import make_elbo, make_objective
 
-spec = importlib.util.spec_from_file_location("speed", Path(__file__).parents[1] / "benchmarks" / "speed.py")
-speed = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(speed)
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+speed = _load("speed")
 
 
 @pytest.mark.parametrize("softplus", [False, True])
@@ -41,3 +49,30 @@ def test_pyrovae_default_objective_equals_the_plain_loss():
     ours = objective(model, guide, x) / 16
     pyro.set_rng_seed(4)
     torch.testing.assert_close(ours, speed.plain_loss(model, guide, x))
+
+
+def test_pyro_recipe_meets_each_batch_once_an_epoch_labelled_ones_at_its_interval():
+    """The reference M2 schedule (Pyro's ss-vae example): every unlabelled and every labelled
+    batch once an epoch, a labelled batch at each index i with i % interval == 1 until they run
+    out, each taking an ELBO step and an auxiliary step."""
+    recipe = _load("pyro_m2")
+    calls = []
+
+    class Recorder:
+        def __init__(self, kind):
+            self.kind = kind
+
+        def step(self, x, y=None):
+            calls.append((self.kind, y is not None, x[:, 0].tolist()))
+
+    xl, yl = torch.arange(30.0)[:, None], torch.zeros(30, 10)
+    xu = 100 + torch.arange(170.0)[:, None]
+    steps = recipe.epoch(
+        Recorder("elbo"), Recorder("aux"), (xl, yl), xu, 10, 4, torch.Generator().manual_seed(0)
+    )
+    assert steps == len(calls) == 17 + 2 * 3
+    elbo = [c for c in calls if c[0] == "elbo"]
+    assert [i for i, c in enumerate(elbo) if c[1]] == [1, 5, 9]  # interval 4, three labelled batches
+    assert all(calls[calls.index(c) + 1][0] == "aux" for c in elbo if c[1])
+    assert sorted(v for c in elbo if c[1] for v in c[2]) == list(range(30))
+    assert sorted(v for c in elbo if not c[1] for v in c[2]) == list(range(100, 270))

@@ -7,12 +7,13 @@ import math
 import pytest
 import torch
 
-from pyrovae import cli, clusters, estimators
+from pyrovae import cli, clusters, estimators, experiment
 from pyrovae.config import TrainConfig
-from pyrovae.data import Split
+from pyrovae.data import VAL_BINARIZATION_SEED, Split
 from pyrovae.errors import ConfigError, DataError
 from pyrovae.labelled import LabelledBatches, keep_labels, labelled_repeat
 from pyrovae.registry import build_guide, build_model
+from pyrovae.train import fit
 
 
 def test_kept_labels_are_balanced_seeded_and_the_rest_hidden():
@@ -135,3 +136,51 @@ def test_gmvae_trains_from_its_config_and_reports_the_clustering_accuracy(tmp_pa
             "model.hidden=[16]", "guide.hidden=[16]"]  # fmt: skip
     out = _run(tmp_path, "configs/mnist_gmvae_10.toml", sets)
     assert 0.1 <= out["cluster_accuracy"]["c"] <= 1 and math.isfinite(out["log_likelihood"]["mean"])
+
+
+def _two_classes(n: int, labelled: int) -> Split:
+    """Binary 4 x 4 images, class 1 mostly on and class 0 mostly off; the first ``labelled`` keep labels."""
+    y = torch.arange(n) % 2
+    x = (torch.rand(n, 1, 4, 4) < torch.where(y == 1, 0.8, 0.2).view(n, 1, 1, 1)).to(torch.uint8)
+    return Split(x, torch.where(torch.arange(n) < labelled, y, -1), "static", maximum=1)
+
+
+def test_best_checkpoint_by_validation_classification_error(tmp_path):
+    torch.manual_seed(0)
+    shape, dims = (1, 4, 4), [2, 2]
+    model = build_model("ss_vae", x_shape=shape, latent_dim=dims, hidden=[8])
+    guide = build_guide("ss_mlp", x_shape=shape, latent_dim=dims, hidden=[8])
+    train, val = _two_classes(64, 8), _two_classes(40, 40)
+    rows = []
+    cfg = TrainConfig(epochs=5, batch_size=16, lr=0.03, select="error", objective="enum")
+    fit(model, guide, train, val, config=cfg, run_dir=tmp_path, progress=False, callbacks=[rows.append])
+    errors = [r["val_error"] for r in rows if r.get("kind") == "epoch"]
+    x = val.observe_fixed(VAL_BINARIZATION_SEED).float()  # seed 0 + the validation offset
+
+    def error(g) -> float:
+        return clusters.classification_error(g.class_logits(x).softmax(-1), val.labels)["error"]
+
+    assert len(errors) == 5 and errors[-1] == pytest.approx(error(guide))
+    best = build_guide("ss_mlp", x_shape=shape, latent_dim=dims, hidden=[8])
+    best.load_state_dict(torch.load(tmp_path / "best.pt", weights_only=False)["guide"])
+    assert error(best) == pytest.approx(min(errors))
+    with pytest.raises(ConfigError, match="train.select"):
+        fit(model, guide, train, None, config=TrainConfig(select="error"), progress=False)
+    with pytest.raises(ConfigError, match="select"):
+        TrainConfig(select="accuracy")
+
+
+def test_the_class_of_a_grey_image_averages_q_over_binarizations(m2):
+    model, guide, _ = m2
+    grey = Split(torch.rand(300, 1, 2, 2, dtype=torch.float64), torch.arange(300) % 3, "dynamic")
+    draws = [grey.observe_fixed(experiment.EVAL_BINARIZATION_SEED + i) for i in range(experiment.CLASS_DRAWS)]
+    mean = sum(guide.class_logits(x).softmax(-1) for x in draws) / len(draws)
+    e = experiment.class_report_data(model, guide, grey)["classification_error"]
+    assert e["binarizations"] == experiment.CLASS_DRAWS
+    assert e["error"] == pytest.approx(clusters.classification_error(mean, grey.labels)["error"])
+    one = experiment.class_report(model, guide, [(draws[0], torch.full((300,), -1))], grey.labels)
+    first = clusters.classification_error(guide.class_logits(draws[0]).softmax(-1), grey.labels)["error"]
+    assert one["classification_error"]["error"] == pytest.approx(first) != e["error"]  # one draw differs
+    static = Split(draws[0].to(torch.uint8), grey.labels, "static", maximum=1)
+    model.float(), guide.float()  # static pixels are read as float32
+    assert experiment.class_report_data(model, guide, static)["classification_error"]["binarizations"] == 1
