@@ -141,11 +141,12 @@ def run(a) -> str:
             best_val, at_best = v, (e + 1, t)
         print(f"epoch {e + 1}: validation error {100 * v:.2f}%, test error {100 * t:.2f}%", flush=True)
     minutes = (time.perf_counter() - start) / 60
-    return (
-        f"| {a.labels} | {batch} | {a.aux:g} | {a.epochs} epochs, {steps} steps, {minutes:.1f} min "
-        f"({60_000 * minutes / steps:.1f} ms / step) | {100 * t:.2f}% | {100 * at_best[1]:.2f}% "
-        f"(epoch {at_best[0]}, validation {100 * best_val:.2f}%) |"
+    training = (
+        f"{a.epochs} epochs, {steps} steps, {minutes:.1f} min ({60_000 * minutes / steps:.1f} ms / step)"
     )
+    best = f"{100 * at_best[1]:.2f}% (epoch {at_best[0]}, validation {100 * best_val:.2f}%)"
+    cells = [str(a.labels), str(batch), f"{a.aux:g}", training, f"{100 * t:.2f}%", best]
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
