@@ -71,16 +71,12 @@ def score(run, split: str) -> tuple[str, int]:
         views = ""
         if data.pixels == "dynamic":  # the same q(y | x) on one binarization and on the grey image
             one = experiment.class_report_data(run.model, run.guide, data, draws=1)
-            grey = experiment.class_report(run.model, run.guide, [data_inputs(run, data)], data.labels)
+            args = [hooks.evaluation_inputs(run.model, data.values(), data.labels)]  # not binarized
+            grey = experiment.class_report(run.model, run.guide, args, data.labels)
             errors = [r["classification_error"]["error"] for r in (one, grey)]
             views = " (one binarization {:.2f}%, grey {:.2f}%)".format(*(100 * v for v in errors))
         return f"{100 * e['error']:.2f}% +- {100 * e['stderr']:.2f} error{views}", len(data)
     return f"{100 * next(iter(report['cluster_accuracy'].values())):.2f}% acc.", len(data)
-
-
-def data_inputs(run, data) -> tuple:
-    """The model's evaluation inputs on the grey images of ``data`` (not binarized)."""
-    return hooks.evaluation_inputs(run.model, data.values(), data.labels)
 
 
 def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
