@@ -9,16 +9,18 @@ and prints: seconds, chunk rows, achieved GFLOP/s, matmul GFLOP/s, the matmul fl
 
     pyrovae fit configs/mnist_vae.toml          # once, if runs/mnist_vae is missing
     python benchmarks/eval_speed.py --run runs/mnist_vae [--num-samples 5000] [--limit N] [--max-rows R]
-                                    [--compile auto|none|...] [--append benchmarks/RESULTS.md]
+                                    [--compile auto|none|...] [--append benchmarks/RESULTS.md] [--json F]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import platform
 import resource
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -74,6 +76,7 @@ def main() -> None:
     )
     p.add_argument("--compile", default="auto", help="how chunks run (pyrovae.compile modes)")
     p.add_argument("--append")
+    p.add_argument("--json", help="also write the figures to this file")
     a = p.parse_args()
     run = load_run(a.run, device=a.device)
     if a.limit:
@@ -117,6 +120,10 @@ def main() -> None:
     from report import emit  # benchmarks/ is on sys.path when run as a script
 
     emit("\n".join([header, "", *lines]) + "\n", a.append)
+    if a.json:
+        figures = dict(images=x.shape[0], k=k, seconds=seconds, floor_seconds=floor, matmul_gflops=rate / 1e9)
+        figures.update(log_likelihood=report["log_likelihood"], device=str(device), torch=torch.__version__)
+        Path(a.json).write_text(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pyro
 import torch
 
 from pyrovae import experiment
-from pyrovae.config import load_config
+from pyrovae.config import apply_overrides, config_from_dict, load_config
 
 PAPER_NLL = {
     (1, "vae", 1): 86.76,
@@ -46,11 +46,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--run-dir")
     p.add_argument("--append", help="append the row to this markdown file")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides (smoke runs)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     name = f"{a.layers}layer_{a.kind}_k{a.k}"
-    cfg = load_config(CONFIGS / f"{name}.toml")
+    cfg = config_from_dict(apply_overrides(load_config(CONFIGS / f"{name}.toml").to_dict(), a.set))
     cfg = cfg.replace(
         device=a.device,
         run_dir=a.run_dir or cfg.run_dir,
@@ -81,7 +82,7 @@ def main() -> None:
         f"pyro {pyro.__version__}. Command: `python benchmarks/iwae_paper.py --layers {a.layers} "
         f"--kind {a.kind} "
         f"--k {a.k} --epochs {a.epochs}{f' --minutes {a.minutes:g}' if a.minutes else ''}"
-        f"{f' --threads {a.threads}' if a.threads else ''}`",
+        f"{f' --threads {a.threads}' if a.threads else ''}{' --set ' + ' '.join(a.set) if a.set else ''}`",
         "",
         "| layers | objective | k | epochs trained | training minutes | test -log p(x), K = 5000 "
         "(nats) | test -ELBO "

@@ -187,6 +187,40 @@ def _result(windows: list[float], device) -> dict:
     }
 
 
+def measure(row: str, net: str, batch: int, passthrough: list[str], jsonl: str | None) -> dict:
+    """One combination in its own process; a failure is recorded (its last line), not raised."""
+    cmd = [sys.executable, __file__, "--one", row, net, str(batch), *passthrough]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode == 0:
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    else:
+        print(out.stderr, file=sys.stderr, flush=True)
+        last = (out.stderr.strip().splitlines() or [f"exit status {out.returncode}"])[-1]
+        result = {"error": last[:300]}
+    if jsonl:
+        with open(jsonl, "a") as f:
+            f.write(json.dumps({"row": row, "net": net, "batch": batch, **result}) + "\n")
+    return result
+
+
+def table_rows(net: str, batch: int, results: dict[str, dict]) -> list[str]:
+    """Markdown rows of one network and batch, as ratios to ``plain`` (or the first row that ran)."""
+    ok = {row: r for row, r in results.items() if "error" not in r}
+    ref = ok.get("plain", next(iter(ok.values()), None))
+    lines = []
+    for row, r in results.items():
+        if "error" in r:
+            lines.append(f"| {net} | {batch} | {row} | failed: {r['error'].replace('|', '/')} | | | | |")
+            continue
+        sps = r["seconds_per_step"]
+        lines.append(
+            f"| {net} | {batch} | {row} | {1 / sps:.1f} | {sps * -(-50000 // batch):.2f} | "
+            f"{sps / ref['seconds_per_step']:.2f}x | {r['peak_mb']:.0f} | "
+            f"{r['peak_mb'] / ref['peak_mb']:.2f}x |"
+        )
+    return lines
+
+
 def main() -> None:
     from pyrovae.train import resolve_device
 
@@ -202,6 +236,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--data-root")
     p.add_argument("--append")
+    p.add_argument("--jsonl", help="also append each combination's result to this file as it finishes")
     p.add_argument("--one", nargs=3, metavar=("ROW", "NET", "BATCH"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.rows is None:
@@ -232,22 +267,10 @@ def main() -> None:
     for net, batch in itertools.product(a.nets, a.batches):
         results = {}
         for row in [r for r in a.rows if r != "naive" or net != "resnet32"]:
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", row, net, str(batch), *passthrough],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            results[row] = json.loads(out.stdout.strip().splitlines()[-1])
-            device, memory = results[row]["device"], results[row]["memory"]
-        ref = results.get("plain", next(iter(results.values())))
-        for row, r in results.items():
-            sps = r["seconds_per_step"]
-            lines.append(
-                f"| {net} | {batch} | {row} | {1 / sps:.1f} | {sps * -(-50000 // batch):.2f} | "
-                f"{sps / ref['seconds_per_step']:.2f}x | {r['peak_mb']:.0f} | "
-                f"{r['peak_mb'] / ref['peak_mb']:.2f}x |"
-            )
+            results[row] = measure(row, net, batch, passthrough, a.jsonl)
+            if "error" not in results[row]:
+                device, memory = results[row]["device"], results[row]["memory"]
+        lines += table_rows(net, batch, results)
         print("\n".join(lines[-len(results) :]), flush=True)
     header = [
         f"Device: {device} ({platform.machine()}, {torch.get_num_threads()} threads); torch "

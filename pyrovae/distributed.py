@@ -40,13 +40,17 @@ def is_main() -> bool:
 
 
 def active() -> bool:
-    return world()[1] > 1
+    """True inside a process group (of any size): gradients and reports go through collectives."""
+    return dist.is_available() and dist.is_initialized()
 
 
-def init_from_env(device: str | None = "auto") -> bool:
+def init_from_env(device: str | None = "auto", single: bool = False) -> bool:
     """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE > 1):
-    NCCL when training on CUDA (one GPU per local rank), else Gloo. False when not launched so."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+    NCCL when training on CUDA (one GPU per local rank), else Gloo. False when not launched so.
+    With ``single``, a job of one process joins a group of one too, so that it runs the
+    collective path (DDP, all-reduce, NCCL on a GPU): the check that one rank equals no rank."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if active() or (size <= 1 and not (single and "RANK" in os.environ)):
         return active()
     if not dist.is_available():
         raise ConfigError("this torch build has no torch.distributed; run a single process")
@@ -186,11 +190,12 @@ def shutdown() -> None:
 
 class Group:
     """What differs between one process and a torch.distributed process group, in one object:
-    in one process (``size == 1``) every method does nothing and returns its input, so the
+    outside a process group every method does nothing and returns its input, so the
     training loop reads the same either way."""
 
     def __init__(self) -> None:
         self.rank, self.size = world()
+        self.alone = not active()  #: no process group: every method below returns its input
 
     @property
     def main(self) -> bool:
@@ -203,7 +208,7 @@ class Group:
     def check_trainable(self, params: Sequence[torch.Tensor], modules: Sequence[nn.Module], mode: str) -> str:
         """The compile mode to use; under DDP every trained tensor must live in the modules,
         and the loss runs eagerly (``none``), with a warning when a mode was asked by name."""
-        if self.size == 1:
+        if self.alone:
             return mode
         in_modules = {id(p) for m in modules for p in m.parameters()}
         if any(id(p) not in in_modules for p in params):
@@ -216,21 +221,21 @@ class Group:
 
     def wrap(self, loss: Callable, modules: Sequence[nn.Module], device: torch.device) -> Callable:
         """``loss`` under DistributedDataParallel; ``loss`` itself in one process."""
-        return loss if self.size == 1 else wrap(loss, modules, device)
+        return loss if self.alone else wrap(loss, modules, device)
 
     def weigh(self, loss: torch.Tensor, local: int, total: int) -> torch.Tensor:
         """A rank's mean loss weighted so that DDP's average is the global batch's mean."""
-        return loss if self.size == 1 else loss * loss_scale(local, total)
+        return loss if self.alone else loss * loss_scale(local, total)
 
     def agree(self, flag: torch.Tensor) -> torch.Tensor:
         """A boolean flag that is True on every rank when it is on one (every rank skips the
         same steps)."""
-        return flag if self.size == 1 else all_max(flag.float()) > 0
+        return flag if self.alone else all_max(flag.float()) > 0
 
     def agree_signal(self, received: int | None, now: bool, device: torch.device) -> int | None:
         """A signal received by any rank, agreed at steps where ``now`` (logging steps), so that
         every rank stops at the same step; the signal itself in one process."""
-        if self.size == 1:
+        if self.alone:
             return received
         if not now:
             return None
@@ -238,7 +243,7 @@ class Group:
 
     def any(self, flag: bool, device: torch.device) -> bool:
         """True when ``flag`` holds on some rank (a callback's stop)."""
-        return flag if self.size == 1 else bool(all_max(torch.tensor(float(flag), device=device)))
+        return flag if self.alone else bool(all_max(torch.tensor(float(flag), device=device)))
 
     def gather(self, obj) -> list:
         """Every rank's ``obj``, in rank order."""

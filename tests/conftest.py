@@ -9,6 +9,24 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "PYROVAE_DATA" not in os.environ and SHARED.exists():
     os.environ["PYROVAE_DATA"] = str(SHARED)  # a checkout with ../shared beside it (as in CI)
 
+#: the devices a device-parametrized test runs on: the CPU, and CUDA where there is a GPU
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    """A test that takes ``device`` runs once per device of :data:`DEVICES`."""
+    return request.param
+
+
+def pytest_collection_modifyitems(items):
+    """Mark each device-parametrized test by its device: ``pytest -m on_cuda`` runs the ones that
+    exercise CUDA (benchmarks/gpu.sh's first stage), ``-m on_cpu`` their CPU twins."""
+    for item in items:
+        device = getattr(item, "callspec", None) and item.callspec.params.get("device")
+        if device in ("cpu", "cuda"):
+            item.add_marker(getattr(pytest.mark, f"on_{device}"))
+
 
 @pytest.fixture(autouse=True)
 def _fresh_pyro():

@@ -7,10 +7,7 @@ import torch
 from pyrovae import ais, bdmc, estimators
 from pyrovae.errors import PyrovaeError
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_one_step_from_the_exact_posterior_is_exact(ppca, device):
     model, x = ppca
     model, x = model.to(device), x.to(device)
@@ -20,7 +17,6 @@ def test_one_step_from_the_exact_posterior_is_exact(ppca, device):
     assert r.log_likelihood.device.type == device
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_captured_chains_move_as_the_eager_ones(ppca, device):
     """The path's densities through one captured graph per shape (chunks of 16 and 8 datapoints)
     give the eager run's weights, acceptances and step sizes, draw for draw; the parameters are

@@ -1,5 +1,6 @@
 """The 8-bit likelihoods against closed forms: masses over the 256 bins, logistic CDFs, bits/dim."""
 
+import functools
 import math
 
 import pytest
@@ -20,9 +21,10 @@ def _all_bins(d_of_shape):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("loc", [-3.0, -0.2, 0.0, 0.37, 1.0, 1.5, 40.0])
 @pytest.mark.parametrize("log_scale", [-12.0, -7.0, -3.0, 0.0, 4.0, 12.0])
-def test_logistic_masses_sum_to_one(loc, log_scale, dtype):
-    d = DiscretizedLogistic(torch.tensor([[[loc]]], dtype=dtype), torch.tensor([[[log_scale]]], dtype=dtype))
-    lp = d.log_prob(LEVELS.to(dtype).reshape(256, 1, 1, 1))
+def test_logistic_masses_sum_to_one(loc, log_scale, dtype, device):
+    tensor = functools.partial(torch.tensor, dtype=dtype, device=device)
+    d = DiscretizedLogistic(tensor([[[loc]]]), tensor([[[log_scale]]]))
+    lp = d.log_prob(LEVELS.to(device, dtype).reshape(256, 1, 1, 1))
     assert torch.isfinite(lp).all()
     assert abs(lp.double().exp().sum().item() - 1) < 1e-5
 

@@ -33,8 +33,9 @@ def mfa():
 
 
 @pytest.mark.parametrize("enumerate", [True, False])
-def test_every_estimator_is_exact_under_the_exact_guide(mfa, enumerate):
+def test_every_estimator_is_exact_under_the_exact_guide(mfa, enumerate, device):
     model, x = mfa
+    model, x = model.to(device), x.to(device)
     guide, exact = model.exact_guide(enumerate=enumerate), model.log_marginal(x)
     close = lambda v: torch.testing.assert_close(v, exact, atol=1e-4, rtol=0)  # noqa: E731
     lw = estimators.log_weights(model, guide, x, num_samples=6, particle_chunk=4, data_chunk=7)

@@ -34,8 +34,9 @@ def closed_form_elbo(model, x, loc, scale):
     return expected_loglik - kl, kl
 
 
-def test_exact_posterior_gives_log_likelihood_per_datapoint(ppca):
+def test_exact_posterior_gives_log_likelihood_per_datapoint(ppca, device):
     model, x = ppca
+    model, x = model.to(device), x.to(device)
     guide = model.exact_guide()
     exact = model.log_marginal(x)
     lw = estimators.log_weights(model, guide, x, num_samples=7)
@@ -44,15 +45,17 @@ def test_exact_posterior_gives_log_likelihood_per_datapoint(ppca):
     torch.testing.assert_close(estimators.elbo(model, guide, x, num_samples=3), exact, atol=1e-4, rtol=0)
 
 
-def test_chunking_over_particles_and_data_is_exact(ppca):
+def test_chunking_over_particles_and_data_is_exact(ppca, device):
     model, x = ppca
+    model, x = model.to(device), x.to(device)
     lw = estimators.log_weights(model, model.exact_guide(), x, num_samples=10, particle_chunk=3, data_chunk=7)
     assert lw.shape == (10, 40)
     torch.testing.assert_close(lw, model.log_marginal(x).expand(10, 40), atol=1e-4, rtol=0)
 
 
-def test_other_guides_are_strictly_lower_and_match_the_closed_form(ppca):
+def test_other_guides_are_strictly_lower_and_match_the_closed_form(ppca, device):
     model, x = ppca
+    model, x = model.to(device), x.to(device)
     post = model.posterior(x)
     loc = post.mean + 0.3
     scale = post.covariance_matrix.diagonal(dim1=-2, dim2=-1).sqrt() * 1.5

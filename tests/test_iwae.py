@@ -45,14 +45,15 @@ def near_posterior_guide(model, widen=1.2):
     return guide
 
 
-def test_exact_posterior_makes_every_estimator_exact(ppca):
+def test_exact_posterior_makes_every_estimator_exact(ppca, device):
     model, x = ppca
+    model, x = model.to(device), x.to(device)
     guide, exact = model.exact_guide(), model.log_marginal(x)
     for fn, k in ((estimators.elbo, 3), (estimators.iwae_bound, 5), (estimators.log_likelihood, 50)):
         torch.testing.assert_close(fn(model, guide, x, num_samples=k), exact, atol=1e-4, rtol=0)
     torch.testing.assert_close(
         estimators.importance_ess(model, guide, x, num_samples=50),
-        torch.full((40,), 50.0, dtype=torch.float64),
+        torch.full((40,), 50.0, dtype=torch.float64, device=device),
     )
 
 

@@ -56,10 +56,10 @@ PRIORS = {
 
 
 @pytest.mark.parametrize("name", list(PRIORS))
-def test_each_prior_is_a_normalized_density(name):
-    prior = PRIORS[name]()
+def test_each_prior_is_a_normalized_density(name, device):
+    prior = PRIORS[name]().to(device)
     step = 0.04
-    axis = torch.arange(-12, 12 + step / 2, step, dtype=torch.float64)
+    axis = torch.arange(-12, 12 + step / 2, step, dtype=torch.float64, device=device)
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
     with torch.no_grad():
         density = prior(grid.shape[0]).log_prob(grid).exp()

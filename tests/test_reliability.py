@@ -284,14 +284,15 @@ def final_state(run: Path):
     return state, rows
 
 
-def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
+def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, device):
     config = str(CONFIGS / "mnist_vae.toml")
+    args = [*FIT_ARGS[:1], device, *FIT_ARGS[2:]]
     ref = tmp_path / "ref"
-    proc = cli("fit", config, "--run-dir", str(ref), *FIT_ARGS)
+    proc = cli("fit", config, "--run-dir", str(ref), *args)
     assert proc.wait(timeout=300) == 0, proc.communicate()
     run = tmp_path / "run"
     stops = sorted(random.Random(7).sample(range(5, 115), 4))
-    proc = cli("fit", config, "--run-dir", str(run), *FIT_ARGS)
+    proc = cli("fit", config, "--run-dir", str(run), *args)
     stop_at(proc, run, stops[0], signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     for step, sig in zip(stops[1:], (signal.SIGTERM, signal.SIGINT, signal.SIGKILL)):

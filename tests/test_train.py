@@ -1,6 +1,7 @@
 """fit(): training improves the bound, resumes exactly, and trains plain callables."""
 
 import dataclasses
+import functools
 import json
 
 import pyro
@@ -15,12 +16,12 @@ from pyrovae.experiment import build
 from pyrovae.sites import DATA_PLATE
 
 
-def test_fit_approaches_the_exact_log_likelihood(ppca):
+def test_fit_approaches_the_exact_log_likelihood(ppca, device):
     """Training an MLP guide for PPCA closes most of the gap to the exact log p(x)."""
     model, x = ppca
-    model = model.float()
-    x = x.float().repeat(25, 1, 1, 1) + 0.0
-    guide = pyrovae.build_guide("mlp", x_shape=(1, 1, 5), latent_dim=2, hidden=[32])
+    model = model.float().to(device)
+    x = x.float().repeat(25, 1, 1, 1).to(device)
+    guide = pyrovae.build_guide("mlp", x_shape=(1, 1, 5), latent_dim=2, hidden=[32]).to(device)
     for p in model.parameters():
         p.requires_grad_(False)  # train the guide only: the target log p(x) stays fixed
     exact = model.log_marginal(x).mean().item()
@@ -31,6 +32,7 @@ def test_fit_approaches_the_exact_log_likelihood(ppca):
         x,
         x[:200],
         config=TrainConfig(epochs=30, batch_size=100, lr=3e-3, val_samples=50),
+        device=device,
         progress=False,
     )
     end = estimators.elbo(model, guide, x, num_samples=200).mean().item()
@@ -50,30 +52,29 @@ def small_run(tmp_path, **train):
     return model, guide, x, config, {"config": cfg.to_dict(), "x_shape": [1, 4, 4]}
 
 
-def test_resume_continues_to_the_same_parameters(tmp_path):
+def test_resume_continues_to_the_same_parameters(tmp_path, device):
     torch.manual_seed(0)
     model, guide, x, config, record = small_run(tmp_path, epochs=3, checkpoint_every=4)
     init = (
         {k: v.clone() for k, v in model.state_dict().items()},
         {k: v.clone() for k, v in guide.state_dict().items()},
     )
-    pyrovae.fit(model, guide, x, x[:32], config=config, run_dir=tmp_path / "a", record=record, progress=False)
+    fit = functools.partial(pyrovae.fit, device=device, record=record, progress=False)
+    fit(model, guide, x, x[:32], config=config, run_dir=tmp_path / "a")
     straight = [p.detach().clone() for p in (*model.parameters(), *guide.parameters())]
 
     # The same run stopped after 10 steps (mid-epoch), then resumed from its checkpoint.
     model.load_state_dict(init[0])
     guide.load_state_dict(init[1])
     first = dataclasses.replace(config, max_steps=10, checkpoint_every=10)
-    pyrovae.fit(model, guide, x, x[:32], config=first, run_dir=tmp_path / "b", record=record, progress=False)
+    fit(model, guide, x, x[:32], config=first, run_dir=tmp_path / "b")
     m2, g2 = build(
         Config(
             model=Component("vae", {"latent_dim": 2, "hidden": [8]}), guide=Component("mlp", {"hidden": [8]})
         ),
         (1, 4, 4),
     )
-    result = pyrovae.fit(
-        m2, g2, x, x[:32], config=config, run_dir=tmp_path / "b", record=record, resume=True, progress=False
-    )
+    result = fit(m2, g2, x, x[:32], config=config, run_dir=tmp_path / "b", resume=True)
     assert result.step == 18
     resumed = [p.detach() for p in (*m2.parameters(), *g2.parameters())]
     for a, b in zip(straight, resumed):
