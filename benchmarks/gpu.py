@@ -35,7 +35,7 @@ from gpu_stages import STAGES, Context, Stage  # benchmarks/ is on sys.path when
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL = 510  #: seconds for all stages: with the installs before them, under 9 minutes
-LEAST = 15  #: a stage that would start with fewer seconds left is skipped
+LEAST = 15  #: a stage that would start with fewer seconds left (or less than its budget) is skipped
 
 
 def _pump(stream, sinks, lines: list[str]) -> None:
@@ -121,7 +121,7 @@ def render(ctx: Context, info: dict, rows: list[dict]) -> str:
 def run_stage(ctx: Context, stage: Stage, index: int, log) -> dict:
     timeout = ctx.left() if stage.budget is None else min(stage.budget, ctx.left())
     row = {"name": stage.name, "title": f"{index}. {stage.title}", "budget": stage.budget, "seconds": 0.0}
-    if ctx.left() < LEAST:
+    if ctx.left() < (LEAST if stage.budget is None else min(LEAST, stage.budget)):
         return {**row, "status": "skipped: total budget spent", "result": ""}
     script = stage.script(ctx, timeout)
     header = f"\n{'=' * 20} {row['title']} (budget {timeout:.0f} s) {'=' * 20}\n{script}\n"

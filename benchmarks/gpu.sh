@@ -29,7 +29,9 @@ fi
 if ! (cd / && "$py" -c "import pyrovae.models") 2>/dev/null; then
   # --no-build-isolation: the image's setuptools builds it (no registry to fetch one from);
   # --no-deps: the image's torch stays, whatever pyproject.toml asks of a fresh install
-  "$py" -m pip install -q --no-index --no-deps --no-build-isolation -e .
+  # an image whose setuptools predates editable installs (PEP 660, setuptools 64) gets a plain one
+  "$py" -m pip install -q --no-index --no-deps --no-build-isolation -e . ||
+    "$py" -m pip install -q --no-index --no-deps --no-build-isolation .
 fi
 if [ -z "${PYROVAE_DATA:-}" ] && [ -d .gpu-data ]; then
   export PYROVAE_DATA="$PWD/.gpu-data"

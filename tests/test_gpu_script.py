@@ -52,7 +52,8 @@ def test_the_dry_run_runs_every_stage_and_leaves_one_table(tmp_path):
 
 def test_a_stage_past_its_budget_is_cut_and_a_spent_total_skips_the_rest(tmp_path):
     out = tmp_path / "out"
-    proc = gpu_sh(out, "--dry", "--only", "speed", "profile", "train", "--budget", "speed=4", "--total", "24")
+    budgets = ["--budget", "speed=4", "profile=5", "--total", "12"]
+    proc = gpu_sh(out, "--dry", "--only", "speed", "profile", "train", *budgets)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s = stages(out)
     assert s["speed"]["status"] == "cut at 4 s" and s["speed"]["seconds"] < 20
@@ -85,6 +86,6 @@ def test_a_failing_speed_combination_is_recorded_and_the_rest_still_run(tmp_path
     assert "| examples | 8 | plain | failed:" in proc.stdout
 
 
-@pytest.mark.parametrize("script", ["gpu.sh", "gpu_prepare.sh"])
+@pytest.mark.parametrize("script", ["gpu.sh", "gpu_prepare.sh", "gpu_rehearse.sh"])
 def test_the_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)]).returncode == 0
