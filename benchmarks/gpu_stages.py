@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+TOTAL = 510  #: seconds for all stages: with the installs before them, under 9 minutes
 SPEED_ROWS = ["plain", "naive", "pyrovae", "pyrovae:none", "pyrovae:cudagraphs", "pyrovae:inductor"]
 IWAE_ROWS = [(1, "vae", 1), (1, "iwae", 5), (1, "iwae", 50)]  #: trained side by side in the last stage
 EVAL_MARGIN = 75  #: seconds the last stage keeps for evaluating its rows after training (GPU)

@@ -89,3 +89,21 @@ def test_a_failing_speed_combination_is_recorded_and_the_rest_still_run(tmp_path
 @pytest.mark.parametrize("script", ["gpu.sh", "gpu_prepare.sh", "gpu_rehearse.sh"])
 def test_the_shell_scripts_parse(script):
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / script)]).returncode == 0
+
+
+def test_the_readme_lists_the_stages_and_budgets_the_script_runs():
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("gpu_stages", ROOT / "benchmarks" / "gpu_stages.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_stages", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    listed = re.findall(r"^\| (\d)\. ([^|]+?) \| (\d+|the rest) \|", readme, re.M)
+    expected = [
+        (str(i), "rest" if s.budget is None else str(int(s.budget))) for i, s in enumerate(module.STAGES, 1)
+    ]
+    assert [(n, b.replace("the rest", "rest")) for n, _, b in listed] == expected
+    assert f"on {module.TOTAL} in all" in readme
+    assert sum(s.budget for s in module.STAGES if s.budget) < module.TOTAL  # the last stage gets the rest
