@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .errors import CheckpointError
+from .threads import available_cpus
 
 FORMAT = 1
 
@@ -113,14 +114,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python, torch, pyro and the git commit of the working directory, for the run record."""
+def versions() -> dict:
+    """Versions of Python, torch, pyro and the git commit of the working directory, with torch's CPU
+    threads and the CPUs this process may use, for the run record."""
     import pyro
 
     out = {
         "python": platform.python_version(),
         "torch": str(torch.__version__),
         "pyro": str(pyro.__version__),
+        "threads": torch.get_num_threads(),  # CPU threads the run computed with
+        "cpus_available": available_cpus(),  # by affinity and cgroup quota (pyrovae.threads)
     }
     try:
         out["git_commit"] = (

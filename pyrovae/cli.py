@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from . import annealed, distributed, experiment, hooks, plots
+from . import annealed, distributed, experiment, hooks, plots, threads
 from .compile import MODES
 from .config import apply_overrides, config_from_dict, load_config
 from .data import EVAL_BINARIZATION_SEED
@@ -25,9 +25,8 @@ def _fmt(term: dict) -> str:
 
 
 def _has_checkpoint(run_dir) -> bool:
-    return (Path(run_dir) / "checkpoint.pt").exists() or any(
-        (Path(run_dir) / "checkpoints").glob("step-*.pt")
-    )
+    run_dir = Path(run_dir)
+    return (run_dir / "checkpoint.pt").exists() or any((run_dir / "checkpoints").glob("step-*.pt"))
 
 
 def cmd_fit(args) -> None:
@@ -39,9 +38,7 @@ def cmd_fit(args) -> None:
         if _has_checkpoint(run_dir):
             args.resume = run_dir
     if args.resume:
-        config = experiment.read_config(args.resume).replace(
-            run_dir=str(args.resume)
-        )  # wherever it lives now
+        config = experiment.read_config(args.resume).replace(run_dir=str(args.resume))  # wherever it is now
         if args.tensorboard:
             config = config.replace(train=dataclasses.replace(config.train, tensorboard=True))
         if main:
@@ -345,6 +342,8 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="registered models and guides")
     ls.add_argument("--no-progress", action="store_true", help="accepted for uniformity (list shows no bar)")
     ls.set_defaults(fn=cmd_list)
+    for s in sub.choices.values():
+        s.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
     return p
 
 
@@ -357,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
             raise PyrovaeError(
                 f"pyrovae {args.command} runs in one process; only fit and evaluate take torchrun"
             )
+        choice = threads.configure(args.threads)  # pyrovae.threads: affinity, cgroup quota
+        if args.fn is not cmd_list and distributed.is_main():
+            print(f"pyrovae: {choice.describe()}")  # stdout: an error stays stderr's one line
         args.fn(args)
     except Interrupted as e:
         print(f"pyrovae: {e}", file=sys.stderr)

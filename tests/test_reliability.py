@@ -393,7 +393,8 @@ def test_the_same_config_and_seed_give_the_same_metrics(tmp_path):
         runs.append([{k: v for k, v in r.items() if k != "seconds"} for r in result.metrics])
     assert runs[0] == runs[1]
     versions = json.loads((tmp_path / "a" / "versions.json").read_text())
-    assert set(versions) == {"python", "torch", "pyro", "git_commit"}
+    assert set(versions) == {"python", "torch", "pyro", "git_commit", "threads", "cpus_available"}
+    assert versions["threads"] == torch.get_num_threads() and versions["cpus_available"] >= 1
     assert versions["torch"] == str(torch.__version__) and versions["pyro"] == pyro.__version__
 
 

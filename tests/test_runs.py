@@ -96,6 +96,20 @@ def test_evaluate_and_diagnose_show_progress_bars(tiny_run, capsys):
     assert cli.main(["list", "--no-progress"]) == 0
 
 
+def test_the_thread_choice_is_printed_once_and_recorded(tiny_run, capsys):
+    before = torch.get_num_threads()
+    try:
+        command = ["evaluate", str(tiny_run), "--device", "cpu", "--num-samples", "4", "--no-progress"]
+        assert cli.main([*command, "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        out = capsys.readouterr().out
+        assert out.count("CPU thread") == 1 and out.startswith("pyrovae: 1 CPU thread (as --threads asks)")
+    finally:
+        torch.set_num_threads(before)
+    versions = json.loads((tiny_run / "versions.json").read_text())
+    assert versions["threads"] >= 1 and versions["cpus_available"] >= 1
+
+
 def test_tensorboard_events_are_written_and_read_back(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
