@@ -76,8 +76,7 @@ def one(kind: str, a) -> float:
         start = time.perf_counter()
         fn()
         return time.perf_counter() - start
-    sys.path.insert(0, os.path.dirname(__file__))
-    import speed
+    import speed  # benchmarks/ is on sys.path when run as a script
 
     args = argparse.Namespace(data_root=None, warmup=a.steps, steps=a.steps, repeats=1, device="cpu")
     row = "plain" if kind == "train:plain" else "pyrovae"

@@ -203,6 +203,13 @@ def measure(row: str, net: str, batch: int, passthrough: list[str], jsonl: str |
     return result
 
 
+TABLE_HEADER = (
+    "| network | batch | loop | steps / s | seconds / epoch | time vs plain | peak memory (MB) "
+    "| memory vs plain |",
+    "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+)  #: the rows of :func:`table_rows` go under these two lines
+
+
 def table_rows(net: str, batch: int, results: dict[str, dict]) -> list[str]:
     """Markdown rows of one network and batch, as ratios to ``plain`` (or the first row that ran)."""
     ok = {row: r for row, r in results.items() if "error" not in r}
@@ -258,11 +265,7 @@ def main() -> None:
         "--device",
         a.device,
     ] + (["--data-root", a.data_root] if a.data_root else [])
-    lines = [
-        "| network | batch | loop | steps / s | seconds / epoch | time vs plain | peak memory (MB) | "
-        "memory vs plain |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
+    lines = list(TABLE_HEADER)
     device = memory = None
     for net, batch in itertools.product(a.nets, a.batches):
         results = {}
