@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, NamedTuple
 
 import pyro
@@ -42,6 +42,7 @@ from torch.distributions import biject_to
 from .compile import Compiled
 from .errors import PyrovaeError
 from .hooks import owner_modules
+from .threads import Tuner
 from .weights import data_frame, plate_nesting, sum_sites, traces, vectorize
 
 INITIAL = ("guide", "prior")
@@ -257,13 +258,13 @@ def summarize(log_w: torch.Tensor, acceptance, step) -> AIS:
     return AIS(torch.logsumexp(log_w, 0) - math.log(s), stderr, acceptance, step, log_w)
 
 
-def anneal(chains: Chains, u, betas, step, leapfrog: int, target: float, progress=None):
+def anneal(chains: Chains, u, betas, step, leapfrog: int, target: float, progress=None, tuner=None):
     """Move the chains at u through the distributions ``betas`` (increasing: forward AIS from
     f_0; decreasing: reverse AIS from p(z | x)); (log-weights (S, n), acceptance (n,), step (n,)).
     The weight increment at each beta uses the state left by the previous transition, and no
     transition follows the last beta (Neal 2001, sec. 2). Each datapoint's step size is
     multiplied by 1.02 (0.98) after a transition accepted more (less) often than ``target``
-    over its chains, as Wu et al. (2017, sec. 4) do."""
+    over its chains, as Wu et al. (2017, sec. 4) do. A ``tuner`` times the transitions."""
     with torch.no_grad():
         ends = chains.ends(u)
     log_w, accepted = torch.zeros_like(ends.log_init), torch.zeros_like(ends.log_init[0])
@@ -271,7 +272,8 @@ def anneal(chains: Chains, u, betas, step, leapfrog: int, target: float, progres
     for t in range(1, len(betas)):
         log_w = log_w + (betas[t] - betas[t - 1]).item() * (ends.log_joint - ends.log_init)
         if t < len(betas) - 1:
-            u, ends, accept = chains.transition(u, betas[t].item(), step, leapfrog, ends)
+            with tuner.unit() if tuner is not None else nullcontext():
+                u, ends, accept = chains.transition(u, betas[t].item(), step, leapfrog, ends)
             rate = accept.to(u.dtype).mean(0)
             accepted = accepted + rate
             step = step * torch.where(rate > target, 1.02, 0.98).to(u).reshape(1, -1, 1)
@@ -284,13 +286,15 @@ def anneal(chains: Chains, u, betas, step, leapfrog: int, target: float, progres
 def annealing(model, guide):
     """Pyro's argument checks off (they read values back at every step: check the data
     beforehand) and the modules' parameters held fixed, so that gradients are taken with
-    respect to the chains' latents alone."""
+    respect to the chains' latents alone. Yields a :class:`pyrovae.threads.Tuner` for the
+    transitions (on CPU: threads chosen by timing them, torch's setting restored after)."""
     params = [p for m in owner_modules(model, guide) for p in m.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
+    cpu = all(p.device.type == "cpu" for p in params)
     try:
-        with pyro.validation_enabled(False):
-            yield
+        with pyro.validation_enabled(False), Tuner(enabled=cpu) as tuner:
+            yield tuner
     finally:
         for p in params:
             p.requires_grad_(True)
@@ -342,7 +346,7 @@ def ais_log_likelihood(
     show = None if progress is None else bool(progress)
     with (
         bar(label, math.ceil(n / size) * (len(betas) - 1), unit="step", show=show) as b,
-        annealing(model, guide),
+        annealing(model, guide) as tuner,
     ):
         for start, rows in _chunks(n, size):
             a, k = _slice_args(args, kwargs, n, start, start + rows)
@@ -353,6 +357,6 @@ def ais_log_likelihood(
             )
             u = chains.start()
             step = torch.full((rows,), float(step_size))
-            parts.append(anneal(chains, u, betas, step, leapfrog_steps, target_accept, b))
+            parts.append(anneal(chains, u, betas, step, leapfrog_steps, target_accept, b, tuner))
     log_w, acceptance, step = (torch.cat(p, dim=d) for p, d in zip(zip(*parts), (1, 0, 0)))
     return summarize(log_w, acceptance, step)

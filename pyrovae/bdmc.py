@@ -82,15 +82,15 @@ def sandwich(
     step = torch.full((data.x.shape[0],), float(o["step_size"]))
     label = progress if isinstance(progress, str) else "BDMC"
     show = None if progress is None else bool(progress)
-    with annealing(model, guide), bar(label, 2 * num_steps, unit="step", show=show) as b:
+    with annealing(model, guide) as tuner, bar(label, 2 * num_steps, unit="step", show=show) as b:
         start = chains.start()
-        forward = summarize(*anneal(chains, start, betas, step, leapfrog_steps, target_accept, b))
+        forward = summarize(*anneal(chains, start, betas, step, leapfrog_steps, target_accept, b, tuner))
         template = chains.layout.unpack(start)[0]  # the sites' shapes, for z* laid out as the chains
         missing = set(template) - set(data.latents)
         if missing:
             raise PyrovaeError(f"the guide's sites {sorted(missing)} are not latent sites of the model")
         exact = chains.layout.pack({n: data.latents[n].expand_as(v) for n, v in template.items()})
-        log_w, rate, _ = anneal(chains, exact, betas.flip(0), step, leapfrog_steps, target_accept, b)
+        log_w, rate, _ = anneal(chains, exact, betas.flip(0), step, leapfrog_steps, target_accept, b, tuner)
     upper = -summarize(log_w, rate, step).log_likelihood
     return Sandwich(forward.log_likelihood, upper, upper - forward.log_likelihood, forward.acceptance, rate)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import nullcontext
 from typing import Callable, Iterator
 
 import pyro
@@ -49,6 +50,10 @@ def _data_size(args, kwargs) -> int:
 MEMORY_FRACTION = 0.25  #: share of the free memory one chunk may use
 CPU_ROWS = 4096  #: on CPU, chunks of this many pairs stay in cache and run fastest (benchmarks/eval_speed.py)
 MAX_ROWS = 1 << 22  #: no chunk is larger, whatever the free memory
+#: compile = "auto" captures an evaluation of at least this many chunks, fewer run eagerly: on CPU
+#: a capture of the default VAE's chunk costs 0.21 s and saves 0.25 ms a chunk, paying from about
+#: 870 chunks (``benchmarks/capture_cost.py``, benchmarks/RESULTS.md)
+AUTO_CAPTURE_CHUNKS = 1000
 
 
 def free_memory(device: torch.device) -> int:
@@ -205,14 +210,17 @@ def pieces(
     particle_chunk=None,
     data_chunk=None,
     max_rows=None,
-    compile="none",
+    compile="auto",
     progress=None,
     enumerate=True,
+    tuner=None,
 ) -> Iterator:
     """Yield ``(data start, data size, particle start, k, piece)`` over all chunks, ``piece``
     being ``reduce(terms)`` (or ``reduce_traces(guide_trace, model_trace, particle_dim, k)``)
     of k particles of those datapoints; ``progress`` (a label) shows a bar with an ETA;
-    ``enumerate`` sums out the sites marked for enumeration (else they are sampled)."""
+    ``enumerate`` sums out the sites marked for enumeration (else they are sampled); ``compile``
+    "auto" captures from :data:`AUTO_CAPTURE_CHUNKS` chunks on; a
+    :class:`pyrovae.threads.Tuner` times each chunk to choose the CPU threads."""
     n = _data_size(args, kwargs)
     pc, dc = chunk_sizes(
         model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows, enumerate
@@ -220,6 +228,10 @@ def pieces(
     nesting, fns = None, {}  # one function per chunk shape (at most two particle counts)
     label = progress if isinstance(progress, str) else "evaluate"
     total = math.ceil(n / dc) * math.ceil(num_samples / pc)
+    if compile == "auto" and total < AUTO_CAPTURE_CHUNKS:
+        compile = "none"
+    if tuner is not None and compile == "none":
+        tuner.warm = 0  # an eager chunk has nothing to capture: the first one is timed too
     with bar(label, total, unit="chunk", show=bool(progress)) as b:
         for start, size in _chunks(n, dc):
             a, k = _slice_args(args, kwargs, n, start, start + size)
@@ -230,7 +242,9 @@ def pieces(
                     fns[kk] = _chunk_fn(
                         model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, enumerate
                     )
-                yield start, size, p_start, kk, fns[kk](*a, **k)
+                with tuner.unit(kk * size) if tuner is not None else nullcontext():
+                    piece = fns[kk](*a, **k)
+                yield start, size, p_start, kk, piece
                 b.update(1)
 
 
@@ -242,7 +256,9 @@ def map_terms(
     ``reduce`` maps terms of shape (k, n) to a tensor of shape (k, n, ...). Options of
     :func:`pieces`: ``particle_chunk``, ``data_chunk``, ``max_rows`` (pairs per chunk;
     default :func:`chunk_rows` of the measured :func:`bytes_per_row`), ``compile`` (each chunk
-    shape through :class:`pyrovae.compile.Compiled`; positional tensor arguments only),
+    shape through :class:`pyrovae.compile.Compiled`; positional tensor arguments only; default
+    "auto", as ``pyrovae evaluate``: captured from :data:`AUTO_CAPTURE_CHUNKS` chunks on),
+    ``tuner`` (a :class:`pyrovae.threads.Tuner` choosing the CPU threads),
     ``reduce_traces(guide_trace, model_trace, particle_dim, k)`` for consumers of the site
     values themselves (eager), ``progress``, ``enumerate`` (default True: sites marked
     ``infer={"enumerate": "parallel"}`` are summed out exactly, :mod:`pyrovae.enumeration`;
@@ -289,4 +305,13 @@ def fold_terms(
     return out
 
 
-_OPTIONS = ("particle_chunk", "data_chunk", "max_rows", "compile", "progress", "reduce_traces", "enumerate")
+_OPTIONS = (
+    "particle_chunk",
+    "data_chunk",
+    "max_rows",
+    "compile",
+    "progress",
+    "reduce_traces",
+    "enumerate",
+    "tuner",
+)

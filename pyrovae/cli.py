@@ -61,13 +61,9 @@ def cmd_fit(args) -> None:
     if not main:  # rank 0 reports
         distributed.barrier()
         return
-    best = (
-        f"; best validation ELBO {result.best_val_elbo:.2f} nats"
-        if math.isfinite(result.best_val_elbo)
-        else ""
-    )
-    world = distributed.world()[1]
-    print(f"trained {result.step} steps{best}" + (f" on {world} ranks" if world > 1 else ""))
+    best = f"; best validation ELBO {result.best_val_elbo:.2f} nats" * math.isfinite(result.best_val_elbo)
+    world, cpu = distributed.world()[1], threads.note(result.threads)
+    print(f"trained {result.step} steps{cpu}{best}" + (f" on {world} ranks" if world > 1 else ""))
     run = experiment.load_run(config.run_dir, device=str(distributed.device_for_rank(config.device)))
     for path in experiment.draw_report(run, config.run_dir):
         print(f"wrote {path}")
@@ -105,6 +101,7 @@ def cmd_evaluate(args) -> None:
         f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
         f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
         f"{out['seconds']:.1f} s on {out['device']}"
+        + threads.note(out["threads"] if out["device"] == "cpu" else None)
         + (f" x {out['ranks']} ranks" if out["ranks"] > 1 else "")
     )
     print("  nats per datapoint, mean +- standard error over datapoints")
@@ -343,7 +340,9 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--no-progress", action="store_true", help="accepted for uniformity (list shows no bar)")
     ls.set_defaults(fn=cmd_list)
     for s in sub.choices.values():
-        s.add_argument("--threads", type=int, help="CPU threads (default: the CPUs this process may use)")
+        s.add_argument(
+            "--threads", type=int, help="CPU threads, fixed (default: timed, up to the CPUs usable)"
+        )
     return p
 
 

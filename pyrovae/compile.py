@@ -12,7 +12,9 @@ tensors, then runs it by one of the ``modes``:
 - ``inductor``: the graph compiled by ``torch.compile`` (fused kernels; a cold compile
   of seconds per shape, and a C++ compiler on CPU);
 - ``cudagraphs``: ``torch.compile(mode="reduce-overhead")``, inductor with CUDA graphs.
-- ``auto`` is ``capture``, the fastest correct mode measured on CPU (``benchmarks/speed.py``).
+- ``auto`` is ``capture``, the fastest correct mode measured on CPU (``benchmarks/speed.py``);
+  an evaluation captures its chunks only when it has enough of them to pay for the capture
+  (:data:`pyrovae.chunks.AUTO_CAPTURE_CHUNKS`), ``pyrovae evaluate`` and ``pyrovae.estimators`` alike.
 
 Pyro's argument checks read values back to the host, so they are not recorded: check
 the data once beforehand, as ``fit`` and ``evaluate`` do. Every new capture is checked

@@ -18,7 +18,7 @@ import pyro
 import torch
 
 from . import checkpoint as ckpt_io
-from . import clusters, distributed, estimators, hooks, plots
+from . import clusters, distributed, estimators, hooks, plots, threads
 from .checks import check_inputs  # noqa: F401 - also pyrovae.experiment.check_inputs
 from .config import Config, config_from_dict
 from .data import EVAL_BINARIZATION_SEED, Split, load_split
@@ -256,10 +256,11 @@ def evaluate_data(
     derived from images) are checked first (:class:`~pyrovae.errors.DataError`); a non-finite
     result is a :class:`~pyrovae.errors.NonFiniteError`. Chunks hold ``max_rows``
     particle-datapoint pairs (default: sized from free memory, see
-    :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`).
-    Inside a torch.distributed process group each rank evaluates a contiguous part of the
-    datapoints with its own draws, and every rank gets the gathered result. ``progress`` shows
-    a bar with an ETA over the chunks (rank 0)."""
+    :func:`pyrovae.estimators.chunk_rows`) and run through ``compile`` (see :mod:`pyrovae.compile`);
+    on CPU, timing the chunks chooses the threads (:class:`pyrovae.threads.Tuner`, reported as
+    ``threads``; torch's setting is restored after). Inside a torch.distributed process group
+    each rank evaluates a contiguous part of the datapoints with its own draws, and every rank
+    gets the gathered result. ``progress`` shows a bar with an ETA over the chunks (rank 0)."""
     args = check_inputs(model, guide, x, *condition, images=images, num_samples=num_samples)
     rank, world = distributed.world()
     if world > x.shape[0]:
@@ -269,7 +270,8 @@ def evaluate_data(
         distributed.rank_seed(seed, rank)
     )  # under torch.distributed: this rank's part, own draws
     t0 = time.perf_counter()
-    with pyro.validation_enabled(False):  # the data were checked once above, not at every chunk
+    # the data were checked once above, not at every chunk; CPU threads chosen by timing chunks
+    with pyro.validation_enabled(False), threads.Tuner(enabled=x.device.type == "cpu") as tuner:
         terms = estimators.evaluate_terms(
             model,
             guide,
@@ -278,6 +280,7 @@ def evaluate_data(
             compile=compile,
             max_rows=max_rows,
             progress=bool(progress) and rank == 0 and "evaluate",
+            tuner=tuner,
         )
     terms = {k: distributed.gather_rows(v, sizes) for k, v in terms.items()}
     seconds = float(distributed.all_max(torch.tensor(time.perf_counter() - t0, device=x.device)))
@@ -287,6 +290,7 @@ def evaluate_data(
             "these data (check their parameters, e.g. with pyrovae.train.diagnose_nonfinite)"
         )
     out: dict[str, Any] = {"num_datapoints": x.shape[0], "num_samples": num_samples, "seconds": seconds}
+    out["threads"] = tuner.threads  # the CPU threads its chunks ended with
     for key in ("elbo", "reconstruction", "kl", "log_likelihood"):
         mean, se = estimators.mean_and_stderr(terms[key])
         out[key] = {"mean": mean, "stderr": se}

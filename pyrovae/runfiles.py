@@ -31,6 +31,7 @@ class RunFiles:
         self.metrics = None if self.run_dir is None or not self.main else self.run_dir / "metrics.jsonl"
         self.rows: list[dict] = []
         self.last: Path | None = None  #: the newest checkpoint written or resumed from
+        self.resumed_threads: int | None = None  #: the CPU threads the resumed checkpoint recorded
 
     def start(self, resume: bool, seed: int, device: torch.device) -> None:
         """A fresh run (an empty metrics file, ``versions.json``) or the newest readable checkpoint's."""
@@ -47,6 +48,7 @@ class RunFiles:
                     stacklevel=3,
                 )
             self.state.load_state_dict(state, seed=seed, source=str(self.last))
+            self.resumed_threads = state.get("versions", {}).get("threads")
             if "metrics_rows" in state:  # rows written after that checkpoint are written again
                 self._truncate(state["metrics_rows"])
         elif self.main:

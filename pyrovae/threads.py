@@ -7,14 +7,23 @@ A process may run on the CPUs of its affinity mask (``os.sched_getaffinity``: wh
 PERIOD CPUs of time, however many cores it sees. torch's default of one thread per core
 oversubscribes a process whose share is smaller: its threads are throttled in turn, and each
 parallel region waits for the slowest. :func:`choose` picks ``floor`` of that share (at least
-one); an explicit number (``--threads``) or ``OMP_NUM_THREADS`` wins. Library calls never change
-torch's threads by themselves: :func:`configure` does, and the command line calls it.
+one); an explicit number (``--threads``) or ``OMP_NUM_THREADS`` wins. :func:`configure` applies it
+(the command line calls it).
+
+Neither sees other processes busy on the same cores, and a parallel region then waits for a
+descheduled thread at every op (``benchmarks/contention.py``: two threads beside one busy process
+took twice the time of one). :class:`Tuner` therefore times the same work at torch's threads and at
+half as many, down while fewer is faster, and keeps the fastest; ``fit`` and ``evaluate_data``
+use it for their duration and then restore torch's setting. An explicit count (``--threads``,
+``configure(n)``), ``OMP_NUM_THREADS`` or ``PYROVAE_TUNE_THREADS=0`` keeps the threads fixed.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +113,10 @@ class ThreadChoice:
             "--threads": "as --threads asks",
             "OMP_NUM_THREADS": "as OMP_NUM_THREADS asks",
         }.get(self.source, f"the CPUs this process may use: {self.cpus:g}, by affinity and cgroup quota")
-        return f"{self.threads} CPU thread{'s' * (self.threads != 1)} ({why})"
+        timed = self.source == "available CPUs" and self.threads > 1 and tunable()
+        if timed:
+            why += "; fit and evaluate time fewer and keep the fastest"
+        return f"{'up to ' * timed}{self.threads} CPU thread{'s' * (self.threads != 1)} ({why})"
 
     def record(self) -> dict:
         return {"threads": self.threads, "source": self.source, "cpus_available": self.cpus}
@@ -124,8 +136,94 @@ def choose(explicit: int | None = None, environ=os.environ, **where) -> ThreadCh
 
 
 def configure(explicit: int | None = None, **where) -> ThreadChoice:
-    """:func:`choose`, then ``torch.set_num_threads`` to it (a process-wide setting)."""
+    """:func:`choose`, then ``torch.set_num_threads`` to it (a process-wide setting); an
+    ``explicit`` count is kept from then on (:class:`Tuner` off, ``PYROVAE_TUNE_THREADS=0``)."""
     choice = choose(explicit, **where)
+    if explicit is not None:
+        os.environ["PYROVAE_TUNE_THREADS"] = "0"
     if torch.get_num_threads() != choice.threads:
         torch.set_num_threads(choice.threads)
     return choice
+
+
+def tunable(environ=os.environ) -> bool:
+    """Whether :class:`Tuner` may change torch's threads: not after ``configure(n)``, nor when
+    ``OMP_NUM_THREADS`` (torchrun sets it to 1 per rank) or ``PYROVAE_TUNE_THREADS=0`` is set."""
+    return environ.get("PYROVAE_TUNE_THREADS", "1") != "0" and "OMP_NUM_THREADS" not in environ
+
+
+def note(used: int | None) -> str:
+    """The " (CPU threads: N)" of a report line, saying why when a timed choice ``used`` fewer
+    threads than torch has; empty for None (not on CPU)."""
+    if used is None:
+        return ""
+    n = torch.get_num_threads()
+    why = f", timed faster than {n}: other jobs share these cores" if used < n else ""
+    return f" (CPU threads: {used}{why})"
+
+
+def _clock() -> float:
+    return time.perf_counter()
+
+
+class Tuner:
+    """Torch's CPU threads chosen by timing units of the same work (``with tuner.unit(work)``):
+    ``warm`` units warm up (a capture, allocations), then ``timed`` units at each candidate, from
+    torch's threads down by halves while their mean time (per ``work``) falls; the fastest
+    candidate is kept as :attr:`choice`. A context manager: on leaving, torch's threads are
+    what they were. Disabled (``choice`` = torch's threads, nothing timed) unless ``enabled``,
+    :func:`tunable` and torch has more than one thread."""
+
+    def __init__(self, enabled: bool = True, timed: int = 3, warm: int = 1, clock=None):
+        self.initial = torch.get_num_threads()
+        self.on = enabled and tunable() and self.initial > 1
+        self.timed, self.clock = timed, clock or _clock
+        self.threads = self.initial  #: the count the current unit runs with
+        self.choice: int | None = None if self.on else self.initial
+        self._best: tuple[int, float] | None = None  # (threads, seconds per unit of work)
+        self._times: list[float] = []
+        self.warm = warm  #: units still to run before timing (0: the first unit is timed)
+
+    def __enter__(self) -> "Tuner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if torch.get_num_threads() != self.initial:  # self.threads keeps the count last used
+            torch.set_num_threads(self.initial)
+
+    def fix(self, threads: int) -> None:
+        """Keep ``threads`` (at most torch's initial count) without timing, e.g. a resumed run's."""
+        if self.on:
+            self.choice = max(1, min(threads, self.initial))
+            self._set(self.choice)
+
+    @contextmanager
+    def unit(self, work: float = 1.0):
+        """Run the block as ``work`` units of work, timed while no choice is made."""
+        if self.choice is not None:
+            yield
+            return
+        start = self.clock()
+        yield
+        seconds = (self.clock() - start) / work
+        if self.warm > 0:
+            self.warm -= 1
+            return
+        self._times.append(seconds)
+        if len(self._times) == self.timed:  # the mean: a busy core makes some units far slower
+            self._next(sum(self._times) / self.timed)
+
+    def _next(self, seconds: float) -> None:
+        self._times = []
+        if self._best is None or seconds < self._best[1]:
+            self._best = (self.threads, seconds)
+            if self.threads > 1:
+                self._set(self.threads // 2)
+                return
+        self.choice = self._best[0]
+        self._set(self.choice)
+
+    def _set(self, threads: int) -> None:
+        self.threads = threads
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)

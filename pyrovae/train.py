@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import pyro
 import torch
 
-from . import clusters, distributed, estimators, tensorboard
+from . import clusters, distributed, estimators, tensorboard, threads
 from .checks import as_split, check_data, check_sites, model_inputs  # noqa: F401 - also pyrovae.train.*
 from .compile import Compiled, resolve_mode, warn_eager
 from .config import NAN_POLICIES, TrainConfig  # noqa: F401 - NAN_POLICIES: also pyrovae.train.*
@@ -65,11 +65,13 @@ class FitResult:
     run_dir: Path | None = None
     compile: str = "none"  #: how the loss ran: see pyrovae.compile.Compiled.summary
     skipped: int = 0  #: steps whose update was skipped for a non-finite loss or gradient
+    threads: int | None = None  #: the CPU threads the steps ran with (None on a GPU)
 
     @classmethod
-    def of(cls, state: TrainState, files: RunFiles, compile: str) -> "FitResult":
+    def of(cls, state: TrainState, files: RunFiles, compile: str, threads: int | None) -> "FitResult":
+        rows, run_dir = files.rows, files.run_dir
         return cls(
-            state.step, state.epoch, state.best_val_elbo, files.rows, files.run_dir, compile, state.skipped
+            state.step, state.epoch, state.best_val_elbo, rows, run_dir, compile, state.skipped, threads
         )
 
 
@@ -214,6 +216,41 @@ class Validator:
         return [wrong.double().sum(), known.double().sum()]
 
 
+def probe_threads(tuner: threads.Tuner, loss_fn, run: Plan, state: TrainState, beta_t) -> None:
+    """Let ``tuner`` time discarded steps (forward and backward of the next batch on a forked
+    random stream: no update, the modules' buffers put back) until it has chosen the threads."""
+    if tuner.choice is not None:
+        return
+    model, guide = state.model, state.guide
+    beta = beta_t if loss_fn.mode != "none" else 1.0  # as the loop passes it; its value times alike
+    buffers = [(b, b.clone()) for m in owner_modules(model, guide) for b in m.buffers()]
+    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+        batch = next(iter(run.batches.epoch(state.epoch, state.batch, labels=run.conditional)))
+        x = model_inputs(model, *batch) if run.conditional else (batch,)
+        while tuner.choice is None:
+            with tuner.unit():
+                loss_fn(*x, beta).backward()
+    with torch.no_grad():
+        for b, saved in buffers:
+            b.copy_(saved)
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+def start_files(files: RunFiles, resume: bool, seed: int, device, probe) -> threads.Tuner:
+    """Start the run's files with the CPU threads chosen (:class:`pyrovae.threads.Tuner`, on CPU in
+    one process; steps are short, so ten are timed after three of warm-up): a fresh run times
+    ``probe(tuner)`` first (so ``versions.json`` records the choice); a resumed run keeps its
+    checkpoint's threads, the arithmetic of the run that stopped."""
+    tuner = threads.Tuner(enabled=device.type == "cpu" and files.state.group.size == 1, timed=10, warm=3)
+    if not resume:
+        probe(tuner)
+    files.start(resume, seed, device)
+    if resume and files.resumed_threads:
+        tuner.fix(files.resumed_threads)
+    probe(tuner)
+    return tuner
+
+
 def improved(state: TrainState, row: dict) -> bool:
     """Whether the epoch's validation figure (``train.select``) is the best so far; records it."""
     if state.config.select == "error":
@@ -284,13 +321,13 @@ def fit(
         cfg.tensorboard and group.main, run_dir, model, guide, run.train if run.val is None else run.val, seed
     )
     files = RunFiles(run_dir, state, [*callbacks, *board], keep=cfg.keep_checkpoints)
-    files.start(resume, seed, device)
+    beta_t = torch.ones((), device=device, dtype=params[0].dtype)
+    tuner = start_files(files, resume, seed, device, lambda t: probe_threads(t, loss_fn, run, state, beta_t))
     step_loss = group.wrap(loss_fn, owner_modules(model, guide), device)
     validate = (
         None if run.val is None else Validator(model, guide, run.val, cfg.val_samples, seed, group, device)
     )
     guard = Guard(device, state.skipped, cfg.nan_policy, cfg.log_every)
-    beta_t = torch.ones((), device=device, dtype=params[0].dtype)
 
     def check(x) -> None:  # read the device's non-finite count back and stop on a new one
         where = lambda: diagnose_nonfinite(model, guide, x, params)
@@ -298,7 +335,7 @@ def fit(
 
     t_epoch = time.perf_counter()
     show = progress if group.main else False
-    with pyro.validation_enabled(False), Signals(run_dir is not None) as signals:
+    with pyro.validation_enabled(False), Signals(run_dir is not None) as signals, tuner:
         with bar("fit", run.total_steps, "step", state.step, show=show) as pbar:
             while state.step < run.total_steps and state.epoch < run.epochs:
                 for batch in run.batches.epoch(state.epoch, state.batch, labels=run.conditional):
@@ -331,4 +368,4 @@ def fit(
                 if end_epoch(state, files, validate, time.perf_counter() - t_epoch, full, device):
                     break
                 t_epoch = time.perf_counter()
-    return FitResult.of(state, files, loss_fn.summary())
+    return FitResult.of(state, files, loss_fn.summary(), tuner.threads if device.type == "cpu" else None)

@@ -110,3 +110,29 @@ def test_the_plain_evaluation_of_contention_py_is_pyrovaes_estimate():
         ref = estimators.log_likelihood(model, guide, x, num_samples=20000)
     assert plain.shape == (6,)
     torch.testing.assert_close(plain, ref.to(plain.dtype), atol=0.05, rtol=0)  # seen: <= 0.017 over 8 seeds
+
+
+def test_contention_py_tables_divide_by_the_idle_run_and_the_calls():
+    import types
+
+    contention = _load("contention")
+    a = types.SimpleNamespace(busy=[0, 1])
+    results = {
+        ("eval", "default", 0): {"seconds": 2.0},
+        ("eval", "default", 1): {"seconds": 5.0},
+        ("eval", "1 thread", 0): {"seconds": 3.0},
+        ("eval", "1 thread", 1): None,
+    }
+    lines = contention.slowdown_table(results, a)
+    assert lines[2:] == [
+        "| eval | default | 2.00 (1.0x) | 5.00 (2.5x) |",
+        "| eval | 1 thread | 3.00 (1.0x) | failed |",
+    ]
+    profiled = {("eval", "all cores", 1): {"seconds": 3.0, "calls": 1000, "inside": 2.5}}
+    assert contention.profile_table(profiled)[2] == "| eval | all cores | 1 | 3.00 | 1000 | 2500 | 0.50 |"
+
+
+def test_capture_cost_py_fits_the_cost_and_the_saving_per_chunk():
+    capture_cost = _load("capture_cost")
+    intercept, slope = capture_cost.line_fit([10, 100, 400], [-0.2 + 0.001 * c for c in (10, 100, 400)])
+    assert intercept == pytest.approx(-0.2) and slope == pytest.approx(0.001)

@@ -103,7 +103,8 @@ def test_the_thread_choice_is_printed_once_and_recorded(tiny_run, capsys):
         assert cli.main([*command, "--threads", "1"]) == 0
         assert torch.get_num_threads() == 1
         out = capsys.readouterr().out
-        assert out.count("CPU thread") == 1 and out.startswith("pyrovae: 1 CPU thread (as --threads asks)")
+        assert out.count("pyrovae: ") == 1 and out.startswith("pyrovae: 1 CPU thread (as --threads asks)")
+        assert "(CPU threads: 1)" in out  # the evaluation's line: the threads it computed with
     finally:
         torch.set_num_threads(before)
     versions = json.loads((tiny_run / "versions.json").read_text())
