@@ -247,7 +247,8 @@ def start_files(files: RunFiles, resume: bool, seed: int, device, probe) -> thre
     files.start(resume, seed, device)
     if resume and files.resumed_threads:
         tuner.fix(files.resumed_threads)
-    probe(tuner)
+    elif resume:  # a checkpoint from before threads were recorded
+        probe(tuner)
     return tuner
 
 

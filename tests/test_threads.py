@@ -236,3 +236,19 @@ def test_a_report_line_says_why_fewer_threads_were_used():
         assert threads.note(1) == " (CPU threads: 1, timed faster than 2: other jobs share these cores)"
     finally:
         torch.set_num_threads(before)
+
+
+def test_auto_captures_an_evaluation_of_many_chunks_only(ppca, monkeypatch):
+    from pyrovae import chunks, estimators
+
+    model, x = ppca
+    built = []
+    monkeypatch.setattr(chunks, "Compiled", lambda *a, **k: built.append(a) or a[0])
+    monkeypatch.setattr(chunks, "AUTO_CAPTURE_CHUNKS", 5)
+    guide = model.exact_guide()
+    estimators.evaluate_terms(model, guide, x, num_samples=4, particle_chunk=1, data_chunk=40)
+    assert built == []  # 4 chunks: eager
+    estimators.evaluate_terms(model, guide, x, num_samples=6, particle_chunk=1, data_chunk=40)
+    assert len(built) == 1  # 6 chunks of one shape: one capture
+    estimators.evaluate_terms(model, guide, x, num_samples=6, particle_chunk=1, data_chunk=40, compile="none")
+    assert len(built) == 1
