@@ -174,10 +174,10 @@ class Tuner:
     what they were. Disabled (``choice`` = torch's threads, nothing timed) unless ``enabled``,
     :func:`tunable` and torch has more than one thread."""
 
-    def __init__(self, enabled: bool = True, timed: int = 3, warm: int = 1, clock=None):
+    def __init__(self, enabled: bool = True, timed: int = 3, warm: int = 1):
         self.initial = torch.get_num_threads()
         self.on = enabled and tunable() and self.initial > 1
-        self.timed, self.clock = timed, clock or _clock
+        self.timed = timed
         self.threads = self.initial  #: the count the current unit runs with
         self.choice: int | None = None if self.on else self.initial
         self._best: tuple[int, float] | None = None  # (threads, seconds per unit of work)
@@ -203,9 +203,9 @@ class Tuner:
         if self.choice is not None:
             yield
             return
-        start = self.clock()
+        start = _clock()
         yield
-        seconds = (self.clock() - start) / work
+        seconds = (_clock() - start) / work
         if self.warm > 0:
             self.warm -= 1
             return
