@@ -19,9 +19,10 @@ from pathlib import Path
 
 import torch
 
-from pyrovae import estimators, experiment, hooks
-from pyrovae.config import apply_overrides, config_from_dict, load_config
-from pyrovae.data import EVAL_BINARIZATION_SEED
+from pyrovae.inference import ais, bidirectional, estimators
+from pyrovae.run import experiment
+from pyrovae.run.config import apply_overrides, config_from_dict, load_config
+from pyrovae.run.recipes import evaluation_data
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def main() -> None:
     p.add_argument("--bdmc-steps", type=int, nargs="*", help="T of BDMC (default: --steps)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--bdmc", type=int, default=20, help="simulated datapoints (0: none)")
-    p.add_argument("--compile", default="auto", help="how the path's densities run (pyrovae.compile)")
+    p.add_argument("--compile", default="auto", help="how the path's densities run (pyrovae.runtime.compile)")
     p.add_argument("--append", help="append the tables to this markdown file")
     a = p.parse_args()
     if a.train:
@@ -56,8 +57,7 @@ def main() -> None:
         config = config_from_dict(apply_overrides(raw, [f'run_dir="{a.run}"', f'device="{a.device}"']))
         experiment.fit_config(config, progress=False)
     run = experiment.load_run(a.run, which="last")
-    test = experiment.load_data(run.config, "test", run.device).slice(a.limit)
-    x, *cond = hooks.evaluation_inputs(run.model, test.observe_fixed(EVAL_BINARIZATION_SEED), test.labels)
+    x, *cond = evaluation_data(run.config, "test", run.device).head(a.limit).inputs(run.model)
     n = x.shape[0]
     lines = [
         "| estimator | mean log p(x) | stderr | seconds | ms per image |",
@@ -70,7 +70,7 @@ def main() -> None:
         print(lines[-1], flush=True)
     for t in a.steps:
         torch.manual_seed(0)
-        r, s = timed(lambda: estimators.ais_log_likelihood(
+        r, s = timed(lambda: ais.ais_log_likelihood(
             run.model, run.guide, x, *cond, num_steps=t, num_chains=a.chains, compile=a.compile,
             progress=False))  # fmt: skip
         lines.append(
@@ -87,7 +87,7 @@ def main() -> None:
         ]
         for t in a.steps if a.bdmc_steps is None else a.bdmc_steps:
             torch.manual_seed(0)
-            b, s = timed(lambda: estimators.bdmc(
+            b, s = timed(lambda: bidirectional.bdmc(
                 run.model, run.guide, x, *cond, num_datapoints=a.bdmc, num_steps=t, num_chains=a.chains,
                 importance_samples=max(a.is_samples), compile=a.compile))  # fmt: skip
             parts = (b.sandwich.lower, b.sandwich.upper, b.sandwich.gap, b.importance)

@@ -1,11 +1,11 @@
 """What capturing an evaluation's chunks costs and saves, by the evaluation's number of chunks.
 
-Times ``experiment.evaluate_data`` of the first N test images of a trained run at K samples,
+Times ``scoring.evaluate_data`` of the first N test images of a trained run at K samples,
 eagerly (``compile = "none"``) and captured (``"capture"``: one capture per chunk shape, checked
 against the eager call once), alternating, ``--repeats`` times each (median), at torch's threads
 (timing-chosen threads off). A straight line through (chunks, eager - captured) gives the
 capture's one-off cost (its intercept) and what it saves a chunk (its slope); their ratio is the
-number of chunks from which capturing pays, ``pyrovae.chunks.AUTO_CAPTURE_CHUNKS``.
+number of chunks from which capturing pays, ``pyrovae.inference.chunks.AUTO_CAPTURE_CHUNKS``.
 
     pyrovae fit configs/mnist_vae.toml --run-dir runs/mnist_vae     # once
     python benchmarks/capture_cost.py --run runs/mnist_vae [--limits 5 50 200] [--append RESULTS.md]
@@ -24,10 +24,10 @@ os.environ["PYROVAE_TUNE_THREADS"] = "0"  # the compile modes alone, at fixed th
 
 
 def seconds(run, x, k: int, mode: str) -> float:
-    from pyrovae import experiment
+    from pyrovae.inference import scoring
 
     start = time.perf_counter()
-    experiment.evaluate_data(run.model, run.guide, x, num_samples=k, compile=mode)
+    scoring.evaluate_data(run.model, run.guide, x, num_samples=k, compile=mode)
     return time.perf_counter() - start
 
 
@@ -50,11 +50,12 @@ def main() -> None:
     import torch
     from report import emit_table  # benchmarks/ is on sys.path when run as a script
 
-    from pyrovae import chunks, experiment
-    from pyrovae.data import EVAL_BINARIZATION_SEED
+    from pyrovae.inference import chunks
+    from pyrovae.run import experiment
+    from pyrovae.run.recipes import evaluation_data
 
     run = experiment.load_run(a.run, device="cpu")
-    every = experiment.load_data(run.config, "test", "cpu").observe_fixed(EVAL_BINARIZATION_SEED)
+    every = evaluation_data(run.config, "test", "cpu").images
     lines = [
         "| images | chunks | eager s | captured s | eager - captured s |",
         "| ---: | ---: | ---: | ---: | ---: |",
@@ -77,7 +78,7 @@ def main() -> None:
         "",
         f"Capture's one-off cost {-intercept:.3f} s, saving {slope * 1e3:.2f} ms a chunk: it pays from "
         + (f"{-intercept / slope:.0f} chunks on" if slope > 0 else "no number of chunks")
-        + f" (pyrovae.chunks.AUTO_CAPTURE_CHUNKS = {chunks.AUTO_CAPTURE_CHUNKS}).",
+        + f" (pyrovae.inference.chunks.AUTO_CAPTURE_CHUNKS = {chunks.AUTO_CAPTURE_CHUNKS}).",
     ]
     where = f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads), {a.run}"
     flags = f"--run {a.run} --limits {' '.join(map(str, a.limits))} --num-samples {a.num_samples}"

@@ -1,13 +1,13 @@
 """Speed on a shared machine: pyrovae and a plain PyTorch loop, idle and beside busy processes.
 
-Kinds: ``eval`` (pyrovae's K-sample evaluation, ``experiment.evaluate_data``, of the first ``--limit``
+Kinds: ``eval`` (pyrovae's K-sample evaluation, ``scoring.evaluate_data``, of the first ``--limit``
 test images of a trained default VAE), ``eval:plain`` (the same arithmetic written in plain
 PyTorch: encoder, K reparameterized draws per image in chunks of the same rows, decoder,
 Bernoulli and Gaussian log-densities, logsumexp), ``train`` (``--steps`` steps of
 ``pyrovae.fit``, defaults) and ``train:plain`` (the same steps in a hand-written loop,
 ``benchmarks/speed.py``'s ``plain``). Each runs in its own process, while 0, 1 and 2 other
 processes spin on a core each (``--busy``), in each setting: ``default`` (pyrovae: threads
-chosen by timing, ``pyrovae.threads.Tuner``; plain: torch's threads), ``all cores`` (pyrovae with
+chosen by timing, ``pyrovae.runtime.threads.Tuner``; plain: torch's threads), ``all cores`` (pyrovae with
 torch's threads fixed, ``PYROVAE_TUNE_THREADS=0``), ``1 thread`` (``OMP_NUM_THREADS=1``) and
 ``passive`` (``OMP_WAIT_POLICY=PASSIVE``). Prints seconds (the median of ``--repeats`` timed runs
 after a warm-up) and each one's slowdown against the same run on the idle machine. ``--pairs N``
@@ -90,17 +90,18 @@ def one(kind: str, a) -> dict:
     """Seconds of one run of ``kind`` in this process (after a warm-up where it has one)."""
     import dataclasses
 
-    from pyrovae import experiment
-    from pyrovae.chunks import CPU_ROWS
-    from pyrovae.data import EVAL_BINARIZATION_SEED
+    from pyrovae.inference import scoring
+    from pyrovae.inference.chunks import CPU_ROWS
+    from pyrovae.run import experiment
+    from pyrovae.run.recipes import evaluation_data
 
     run = experiment.load_run(a.run, device="cpu")
     if kind.startswith("eval"):
         config = run.config.replace(data=dataclasses.replace(run.config.data, test_limit=a.limit))
         run = dataclasses.replace(run, config=config)
-        x = experiment.load_data(run.config, "test", "cpu").observe_fixed(EVAL_BINARIZATION_SEED)
+        x = evaluation_data(run.config, "test", "cpu").images
         fn = (
-            (lambda: experiment.evaluate_data(run.model, run.guide, x, num_samples=a.num_samples))
+            (lambda: scoring.evaluate_data(run.model, run.guide, x, num_samples=a.num_samples))
             if kind == "eval"
             else (lambda: plain_eval(run, x, a.num_samples, CPU_ROWS))
         )

@@ -28,10 +28,12 @@ import pyro
 import torch
 
 import pyrovae
-from pyrovae import plots
-from pyrovae.config import Component, Config, DataConfig, TrainConfig
-from pyrovae.data import EVAL_BINARIZATION_SEED
-from pyrovae.experiment import build, evaluate_data, load_data
+from pyrovae.diagnostics import plots
+from pyrovae.inference.scoring import evaluate_data
+from pyrovae.run.config import Component, Config, DataConfig
+from pyrovae.run.recipes import build, evaluation_data, load_data
+from pyrovae.runtime.devices import resolve_device
+from pyrovae.training.settings import TrainConfig
 
 #: Pyro's CVAE tutorial, -log p(y | x) of the baseline and -ELBO of the CVAE, for 1 / 2 / 3 quadrants
 PYRO_TUTORIAL = {1: (100.4, 71.8), 2: (61.9, 51.0), 3: (25.4, 24.2)}
@@ -78,8 +80,8 @@ def run(
             device=device,
         ),
     }
-    dev = pyrovae.train.resolve_device(device)
-    train, val, test = (load_data(configs["cvae"], s, dev) for s in ("train", "val", "test"))
+    dev = resolve_device(device)
+    train, val = (load_data(configs["cvae"], s, dev) for s in ("train", "val"))
     row: dict = {"quadrants": quadrants}
     models = {}
     for name, cfg in configs.items():
@@ -99,7 +101,7 @@ def run(
             "val_best": max(vals),
         }
         models[name] = (model.eval(), guide.eval())
-    images = test.observe_fixed(EVAL_BINARIZATION_SEED)
+    images = evaluation_data(configs["cvae"], "test", dev).images
     args = models["cvae"][0].inputs(images)
     base = evaluate_data(*models["baseline"], *args, images=images, num_samples=1, bits_per_dim=False)
     cvae = evaluate_data(*models["cvae"], *args, images=images, num_samples=num_samples, bits_per_dim=False)
@@ -159,7 +161,7 @@ def main() -> None:
         for q in a.quadrants
     ]
     header = (
-        f"Device: {pyrovae.train.resolve_device(a.device)} ({platform.machine()}, {torch.get_num_threads()} "
+        f"Device: {resolve_device(a.device)} ({platform.machine()}, {torch.get_num_threads()} "
         f"threads); torch {torch.__version__}, pyro {pyro.__version__}. Command: `python "
         f"benchmarks/cvae_quadrants.py --epochs {a.epochs} --num-samples {a.num_samples}"
         f"{f' --train-size {a.train_size}' if a.train_size else ''}"

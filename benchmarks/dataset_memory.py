@@ -37,7 +37,7 @@ def _peak(device) -> float:
 
 
 def one(name: str, dtype: str, device: str, root) -> dict:
-    from pyrovae.data import Split, load_split
+    from pyrovae.data.splits import Split, load_split
 
     dev = torch.device(device)
     before = _peak(dev)

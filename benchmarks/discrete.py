@@ -34,8 +34,11 @@ from pathlib import Path
 
 import torch
 
-from pyrovae import experiment, hooks
-from pyrovae.config import apply_overrides, config_from_dict, load_config
+from pyrovae import hooks
+from pyrovae.inference import scoring
+from pyrovae.run import evaluation, experiment, recipes
+from pyrovae.run.config import apply_overrides, config_from_dict, load_config
+from pyrovae.run.recipes import evaluation_data
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 KINGMA = "Kingma et al. 2014, table 1, M2"
@@ -64,15 +67,15 @@ def configure(row: str, a, out: Path, aux_weight: float | None = None):
 
 def score(run, split: str) -> tuple[str, int]:
     """The test error (M2) or clustering accuracy (GMVAE) of ``run`` on ``split``, and its size."""
-    data = experiment.load_data(run.config, split, run.device)
-    report = experiment.class_report_data(run.model, run.guide, data)
+    data = evaluation_data(run.config, split, run.device).split
+    report = scoring.class_report_data(run.model, run.guide, data)
     if "classification_error" in report:
         e = report["classification_error"]
         views = ""
         if data.pixels == "dynamic":  # the same q(y | x) on one binarization and on the grey image
-            one = experiment.class_report_data(run.model, run.guide, data, draws=1)
+            one = scoring.class_report_data(run.model, run.guide, data, draws=1)
             args = [hooks.evaluation_inputs(run.model, data.values(), data.labels)]  # not binarized
-            grey = experiment.class_report(run.model, run.guide, args, data.labels)
+            grey = scoring.class_report(run.model, run.guide, args, data.labels)
             errors = [r["classification_error"]["error"] for r in (one, grey)]
             views = " (one binarization {:.2f}%, grey {:.2f}%)".format(*(100 * v for v in errors))
         return f"{100 * e['error']:.2f}% +- {100 * e['stderr']:.2f} error{views}", len(data)
@@ -96,7 +99,7 @@ def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
     run.config = dataclasses.replace(
         run.config, data=dataclasses.replace(run.config.data, test_limit=a.test_limit)
     )
-    ev = experiment.evaluate(run, num_samples=a.eval_samples)
+    ev = evaluation.evaluate(run, num_samples=a.eval_samples)
     ll = ev["log_likelihood"]
     published = "; ".join(f"{n}: {v}" for n, v in ROWS[row][1])
     weight = f", aux_weight {run.guide.aux_weight}" if hasattr(run.guide, "aux_weight") else ""
@@ -110,15 +113,16 @@ def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
 
 def step_time(a) -> str:
     """Median seconds of one M2 training step under "enum" and under "elbo", and their ratio."""
-    from pyrovae import objectives, optim, train
-    from pyrovae.data import Batches
+    from pyrovae.data.splits import Batches
+    from pyrovae.training import loop as train
+    from pyrovae.training import objectives, optim
 
     config = configure("m2_100", a, Path(tempfile.mkdtemp()))
-    data = experiment.load_data(config, "train")
+    data = recipes.load_data(config, "train")
     times, how = {}, {}
     for name in ("enum", "elbo"):
         torch.manual_seed(0)
-        model, guide = experiment.build(config, data.shape)
+        model, guide = recipes.build(config, data.shape)
         hooks.attach_data(model, guide, data.labels)
         images, labels = next(iter(Batches(data, config.train.batch_size, seed=1).epoch(0, labels=True)))
         x = hooks.inputs(model, images, labels)

@@ -32,8 +32,9 @@ def worker(args) -> None:
 
     import torch
 
-    from pyrovae import distributed, experiment
-    from pyrovae.config import load_config
+    from pyrovae.run import experiment, recipes
+    from pyrovae.run.config import load_config
+    from pyrovae.runtime import distributed
 
     distributed.init_from_env(args.device)
     rank, world = distributed.world()
@@ -61,7 +62,7 @@ def worker(args) -> None:
     result = experiment.fit_config(config, progress=False, callbacks=[clock])
     first, last = WARMUP, max(marks)
     seconds = marks[last] - marks[first]
-    model, guide = experiment.build(config, (1, 28, 28))
+    model, guide = recipes.build(config, (1, 28, 28))
     params = sum(p.numel() for m in (model, guide) for p in m.parameters())
     allreduce_ms = None
     if world > 1:  # the all-reduce alone: one flat tensor of every parameter, as DDP's buckets add up to

@@ -5,7 +5,7 @@ likelihood, Adam 1e-3, batch 128) from the same initial weights on dynamically
 binarized MNIST held on the device, with the same single-sample Monte Carlo ELBO. The
 plain loop writes that loss by hand with torch.distributions; pyrovae runs ``fit`` with
 its defaults (the ELBO objective from the model's and guide's Pyro traces, captured as one
-graph: see pyrovae.compile). Both are evaluated by the same estimator (pyrovae.estimators).
+graph: see pyrovae.runtime.compile). Both are evaluated by the same estimator (pyrovae.estimators).
 
     python benchmarks/engine_vs_torch.py --epochs 10 [--append benchmarks/RESULTS.md]
 """
@@ -23,12 +23,12 @@ import torch
 from speed import plain_loss  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 import pyrovae
-from pyrovae import estimators
-from pyrovae.config import TrainConfig
-from pyrovae.data import EVAL_BINARIZATION_SEED, Batches, load_split
+from pyrovae.data.splits import EVAL_BINARIZATION_SEED, Batches, load_split
 from pyrovae.guides import MLPGuide
+from pyrovae.inference import estimators
 from pyrovae.models import VAE
-from pyrovae.train import resolve_device
+from pyrovae.runtime.devices import resolve_device
+from pyrovae.training.settings import TrainConfig
 
 
 def plain_torch(model: VAE, guide: MLPGuide, train, epochs: int, batch_size: int, lr: float, seed: int):

@@ -47,7 +47,7 @@ with torch.no_grad():
     if mode == "fold":
         out = estimators.evaluate_terms(model, guide, x, num_samples=k)
     else:
-        stacked = estimators.map_terms(model, guide, x, num_samples=k,
+        stacked = chunks.map_terms(model, guide, x, num_samples=k,
             reduce=lambda t: torch.stack([t.log_lik, t.log_q - t.log_prior, t.log_weights], -1))
         lw = stacked[..., 2]
         out = {"elbo": lw.mean(0), "log_likelihood": estimators.iwae_from_log_weights(lw)}

@@ -40,11 +40,11 @@ def inputs(run: str | None, rows: int):
     if run is None:
         w1, w2 = torch.nn.Linear(20, 400).weight, torch.nn.Linear(400, 784).weight
         return torch.randn(rows, 20), w1, w2, torch.bernoulli(torch.full((784,), 0.13))
-    from pyrovae.data import EVAL_BINARIZATION_SEED
-    from pyrovae.experiment import load_data, load_run
+    from pyrovae.run.experiment import load_run
+    from pyrovae.run.recipes import evaluation_data
 
     r = load_run(run, device="cpu")
-    x = load_data(r.config, "test").observe_fixed(EVAL_BINARIZATION_SEED)[:1]
+    x = evaluation_data(r.config, "test").images[:1]
     loc, scale = r.guide.params(x)
     z = loc + scale * torch.randn(rows, loc.shape[-1])
     w1, w2 = [m.weight for m in r.model.net.modules() if isinstance(m, torch.nn.Linear)]

@@ -1,6 +1,6 @@
 """Speed of the K = 5000 importance-sampled evaluation against the device's matrix-product rate.
 
-Times ``pyrovae evaluate`` (``experiment.evaluate``: ELBO, reconstruction, KL, log p(x) and
+Times ``pyrovae evaluate`` (``evaluation.evaluate``: ELBO, reconstruction, KL, log p(x) and
 ESS from one pass) on a trained run, counts the pass's floating-point operations with
 ``torch.utils.flop_counter`` (a probe of one datapoint, scaled), measures the rate of the
 same matrix products on this device (the decoder's linear layers at the chunk's row count)
@@ -26,9 +26,10 @@ import pyro
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pyrovae import estimators
-from pyrovae.data import EVAL_BINARIZATION_SEED
-from pyrovae.experiment import evaluate, load_data, load_run
+from pyrovae.inference import chunks, weights
+from pyrovae.run.evaluation import evaluate
+from pyrovae.run.experiment import load_run
+from pyrovae.run.recipes import evaluation_data
 
 
 def pass_flops(model, guide, x1: torch.Tensor, k: int) -> float:
@@ -36,7 +37,7 @@ def pass_flops(model, guide, x1: torch.Tensor, k: int) -> float:
     counts = []
     for p in (64, 128):
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            estimators.log_prob_terms(model, guide, x1, num_samples=p)
+            weights.log_prob_terms(model, guide, x1, num_samples=p)
         counts.append(fc.get_total_flops())
     slope = (counts[1] - counts[0]) / 64
     return counts[0] - 64 * slope + k * slope
@@ -74,7 +75,7 @@ def main() -> None:
     p.add_argument(
         "--max-rows", type=int, help="particle-datapoint pairs per chunk (default: from free memory)"
     )
-    p.add_argument("--compile", default="auto", help="how chunks run (pyrovae.compile modes)")
+    p.add_argument("--compile", default="auto", help="how chunks run (pyrovae.runtime.compile modes)")
     p.add_argument("--append")
     p.add_argument("--json", help="also write the figures to this file")
     a = p.parse_args()
@@ -84,15 +85,16 @@ def main() -> None:
             run, config=run.config.replace(data=dataclasses.replace(run.config.data, test_limit=a.limit))
         )
     device, k = run.device, a.num_samples
-    x = load_data(run.config, "test", device).observe_fixed(EVAL_BINARIZATION_SEED)
+    data = evaluation_data(run.config, "test", device)  # loaded once: the sizes below and the evaluation
+    x = data.images
     with pyro.validation_enabled(False):
-        row_bytes = estimators.bytes_per_row(run.model, run.guide, (x,), {})
-        rows = a.max_rows or estimators.chunk_rows(device, row_bytes)
+        row_bytes = chunks.bytes_per_row(run.model, run.guide, (x,), {})
+        rows = a.max_rows or chunks.chunk_rows(device, row_bytes)
         total_flops = x.shape[0] * pass_flops(run.model, run.guide, x[:1], k)
     rate = matmul_rate(run.model, rows, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    report = evaluate(run, num_samples=k, compile=a.compile, max_rows=a.max_rows)
+    report = evaluate(run, data, num_samples=k, compile=a.compile, max_rows=a.max_rows)
     seconds = report["seconds"]
     peak = (
         torch.cuda.max_memory_allocated(device)

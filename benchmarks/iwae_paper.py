@@ -20,8 +20,8 @@ from pathlib import Path
 import pyro
 import torch
 
-from pyrovae import experiment
-from pyrovae.config import apply_overrides, config_from_dict, load_config
+from pyrovae.run import evaluation, experiment
+from pyrovae.run.config import apply_overrides, config_from_dict, load_config
 
 PAPER_NLL = {
     (1, "vae", 1): 86.76,
@@ -68,7 +68,7 @@ def main() -> None:
     result = experiment.fit_config(cfg, callbacks=[budget], progress=False)
     train_seconds = time.perf_counter() - start
     run = experiment.load_run(cfg.run_dir, which="last", device=a.device)
-    report = experiment.evaluate(run, num_samples=a.eval_samples)
+    report = evaluation.evaluate(run, num_samples=a.eval_samples)
     nll, se = -report["log_likelihood"]["mean"], report["log_likelihood"]["stderr"]
     paper = PAPER_NLL.get((a.layers, a.kind, a.k))
     row = (

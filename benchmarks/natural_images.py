@@ -29,8 +29,9 @@ from pathlib import Path
 
 import torch
 
-from pyrovae import experiment, fixtures
-from pyrovae.config import load_config
+from pyrovae.data import fixtures
+from pyrovae.run import evaluation, experiment
+from pyrovae.run.config import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ROWS = {  # config, unit, overrides, published rows (name, value)
@@ -65,7 +66,7 @@ FIXTURE_NETS = {  # tiny networks for --fixture
 
 def configure(row: str, a, fixture_root: Path | None, out: Path):
     """The row's config with the command line's budget (and, on fixtures, tiny sizes)."""
-    from pyrovae.config import config_from_dict
+    from pyrovae.run.config import config_from_dict
 
     name, _, overrides, _ = ROWS[row]
     raw = load_config(CONFIGS / name).to_dict()
@@ -98,7 +99,7 @@ def run_row(row: str, a, fixture_root, out: Path) -> str:
 
     result = experiment.fit_config(config, progress=False, callbacks=[budget])
     minutes = (time.perf_counter() - start) / 60
-    ev = experiment.evaluate(experiment.load_run(config.run_dir, which="last"), num_samples=a.eval_samples)
+    ev = evaluation.evaluate(experiment.load_run(config.run_dir, which="last"), num_samples=a.eval_samples)
     _, unit, _, published = ROWS[row]
     ll = ev["log_likelihood"]
     if unit == "bits/dim":

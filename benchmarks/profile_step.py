@@ -57,7 +57,7 @@ def activities(device: torch.device) -> list:
 
 
 def profile_plain(net: str, batch: int, a, device: torch.device) -> dict:
-    from pyrovae.data import Batches
+    from pyrovae.data.splits import Batches
 
     model, guide = speed.build(net, device)
     train = speed.training_split(net, a, device)
@@ -79,7 +79,7 @@ def profile_plain(net: str, batch: int, a, device: torch.device) -> dict:
 def profile_fit(net: str, batch: int, a, device: torch.device) -> dict:
     """``fit`` with its defaults; the profiler starts at the metrics row after the warm-up steps."""
     import pyrovae
-    from pyrovae.config import TrainConfig
+    from pyrovae.training.settings import TrainConfig
 
     model, guide = speed.build(net, device)
     train = speed.training_split(net, a, device)
@@ -98,7 +98,7 @@ def profile_fit(net: str, batch: int, a, device: torch.device) -> dict:
 
 
 def main() -> None:
-    from pyrovae.train import resolve_device
+    from pyrovae.runtime.devices import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--net", default="examples", choices=list(speed.NETS))

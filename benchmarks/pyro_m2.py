@@ -30,8 +30,8 @@ from pyro.infer import SVI, Trace_ELBO, TraceEnum_ELBO, config_enumerate
 from pyro.optim import Adam
 from torch import nn
 
-from pyrovae.data import load_split
-from pyrovae.labelled import keep_labels
+from pyrovae.data.labelled import keep_labels
+from pyrovae.data.splits import load_split
 
 TRAIN = 50_000  #: training images (the other 10,000 of MNIST's training set validate)
 

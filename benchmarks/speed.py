@@ -5,7 +5,7 @@ Rows: ``plain`` (hand-written loss, data as one tensor on the device: the refere
 ``naive`` (what most users start from: a torchvision DataLoader with ToTensor, Pyro's
 ``SVI`` with the global param store and ``pyro.optim.Adam``), ``pyrovae`` (``fit``
 with its default settings) and ``pyrovae:MODE`` (``fit`` with ``train.compile = MODE``:
-none, inductor, and cudagraphs on CUDA; see ``pyrovae.compile``). Networks: ``examples``
+none, inductor, and cudagraphs on CUDA; see ``pyrovae.runtime.compile``). Networks: ``examples``
 (pytorch/examples, 784-400-20, ReLU)
 and ``iwae`` (Burda et al. 2015, 784-200-200-50, tanh) on dynamically binarized MNIST, and
 ``resnet32`` (a ResNet VAE, 64 latents, encoder widths 32-64, decoder 64-32, one residual block
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
 import resource
 import statistics
@@ -87,7 +88,7 @@ def _sync(device) -> None:
 
 def training_split(net: str, a, device):
     """Dynamically binarized MNIST, or for ``resnet32`` 10,000 random 8-bit 3x32x32 images (uint8)."""
-    from pyrovae.data import Split, load_split
+    from pyrovae.data.splits import Split, load_split
 
     if net != "resnet32":
         return load_split("mnist", "train", root=a.data_root, device=device)
@@ -109,8 +110,8 @@ def one(row: str, net: str, batch: int, a) -> dict:
     """Seconds per step (median window) and peak memory of one combination, in this process."""
     import pyro
 
-    from pyrovae.data import Batches, data_root, torchvision_dataset
-    from pyrovae.train import resolve_device
+    from pyrovae.data.splits import Batches, data_root, torchvision_dataset
+    from pyrovae.runtime.devices import resolve_device
 
     device = resolve_device(a.device)
     pyro.set_rng_seed(0)
@@ -150,7 +151,7 @@ def one(row: str, net: str, batch: int, a) -> dict:
             svi.step(torch.bernoulli(images.to(device)))
     else:  # pyrovae, with its defaults or with train.compile = the part after the colon
         import pyrovae
-        from pyrovae.config import TrainConfig
+        from pyrovae.training.settings import TrainConfig
 
         train = training_split(net, a, device)
         marks: list[float] = []
@@ -187,9 +188,16 @@ def _result(windows: list[float], device) -> dict:
     }
 
 
-def measure(row: str, net: str, batch: int, passthrough: list[str], jsonl: str | None) -> dict:
-    """One combination in its own process; a failure is recorded (its last line), not raised."""
-    cmd = [sys.executable, __file__, "--one", row, net, str(batch), *passthrough]
+def measure(
+    row: str, net: str, batch: int, passthrough: list[str], jsonl: str | None, tree: str | None = None
+) -> dict:
+    """One combination in its own process; a failure is recorded (its last line), not raised.
+    With ``tree`` (a checkout, see ``report.in_checkout``), that checkout's pyrovae and its own
+    copy of this script run it."""
+    from report import in_checkout  # benchmarks/ is on sys.path when run as a script
+
+    script = __file__ if tree in (None, "installed") else os.path.join(tree, "benchmarks", "speed.py")
+    cmd = in_checkout(tree, [script, "--one", row, net, str(batch), *passthrough])
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode == 0:
         result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -213,7 +221,8 @@ TABLE_HEADER = (
 def table_rows(net: str, batch: int, results: dict[str, dict]) -> list[str]:
     """Markdown rows of one network and batch, as ratios to ``plain`` (or the first row that ran)."""
     ok = {row: r for row, r in results.items() if "error" not in r}
-    ref = ok.get("plain", next(iter(ok.values()), None))
+    ref = ok.get("plain", next((r for row, r in ok.items() if row.startswith("plain")), None))
+    ref = ref or next(iter(ok.values()), None)
     lines = []
     for row, r in results.items():
         if "error" in r:
@@ -229,7 +238,7 @@ def table_rows(net: str, batch: int, results: dict[str, dict]) -> list[str]:
 
 
 def main() -> None:
-    from pyrovae.train import resolve_device
+    from pyrovae.runtime.devices import resolve_device
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--nets", nargs="+", default=list(NETS), choices=list(NETS))
@@ -244,6 +253,11 @@ def main() -> None:
     p.add_argument("--data-root")
     p.add_argument("--append")
     p.add_argument("--jsonl", help="also append each combination's result to this file as it finishes")
+    p.add_argument(
+        "--tree",
+        action="append",
+        help="measure each row with this checkout's pyrovae (repeatable: before/after side by side)",
+    )
     p.add_argument("--one", nargs=3, metavar=("ROW", "NET", "BATCH"), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.rows is None:
@@ -270,9 +284,11 @@ def main() -> None:
     for net, batch in itertools.product(a.nets, a.batches):
         results = {}
         for row in [r for r in a.rows if r != "naive" or net != "resnet32"]:
-            results[row] = measure(row, net, batch, passthrough, a.jsonl)
-            if "error" not in results[row]:
-                device, memory = results[row]["device"], results[row]["memory"]
+            for tree in a.tree or [None]:  # the trees in alternation, row by row
+                label = row if tree is None else f"{row} [{tree}]"
+                results[label] = measure(row, net, batch, passthrough, a.jsonl, tree)
+                if "error" not in results[label]:
+                    device, memory = results[label]["device"], results[label]["memory"]
         lines += table_rows(net, batch, results)
         print("\n".join(lines[-len(results) :]), flush=True)
     header = [
@@ -281,7 +297,10 @@ def main() -> None:
         f"memory = {memory}. Median of {a.repeats} windows of {a.steps} steps after {a.warmup} "
         "warm-up steps; "
         f"seconds / epoch = seconds per step x steps in 50,000 images.",
-        f"Command: `python benchmarks/speed.py --steps {a.steps} --repeats {a.repeats} --warmup {a.warmup}`",
+        f"Command: `python benchmarks/speed.py --steps {a.steps} --repeats {a.repeats} --warmup {a.warmup}"
+        + "".join(f" --tree {t}" for t in a.tree or [])
+        + "".join(f" --{k} {' '.join(map(str, v))}" for k, v in (("nets", a.nets), ("batches", a.batches)))
+        + f" --rows {' '.join(a.rows)}`",
         "",
     ]
     from report import emit  # benchmarks/ is on sys.path when run as a script

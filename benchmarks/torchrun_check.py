@@ -31,8 +31,9 @@ def fit_and_evaluate(args, run_dir: Path) -> dict:
     """Train and evaluate in this process (inside a process group when torchrun made one)."""
     import torch
 
-    from pyrovae import distributed, experiment
-    from pyrovae.config import load_config
+    from pyrovae.run import evaluation, experiment
+    from pyrovae.run.config import load_config
+    from pyrovae.runtime import distributed
 
     config = load_config(ROOT / "configs" / "mnist_vae.toml")
     config = config.replace(
@@ -46,7 +47,7 @@ def fit_and_evaluate(args, run_dir: Path) -> dict:
     start = time.perf_counter()
     experiment.fit_config(config, progress=False)
     run = experiment.load_run(run_dir, which="last", device=args.device)
-    report = experiment.evaluate(run, num_samples=args.num_samples)
+    report = evaluation.evaluate(run, num_samples=args.num_samples)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     params = {
         f"{part}.{k}": v.double().cpu()
@@ -66,7 +67,7 @@ def fit_and_evaluate(args, run_dir: Path) -> dict:
 
 
 def worker(args) -> None:
-    from pyrovae import distributed
+    from pyrovae.runtime import distributed
 
     distributed.init_from_env(args.device, single=True)
     out = fit_and_evaluate(args, Path(args.run_dir))

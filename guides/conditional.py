@@ -9,8 +9,9 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyrovae.base import ImageModule
-from pyrovae.nn import gaussian_head, mlp
+from pyrovae.blocks.base import ImageModule
+from pyrovae.blocks.nn import gaussian_head, mlp
+from pyrovae.hooks import Takes
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE, LATENT
 
@@ -20,7 +21,7 @@ class ConditionalMLPGuide(ImageModule):
     """q(z | x, y) = N(mu, diag sigma^2) from an MLP on [flattened x, y], y of ``num_classes``
     numbers (one-hot label or conditioning vector), for the model ``cvae``."""
 
-    takes = "image,label"
+    takes = Takes.IMAGE_LABEL
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class QuadrantRecognition(ImageModule):
     the visible input x and the whole image y. Without y (generation) it samples z from the
     model's prior network p(z | x), once ``attach_model`` gave it the model."""
 
-    takes = "quadrants"
+    takes = Takes.QUADRANTS
 
     def __init__(
         self,
@@ -93,7 +94,7 @@ class NoLatents(ImageModule):
     """The guide of a model with no latent site (``quadrant_baseline``): it samples nothing."""
 
     latent_sites = ()
-    takes = "any"
+    takes = Takes.ANY
 
     def __init__(self, x_shape: Sequence[int], latent_dim=(), **_):
         super().__init__(x_shape, ())

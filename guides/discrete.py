@@ -12,10 +12,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.base import ImageModule
-from pyrovae.enumeration import ENUMERATE
+from pyrovae.blocks.base import ImageModule
+from pyrovae.blocks.nn import CodeConditioned, activation, gaussian_head, mlp
 from pyrovae.errors import ConfigError
-from pyrovae.nn import CodeConditioned, activation, gaussian_head, mlp
+from pyrovae.hooks import Takes
+from pyrovae.inference.enumeration import ENUMERATE
 from pyrovae.registry import register_guide
 from pyrovae.sites import CLUSTER, DATA_PLATE, LABEL, LATENT
 
@@ -26,10 +27,10 @@ class _DiscreteThenGaussian(ImageModule):
 
     discrete_site = CLUSTER
 
-    def __init__(self, x_shape, latent_dim, hidden, act, min_scale, enumerate, shared):
+    def __init__(self, x_shape, latent_dim, hidden, act, min_scale, enumerated, shared):
         super().__init__(x_shape, latent_dim)
         (self.classes, self.z_dim), d = self.latent_dim, math.prod(self.x_shape)
-        self.min_scale, self.infer = min_scale, ENUMERATE if enumerate else {}
+        self.min_scale, self.infer = min_scale, ENUMERATE if enumerated else {}
         if shared:  # one trunk g(x) = f's hidden layers feeds both heads
             self.trunk = nn.Sequential(nn.Flatten(), mlp([d, *hidden], act), activation(act))
             self.classifier = nn.Linear(hidden[-1], self.classes)
@@ -64,14 +65,14 @@ class _DiscreteThenGaussian(ImageModule):
 class MixtureGuide(_DiscreteThenGaussian):
     """q(c | x) q(z | x, c) for models with a cluster c and a code z (``gmvae``, ``mfa``): a
     shared MLP trunk (``hidden``), a linear classifier head, and an MLP on [trunk, one-hot c]
-    for z. c is marked for enumeration unless ``enumerate = false`` (then sampled)."""
+    for z. c is marked for enumeration unless ``enumerated = false`` (then sampled)."""
 
     latent_sites = (CLUSTER, LATENT)
 
     def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int], *,
                  hidden: Sequence[int] = (500, 500), activation: str = "relu", min_scale: float = 1e-4,
-                 enumerate: bool = True):  # fmt: skip
-        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerate, shared=True)
+                 enumerated: bool = True):  # fmt: skip
+        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerated, shared=True)
 
     def forward(self, x: torch.Tensor) -> None:
         self._sample(x)
@@ -88,13 +89,13 @@ class SemiSupervisedGuide(_DiscreteThenGaussian):
     seen (the ``aux_loss_multiplier`` of Pyro's ss-vae example, 46 there)."""
 
     latent_sites = (LABEL, LATENT)
-    takes = "image,partial_label"
+    takes = Takes.IMAGE_PARTIAL_LABEL
     discrete_site = LABEL
 
     def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int], *, hidden: Sequence[int] = (500,),
-                 activation: str = "softplus", min_scale: float = 1e-4, enumerate: bool = True,
+                 activation: str = "softplus", min_scale: float = 1e-4, enumerated: bool = True,
                  alpha: float = 0.1, aux_weight: float | None = None):  # fmt: skip
-        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerate, shared=False)
+        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerated, shared=False)
         if aux_weight is not None and not aux_weight >= 0:
             raise ConfigError(f"guide.aux_weight must be null or a number >= 0, got {aux_weight}")
         self.alpha, self.aux_weight = alpha, aux_weight

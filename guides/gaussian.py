@@ -10,8 +10,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.base import ImageModule
-from pyrovae.nn import ConvEncoder, ResNetEncoder, gaussian_head, mlp
+from pyrovae.blocks.base import ImageModule
+from pyrovae.blocks.nn import ConvEncoder, ResNetEncoder, gaussian_head, mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE, LATENT
 

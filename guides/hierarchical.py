@@ -9,8 +9,8 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from pyrovae.base import ImageModule
-from pyrovae.nn import gaussian_head, mlp
+from pyrovae.blocks.base import ImageModule
+from pyrovae.blocks.nn import gaussian_head, mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE
 

@@ -22,11 +22,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.base import ImageModel
+from pyrovae.blocks.base import ImageModel
+from pyrovae.blocks.likelihoods import BernoulliLogits, Likelihood
+from pyrovae.blocks.nn import gaussian_head, mlp
+from pyrovae.blocks.priors import StandardPrior
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.likelihoods import BernoulliLogits, Likelihood
-from pyrovae.nn import gaussian_head, mlp
-from pyrovae.priors import StandardPrior
+from pyrovae.hooks import Takes
 from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, LATENT, OBSERVED
 
@@ -47,7 +48,7 @@ class ClassConditionalVAE(ImageModel):
     """z ~ N(0, I), x ~ p(x | decoder(z, y)) with y the one-hot label (``num_classes``) or any
     conditioning vector of ``num_classes`` numbers; decoder an MLP on [z, y]."""
 
-    takes = "image,label"
+    takes = Takes.IMAGE_LABEL
 
     def __init__(
         self,
@@ -128,7 +129,7 @@ def quadrant_mask(quadrants: int, shape: Sequence[int]) -> torch.Tensor:
 class _QuadrantTask(ImageModel):
     """Shared by the quadrant models: inputs (x visible with -1 hidden, y the whole image)."""
 
-    takes = "quadrants"
+    takes = Takes.QUADRANTS
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, quadrants: int):
         super().__init__(x_shape, latent_dim)

@@ -10,9 +10,9 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.base import ImageModel
-from pyrovae.likelihoods import Likelihood
-from pyrovae.nn import mlp
+from pyrovae.blocks.base import ImageModel
+from pyrovae.blocks.likelihoods import Likelihood
+from pyrovae.blocks.nn import mlp
 from pyrovae.registry import register_model
 from pyrovae.sites import CLUSTER, DATA_PLATE, LATENT, OBSERVED
 

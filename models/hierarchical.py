@@ -9,11 +9,11 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from pyrovae.base import ImageModel
+from pyrovae.blocks.base import ImageModel
+from pyrovae.blocks.likelihoods import Likelihood
+from pyrovae.blocks.nn import gaussian_head, mlp
+from pyrovae.blocks.priors import Prior, VampPrior, make_prior
 from pyrovae.errors import ConfigError
-from pyrovae.likelihoods import Likelihood
-from pyrovae.nn import gaussian_head, mlp
-from pyrovae.priors import Prior, VampPrior, make_prior
 from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, OBSERVED
 
@@ -23,7 +23,7 @@ class TwoLayerVAE(ImageModel):
     """Two stochastic layers: z2 ~ N(0, I), z1 ~ N(mu(z2), diag sigma(z2)^2), x ~ p(x | f(z1))
     (Burda et al. 2015, sec. 5: latents 100 and 50, deterministic layers 100-100 between z2
     and z1 and 200-200 between z1 and x, tanh). ``prior`` replaces p(z2) by a ``"mog"`` or
-    ``"flow"`` prior (see :mod:`pyrovae.priors`).
+    ``"flow"`` prior (see :mod:`pyrovae.blocks.priors`).
     """
 
     latent_sites = ("z1", "z2")

@@ -10,7 +10,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.base import ImageModel
+from pyrovae.blocks.base import ImageModel
 from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, LATENT, OBSERVED
 

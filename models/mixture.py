@@ -10,8 +10,8 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.base import ImageModel
-from pyrovae.enumeration import ENUMERATE
+from pyrovae.blocks.base import ImageModel
+from pyrovae.inference.enumeration import ENUMERATE
 from pyrovae.registry import register_model
 from pyrovae.sites import CLUSTER, DATA_PLATE, LATENT, OBSERVED
 
@@ -24,7 +24,7 @@ class MixtureOfFactorAnalysers(ImageModel):
     log p(x) = log sum_c pi_c N(x; b_c, W_c W_c^T + s^2 I) (ibid., eq. 4); the posterior is
     p(c | x) proportional to pi_c N(x; b_c, .) and z | x, c ~ N(M_c^{-1} W_c^T (x - b_c), s^2 M_c^{-1})
     with M_c = W_c^T W_c + s^2 I (Tipping & Bishop 1999, eq. 7): every estimator, sampled or
-    enumerated, can be checked against the exact values. With ``enumerate`` the model marks c
+    enumerated, can be checked against the exact values. With ``enumerated`` the model marks c
     for enumeration itself, for a guide q(z | x) without c (c is then summed inside log p(x, z)).
     """
 
@@ -37,12 +37,12 @@ class MixtureOfFactorAnalysers(ImageModel):
         *,
         sigma: float = 0.5,
         init_scale: float = 1.0,
-        enumerate: bool = False,
+        enumerated: bool = False,
     ):
         super().__init__(x_shape, latent_dim)  # (components K, factors d): c is one of K
         (k, self.z_dim), d = self.latent_dim, math.prod(self.x_shape)
         self.dim, self.components = d, k
-        self.infer = ENUMERATE if enumerate else {}  # c summed out in the model (a guide without c)
+        self.infer = ENUMERATE if enumerated else {}  # c summed out in the model (a guide without c)
         self.logits = nn.Parameter(torch.zeros(k))
         self.weight = nn.Parameter(init_scale * torch.randn(k, d, self.z_dim))
         self.bias = nn.Parameter(2 * init_scale * torch.randn(k, d))
@@ -84,17 +84,17 @@ class MixtureOfFactorAnalysers(ImageModel):
         return self.log_joint_c(x), loc, torch.linalg.cholesky(s2 * m_inv)
 
     def exact_guide(
-        self, enumerate: bool = True, shift: float = 0.0, stretch: float = 1.0, temper: float = 1.0
+        self, enumerated: bool = True, shift: float = 0.0, stretch: float = 1.0, temper: float = 1.0
     ):
         """q(c | x) q(z | x, c) = p(c | x) p(z | x, c), c marked for enumeration when
-        ``enumerate``; for a rough guide ``shift`` moves each mean, ``stretch`` scales each
+        ``enumerated``; for a rough guide ``shift`` moves each mean, ``stretch`` scales each
         covariance's factor and ``temper`` divides the logits of q(c | x) (flatter above 1)."""
 
         def guide(x: torch.Tensor) -> None:
             logits, loc, tril = self.posterior(x)
             rows = torch.arange(x.shape[0], device=x.device)
             with pyro.plate(DATA_PLATE, x.shape[0]):
-                infer = ENUMERATE if enumerate else {}
+                infer = ENUMERATE if enumerated else {}
                 c = pyro.sample(CLUSTER, dist.Categorical(logits=logits / temper), infer=infer)
                 q_z = dist.MultivariateNormal(loc[rows, c] + shift, scale_tril=stretch * tril[c])
                 pyro.sample(LATENT, q_z)

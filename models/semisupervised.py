@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.base import ImageModel
+from pyrovae.blocks.base import ImageModel
+from pyrovae.blocks.likelihoods import Likelihood
+from pyrovae.blocks.nn import cat_broadcast, mlp
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.likelihoods import Likelihood
-from pyrovae.nn import cat_broadcast, mlp
+from pyrovae.hooks import Takes
 from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, LABEL, LATENT, OBSERVED
 
@@ -46,7 +47,7 @@ class SemiSupervisedVAE(ImageModel):
     """
 
     latent_sites = (LABEL, LATENT)  #: latent_dim = (C classes, d)
-    takes = "image,partial_label"
+    takes = Takes.IMAGE_PARTIAL_LABEL
     label_site = LABEL  #: the discrete site whose q(y | x) classifies (evaluate reports its error)
 
     def __init__(

@@ -8,11 +8,11 @@ from typing import Any, Mapping, Sequence
 import pyro
 import torch
 
-from pyrovae.base import ImageModel
+from pyrovae.blocks.base import ImageModel
+from pyrovae.blocks.likelihoods import Likelihood
+from pyrovae.blocks.nn import ConvDecoder, ResNetDecoder, mlp
+from pyrovae.blocks.priors import Prior, make_prior
 from pyrovae.errors import unknown_name
-from pyrovae.likelihoods import Likelihood
-from pyrovae.nn import ConvDecoder, ResNetDecoder, mlp
-from pyrovae.priors import Prior, make_prior
 from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, LATENT, OBSERVED
 
@@ -27,9 +27,9 @@ class VAE(ImageModel):
     ``"bernoulli"``, ``"gaussian"`` (``sigma`` fixed or ``"learned"`` per pixel),
     ``"continuous_bernoulli"``, or for 8-bit pixels ``"discretized_logistic"``,
     ``"discretized_logistic_mixture"`` (``components``) or ``"categorical"``
-    (see :class:`pyrovae.likelihoods.Likelihood`);
+    (see :class:`pyrovae.blocks.likelihoods.Likelihood`);
     ``prior`` is ``"standard"`` (N(0, I)), ``"mog"``, ``"vamp"`` or ``"flow"`` with
-    ``prior_options`` (see :mod:`pyrovae.priors`), or a :class:`pyrovae.priors.Prior`.
+    ``prior_options`` (see :mod:`pyrovae.blocks.priors`), or a :class:`pyrovae.blocks.priors.Prior`.
     """
 
     def __init__(

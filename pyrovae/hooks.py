@@ -2,23 +2,38 @@
 
 A model and a guide are any Pyro callables with a ``"data"`` plate. Each hook below is
 optional and has a default, so a plain function needs none of them; this module is the one
-place the engine reads them (:class:`pyrovae.base.ImageModel` defines them for registered
+place the engine reads them (:class:`pyrovae.blocks.base.ImageModel` defines them for registered
 models). :class:`ModelHooks` and :class:`GuideHooks` list them as Protocols, for reading
 and for type checkers.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import enum
+from typing import Any, Protocol
 
 import torch
 
-from .sites import LATENT
+from pyrovae.errors import ModelError
+from pyrovae.sites import LATENT
 
 
-@runtime_checkable
+class Takes(enum.StrEnum):
+    """The arguments a model and its guide take (a model's or guide's ``takes``; plain strings
+    with these values work too)."""
+
+    IMAGE = "image"  #: (x): the default
+    IMAGE_LABEL = "image,label"  #: (x, one-hot y): a label-conditioned model, p(x | y)
+    QUADRANTS = "quadrants"  #: (x, y): the visible quadrant and the rest, p(y | x)
+    #: (x, labels with -1 for unlabelled): ``fit`` batches labelled and unlabelled datapoints
+    #: apart and evaluation hides the labels (semi-supervised)
+    IMAGE_PARTIAL_LABEL = "image,partial_label"
+    ANY = "any"  #: a guide only: serves every model with its sites
+
+
 class ModelHooks(Protocol):
-    """Optional attributes of a model, with what the engine does without them.
+    """The optional members of a model, each read through the function of this module that
+    gives its default when the model lacks it (a model defines any subset, or none).
 
     - ``inputs(images, labels) -> tuple``: the arguments of model and guide for a batch of
       images and their labels. Defining it makes the model *conditional*: ``fit`` then batches
@@ -32,28 +47,44 @@ class ModelHooks(Protocol):
       the VampPrior). Default: nothing.
     - ``latent_sites``: names of the latent sample sites, the one ``decode`` takes last.
       Default: ``("z",)``.
-    - ``takes``: the arguments model and guide take: ``"image"`` (default), ``"image,label"``,
-      ``"quadrants"``, ``"image,partial_label"`` (labels with -1 for unlabelled: ``fit`` then
-      batches labelled and unlabelled datapoints apart, evaluation hides the labels); a
-      registered guide must take the same.
+    - ``takes``: a :class:`Takes`; a registered guide must take the same. Default: image.
     - ``num_classes``: the number of classes of a label-conditioned model. Default: none.
     - ``complete(x, num)``: sampled completions of partly observed inputs (the quadrant
       task); reports draw completions instead of samples when it exists.
     - ``label_site``: the discrete latent site that stands for the class label
-      (``takes = "image,partial_label"``, semi-supervised): ``evaluate`` reports the test
-      classification error of its q(y | x); other discrete sites get the clustering accuracy.
+      (``takes = Takes.IMAGE_PARTIAL_LABEL``): ``evaluate`` reports the test classification
+      error of its q(y | x); other discrete sites get the clustering accuracy.
     - ``decode(z)``, ``sample(num)``: images from codes and from the prior, for plots and
       ``pyrovae sample``.
+    - ``likelihood``: an object whose ``discrete`` says whether log p(x) is a probability
+      (reported in bits/dim). Default: by the pixel mode.
+    - ``prior``: a prior with ``init == "data"`` and ``init_from(x)`` (a VampPrior's
+      pseudo-inputs) is given training images before training.
     """
 
+    latent_sites: tuple[str, ...]
+    takes: Takes
+    num_classes: int
+    label_site: str
+    likelihood: Any
+    prior: Any
+
     def __call__(self, *args: Any) -> Any: ...
+    def inputs(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple: ...
+    def check_data(self, x: torch.Tensor) -> None: ...
+    def check_pixels(self, pixels: str) -> None: ...
+    def attach_guide(self, guide: Any) -> None: ...
+    def complete(self, x: torch.Tensor, num: int) -> torch.Tensor: ...
+    def decode(self, z: torch.Tensor) -> torch.Tensor: ...
+    def sample(self, num: int) -> torch.Tensor: ...
+    def attach_data(self, labels: torch.Tensor) -> None: ...
+    def auxiliary_loss(self, *args: torch.Tensor) -> torch.Tensor: ...
 
 
-@runtime_checkable
 class GuideHooks(Protocol):
-    """Optional attributes of a guide: ``attach_model(model)`` (called once the model exists,
+    """The optional members of a guide: ``attach_model(model)`` (called once the model exists,
     for a guide that falls back on the model's prior network), ``latent_sites`` and ``takes``
-    (as for models; ``takes = "any"`` serves every model with its sites).
+    (as for models; :attr:`Takes.ANY` serves every model with its sites).
 
     Either a model or a guide may define:
 
@@ -63,7 +94,13 @@ class GuideHooks(Protocol):
       batch (the classifier loss of Kingma et al. 2014, eq. 9). Default: none.
     """
 
+    latent_sites: tuple[str, ...]
+    takes: Takes
+
     def __call__(self, *args: Any) -> Any: ...
+    def attach_model(self, model: Any) -> None: ...
+    def attach_data(self, labels: torch.Tensor) -> None: ...
+    def auxiliary_loss(self, *args: torch.Tensor) -> torch.Tensor: ...
 
 
 def inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
@@ -73,9 +110,9 @@ def inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None)
 
 
 def evaluation_inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
-    """The arguments for scoring ``images``: a semi-supervised model (``takes =
-    "image,partial_label"``) sees no labels, so that its log p(x) sums the class out."""
-    return inputs(model, images, None if takes(model) == "image,partial_label" else labels)
+    """The arguments for scoring ``images``: a semi-supervised model
+    (:attr:`Takes.IMAGE_PARTIAL_LABEL`) sees no labels, so that its log p(x) sums the class out."""
+    return inputs(model, images, None if takes(model) == Takes.IMAGE_PARTIAL_LABEL else labels)
 
 
 def attach_data(model: Any, guide: Any, labels: torch.Tensor) -> None:
@@ -136,9 +173,40 @@ def code_site(model: Any) -> str:
     return latent_sites(model)[-1]
 
 
-def takes(obj: Any) -> str:
-    """The arguments a model or guide takes: ``"image"`` unless it says otherwise."""
-    return getattr(obj, "takes", "image")
+def takes(obj: Any) -> Takes:
+    """The arguments a model or guide takes: :attr:`Takes.IMAGE` unless it says otherwise."""
+    value = getattr(obj, "takes", Takes.IMAGE)
+    try:
+        return Takes(value)
+    except ValueError:
+        known = ", ".join(repr(str(t)) for t in Takes)
+        raise ModelError(
+            f"{type(obj).__name__}.takes is {value!r}; use a pyrovae.hooks.Takes ({known})"
+        ) from None
+
+
+def likelihood_is_discrete(model: Any, pixels: str) -> bool:
+    """Whether the model's log p(x) is a probability (a mass over discrete pixels), comparable
+    across models and reported in bits/dim, rather than a density over grey levels: its
+    likelihood's ``discrete``, else by the pixel mode."""
+    return getattr(getattr(model, "likelihood", None), "discrete", pixels in ("dynamic", "static", "8bit"))
+
+
+def data_init_rows(model: Any) -> int:
+    """How many training images the model's prior asks for before training (a VampPrior with
+    ``init = "data"``: one per pseudo-input), else 0."""
+    prior = getattr(model, "prior", None)
+    return prior.pseudo_inputs.shape[0] if getattr(prior, "init", None) == "data" else 0
+
+
+def init_from_data(model: Any, images: torch.Tensor) -> None:
+    """Give the model's prior the training images it asked for (:func:`data_init_rows`)."""
+    model.prior.init_from(images)
+
+
+def can_draw(model: Any) -> bool:
+    """True for a model that draws images unconditionally (``sample`` and ``decode``)."""
+    return not is_conditional(model) and all(hasattr(model, n) for n in ("sample", "decode"))
 
 
 def num_classes(model: Any) -> int | None:

@@ -12,7 +12,8 @@ import importlib
 import inspect
 from typing import Any, Callable
 
-from .errors import ConfigError, unknown_name
+from pyrovae.errors import ConfigError, unknown_name
+from pyrovae.hooks import Takes, latent_sites, takes
 
 MODELS: dict[str, Callable[..., Any]] = {}
 GUIDES: dict[str, Callable[..., Any]] = {}
@@ -43,10 +44,8 @@ def fits(model_cls: Any, guide_cls: Any) -> bool:
     """Whether a guide class can serve a model class: the same latent sites and the same
     arguments (``takes``: "image" by default, "image,label", "quadrants"; a guide that takes
     "any" serves every model with its sites)."""
-    from .hooks import latent_sites, takes
-
     same_sites = set(latent_sites(model_cls)) == set(latent_sites(guide_cls))
-    return same_sites and takes(guide_cls) in ("any", takes(model_cls))
+    return same_sites and takes(guide_cls) in (Takes.ANY, takes(model_cls))
 
 
 def guides_for(model_name: str) -> list[str]:

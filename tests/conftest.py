@@ -9,7 +9,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 if "PYROVAE_DATA" not in os.environ and SHARED.exists():
     os.environ["PYROVAE_DATA"] = str(SHARED)  # a checkout with ../shared beside it (as in CI)
 
-# fit and evaluate choose CPU threads by timing (pyrovae.threads.Tuner): off here, so that two
+# fit and evaluate choose CPU threads by timing (pyrovae.runtime.threads.Tuner): off here, so that two
 # runs in one test compute with the same threads; tests/test_threads.py turns it on
 os.environ["PYROVAE_TUNE_THREADS"] = "0"
 

@@ -4,8 +4,8 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrovae import ais, bdmc, estimators
 from pyrovae.errors import PyrovaeError
+from pyrovae.inference import ais, bidirectional
 
 
 def test_one_step_from_the_exact_posterior_is_exact(ppca, device):
@@ -102,12 +102,12 @@ def test_ais_from_the_prior_converges_to_the_exact_log_likelihood(ppca):
 def test_bdmc_sandwiches_the_exact_value_and_the_gap_shrinks(ppca):
     model, _ = ppca
     torch.manual_seed(3)
-    data = bdmc.simulate(model, torch.zeros(20, 1, 1, 5, dtype=torch.float64))
+    data = bidirectional.simulate(model, torch.zeros(20, 1, 1, 5, dtype=torch.float64))
     assert data.latents["z"].shape == (20, 2) and data.x.shape == (20, 1, 1, 5)
     exact = model.log_marginal(data.x)
     gaps = []
     for steps in (3, 100):
-        s = bdmc.sandwich(
+        s = bidirectional.sandwich(
             model, model.exact_guide(), data, num_steps=steps, num_chains=8, initial="prior", leapfrog_steps=5
         )
         below, above = s.lower - exact, s.upper - exact  # in expectation <= 0 and >= 0
@@ -118,7 +118,7 @@ def test_bdmc_sandwiches_the_exact_value_and_the_gap_shrinks(ppca):
 
 def test_bdmc_reports_importance_sampling_on_the_same_data(ppca):
     model, x = ppca
-    r = estimators.bdmc(
+    r = bidirectional.bdmc(
         model, model.exact_guide(), x, num_datapoints=10, num_steps=30, num_chains=4, initial="prior",
         leapfrog_steps=5, importance_samples=7,
     )  # fmt: skip
@@ -126,13 +126,13 @@ def test_bdmc_reports_importance_sampling_on_the_same_data(ppca):
     torch.testing.assert_close(r.importance, model.log_marginal(r.data.x), rtol=0, atol=1e-8)  # exact guide
     assert r.sandwich.lower.mean() < r.importance.mean() < r.sandwich.upper.mean()
     with pytest.raises(PyrovaeError, match=r"num_datapoints must be in \[1, 40\]"):
-        estimators.bdmc(model, model.exact_guide(), x, num_datapoints=41)
+        bidirectional.bdmc(model, model.exact_guide(), x, num_datapoints=41)
 
 
 def test_simulated_data_follow_the_model(ppca):
     """x ~ p(x | z*) with z* ~ p(z): the simulated data have the model's marginal covariance."""
     model, _ = ppca
-    data = bdmc.simulate(model, torch.zeros(20000, 1, 1, 5, dtype=torch.float64))
+    data = bidirectional.simulate(model, torch.zeros(20000, 1, 1, 5, dtype=torch.float64))
     flat = data.x.reshape(20000, 5)
     cov = model.weight @ model.weight.T + model.log_sigma.exp() ** 2 * torch.eye(5, dtype=torch.float64)
     torch.testing.assert_close(flat.mean(0), model.bias.detach(), atol=0.05, rtol=0)

@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 import pyrovae
-from pyrovae import estimators
-from pyrovae.config import TrainConfig
 from pyrovae.diagnostics import LocalGaussian
 from pyrovae.errors import ModelError
 from pyrovae.guides import MLPGuide
+from pyrovae.inference import chunks, estimators
 from pyrovae.models import LinearGaussian
 from pyrovae.sites import DATA_PLATE, LATENT
+from pyrovae.training.settings import TrainConfig
 
 
 @pytest.mark.parametrize("local", [False, True])
@@ -108,7 +108,7 @@ def test_estimators_run_a_guide_sized_for_all_datapoints(ppca):
     model, x = ppca
     guide = _whole_data_guide(model, x)
     exact = model.log_marginal(x)
-    assert not estimators.runs_on_slices(model, guide, (x,), {}, 8)
+    assert not chunks.runs_on_slices(model, guide, (x,), {}, 8)
     # chunks of 64 pairs would cut the 40 datapoints; the data are kept whole, particles chunked
     lp = estimators.log_likelihood(model, guide, x, num_samples=50, max_rows=64)
     torch.testing.assert_close(lp, exact, rtol=0, atol=1e-9)

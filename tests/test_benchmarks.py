@@ -7,7 +7,7 @@ import pyro
 import pytest
 import torch
 
-from pyrovae.objectives import make_elbo, make_objective
+from pyrovae.training.objectives import make_elbo, make_objective
 
 
 def _load(name: str):
@@ -85,7 +85,7 @@ def test_the_plain_evaluation_of_contention_py_is_pyrovaes_estimate():
 
     import pyro.distributions as dist
 
-    from pyrovae import estimators
+    from pyrovae.inference import estimators
     from pyrovae.models import VAE
     from pyrovae.sites import DATA_PLATE, LATENT
 

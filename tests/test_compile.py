@@ -9,14 +9,14 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae import chunks, estimators, weights
-from pyrovae.compile import Compiled
-from pyrovae.config import TrainConfig
+from pyrovae.blocks.likelihoods import BernoulliLogits
 from pyrovae.guides import MLPGuide
-from pyrovae.likelihoods import BernoulliLogits
+from pyrovae.inference import chunks, estimators, weights
 from pyrovae.models import VAE
-from pyrovae.objectives import ELBO, make_objective
+from pyrovae.runtime.compile import Compiled
 from pyrovae.sites import DATA_PLATE, LATENT
+from pyrovae.training.objectives import ELBOObjective, make_objective
+from pyrovae.training.settings import TrainConfig
 
 
 def pair(seed=0, hidden=(16,)):
@@ -119,7 +119,7 @@ class NumpyNoiseGuide(MLPGuide):
 def test_programs_that_cannot_be_captured_run_eagerly(guide_cls, reason):
     model, _ = pair()
     guide = guide_cls((1, 4, 4), 3, hidden=[16])
-    objective = ELBO()
+    objective = ELBOObjective()
     loss = Compiled(lambda x, beta: objective(model, guide, x, beta=beta), [model, guide], "auto")
     x = data(8)
     value = loss(x, torch.tensor(1.0))
@@ -172,7 +172,7 @@ def test_param_store_programs_and_pyro_elbos_run_eagerly():
 def test_elbo_objective_equals_pyro_trace_elbo(particles):
     model, guide = pair()
     x = data(10)
-    ours = ELBO(particles)
+    ours = ELBOObjective(particles)
     ours.prepare(model, guide, x)  # inspects on a forked stream: the draws below are the same
     pyro_elbo = pyro.infer.Trace_ELBO(
         num_particles=particles, vectorize_particles=particles > 1, max_plate_nesting=1
@@ -227,10 +227,10 @@ def test_bernoulli_log_density_equals_torch():
 def test_evaluation_chunks_fit_the_free_memory(monkeypatch):
     model, guide = pair()
     x = data(30)
-    row_bytes = estimators.bytes_per_row(model, guide, (x,), {})
+    row_bytes = chunks.bytes_per_row(model, guide, (x,), {})
     assert row_bytes >= 16 * 4 * 2  # at least the 16 logits and their log-densities, in float32
     monkeypatch.setattr(chunks, "free_memory", lambda device: int(400 * row_bytes))
-    rows = estimators.chunk_rows(torch.device("cpu"), row_bytes)
+    rows = chunks.chunk_rows(torch.device("cpu"), row_bytes)
     assert rows == 100  # a quarter of the free memory
     seen = []
     real = weights.log_prob_terms
@@ -243,7 +243,7 @@ def test_evaluation_chunks_fit_the_free_memory(monkeypatch):
     lw = estimators.log_weights(model, guide, x, num_samples=250)
     assert lw.shape == (250, 30) and max(seen[1:]) <= rows  # seen[0] is the probe
     monkeypatch.setattr(chunks, "free_memory", lambda device: 10**15)
-    assert estimators.chunk_rows(torch.device("cpu"), row_bytes) == estimators.CPU_ROWS
+    assert chunks.chunk_rows(torch.device("cpu"), row_bytes) == chunks.CPU_ROWS
 
 
 def test_unknown_compile_mode_is_named():

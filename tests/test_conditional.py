@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae import estimators
-from pyrovae.config import Component, Config, TrainConfig
-from pyrovae.data import load_split
+from pyrovae import hooks
+from pyrovae.data.splits import load_split
 from pyrovae.errors import DataError
-from pyrovae.experiment import build, evaluate_data
-from pyrovae.train import model_inputs
+from pyrovae.inference import estimators
+from pyrovae.inference.scoring import evaluate_data
+from pyrovae.run.config import Component, Config
+from pyrovae.run.recipes import build
+from pyrovae.training.settings import TrainConfig
 
 spec = importlib.util.spec_from_file_location(
     "cvae_quadrants", Path(__file__).parents[1] / "benchmarks" / "cvae_quadrants.py"
@@ -120,14 +122,14 @@ def test_label_conditioned_vae_sites_and_generation():
         (1, 28, 28),
     )
     images = torch.bernoulli(torch.full((6, 1, 28, 28), 0.3))
-    x, y = model_inputs(model, images, torch.tensor([0, 1, 2, 7, 8, 9]))
+    x, y = hooks.inputs(model, images, torch.tensor([0, 1, 2, 7, 8, 9]))
     assert y.shape == (6, 10) and torch.equal(y.argmax(-1), torch.tensor([0, 1, 2, 7, 8, 9]))
     guide_tr = poutine.trace(guide).get_trace(x, y)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, y)
     assert sample_shapes(model_tr) == {"z": ((6, 4), False), "x": ((6, 1, 28, 28), True)}
     assert model.sample(3, condition=7).shape == (3, 1, 28, 28)
     with pytest.raises(DataError, match="labels in \\[0, 10\\)"):
-        model_inputs(model, images, torch.full((6,), -1))
+        hooks.inputs(model, images, torch.full((6,), -1))
 
 
 def test_label_conditioned_vae_trains_and_reports_log_p_x_given_y():
@@ -148,12 +150,12 @@ def test_label_conditioned_vae_trains_and_reports_log_p_x_given_y():
     assert result.compile == "capture" and vals[-1] > vals[0]
     images = val.observe_fixed(0)
     report = evaluate_data(
-        model, guide, *model_inputs(model, images, val.labels), images=images, num_samples=50
+        model, guide, *hooks.inputs(model, images, val.labels), images=images, num_samples=50
     )
     assert report["log_likelihood"]["mean"] > report["elbo"]["mean"] > -250
     # the label carries information: conditioning on the wrong label lowers log p(x | y)
     wrong = evaluate_data(
-        model, guide, *model_inputs(model, images, (val.labels + 1) % 10), images=images, num_samples=50
+        model, guide, *hooks.inputs(model, images, (val.labels + 1) % 10), images=images, num_samples=50
     )
     assert wrong["log_likelihood"]["mean"] < report["log_likelihood"]["mean"] - 1
 

@@ -4,17 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from pyrovae.config import Config, apply_overrides, config_from_dict, load_config
 from pyrovae.errors import ConfigError
-from pyrovae.experiment import build
+from pyrovae.run.config import Config, apply_overrides, config_from_dict, load_config
+from pyrovae.run.recipes import build
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.toml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load_and_build(path):
-    from pyrovae.configcheck import validate
-    from pyrovae.data import SHAPES
+    from pyrovae.data.splits import SHAPES
+    from pyrovae.run.configcheck import validate
 
     cfg = load_config(path)
     model, guide = build(cfg, SHAPES[cfg.data.name])

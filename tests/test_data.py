@@ -6,7 +6,7 @@ import urllib.error
 import pytest
 import torch
 
-from pyrovae import data
+from pyrovae.data import splits as data
 from pyrovae.errors import ConfigError, DataError
 
 

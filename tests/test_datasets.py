@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from pyrovae import cli, data, fixtures
-from pyrovae.config import DataConfig
+from pyrovae.data import fixtures
+from pyrovae.data import splits as data
 from pyrovae.errors import ConfigError, DataError
+from pyrovae.run import cli
+from pyrovae.run.config import DataConfig
 
 
 def _load(name, split, root, pixels="8bit", **kw):
@@ -200,9 +202,9 @@ def test_own_folder_trains_from_the_cli_and_pairings_are_checked_first(tmp_path,
 
 def test_fit_takes_an_8bit_split_from_python():
     import pyrovae
-    from pyrovae.config import TrainConfig
     from pyrovae.guides import ConvGuide
     from pyrovae.models import VAE
+    from pyrovae.training.settings import TrainConfig
 
     images = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8)
     split = data.Split(images, torch.full((64,), -1), "8bit")

@@ -11,11 +11,11 @@ from torch import nn
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pyrovae import diagnostics  # noqa: E402
-from pyrovae.errors import ConfigError, ModelError  # noqa: E402
-from pyrovae.models import LinearGaussian  # noqa: E402
-from pyrovae.registry import build_guide, build_model  # noqa: E402
-from pyrovae.sites import DATA_PLATE, LATENT  # noqa: E402
+from pyrovae import diagnostics
+from pyrovae.errors import ConfigError, ModelError
+from pyrovae.models import LinearGaussian
+from pyrovae.registry import build_guide, build_model
+from pyrovae.sites import DATA_PLATE, LATENT
 
 
 def scaled_exact_guide(model, factor):

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from pyrovae.discretized import Categorical256, DiscretizedLogistic, DiscretizedLogisticMixture
+from pyrovae.blocks.discretized import Categorical256, DiscretizedLogistic, DiscretizedLogisticMixture
+from pyrovae.blocks.likelihoods import Likelihood
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.likelihoods import Likelihood
 
 LEVELS = torch.arange(256, dtype=torch.float64) / 255
 
@@ -141,11 +141,11 @@ def test_pairings_are_refused_by_name():
 def test_resnet_vae_trains_with_every_prior_and_objective(prior, objective):
     """The ResNet pair with the discretized mixture: a few steps lower the loss, estimates finite."""
     import pyrovae
-    from pyrovae import estimators
-    from pyrovae.config import TrainConfig
-    from pyrovae.data import Split
+    from pyrovae.data.splits import Split
     from pyrovae.guides import ResNetGuide
+    from pyrovae.inference import estimators
     from pyrovae.models import VAE
+    from pyrovae.training.settings import TrainConfig
 
     torch.manual_seed(0)
     images = (torch.rand(48, 3, 8, 8) * 64 + torch.linspace(0, 160, 8)).round().to(torch.uint8)
@@ -169,7 +169,7 @@ def test_evaluate_reports_eight_bits_per_dim_for_the_uniform_model():
     import pyro
     import pyro.distributions as pdist
 
-    from pyrovae.experiment import evaluate_data
+    from pyrovae.inference.scoring import evaluate_data
 
     def model(x):
         with pyro.plate("data", x.shape[0]):
@@ -192,10 +192,10 @@ def test_fit_checks_a_declared_pixel_mode_against_the_likelihood():
     """From Python as from a config: an 8-bit likelihood on binary pixels and a Bernoulli on
     8-bit levels are refused by name; a density on binary pixels is fitted with a warning."""
     import pyrovae
-    from pyrovae.config import TrainConfig
-    from pyrovae.data import Split
+    from pyrovae.data.splits import Split
     from pyrovae.guides import MLPGuide
     from pyrovae.models import VAE
+    from pyrovae.training.settings import TrainConfig
 
     levels = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
     binary = Split((levels > 127).to(torch.uint8), torch.full((8,), -1), "static", maximum=1)

@@ -14,12 +14,14 @@ import torch.distributed as torch_dist
 import torch.multiprocessing as mp
 from pyro.poutine.messenger import Messenger
 
-from pyrovae import distributed, experiment
-from pyrovae.config import TrainConfig
+from pyrovae.inference import scoring
 from pyrovae.models import LinearGaussian
-from pyrovae.objectives import make_objective
 from pyrovae.registry import build_guide, build_model
-from pyrovae.train import _loss, collect_params, fit
+from pyrovae.runtime import distributed
+from pyrovae.training.loop import fit, make_loss
+from pyrovae.training.objectives import make_objective
+from pyrovae.training.optim import collect_params
+from pyrovae.training.settings import TrainConfig
 
 WORLD = 2
 
@@ -124,7 +126,7 @@ def _gradients(model, guide, x, eps, ddp: bool, total: int):
 
     objective = make_objective("elbo")
     params = collect_params(model, guide, x[:2])
-    loss_fn = _loss(objective, model, noisy_guide, params, "none", (x[:2],))
+    loss_fn = make_loss(objective, model, noisy_guide, params, "none", (x[:2],))
     for p in params:
         p.grad = None
     if ddp:
@@ -177,10 +179,10 @@ def _ppca():
 def _eval_worker(rank, tmp):
     _init(rank, tmp)
     model, x = _ppca()
-    exact = experiment.evaluate_data(model, model.exact_guide(), x, num_samples=9, compile="none")
+    exact = scoring.evaluate_data(model, model.exact_guide(), x, num_samples=9, compile="none")
     vae, guide = _pair()
     data = _data(60)
-    sampled = experiment.evaluate_data(vae, guide, data, num_samples=200, compile="none")
+    sampled = scoring.evaluate_data(vae, guide, data, num_samples=200, compile="none")
     sizes = [len(p) for p in torch.arange(7).tensor_split(WORLD)]
     order = distributed.gather_rows(torch.arange(7).tensor_split(WORLD)[rank], sizes)
     json.dump(
@@ -195,7 +197,7 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
     assert outs[0]["exact"] == outs[1]["exact"] | {"seconds": outs[0]["exact"]["seconds"]}  # all ranks agree
     assert outs[0]["order"] == list(range(7))
     model, x = _ppca()
-    single = experiment.evaluate_data(model, model.exact_guide(), x, num_samples=9, compile="none")
+    single = scoring.evaluate_data(model, model.exact_guide(), x, num_samples=9, compile="none")
     sharded = outs[0]["exact"]
     assert sharded["num_datapoints"] == 41
     for key in ("elbo", "log_likelihood", "reconstruction", "kl"):
@@ -208,7 +210,7 @@ def test_sharded_evaluation_equals_single_process(tmp_path):
     assert sharded["log_likelihood"]["mean"] == pytest.approx(exact, rel=1e-9)
     # a VAE: other draws, the same estimate within its Monte Carlo error
     vae, guide = _pair()
-    single = experiment.evaluate_data(vae, guide, _data(60), num_samples=200, compile="none")
+    single = scoring.evaluate_data(vae, guide, _data(60), num_samples=200, compile="none")
     sampled = outs[0]["sampled"]
     for key in ("elbo", "log_likelihood"):
         assert abs(sampled[key]["mean"] - single[key]["mean"]) < 0.5

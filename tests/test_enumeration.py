@@ -9,11 +9,11 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrovae import estimators
 from pyrovae.errors import ConfigError, ModelError
 from pyrovae.guides.discrete import MixtureGuide
+from pyrovae.inference import estimators, weights
 from pyrovae.models.mixture import MixtureOfFactorAnalysers
-from pyrovae.objectives import make_objective
+from pyrovae.training.objectives import make_objective
 
 
 @pytest.fixture
@@ -32,11 +32,11 @@ def mfa():
     return model, x.reshape(30, 1, 1, 4)
 
 
-@pytest.mark.parametrize("enumerate", [True, False])
-def test_every_estimator_is_exact_under_the_exact_guide(mfa, enumerate, device):
+@pytest.mark.parametrize("enumerated", [True, False])
+def test_every_estimator_is_exact_under_the_exact_guide(mfa, enumerated, device):
     model, x = mfa
     model, x = model.to(device), x.to(device)
-    guide, exact = model.exact_guide(enumerate=enumerate), model.log_marginal(x)
+    guide, exact = model.exact_guide(enumerated=enumerated), model.log_marginal(x)
     close = lambda v: torch.testing.assert_close(v, exact, atol=1e-4, rtol=0)  # noqa: E731
     lw = estimators.log_weights(model, guide, x, num_samples=6, particle_chunk=4, data_chunk=7)
     torch.testing.assert_close(lw, exact.expand(6, -1), atol=1e-4, rtol=0)
@@ -56,11 +56,11 @@ def test_enumerated_estimates_vary_less_and_both_converge(mfa):
     exact = model.log_marginal(x)
     rough = dict(temper=10.0, shift=0.05)  # q(c | x) far too flat, q(z | x, c) a little off
     spread, bias = {}, {}
-    for enumerate in (True, False):
-        guide = model.exact_guide(enumerate=enumerate, **rough)
+    for enumerated in (True, False):
+        guide = model.exact_guide(enumerated=enumerated, **rough)
         runs = torch.stack([estimators.log_likelihood(model, guide, x, num_samples=10) for _ in range(30)])
-        spread[enumerate] = runs.std(0).mean()
-        bias[enumerate] = (estimators.log_likelihood(model, guide, x, num_samples=4000) - exact).mean()
+        spread[enumerated] = runs.std(0).mean()
+        bias[enumerated] = (estimators.log_likelihood(model, guide, x, num_samples=4000) - exact).mean()
     assert spread[True] < 0.7 * spread[False]
     assert abs(bias[True]) < 0.01 and abs(bias[False]) < 0.02
 
@@ -112,7 +112,7 @@ def test_enum_loss_is_the_exact_expectation_over_c(mfa):
     loss = make_objective("enum")
     loss.prepare(model, guide, x)  # on a forked stream: the draws below are the loss's
     torch.manual_seed(0)
-    guide_tr, _, _ = estimators.traces(model, guide, (x,), {}, 1, 1, enumerate=True)
+    guide_tr, _, _ = weights.traces(model, guide, (x,), {}, 1, 1, enumerated=True)
     z = guide_tr.nodes["z"]["value"].reshape(3, n, 2).detach()
     torch.manual_seed(0)
     value = loss(model, guide, x)
@@ -127,12 +127,12 @@ def test_enum_loss_is_the_exact_expectation_over_c(mfa):
 
 
 def _train(objective: str, x, steps: int = 250) -> float:
-    from pyrovae.config import TrainConfig
-    from pyrovae.train import fit
+    from pyrovae.training.loop import fit
+    from pyrovae.training.settings import TrainConfig
 
     torch.manual_seed(5)
     model = MixtureOfFactorAnalysers((1, 1, 6), (3, 2), sigma=1.0, init_scale=0.3)  # a poor start
-    guide = MixtureGuide((1, 1, 6), (3, 2), hidden=[32], enumerate=objective == "enum")
+    guide = MixtureGuide((1, 1, 6), (3, 2), hidden=[32], enumerated=objective == "enum")
     cfg = TrainConfig(objective=objective, max_steps=steps, batch_size=100, lr=1e-2, log_every=50)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -153,13 +153,13 @@ def test_enum_training_beats_score_function_training():
 
 def test_refusals_and_warnings_name_the_problem(mfa):
     model, x = mfa
-    guide = model.exact_guide(enumerate=True)
+    guide = model.exact_guide(enumerated=True)
     with pytest.raises(ConfigError, match="dreg"):
         make_objective("dreg").prepare(model, guide, x)
     with pytest.warns(RuntimeWarning, match="samples the site"):
         make_objective("elbo").prepare(model, guide, x)
     with pytest.warns(RuntimeWarning, match="no site is marked"):
-        make_objective("enum").prepare(model, model.exact_guide(enumerate=False), x)
+        make_objective("enum").prepare(model, model.exact_guide(enumerated=False), x)
 
     def pixel_mixture(x):  # a discrete latent per pixel: not one value per datapoint
         with pyro.plate("data", x.shape[0]), pyro.plate("pixels", 4, dim=-2):
@@ -181,7 +181,7 @@ def test_diagnostics_store_q_c_and_rate_the_enumerated_weights(mfa):
     from pyrovae.diagnostics import posterior_quality, to_inference_data
 
     model, x = mfa
-    guide = model.exact_guide(enumerate=True)
+    guide = model.exact_guide(enumerated=True)
     idata = to_inference_data(model, guide, x[:5], num_samples=40, chains=2, predictive_draws=4)
     probs = idata.discrete_probs["c"].values
     exact = torch.softmax(model.log_joint_c(x[:5]), -1).detach().numpy()

@@ -7,11 +7,11 @@ import pyro.distributions as dist
 import pytest
 import torch
 
-from pyrovae import estimators
 from pyrovae.errors import PyrovaeError
 from pyrovae.guides import MLPGuide
-from pyrovae.objectives import ScaleLatents, kl_weight, make_elbo
+from pyrovae.inference import chunks, estimators
 from pyrovae.sites import DATA_PLATE, LATENT
+from pyrovae.training.objectives import ScaleLatents, kl_weight, make_elbo
 
 
 def diagonal_guide(loc, scale):
@@ -132,7 +132,7 @@ def test_folded_summaries_equal_those_of_the_kept_log_weights(ppca):
         pyro.set_rng_seed(11)
         terms = estimators.evaluate_terms(model, guide, x, num_samples=50, particle_chunk=pc, data_chunk=dc)
         pyro.set_rng_seed(11)
-        full = estimators.map_terms(
+        full = chunks.map_terms(
             model,
             guide,
             x,

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 import pyrovae
-from pyrovae import estimators
-from pyrovae.config import TrainConfig
-from pyrovae.objectives import IWAE, make_elbo, make_objective
+from pyrovae.inference import estimators, weights
 from pyrovae.sites import DATA_PLATE, LATENT
-from pyrovae.train import iwae_lr_factor
+from pyrovae.training.objectives import IWAEObjective, make_elbo, make_objective
+from pyrovae.training.optim import iwae_lr_factor
+from pyrovae.training.settings import TrainConfig
 
 
 class LinearGuide(nn.Module):
@@ -91,9 +91,9 @@ def test_vectorized_weights_equal_sequential_pyro_traces():
         "mlp2", x_shape=(1, 4, 4), latent_dim=(3, 2), hidden=[8], hidden_top=[8]
     ).double()
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4, dtype=torch.float64))
-    guide_tr, model_tr, pdim = estimators.traces(model, guide, (x,), {}, 4, 1)
-    _, log_q = estimators.sum_sites(guide_tr, pdim, 4)
-    log_lik, log_prior = estimators.sum_sites(model_tr, pdim, 4)
+    guide_tr, model_tr, pdim = weights.traces(model, guide, (x,), {}, 4, 1)
+    _, log_q = weights.sum_sites(guide_tr, pdim, 4)
+    log_lik, log_prior = weights.sum_sites(model_tr, pdim, 4)
     vectorized = log_lik + log_prior - log_q
     for k in range(4):
         values = {s: guide_tr.nodes[s]["value"][k] for s in ("z1", "z2")}
@@ -133,7 +133,7 @@ def test_iwae_with_one_sample_has_the_elbo_gradient():
     x = torch.bernoulli(torch.full((6, 1, 4, 4), 0.4, dtype=torch.float64))
     elbo = make_elbo("elbo")
     g_elbo = grads(lambda m, g, x: elbo.differentiable_loss(m, g, x), model, guide, x, 7)
-    iwae = IWAE(1)
+    iwae = IWAEObjective(1)
     iwae(model, guide, x)  # the first call traces once to learn the plate nesting (drawing random numbers)
     g_iwae = grads(iwae, model, guide, x, 7)
     torch.testing.assert_close(g_iwae, g_elbo)
@@ -149,8 +149,8 @@ def test_dreg_is_unbiased_for_the_iwae_gradient_and_lowers_the_guide_variance(pp
         g = torch.stack([grads(objective, model, guide, reps, s) / 500 for s in seeds])
         return g.mean(0), g.std(0) / math.sqrt(len(seeds))
 
-    mean_iwae, se_iwae = stats(IWAE(5), range(100, 110))
-    mean_dreg, se_dreg = stats(IWAE(5, dreg=True), range(200, 210))
+    mean_iwae, se_iwae = stats(IWAEObjective(5), range(100, 110))
+    mean_dreg, se_dreg = stats(IWAEObjective(5, dreg=True), range(200, 210))
     z = (mean_iwae - mean_dreg).abs() / (se_iwae**2 + se_dreg**2).sqrt()
     assert z.max() < 4.5  # 30 parameters; a biased estimator (w instead of w^2) scores above 100 here
     n_guide = sum(p.numel() for p in guide.parameters())
@@ -169,7 +169,7 @@ def test_dreg_refuses_a_guide_without_reparameterization():
             pyro.sample("z", dist.Bernoulli(0.3))
 
     with pytest.raises(pyrovae.PyrovaeError, match="reparameterizable.*'z'"):
-        IWAE(3, dreg=True)(model, guide, torch.zeros(4))
+        IWAEObjective(3, dreg=True)(model, guide, torch.zeros(4))
 
 
 @pytest.mark.parametrize("objective", ["iwae", "dreg"])

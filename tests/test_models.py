@@ -12,13 +12,15 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 import pyrovae
-from pyrovae import estimators, registry
-from pyrovae.config import Component, Config, TrainConfig
-from pyrovae.data import Split
+from pyrovae import hooks, registry
+from pyrovae.blocks.likelihoods import Likelihood
+from pyrovae.data.splits import Split
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.experiment import build, load_run
-from pyrovae.likelihoods import Likelihood
-from pyrovae.train import model_inputs
+from pyrovae.inference import estimators
+from pyrovae.run.config import Component, Config
+from pyrovae.run.experiment import load_run
+from pyrovae.run.recipes import build
+from pyrovae.training.settings import TrainConfig
 
 X_SHAPE = (1, 28, 28)
 PAIRS = [
@@ -52,7 +54,7 @@ def make_pair(model_name, guide_name):
 @pytest.mark.parametrize("model_name,guide_name", PAIRS)
 def test_sites_match(model_name, guide_name):
     _, model, guide = make_pair(model_name, guide_name)
-    args = model_inputs(model, binary_images(5), LABELS[:5])
+    args = hooks.inputs(model, binary_images(5), LABELS[:5])
     x = args[0]
     guide_tr = poutine.trace(guide).get_trace(*args)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args)
@@ -78,7 +80,7 @@ def test_fit_step_then_save_load_evaluate(model_name, guide_name, tmp_path):
     cfg, model, guide = make_pair(model_name, guide_name)
     images = binary_images(32)
     data = Split(images, LABELS, "static")
-    args = model_inputs(model, images, LABELS)
+    args = hooks.inputs(model, images, LABELS)
     before = [p.detach().clone() for p in model.parameters()]
     record = {"config": cfg.to_dict(), "x_shape": list(X_SHAPE)}
     result = pyrovae.fit(

@@ -7,14 +7,23 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae import estimators
-from pyrovae.config import Component, Config, TrainConfig
-from pyrovae.data import load_split
+from pyrovae.blocks.priors import (
+    DiagNormalMixture,
+    FlowPrior,
+    MixturePrior,
+    StandardPrior,
+    VampPrior,
+    make_prior,
+)
+from pyrovae.data.splits import load_split
 from pyrovae.errors import ConfigError, ModelError
-from pyrovae.experiment import build, evaluate_data
 from pyrovae.guides import MLPGuide
+from pyrovae.inference import estimators
+from pyrovae.inference.scoring import evaluate_data
 from pyrovae.models import VAE
-from pyrovae.priors import DiagNormalMixture, FlowPrior, MixturePrior, StandardPrior, VampPrior, make_prior
+from pyrovae.run.config import Component, Config
+from pyrovae.run.recipes import build
+from pyrovae.training.settings import TrainConfig
 
 
 def perturbed_flow(latent_dim=2, seed=0):
@@ -118,7 +127,7 @@ def test_samples_have_the_latent_shape(name):
 def test_bad_prior_names_and_options_are_named():
     with pytest.raises(ConfigError, match="unknown prior 'vampp'.*Did you mean 'vamp'"):
         make_prior("vampp", 2, (1, 4, 4))
-    with pytest.raises(ConfigError, match="prior 'mog'.*pyrovae.priors"):
+    with pytest.raises(ConfigError, match="prior 'mog'.*pyrovae.blocks.priors"):
         make_prior("mog", 2, (1, 4, 4), {"component": 3})
     for name, options in (
         ("mog", {"components": 0}),

@@ -22,15 +22,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 import pyrovae
-from pyrovae import checkpoint as ckpt_io
-from pyrovae import data
-from pyrovae.config import Component, Config, TrainConfig, config_from_dict
+from pyrovae.data import splits as data
 from pyrovae.errors import CheckpointError, ConfigError, DataError, ModelError, NonFiniteError, PyrovaeError
-from pyrovae.experiment import build, evaluate_data
 from pyrovae.guides import MLPGuide
+from pyrovae.inference.scoring import evaluate_data
 from pyrovae.models import VAE
-from pyrovae.objectives import make_objective
 from pyrovae.registry import build_guide, build_model
+from pyrovae.run.config import Component, Config, config_from_dict
+from pyrovae.run.recipes import build
+from pyrovae.training import checkpoint as ckpt_io
+from pyrovae.training.objectives import make_objective
+from pyrovae.training.settings import TrainConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 SHARED = Path(os.environ.get("PYROVAE_DATA", Path(__file__).parents[2] / "shared" / "data"))

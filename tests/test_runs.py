@@ -13,13 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pyrovae
-from pyrovae import cli, experiment
-from pyrovae.config import TrainConfig, apply_overrides, config_from_dict, load_config
-from pyrovae.configcheck import validate
-from pyrovae.data import SHAPES, Split
+from pyrovae.data.splits import SHAPES, Split
 from pyrovae.errors import ConfigError, NonFiniteError, PyrovaeError
 from pyrovae.guides import MLPGuide
 from pyrovae.models import VAE
+from pyrovae.run import cli, recipes
+from pyrovae.run.config import apply_overrides, config_from_dict, load_config
+from pyrovae.run.configcheck import validate
+from pyrovae.training.settings import TrainConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 
@@ -275,7 +276,7 @@ def test_generated_overrides_are_refused_by_name_or_train(override):
         validate(config)
     except ConfigError:
         return
-    model, guide = experiment.build(config, SHAPES[config.data.name])
+    model, guide = recipes.build(config, SHAPES[config.data.name])
     x = Split(binary(32), torch.zeros(32, dtype=torch.long), config.data.pixels)
     train = config.train.__class__(
         **{**config.train.__dict__, "max_steps": 2, "compile": "none", "tensorboard": False}

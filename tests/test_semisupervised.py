@@ -7,13 +7,14 @@ import math
 import pytest
 import torch
 
-from pyrovae import cli, clusters, estimators, experiment
-from pyrovae.config import TrainConfig
-from pyrovae.data import VAL_BINARIZATION_SEED, Split
+from pyrovae.data.labelled import LabelledBatches, keep_labels, labelled_repeat
+from pyrovae.data.splits import EVAL_BINARIZATION_SEED, VAL_BINARIZATION_SEED, Split
 from pyrovae.errors import ConfigError, DataError
-from pyrovae.labelled import LabelledBatches, keep_labels, labelled_repeat
+from pyrovae.inference import clusters, estimators, scoring
 from pyrovae.registry import build_guide, build_model
-from pyrovae.train import fit
+from pyrovae.run import cli
+from pyrovae.training.loop import fit
+from pyrovae.training.settings import TrainConfig
 
 
 def test_kept_labels_are_balanced_seeded_and_the_rest_hidden():
@@ -173,14 +174,14 @@ def test_best_checkpoint_by_validation_classification_error(tmp_path):
 def test_the_class_of_a_grey_image_averages_q_over_binarizations(m2):
     model, guide, _ = m2
     grey = Split(torch.rand(300, 1, 2, 2, dtype=torch.float64), torch.arange(300) % 3, "dynamic")
-    draws = [grey.observe_fixed(experiment.EVAL_BINARIZATION_SEED + i) for i in range(experiment.CLASS_DRAWS)]
+    draws = [grey.observe_fixed(EVAL_BINARIZATION_SEED + i) for i in range(scoring.CLASS_DRAWS)]
     mean = sum(guide.class_logits(x).softmax(-1) for x in draws) / len(draws)
-    e = experiment.class_report_data(model, guide, grey)["classification_error"]
-    assert e["binarizations"] == experiment.CLASS_DRAWS
+    e = scoring.class_report_data(model, guide, grey)["classification_error"]
+    assert e["binarizations"] == scoring.CLASS_DRAWS
     assert e["error"] == pytest.approx(clusters.classification_error(mean, grey.labels)["error"])
-    one = experiment.class_report(model, guide, [(draws[0], torch.full((300,), -1))], grey.labels)
+    one = scoring.class_report(model, guide, [(draws[0], torch.full((300,), -1))], grey.labels)
     first = clusters.classification_error(guide.class_logits(draws[0]).softmax(-1), grey.labels)["error"]
     assert one["classification_error"]["error"] == pytest.approx(first) != e["error"]  # one draw differs
     static = Split(draws[0].to(torch.uint8), grey.labels, "static", maximum=1)
     model.float(), guide.float()  # static pixels are read as float32
-    assert experiment.class_report_data(model, guide, static)["classification_error"]["binarizations"] == 1
+    assert scoring.class_report_data(model, guide, static)["classification_error"]["binarizations"] == 1

@@ -8,8 +8,9 @@ import pyro
 import pytest
 import torch
 
-from pyrovae import threads
 from pyrovae.errors import ConfigError
+from pyrovae.inference import scoring
+from pyrovae.runtime import threads
 
 
 def cgroup(tmp_path, lines: str, files: dict[str, str]):
@@ -199,22 +200,21 @@ def test_fit_trains_at_the_timed_choice_as_a_run_fixed_to_it(tunable, tmp_path, 
 
 
 def test_evaluate_times_its_chunks_and_reports_the_threads(tunable, ppca):
-    from pyrovae import experiment
 
     model, x = ppca
     guide = model.exact_guide()
     tunable(2, {2: 3.0, 1: 1.0})
-    out = experiment.evaluate_data(model, guide, x, num_samples=400, max_rows=400, bits_per_dim=False)
+    out = scoring.evaluate_data(model, guide, x, num_samples=400, max_rows=400, bits_per_dim=False)
     assert out["threads"] == 1 and torch.get_num_threads() == 2
     exact = model.log_marginal(x).mean().item()  # the exact guide's weights are all log p(x)
     assert out["log_likelihood"]["mean"] == pytest.approx(exact, abs=1e-9)
     tunable(2, {2: 1.0, 1: 3.0})
-    again = experiment.evaluate_data(model, guide, x, num_samples=400, max_rows=400, bits_per_dim=False)
+    again = scoring.evaluate_data(model, guide, x, num_samples=400, max_rows=400, bits_per_dim=False)
     assert again["threads"] == 2
 
 
 def test_ais_times_its_transitions_and_stays_exact(tunable, ppca, monkeypatch):
-    from pyrovae import ais
+    from pyrovae.inference import ais
 
     model, x = ppca
     tunable(2, {2: 3.0, 1: 1.0})
@@ -239,7 +239,7 @@ def test_a_report_line_says_why_fewer_threads_were_used():
 
 
 def test_auto_captures_an_evaluation_of_many_chunks_only(ppca, monkeypatch):
-    from pyrovae import chunks, estimators
+    from pyrovae.inference import chunks, estimators
 
     model, x = ppca
     built = []

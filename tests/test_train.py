@@ -10,10 +10,11 @@ import pytest
 import torch
 
 import pyrovae
-from pyrovae import estimators
-from pyrovae.config import Component, Config, TrainConfig
-from pyrovae.experiment import build
+from pyrovae.inference import estimators
+from pyrovae.run.config import Component, Config
+from pyrovae.run.recipes import build
 from pyrovae.sites import DATA_PLATE
+from pyrovae.training.settings import TrainConfig
 
 
 def test_fit_approaches_the_exact_log_likelihood(ppca, device):

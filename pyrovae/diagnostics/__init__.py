@@ -20,54 +20,39 @@ between 0.5 and 0.7 it still converges, slowly; above 0.7 the estimate is unreli
 practical K: q(z|x) misses mass of p(z|x) (too narrow, too light tails, or off centre).
 """
 
-from .activity import ACTIVE_THRESHOLD, LatentActivity, PosteriorCollapseWarning, latent_activity
-from .amortization import LocalGaussian, amortization_gap
-from .draws import PosteriorDraws, sample_posterior, to_inference_data
-from .importance import (
-    FLAT_SPREAD,
-    KHAT_BAD,
-    KHAT_GOOD,
-    importance_table,
-    plot_quality,
-    posterior_quality,
-    psis_khat,
-    quality_summary,
-    worst,
-)
-from .latent import (
-    batched_posterior_means,
-    interpolate,
-    plot_images,
-    plot_latent_means,
-    plot_manifold,
-    posterior_means,
-    traversals,
-)
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "ACTIVE_THRESHOLD",
-    "FLAT_SPREAD",
-    "KHAT_BAD",
-    "KHAT_GOOD",
-    "LatentActivity",
-    "LocalGaussian",
-    "PosteriorCollapseWarning",
-    "PosteriorDraws",
-    "amortization_gap",
-    "batched_posterior_means",
-    "importance_table",
-    "interpolate",
-    "latent_activity",
-    "plot_images",
-    "plot_latent_means",
-    "plot_manifold",
-    "plot_quality",
-    "posterior_means",
-    "posterior_quality",
-    "psis_khat",
-    "quality_summary",
-    "sample_posterior",
-    "to_inference_data",
-    "traversals",
-    "worst",
-]
+from pyrovae.facade import lazy
+
+if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when first used
+    from pyrovae.diagnostics.activity import (
+        ACTIVE_THRESHOLD,
+        LatentActivity,
+        PosteriorCollapseWarning,
+        latent_activity,
+    )
+    from pyrovae.diagnostics.amortization import LocalGaussian, amortization_gap
+    from pyrovae.diagnostics.draws import PosteriorDraws, sample_posterior, to_inference_data
+    from pyrovae.diagnostics.importance import (
+        FLAT_SPREAD,
+        KHAT_BAD,
+        KHAT_GOOD,
+        importance_table,
+        plot_quality,
+        posterior_quality,
+        psis_khat,
+        quality_summary,
+        worst,
+    )
+    from pyrovae.diagnostics.latent import (
+        batched_posterior_means,
+        interpolate,
+        plot_images,
+        plot_latent_means,
+        plot_manifold,
+        posterior_means,
+        traversals,
+    )
+    from pyrovae.diagnostics.plots import plot_curves, save_grid, show_grid
+
+__getattr__, __dir__, __all__ = lazy(__name__, __file__)

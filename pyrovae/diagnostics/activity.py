@@ -12,10 +12,10 @@ import numpy as np
 import pyro
 import torch
 
-from .. import estimators
-from ..checks import check_inputs
-from ..errors import ModelError
-from .draws import _layout, _sites
+from pyrovae.diagnostics.draws import _layout, _sites
+from pyrovae.errors import ModelError
+from pyrovae.inference import chunks, weights
+from pyrovae.inference.checks import check_inputs
 
 ACTIVE_THRESHOLD = 0.01  #: Cov_x(E_q[z_u]) above this makes unit u active (Burda et al. 2015, sec. 5.2)
 
@@ -107,9 +107,9 @@ def latent_activity(
     }
 
     pack = _packer(list(latent), per_unit)
-    options = dict(reduce_traces=pack, progress=progress, enumerate=False)  # draws of discrete sites
+    options = dict(reduce_traces=pack, progress=progress, enumerated=False)  # draws of discrete sites
     with pyro.validation_enabled(False):
-        packed = estimators.map_terms(model, guide, *args, num_samples=num_samples, **options)
+        packed = chunks.map_terms(model, guide, *args, num_samples=num_samples, **options)
     packed = packed.mean(0)
     out, start = {}, 0
     for name in latent:
@@ -160,14 +160,14 @@ def _packer(latent: list[str], per_unit: dict[str, bool]) -> Callable:
                 mean = g["fn"].mean.expand(g["value"].shape)
             except NotImplementedError:
                 mean = g["value"]
-            cols.append(estimators.per_datapoint(mean, g, particle_dim, k, ev))
+            cols.append(weights.per_datapoint(mean, g, particle_dim, k, ev))
             if per_unit[name]:
                 qb, pb = _elementwise(g["fn"]), _elementwise(m["fn"])
                 try:
                     kl = torch.distributions.kl_divergence(qb, pb)
                 except NotImplementedError:
                     kl = qb.log_prob(g["value"]) - pb.log_prob(g["value"])
-                cols.append(estimators.per_datapoint(kl.expand(g["value"].shape), g, particle_dim, k, ev))
+                cols.append(weights.per_datapoint(kl.expand(g["value"].shape), g, particle_dim, k, ev))
         return torch.cat(cols, -1)
 
     return pack

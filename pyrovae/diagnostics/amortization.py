@@ -10,12 +10,12 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from .. import estimators
-from ..checks import check_inputs
-from ..errors import ModelError
-from ..sites import DATA_PLATE
-from .draws import _sites, sample_posterior
-from .importance import KHAT_BAD, psis_khat
+from pyrovae.diagnostics.draws import _sites, sample_posterior
+from pyrovae.diagnostics.importance import KHAT_BAD, psis_khat
+from pyrovae.errors import ModelError
+from pyrovae.inference import estimators, weights
+from pyrovae.inference.checks import check_inputs
+from pyrovae.sites import DATA_PLATE
 
 
 class LocalGaussian(nn.Module):
@@ -129,11 +129,11 @@ def fit_local(
     try:
         optim = torch.optim.Adam(local.parameters(), lr=lr)
         decay = torch.optim.lr_scheduler.ExponentialLR(optim, 0.01 ** (1 / max(steps, 1)))  # to lr / 100
-        nesting = estimators.plate_nesting(model, local, args, {})
+        nesting = weights.plate_nesting(model, local, args, {})
         with pyro.validation_enabled(False):
             for _ in range(steps):
                 optim.zero_grad()
-                terms = estimators.log_prob_terms(
+                terms = weights.log_prob_terms(
                     model, local, *args, num_samples=num_particles, max_plate_nesting=nesting
                 )
                 (-terms.log_weights.mean(0).sum()).backward()

@@ -11,18 +11,18 @@ import pyro
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from .. import estimators
-from ..checks import check_inputs
-from ..clusters import discrete_probs
-from ..errors import ConfigError, ModelError
-from .importance import importance_table
+from pyrovae.diagnostics.importance import importance_table
+from pyrovae.errors import ConfigError, ModelError
+from pyrovae.inference import chunks, weights
+from pyrovae.inference.checks import check_inputs
+from pyrovae.inference.clusters import discrete_probs
 
 
 def _sites(model, guide, args):
     """(latent sites {name: (site, event_dim)} in guide order, observed sites {name: site},
     particle dim) from one inspection run on ``args``."""
-    guide_tr, model_tr = estimators.inspection_traces(model, guide, args, {})
-    nesting = estimators.plate_nesting(model, guide, args, {}, traces=(guide_tr, model_tr))
+    guide_tr, model_tr = weights.inspection_traces(model, guide, args, {})
+    nesting = weights.plate_nesting(model, guide, args, {}, traces=(guide_tr, model_tr))
     latent = {
         n: s
         for n, s in guide_tr.nodes.items()
@@ -38,7 +38,7 @@ def _sites(model, guide, args):
 
 def _layout(site, particle_dim) -> torch.Tensor:
     """A site's value as (N, size)."""
-    return estimators.per_datapoint(site["value"], site, particle_dim, 1, site["fn"].event_dim)[0]
+    return weights.per_datapoint(site["value"], site, particle_dim, 1, site["fn"].event_dim)[0]
 
 
 @dataclass
@@ -67,7 +67,7 @@ def sample_posterior(
     """``num_samples`` draws of every latent site from the guide for each datapoint, with the
     log-likelihood of each observed site and the log importance weights at each draw, and
     ``predictive_draws`` posterior predictive draws (from fresh z ~ q(z|x)); chunked over
-    particles and datapoints like :func:`pyrovae.estimators.map_terms`."""
+    particles and datapoints like :func:`pyrovae.inference.chunks.map_terms`."""
     latent, observed, model_tr, pdim = _sites(model, guide, args)
     if not latent:
         raise ModelError("the guide samples no latent site: there is no posterior to inspect")
@@ -76,7 +76,7 @@ def sample_posterior(
 
     def pack(guide_tr, model_tr, particle_dim, k):
         cols = [
-            estimators.per_datapoint(
+            weights.per_datapoint(
                 guide_tr.nodes[n]["value"],
                 guide_tr.nodes[n],
                 particle_dim,
@@ -85,17 +85,17 @@ def sample_posterior(
             )
             for n in latent
         ]
-        cols += [estimators.site_log_prob(model_tr.nodes[n], particle_dim, k)[..., None] for n in observed]
+        cols += [weights.site_log_prob(model_tr.nodes[n], particle_dim, k)[..., None] for n in observed]
         log_p = sum(
-            estimators.site_log_prob(s, particle_dim, k)
+            weights.site_log_prob(s, particle_dim, k)
             for n, s in model_tr.nodes.items()
             if n in latent or n in observed
         )
-        log_q = sum(estimators.site_log_prob(guide_tr.nodes[n], particle_dim, k) for n in latent)
+        log_q = sum(weights.site_log_prob(guide_tr.nodes[n], particle_dim, k) for n in latent)
         return torch.cat([*cols, (log_p - log_q)[..., None]], -1)
 
-    packed = estimators.map_terms(  # discrete sites drawn from q(c | x), not enumerated: these are draws
-        model, guide, *args, num_samples=num_samples, reduce_traces=pack, max_rows=max_rows, enumerate=False
+    packed = chunks.map_terms(  # discrete sites drawn from q(c | x), not enumerated: these are draws
+        model, guide, *args, num_samples=num_samples, reduce_traces=pack, max_rows=max_rows, enumerated=False
     )
     parts = _unpack(
         packed, {**{("z", n): s for n, s in sizes.items()}, **{("ll", n): 1 for n in observed}, ("lw", ""): 1}
@@ -106,7 +106,7 @@ def sample_posterior(
         def draw(guide_tr, model_tr, particle_dim, k):
             return torch.cat(
                 [
-                    estimators.per_datapoint(
+                    weights.per_datapoint(
                         model_tr.nodes[n]["fn"].sample(),
                         model_tr.nodes[n],
                         particle_dim,
@@ -119,14 +119,14 @@ def sample_posterior(
             )
 
         predictive = _unpack(
-            estimators.map_terms(
+            chunks.map_terms(
                 model,
                 guide,
                 *args,
                 num_samples=predictive_draws,
                 reduce_traces=draw,
                 max_rows=max_rows,
-                enumerate=False,
+                enumerated=False,
             ),
             obs_sizes,
         )
@@ -181,7 +181,7 @@ def to_inference_data(
     so that ArviZ's summaries (r-hat needs two or more) run unchanged; r-hat is then 1 up to
     noise. ``index`` labels the datapoints (default 0..N-1); ``condition`` are the further
     arguments of a conditional model; ``images`` are the pixels checked when ``x`` is
-    derived from images (as in :func:`pyrovae.experiment.evaluate_data`).
+    derived from images (as in :func:`pyrovae.inference.scoring.evaluate_data`).
     """
     import xarray as xr
 

@@ -11,9 +11,9 @@ import numpy as np
 import pyro
 import torch
 
-from .. import estimators
-from ..checks import check_inputs
-from ..errors import ConfigError
+from pyrovae.errors import ConfigError
+from pyrovae.inference import estimators
+from pyrovae.inference.checks import check_inputs
 
 KHAT_GOOD = 0.5  #: k-hat at most this: finite-variance weights, reliable importance estimates
 KHAT_BAD = 0.7  #: k-hat above this: the importance estimate is unreliable (Yao et al. 2018, sec. 2.2)

@@ -9,9 +9,9 @@ from typing import Callable, Sequence
 import pyro
 import torch
 
-from .. import plots
-from ..errors import ModelError
-from ..hooks import code_site
+from pyrovae.diagnostics import plots
+from pyrovae.errors import ModelError
+from pyrovae.hooks import code_site
 
 
 @torch.no_grad()

@@ -1,0 +1,318 @@
+"""Chunked evaluation of the log-weight core, in memory bounded by the chunk.
+
+K particles for each of N datapoints are evaluated ``max_rows`` particle-datapoint pairs at
+a time: :func:`map_terms` keeps a (K, N, ...) result, :func:`fold_terms` reduces each data
+chunk to per-datapoint summaries as it goes (memory O(N), not O(K N)). Chunk sizes come
+from the free memory and a measured bound on the bytes one pair needs. A guide sized for
+all N datapoints (local parameters, an exact posterior computed once) cannot run on a
+slice of the data: it is detected and chunked over particles only.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from contextlib import nullcontext
+from typing import Callable, Iterator
+
+import pyro
+import torch
+from pyro.poutine.util import site_is_subsample
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from pyrovae.errors import PyrovaeError
+from pyrovae.hooks import owner_modules
+from pyrovae.inference import weights
+from pyrovae.inference.weights import LogProbTerms, cuda_devices, inspection_traces, plate_nesting, traces
+from pyrovae.runtime.compile import Compiled
+from pyrovae.runtime.progress import bar
+from pyrovae.sites import DATA_PLATE
+
+
+def spans(total: int, size: int):
+    for start in range(0, total, size):
+        yield start, min(size, total - start)
+
+
+def slice_args(args, kwargs, n: int, start: int, stop: int):
+    """Slice every tensor argument whose leading dim is the data size ``n``."""
+    cut = lambda a: a[start:stop] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
+    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
+
+
+def data_size(args, kwargs) -> int:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor) and a.dim() > 0:
+            return a.shape[0]
+    raise PyrovaeError("no tensor argument to read the number of datapoints from")
+
+
+MEMORY_FRACTION = 0.25  #: share of the free memory one chunk may use
+CPU_ROWS = 4096  #: on CPU, chunks of this many pairs stay in cache and run fastest (benchmarks/eval_speed.py)
+MAX_ROWS = 1 << 22  #: no chunk is larger, whatever the free memory
+#: compile = "auto" captures an evaluation of at least this many chunks, fewer run eagerly: on CPU
+#: a capture of the default VAE's chunk costs 0.21 s and saves 0.25 ms a chunk, paying from about
+#: 870 chunks (``benchmarks/capture_cost.py``, benchmarks/RESULTS.md)
+AUTO_CAPTURE_CHUNKS = 1000
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free on ``device``: ``cudaMemGetInfo`` on CUDA, MemAvailable on Linux, else free pages."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+class _CountBytes(TorchDispatchMode):
+    """Sum of the bytes of every tensor the ops produce: an upper bound on the memory they need."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.total += sum(
+            t.numel() * t.element_size() for t in tree_leaves(out) if isinstance(t, torch.Tensor)
+        )
+        return out
+
+
+def bytes_per_row(
+    model: Callable,
+    guide: Callable,
+    args,
+    kwargs,
+    probe: int = 16,
+    whole: bool | None = None,
+    enumerated: bool = True,
+) -> float:
+    """Memory one particle-datapoint pair needs, measured on a probe of ``probe`` particles of
+    one datapoint (every intermediate counted as if kept: a bound, not an average). A program
+    that only runs on all its datapoints at once (``whole``; found by :func:`needs_all_data`
+    when None) is probed on them with one particle."""
+    n = data_size(args, kwargs)
+    if whole is None:
+        whole = needs_all_data(model, guide, args, kwargs)
+    with torch.random.fork_rng(devices=cuda_devices(args, kwargs)), torch.no_grad():
+        a, k = slice_args(args, kwargs, n, 0, 1)
+        if whole:
+            a, k, probe = args, kwargs, 1
+        nesting = plate_nesting(model, guide, a, k)
+        rows = probe * data_size(a, k)
+        with _CountBytes() as count:
+            weights.log_prob_terms(
+                model, guide, *a, num_samples=probe, max_plate_nesting=nesting, enumerated=enumerated, **k
+            )
+    return count.total / rows
+
+
+def chunk_rows(device: torch.device, row_bytes: float, fraction: float = MEMORY_FRACTION) -> int:
+    """Particle-datapoint pairs per chunk: as many as ``fraction`` of the free memory holds,
+    at most :data:`MAX_ROWS`, and on CPU at most :data:`CPU_ROWS` (cache-sized chunks are faster)."""
+    rows = int(free_memory(device) * fraction / max(row_bytes, 1.0))
+    if device.type == "cpu":
+        rows = min(rows, CPU_ROWS)
+    return max(1, min(rows, MAX_ROWS))
+
+
+def runs_on_slices(model: Callable, guide: Callable, args, kwargs, rows: int) -> bool:
+    """Whether the pair runs on the first ``rows`` datapoints alone, with every sample site's
+    ``"data"`` plate of that size: False for a guide sized for all N datapoints."""
+    n = data_size(args, kwargs)
+    if rows >= n:
+        return True
+    a, k = slice_args(args, kwargs, n, 0, rows)
+    try:
+        with pyro.validation_enabled(False):  # argument checks are the data checks' job, not this probe's
+            tr = inspection_traces(model, guide, a, k)
+    except Exception:  # noqa: BLE001 - Pyro's shape mismatch, or the program's own error
+        return False
+    for site in (s for t in tr for s in t.nodes.values()):
+        if site["type"] != "sample" or site_is_subsample(site):
+            continue
+        frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+        shape = site["fn"].batch_shape
+        if frame is not None and len(shape) >= -frame.dim and shape[frame.dim] not in (1, rows):
+            return False
+    return True
+
+
+def needs_all_data(model: Callable, guide: Callable, args, kwargs) -> bool:
+    """True for a pair that runs only on all its datapoints at once (probed on one datapoint)."""
+    return data_size(args, kwargs) > 1 and not runs_on_slices(model, guide, args, kwargs, 1)
+
+
+def chunk_sizes(
+    model,
+    guide,
+    args,
+    kwargs,
+    num_samples,
+    particle_chunk=None,
+    data_chunk=None,
+    max_rows=None,
+    enumerated=True,
+):
+    """(particle chunk, data chunk): at most ``max_rows`` pairs (default: sized from the free
+    memory), equal particle chunks, and the whole data at once for a pair that needs it."""
+    n = data_size(args, kwargs)
+    whole = needs_all_data(model, guide, args, kwargs)
+    if max_rows is None and not (particle_chunk and data_chunk):
+        device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
+        max_rows = chunk_rows(
+            device, bytes_per_row(model, guide, args, kwargs, whole=whole, enumerated=enumerated)
+        )
+    max_rows = max_rows or particle_chunk * data_chunk
+    if not particle_chunk:  # equal particle chunks: 5000 in 2 x 2500, not 4096 + 904
+        particle_chunk = math.ceil(num_samples / math.ceil(num_samples / max_rows))
+    data_chunk = data_chunk or max(1, max_rows // particle_chunk)
+    if whole and data_chunk < n:
+        data_chunk = n
+        particle_chunk = max(1, min(particle_chunk, max_rows // n))
+    return particle_chunk, data_chunk
+
+
+def _chunk_fn(model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, enumerated):
+    """The function of one chunk shape (k particles), captured unless ``compile = "none"``."""
+
+    def fn(*a, **k):
+        if reduce_traces is not None:
+            return reduce_traces(*traces(model, guide, a, k, kk, nesting, enumerated), kk)
+        return reduce(
+            weights.log_prob_terms(
+                model, guide, *a, num_samples=kk, max_plate_nesting=nesting, enumerated=enumerated, **k
+            )
+        )
+
+    tensors_only = not kwargs and all(isinstance(t, torch.Tensor) for t in args)
+    if compile == "none" or reduce_traces is not None or not tensors_only:
+        return fn
+    return Compiled(fn, owner_modules(model, guide), compile, grad=False)
+
+
+def pieces(
+    model,
+    guide,
+    args,
+    kwargs,
+    num_samples,
+    *,
+    reduce=None,
+    reduce_traces=None,
+    particle_chunk=None,
+    data_chunk=None,
+    max_rows=None,
+    compile="auto",
+    progress=None,
+    enumerated=True,
+    tuner=None,
+) -> Iterator:
+    """Yield ``(data start, data size, particle start, k, piece)`` over all chunks, ``piece``
+    being ``reduce(terms)`` (or ``reduce_traces(guide_trace, model_trace, particle_dim, k)``)
+    of k particles of those datapoints; ``progress`` (a label) shows a bar with an ETA;
+    ``enumerated`` sums out the sites marked for enumeration (else they are sampled); ``compile``
+    "auto" captures from :data:`AUTO_CAPTURE_CHUNKS` chunks on; a
+    :class:`pyrovae.runtime.threads.Tuner` times each chunk to choose the CPU threads."""
+    n = data_size(args, kwargs)
+    pc, dc = chunk_sizes(
+        model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows, enumerated
+    )
+    nesting, fns = None, {}  # one function per chunk shape (at most two particle counts)
+    label = progress if isinstance(progress, str) else "evaluate"
+    total = math.ceil(n / dc) * math.ceil(num_samples / pc)
+    if compile == "auto" and total < AUTO_CAPTURE_CHUNKS:
+        compile = "none"
+    if tuner is not None and compile == "none":
+        tuner.warm = 0  # an eager chunk has nothing to capture: the first one is timed too
+    with bar(label, total, unit="chunk", show=bool(progress)) as b:
+        for start, size in spans(n, dc):
+            a, k = slice_args(args, kwargs, n, start, start + size)
+            if nesting is None:
+                nesting = plate_nesting(model, guide, a, k)
+            for p_start, kk in spans(num_samples, pc):
+                if kk not in fns:
+                    fns[kk] = _chunk_fn(
+                        model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, enumerated
+                    )
+                with tuner.unit(kk * size) if tuner is not None else nullcontext():
+                    piece = fns[kk](*a, **k)
+                yield start, size, p_start, kk, piece
+                b.update(1)
+
+
+def map_terms(
+    model: Callable, guide: Callable, *args, num_samples: int = 1, reduce=None, **options
+) -> torch.Tensor:
+    """``reduce`` of the :class:`LogProbTerms` of every particle and datapoint, as (K, N, ...).
+
+    ``reduce`` maps terms of shape (k, n) to a tensor of shape (k, n, ...). Options of
+    :func:`pieces`: ``particle_chunk``, ``data_chunk``, ``max_rows`` (pairs per chunk;
+    default :func:`chunk_rows` of the measured :func:`bytes_per_row`), ``compile`` (each chunk
+    shape through :class:`pyrovae.runtime.compile.Compiled`; positional tensor arguments only; default
+    "auto", as ``pyrovae evaluate``: captured from :data:`AUTO_CAPTURE_CHUNKS` chunks on),
+    ``tuner`` (a :class:`pyrovae.runtime.threads.Tuner` choosing the CPU threads),
+    ``reduce_traces(guide_trace, model_trace, particle_dim, k)`` for consumers of the site
+    values themselves (eager), ``progress``, ``enumerated`` (default True: sites marked
+    ``infer={"enumerate": "parallel"}`` are summed out exactly, :mod:`pyrovae.inference.enumeration`;
+    False samples them); other keywords go to model and guide.
+    """
+    kwargs = {k: options.pop(k) for k in list(options) if k not in _OPTIONS}
+    n = data_size(args, kwargs)
+    # one preallocated result: many small kept pieces between large short-lived chunk
+    # temporaries fragment the CPU heap, and its resident size then grows with N
+    out = None
+    for start, size, p_start, kk, piece in pieces(
+        model, guide, args, kwargs, num_samples, reduce=reduce, **options
+    ):
+        if out is None:
+            out = piece.new_empty((num_samples, n, *piece.shape[2:]))
+        out[p_start : p_start + kk, start : start + size] = piece
+    return out
+
+
+def fold_terms(
+    model: Callable,
+    guide: Callable,
+    *args,
+    num_samples: int = 1,
+    stats: Callable[[LogProbTerms], torch.Tensor],
+    combine: Callable,
+    **options,
+) -> torch.Tensor:
+    """Per-datapoint summaries over all K particles without keeping them: ``stats(terms)`` maps
+    the terms of k particles to (m, n); ``combine(a, b)`` merges the summaries of two particle
+    chunks (sums add, log-sum-exps ``logaddexp``). Returns (m, N); memory O(m N) whatever K.
+    Options as :func:`map_terms`."""
+    kwargs = {k: options.pop(k) for k in list(options) if k not in _OPTIONS}
+    n = data_size(args, kwargs)
+    out, acc = None, None
+    for start, size, p_start, kk, piece in pieces(
+        model, guide, args, kwargs, num_samples, reduce=stats, **options
+    ):
+        acc = piece if p_start == 0 else combine(acc, piece)
+        if p_start + kk == num_samples:
+            if out is None:
+                out = acc.new_empty((acc.shape[0], n, *acc.shape[2:]))
+            out[:, start : start + size] = acc
+    return out
+
+
+_OPTIONS = (
+    "particle_chunk",
+    "data_chunk",
+    "max_rows",
+    "compile",
+    "progress",
+    "reduce_traces",
+    "enumerated",
+    "tuner",
+)

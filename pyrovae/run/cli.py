@@ -1,0 +1,323 @@
+"""`pyrovae fit | evaluate | diagnose | sample | reconstruct | latent | list`: parse the
+arguments, apply them to the config through one override function, call the run-level
+function that computes, and hand its result to :mod:`pyrovae.run.console`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pyrovae import hooks
+from pyrovae.diagnostics import plots
+from pyrovae.errors import Interrupted, PyrovaeError
+from pyrovae.registry import available
+from pyrovae.run import console, evaluation, experiment
+from pyrovae.run.config import Config, apply_overrides, config_from_dict, load_config
+from pyrovae.run.diagnose import diagnose_run
+from pyrovae.run.recipes import evaluation_data
+from pyrovae.runtime import distributed, threads
+from pyrovae.runtime.compile import MODES
+from pyrovae.runtime.devices import resolve_device
+from pyrovae.training import checkpoint as ckpt_io
+from pyrovae.training.rundir import RunDir
+
+
+def fit_settings(args) -> tuple[Config, bool]:
+    """The config ``pyrovae fit`` trains (its flags and ``--set`` applied by the one override
+    function, :func:`pyrovae.run.config.apply_overrides`) and whether it resumes a run."""
+    if not args.resume and args.config and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        config = load_config(args.config)  # torchrun restarted the job after a failure
+        if RunDir(args.run_dir or config.run_dir).has_checkpoint():
+            args.resume = args.run_dir or config.run_dir
+    board = [("train.tensorboard", True)] if args.tensorboard else []
+    if args.resume:  # wherever the run directory is now
+        raw = experiment.read_config(args.resume).to_dict()
+        return config_from_dict(apply_overrides(raw, [("run_dir", str(args.resume)), *board])), True
+    if not args.config:
+        raise PyrovaeError("pyrovae fit needs a CONFIG file, or --resume RUN_DIR")
+    flags = {"data.root": args.data_root, "run_dir": args.run_dir, "device": args.device, "seed": args.seed}
+    settings = [*((k, v) for k, v in flags.items() if v is not None), *board, *args.set]
+    return config_from_dict(apply_overrides(load_config(args.config).to_dict(), settings)), False
+
+
+def cmd_fit(args) -> None:
+    config, resume = fit_settings(args)
+    device = resolve_device(config.device)
+    main = distributed.is_main()
+    if resume and main:
+        restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+        console.say(f"resuming {args.resume}" + (f" (restart {restarts})" if restarts else ""))
+    result = experiment.fit_config(config, resume=resume, progress=not args.no_progress, device=device)
+    if main:  # rank 0 reports
+        console.fitted(result, distributed.world()[1])
+        run = experiment.load_run(config.run_dir, device=device)
+        data = evaluation_data(run.config, "test", run.device)
+        console.wrote(experiment.draw_figures(run, config.run_dir, data=data))
+    distributed.barrier()
+
+
+def _load(args) -> experiment.Run:
+    """The run a command reads, with ``--data-root`` and ``--limit`` applied to its config."""
+    run = experiment.load_run(args.run_dir, which=args.checkpoint, device=args.device)
+    limit = getattr(args, "limit", None)
+    flags = {"data.root": args.data_root, "data.test_limit": limit, "data.val_limit": limit}
+    settings = [(k, v) for k, v in flags.items() if v is not None]
+    if settings:
+        run.config = config_from_dict(apply_overrides(run.config.to_dict(), settings))
+    return run
+
+
+def cmd_evaluate(args) -> None:
+    run = _load(args)
+    data = evaluation_data(run.config, args.split, run.device, args.seed)  # loaded once: IS, AIS, BDMC
+    show, how = not args.no_progress, dict(num_steps=args.steps, num_chains=args.chains, compile=args.compile)
+    out = evaluation.evaluate(run, data, num_samples=args.num_samples, compile=args.compile, progress=show)
+    if not distributed.is_main():
+        return
+    out["ranks"] = distributed.world()[1]
+    if args.method == "ais":
+        out["ais"] = evaluation.evaluate_ais(run, data, progress=show, **how)
+    if args.bdmc:
+        out["bdmc"] = evaluation.evaluate_bdmc(run, data, args.bdmc, progress=show, **how)
+    console.evaluation(out, hooks.takes(run.model))
+    files = RunDir(args.run_dir)
+    values = {k: out[k].pop("per_datapoint") for k in ("ais",) if k in out} | {"is": out.pop("per_datapoint")}
+    files.evaluation(args.split).write_text(json.dumps(out, indent=2) + "\n")
+    ckpt_io.atomic_save(values, files.evaluation(args.split, values=True))
+    console.wrote([files.evaluation(args.split), files.evaluation(args.split, values=True)])
+
+
+def cmd_sample(args) -> None:
+    run = _load(args)
+    out = Path(args.out or RunDir(args.run_dir).figure("samples"))
+    if args.condition is not None:
+        if hooks.num_classes(run.model) is None:
+            raise PyrovaeError(
+                f"--condition needs a label-conditioned model (cvae); this run's model is "
+                f"{run.config.model.name!r}"
+            )
+        plots.save_grid(run.model.sample(args.num, condition=args.condition), out)
+    else:
+        plots.save_grid(run.model.sample(args.num), out)
+    console.wrote([out])
+
+
+def cmd_reconstruct(args) -> None:
+    run = _load(args)
+    x = evaluation_data(run.config, "test", run.device).images[: args.num]
+    out = Path(args.out or RunDir(args.run_dir).figure("reconstructions"))
+    plots.save_grid(experiment.reconstructions(run, x), out)
+    console.wrote([out], " (each original beside its reconstruction)")
+
+
+def cmd_latent(args) -> None:
+    run = _load(args)
+    data = evaluation_data(run.config, "test", run.device)
+    latent = args.limit or 5000
+    console.wrote(
+        experiment.draw_figures(run, args.run_dir, data=data, latent_points=latent, parts=("latent",))
+    )
+
+
+def cmd_diagnose(args) -> None:
+    run = _load(args)
+    data = evaluation_data(run.config, args.split, run.device, args.seed)
+    out = diagnose_run(
+        run,
+        args.run_dir,
+        data,
+        limit=args.limit,
+        num_samples=args.num_samples,
+        amortization=args.amortization,
+        progress=not args.no_progress,
+    )
+    console.diagnosis(out)
+    files = RunDir(args.run_dir)
+    console.say(f"wrote {files.diagnostics_table}, {files.khat_gap.name}, {files.diagnostics_summary.name}")
+
+
+def cmd_list(args) -> None:
+    console.registered(available())
+
+
+def _fit_parser(sub) -> None:
+    f = sub.add_parser("fit", help="train a model and guide from a config (TOML or JSON)")
+    f.add_argument("config", nargs="?", help="config file, e.g. configs/mnist_vae.toml")
+    f.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    f.add_argument("--data-root", help="dataset folder (default: $PYROVAE_DATA, else ./data)")
+    f.add_argument("--run-dir", help="where to write the run (default: the config's run_dir)")
+    f.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    f.add_argument("--seed", type=int)
+    f.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=3 (repeatable)",
+    )
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.add_argument(
+        "--tensorboard", action="store_true", help="also write TensorBoard events (train.tensorboard)"
+    )
+    f.set_defaults(fn=cmd_fit)
+
+
+SPLITS = ["test", "val"]
+
+
+def _run_commands() -> list[tuple]:
+    """(name, help, function, {flag: argparse options}) of the commands that take a RUN_DIR."""
+    commands = []
+    commands.append(
+        (
+            "evaluate",
+            "test-set ELBO per datapoint with its standard error",
+            cmd_evaluate,
+            {
+                "--num-samples": dict(
+                    type=int, help="particles per datapoint (default: the config's eval_samples)"
+                ),
+                "--split": dict(default="test", choices=SPLITS),
+                "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
+                "--seed": dict(type=int, default=0),
+                "--method": dict(default="is", choices=["is", "ais"], help="ais: AIS beside the IS figure"),
+                "--steps": dict(type=int, default=1000, help="AIS/BDMC intermediate distributions T"),
+                "--chains": dict(type=int, default=16, help="AIS/BDMC chains per datapoint S"),
+                "--bdmc": dict(
+                    type=int, metavar="N", help="BDMC bounds on N datapoints simulated from the model"
+                ),
+                "--compile": dict(
+                    default="auto",
+                    choices=list(MODES),
+                    help="how IS chunks and AIS paths run (auto = capture)",
+                ),
+            },
+        )
+    )
+    commands.append(
+        (
+            "sample",
+            "PNG grid of images decoded from prior draws",
+            cmd_sample,
+            {
+                "--num": dict(type=int, default=64),
+                "--out": dict(),
+                "--condition": dict(type=int, help="the class to draw, for a label-conditioned model (cvae)"),
+            },
+        )
+    )
+    commands.append(
+        (
+            "reconstruct",
+            "PNG grid of test images and their reconstructions",
+            cmd_reconstruct,
+            {"--num": dict(type=int, default=32), "--out": dict()},
+        )
+    )
+    commands.append(
+        (
+            "latent",
+            "latent scatter (and manifold grid for 2D latents)",
+            cmd_latent,
+            {"--limit": dict(type=int, help="number of test points to embed")},
+        )
+    )
+    commands.append(
+        (
+            "diagnose",
+            "per-datapoint k-hat, ESS and gaps of q(z|x), active units",
+            cmd_diagnose,
+            {
+                "--num-samples": dict(type=int, default=1000, help="draws from q(z|x) per datapoint"),
+                "--split": dict(default="test", choices=SPLITS),
+                "--limit": dict(type=int, default=1000, help="the first N datapoints"),
+                "--amortization": dict(
+                    type=int,
+                    default=0,
+                    metavar="M",
+                    help="also split the gap on the first M datapoints (Cremer et al. 2018)",
+                ),
+                "--seed": dict(type=int, default=0),
+            },
+        )
+    )
+    return commands
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders in Pyro.")
+    sub = p.add_subparsers(dest="command", required=True)
+    _fit_parser(sub)
+    for name, help_, fn, extra in _run_commands():
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("run_dir")
+        s.add_argument("--checkpoint", default="best", choices=["best", "last"])
+        s.add_argument("--data-root")
+        s.add_argument("--device")
+        s.add_argument("--no-progress", action="store_true", help="no progress bar")
+        for flag, kw in extra.items():
+            s.add_argument(flag, **kw)
+        s.set_defaults(fn=fn)
+    ls = sub.add_parser("list", help="registered models and guides")
+    ls.add_argument("--no-progress", action="store_true", help="accepted for uniformity (list shows no bar)")
+    ls.set_defaults(fn=cmd_list)
+    for s in sub.choices.values():
+        s.add_argument(
+            "--threads", type=int, help="CPU threads, fixed (default: timed, up to the CPUs usable)"
+        )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if args.fn in (cmd_fit, cmd_evaluate):  # torchrun: join the process group
+            distributed.init_from_env(getattr(args, "device", None) or "auto")
+        elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise PyrovaeError(
+                f"pyrovae {args.command} runs in one process; only fit and evaluate take torchrun"
+            )
+        choice = threads.configure(args.threads)  # pyrovae.runtime.threads: affinity, cgroup quota
+        if args.fn is not cmd_list and distributed.is_main():
+            console.say(f"pyrovae: {choice.describe()}")  # stdout: an error stays stderr's one line
+        args.fn(args)
+    except Interrupted as e:
+        console.error(str(e))
+        return 128 + e.signum  # the shell's convention for a process stopped by a signal
+    except PyrovaeError as e:
+        console.error(f"error: {e}")
+        return 2
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        console.error(
+            f"error: out of memory ({type(e).__name__}); lower train.batch_size, "
+            "train.num_particles or train.k, the model's sizes, or evaluate with fewer --num-samples"
+        )
+        return 2
+    except RuntimeError as e:  # DistBackendError and Gloo's errors are RuntimeErrors
+        if "allocate" in str(e) and not distributed.active():  # the CPU allocator's "can't allocate memory"
+            console.error(
+                f"error: out of memory ({str(e).splitlines()[0]}); lower train.batch_size, "
+                "train.num_particles or train.k, or the model's sizes"
+            )
+            return 2
+        if not distributed.active():
+            raise
+        rank = distributed.world()[0]
+        console.error(
+            f"error: rank {rank} lost the other ranks ({type(e).__name__}: "
+            f"{str(e).splitlines()[0]}); another rank stopped or died. Restart the job (torchrun "
+            "--max-restarts N restarts it by itself): `pyrovae fit` resumes from the last checkpoint"
+        )
+        return 1
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Everything the command line prints: each function takes a result a run-level function
+returned (:mod:`pyrovae.run.experiment`, :mod:`pyrovae.run.evaluation`,
+:mod:`pyrovae.run.diagnose`) and prints it; nothing here computes."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Iterable
+
+from pyrovae.hooks import Takes
+from pyrovae.runtime import threads
+
+
+def _fmt(term: dict) -> str:
+    return f"{term['mean']:.2f} +- {term['stderr']:.2f}"
+
+
+def say(line: str) -> None:
+    print(line)
+
+
+def error(line: str) -> None:
+    """One line on stderr: an error names the problem and the fix."""
+    print(f"pyrovae: {line}", file=sys.stderr)
+
+
+def wrote(paths: Iterable[Path | str], note: str = "") -> None:
+    for path in paths:
+        print(f"wrote {path}{note}")
+
+
+def fitted(result, world: int) -> None:
+    """The end of ``pyrovae fit``: steps, threads, the best validation ELBO."""
+    best = f"; best validation ELBO {result.best_val_elbo:.2f} nats" * math.isfinite(result.best_val_elbo)
+    cpu = threads.note(result.threads)
+    print(f"trained {result.step} steps{cpu}{best}" + (f" on {world} ranks" if world > 1 else ""))
+
+
+def _likelihood_lines(out: dict, target: str) -> None:
+    print("  nats per datapoint, mean +- standard error over datapoints")
+    print(f"  {target:<16}{_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
+    print(f"  ELBO            {_fmt(out['elbo'])}")
+    print(f"  reconstruction  {_fmt(out['reconstruction'])}   E_q[log p(x|z)]")
+    print(f"  KL              {_fmt(out['kl'])}   E_q[log q(z|x) - log p(z)]")
+    print(f"  importance ESS  {out['ess']['mean']:.1f} on average, {out['ess']['min']:.1f} at least, of K")
+    if "elbo_bits_per_dim" in out:
+        print(
+            f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} +- "
+            f"{out['log_likelihood_bits_per_dim_stderr']:.4f} (-log p(x) / (D ln 2)), "
+            f"{out['elbo_bits_per_dim']:.4f} (-ELBO)"
+        )
+    elif not out.get("discrete", True) and target == "log p(x)":
+        print(
+            "  note: this likelihood is a density over grey levels: its log p(x) is not comparable "
+            "with probabilities of discrete pixels (use likelihood discretized_logistic(_mixture) "
+            'with pixels = "8bit" for bits/dim)'
+        )
+
+
+def evaluation(out: dict, takes: Takes) -> None:
+    """The result of :func:`pyrovae.run.evaluation.evaluate` (with ``ais`` and ``bdmc`` when present)."""
+    print(
+        f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
+        f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
+        f"{out['seconds']:.1f} s on {out['device']}"
+        + threads.note(out["threads"] if out["device"] == "cpu" else None)
+        + (f" x {out['ranks']} ranks" if out.get("ranks", 1) > 1 else "")
+    )
+    target = {Takes.QUADRANTS: "log p(y | x)", Takes.IMAGE_LABEL: "log p(x | y)"}.get(takes, "log p(x)")
+    _likelihood_lines(out, target)
+    if "classification_error" in out:
+        e = out["classification_error"]
+        print(
+            f"  test error      {100 * e['error']:.2f}% +- {100 * e['stderr']:.2f}   "
+            f"argmax q({e['site']} | x)"
+            + (f", mean over {e['binarizations']} binarizations" if e["binarizations"] > 1 else "")
+        )
+    for site, acc in out.get("cluster_accuracy", {}).items():
+        print(
+            f"  cluster acc.    {100 * acc:.2f}%   argmax q({site} | x), "
+            "clusters matched to labels (Hungarian)"
+        )
+    if "ais" in out:
+        a = out["ais"]
+        print(
+            f"  AIS log p(x)    {_fmt(a['log_likelihood'])}   T = {a['num_steps']}, S = {a['num_chains']} "
+            f"chains from q(z|x), acceptance {a['acceptance']:.2f}, {a['seconds']:.1f} s (Neal 2001)"
+        )
+    if "bdmc" in out:
+        b = out["bdmc"]
+        print(
+            f"  BDMC on {b['num_datapoints']} datapoints simulated from the model, "
+            f"T = {b['num_steps']}, {b['seconds']:.1f} s:"
+        )
+        for key, what in (("lower", "forward AIS"), ("upper", "reverse AIS"), ("gap", "upper - lower")):
+            print(f"    {key:<14}{_fmt(b[key])}   {what}")
+
+
+def diagnosis(out: dict) -> None:
+    """The result of :func:`pyrovae.run.diagnose.diagnose_run`."""
+    print(f"q(z|x) on {out['num_datapoints']} {out['split']} datapoints, S = {out['num_samples']} draws each")
+    print(f"  Pareto k-hat <= 0.5 (reliable)    {100 * out['k_hat_good']:.1f}%")
+    print(f"  0.5 < k-hat <= 0.7 (slow)         {100 * out['k_hat_ok']:.1f}%")
+    print(f"  k-hat > 0.7 (unreliable)          {100 * out['k_hat_bad']:.1f}%")
+    print(f"  gap log p(x) - ELBO               {_fmt(out['gap'])} nats")
+    print(f"  importance ESS / S                {out['ess_fraction']:.3f} on average")
+    for name, a in out["active_units"].items():
+        kl = "" if a["kl"] is None else f", KL {sum(a['kl']):.2f} nats"
+        print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}")
+    if "amortization" in out:
+        am = out["amortization"]
+        print(
+            f"  on {am['num_datapoints']} datapoints: gap {_fmt(am['total_gap'])} = approximation "
+            f"{_fmt(am['approximation_gap'])} + amortization {_fmt(am['amortization_gap'])} nats"
+        )
+    for w in out["warnings"]:
+        print(f"  warning: {w}")
+    print(
+        "  worst datapoints by k-hat: "
+        + ", ".join(f"{int(r['datapoint'])} ({r['k_hat']:.2f})" for r in out["worst"][:5])
+    )
+
+
+def registered(table: dict[str, dict[str, str]]) -> None:
+    """``pyrovae list``: the registered models and guides."""
+    for kind, entries in table.items():
+        print(f"{kind}:")
+        for name, doc in entries.items():
+            print(f"  {name:<18} {doc}")

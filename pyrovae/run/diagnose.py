@@ -1,0 +1,100 @@
+"""The diagnostics of a trained run (run level): what ``pyrovae diagnose`` computes and
+writes, returned, not printed (:mod:`pyrovae.run.console` prints it)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import torch
+from matplotlib.figure import Figure
+
+from pyrovae.diagnostics import (
+    PosteriorCollapseWarning,
+    amortization_gap,
+    latent_activity,
+    plot_quality,
+    posterior_quality,
+    quality_summary,
+    worst,
+)
+from pyrovae.inference import estimators
+from pyrovae.run.experiment import Run
+from pyrovae.run.recipes import EvaluationData, evaluation_data
+from pyrovae.training.rundir import RunDir
+
+
+def diagnose_run(
+    run: Run,
+    out_dir,
+    data: EvaluationData | None = None,
+    *,
+    split: str = "test",
+    limit: int = 1000,
+    num_samples: int = 1000,
+    amortization: int = 0,
+    seed: int = 0,
+    progress: bool | None = False,
+) -> dict:
+    """The diagnostics of a trained run (:func:`pyrovae.run.experiment.load_run`) on the first
+    ``limit`` datapoints of the evaluation ``data`` (by default ``split`` binarized at
+    ``seed``): ``diagnostics.csv`` (the :func:`posterior_quality` table), ``khat_gap.png`` and
+    ``diagnostics.json`` (the :func:`quality_summary`, active units, and, for ``amortization``
+    > 0, the mean gaps of that many datapoints) in ``out_dir``; returns the summary with the
+    per-datapoint table under ``per_datapoint``."""
+    files = RunDir(out_dir)
+    data = (evaluation_data(run.config, split, run.device, seed) if data is None else data).head(limit)
+    split, seed, images, labels = data.name, data.seed, data.images, data.labels
+    args = data.inputs(run.model)  # a semi-supervised model sums its class out
+    table = posterior_quality(
+        run.model,
+        run.guide,
+        *args,
+        images=images,
+        num_samples=num_samples,
+        labels=labels.cpu(),
+        seed=seed,
+        progress=bool(progress) and "diagnose: k-hat",
+    )
+    table.to_csv(files.diagnostics_table, index=False)
+    fig = plot_quality(table, ax=Figure(figsize=(6, 4)).subplots())  # no pyplot: any backend, or none
+    fig.savefig(files.khat_gap, dpi=100)
+    out = {"split": split, **quality_summary(table), "worst": worst(table, 10).to_dict(orient="records")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PosteriorCollapseWarning)
+        activity = latent_activity(
+            run.model,
+            run.guide,
+            *args,
+            images=images,
+            seed=seed,
+            progress=bool(progress) and "diagnose: units",
+        )
+    out["active_units"] = {
+        name: {
+            "active": a.num_active,
+            "units": a.variance.numel(),
+            "kl": None if a.kl_per_dim is None else a.kl_per_dim.tolist(),
+            "variance": a.variance.tolist(),
+        }
+        for name, a in activity.items()
+    }
+    out["warnings"] = [str(w.message) for w in caught]
+    if amortization > 0:
+        gaps = amortization_gap(
+            run.model,
+            run.guide,
+            *(a[:amortization] for a in args),
+            images=images[:amortization],
+            seed=seed,
+            num_samples=num_samples,
+        )
+        out["amortization"] = {
+            "num_datapoints": len(gaps),
+            **{
+                c: dict(zip(("mean", "stderr"), estimators.mean_and_stderr(torch.tensor(gaps[c].to_numpy()))))
+                for c in ("total_gap", "approximation_gap", "amortization_gap")
+            },
+        }
+    files.diagnostics_summary.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    return {**out, "per_datapoint": table}  # the table itself, as diagnostics.csv holds it

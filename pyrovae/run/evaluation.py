@@ -1,0 +1,135 @@
+"""The evaluation of a trained run (run level): what ``pyrovae evaluate`` computes, returned,
+not printed (:mod:`pyrovae.run.console` prints it). Every function reads one
+:class:`~pyrovae.run.recipes.EvaluationData`, loaded once per command."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pyrovae import hooks
+from pyrovae.hooks import Takes
+from pyrovae.inference import ais, bidirectional, estimators
+from pyrovae.inference.checks import check_inputs
+from pyrovae.inference.scoring import class_report_data, evaluate_data
+from pyrovae.run.experiment import Run
+from pyrovae.run.recipes import EvaluationData, evaluation_data
+
+
+def evaluate(
+    run: Run,
+    data: EvaluationData | None = None,
+    *,
+    split: str = "test",
+    num_samples: int | None = None,
+    seed: int = 0,
+    compile: str = "auto",
+    max_rows: int | None = None,
+    progress: bool | None = False,
+) -> dict:
+    """Per-datapoint ELBO (with its reconstruction and KL terms) and importance-sampled log p(x)
+    on the evaluation ``data`` (by default ``split`` of the run's dataset binarized at ``seed``):
+    :func:`~pyrovae.inference.scoring.evaluate_data` with the per-datapoint values (under
+    ``per_datapoint``), the run's description and, for discrete latents, the classification
+    error or clustering accuracy."""
+    data = evaluation_data(run.config, split, run.device, seed) if data is None else data
+    args = data.inputs(run.model)
+    discrete = hooks.likelihood_is_discrete(run.model, run.config.data.pixels)
+    hidden_labels = hooks.takes(run.model) == Takes.IMAGE_PARTIAL_LABEL
+    out = {
+        "split": data.name,
+        "dataset": run.config.data.name,
+        "pixels": run.config.data.pixels,
+        "step": run.checkpoint["step"],
+        "device": str(run.device),
+    }
+    out |= evaluate_data(
+        run.model,
+        run.guide,
+        *args,
+        images=data.split,
+        num_samples=num_samples or run.config.eval_samples,
+        seed=data.seed,
+        compile=compile,
+        max_rows=max_rows,
+        bits_per_dim=discrete and len(args) == 1 + hidden_labels,
+        progress=progress,
+        per_datapoint=True,
+    )
+    out |= class_report_data(run.model, run.guide, data.split, data.seed)
+    return {**out, "discrete": discrete}  # the likelihood's kind, whether or not bits/dim apply
+
+
+def _stats(values: torch.Tensor) -> dict:
+    mean, stderr = estimators.mean_and_stderr(values.detach().double().cpu())
+    return {"mean": mean, "stderr": stderr}
+
+
+def evaluate_ais(
+    run: Run,
+    data: EvaluationData,
+    *,
+    num_steps=1000,
+    num_chains=16,
+    initial="guide",
+    compile="auto",
+    progress=False,
+) -> dict:
+    """AIS log p(x) on the evaluation ``data`` (the datapoints and binarization :func:`evaluate`
+    reads): mean and standard error over datapoints, the per-datapoint values, the mean
+    per-datapoint Monte Carlo error, the acceptance rate and the seconds taken."""
+    args = check_inputs(run.model, run.guide, *data.inputs(run.model), images=data.split)
+    torch.manual_seed(data.seed)
+    start = time.perf_counter()
+    r = ais.ais_log_likelihood(
+        run.model, run.guide, *args, num_steps=num_steps, num_chains=num_chains, initial=initial,
+        compile=compile, progress="AIS" if progress else False,
+    )  # fmt: skip
+    return {
+        "log_likelihood": _stats(r.log_likelihood),
+        "chain_stderr": float(r.stderr.mean()),
+        "acceptance": float(r.acceptance.mean()),
+        "num_steps": num_steps,
+        "num_chains": num_chains,
+        "initial": initial,
+        "num_datapoints": int(r.log_likelihood.shape[0]),
+        "seconds": time.perf_counter() - start,
+        "per_datapoint": {"log_likelihood": r.log_likelihood.detach().cpu()},
+    }
+
+
+def evaluate_bdmc(
+    run: Run,
+    data: EvaluationData,
+    num_datapoints: int,
+    *,
+    num_steps=1000,
+    num_chains=16,
+    initial="guide",
+    importance_samples=5000,
+    compile="auto",
+    progress=False,
+) -> dict:
+    """BDMC on ``num_datapoints`` datapoints simulated from the run's model (the first rows of
+    ``data`` give the conditions and shapes): the lower and upper bounds, their gap and the
+    importance-sampled estimate on the same data, each averaged."""
+    x, *condition = data.head(num_datapoints).inputs(run.model)
+    torch.manual_seed(data.seed)
+    start = time.perf_counter()
+    r = bidirectional.bdmc(
+        run.model, run.guide, x, *condition, num_steps=num_steps, num_chains=num_chains, initial=initial,
+        importance_samples=importance_samples, compile=compile, progress="BDMC" if progress else False,
+    )  # fmt: skip
+    s = r.sandwich
+    return {
+        "lower": _stats(s.lower),
+        "upper": _stats(s.upper),
+        "gap": _stats(s.gap),
+        "importance": _stats(r.importance),
+        "importance_samples": importance_samples,
+        "num_steps": num_steps,
+        "num_chains": num_chains,
+        "num_datapoints": int(s.lower.shape[0]),
+        "seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,178 @@
+"""Runs from configs: train one into its run directory, reload it from there, draw its figures.
+
+A run directory (:class:`pyrovae.training.rundir.RunDir`) holds ``config.json``,
+``metrics.jsonl``, ``curves.png``, ``checkpoint.pt`` (latest) and ``best.pt`` (best
+validation ELBO), and is enough to evaluate, sample from or resume the run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import torch
+
+from pyrovae import hooks
+from pyrovae.diagnostics import batched_posterior_means as posterior_means
+from pyrovae.diagnostics import plots
+from pyrovae.errors import CheckpointError
+from pyrovae.run.callbacks import fit_callbacks
+from pyrovae.run.config import Config, config_from_dict
+from pyrovae.run.configcheck import validate
+from pyrovae.run.recipes import EvaluationData, build, evaluation_data, load_data
+from pyrovae.runtime import distributed
+from pyrovae.runtime.devices import resolve_device
+from pyrovae.training import checkpoint as ckpt_io
+from pyrovae.training.loop import FitResult, fit
+from pyrovae.training.rundir import RunDir
+
+
+def fit_config(
+    config: Config,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks=(),
+    device: torch.device | None = None,
+) -> FitResult:
+    """Train the run ``config`` describes into ``config.run_dir`` (or resume it). The whole
+    config is checked first, the model and guide built once as it is checked
+    (:func:`pyrovae.run.configcheck.validate`): nothing is written or loaded for a config with a
+    mistake. ``curves.png`` (and with ``train.tensorboard`` TensorBoard events) are drawn by
+    callbacks added to ``callbacks`` (:mod:`pyrovae.run.callbacks`). ``device``: the command's
+    resolved device (by default resolved from ``config.device``)."""
+    device = resolve_device(config.device) if device is None else device
+    pyro.set_rng_seed(config.seed)
+    model, guide = validate(config, device, meta=False)
+    files = RunDir(config.run_dir)
+    train_data = load_data(config, "train", device)
+    val_data = (
+        load_data(config, "val", device)
+        if config.data.val_size != 0 or config.data.name == "binarized_mnist"
+        else None
+    )
+    val_data = val_data if val_data is not None and len(val_data) > 0 else None  # own data: a tenth may be 0
+    rows = hooks.data_init_rows(model)
+    if not resume and rows:  # VampPrior pseudo-inputs from shuffled training images
+        pick = torch.randperm(len(train_data), generator=torch.Generator().manual_seed(config.seed))[:rows]
+        hooks.init_from_data(model, train_data.observe(pick.to(train_data.images.device)))
+    files.path.mkdir(parents=True, exist_ok=True)
+    if not resume and distributed.is_main():
+        files.config.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    record = {"config": config.to_dict(), "x_shape": list(train_data.shape)}
+    shown = train_data if val_data is None else val_data
+    attached = fit_callbacks(config.train.tensorboard, files.path, model, guide, shown, config.seed)
+    return fit(
+        model,
+        guide,
+        train_data,
+        val_data,
+        config=config.train,
+        seed=config.seed,
+        device=device,
+        run_dir=files.path,
+        record=record,
+        resume=resume,
+        progress=progress,
+        callbacks=[*callbacks, *attached],
+    )
+
+
+@dataclass
+class Run:
+    config: Config
+    model: Any
+    guide: Any
+    checkpoint: dict
+    device: torch.device
+
+
+def read_config(run_dir: str | Path) -> Config:
+    path = RunDir(run_dir).config
+    if not path.exists():
+        raise CheckpointError(
+            f"{run_dir} is not a run directory (no config.json); train one with `pyrovae fit`"
+        )
+    return config_from_dict(json.loads(path.read_text()))
+
+
+def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device | None = None) -> Run:
+    """Rebuild model and guide from ``run_dir`` alone; ``which`` is "best" (falls back to the
+    latest when the run had no validation split) or "last"."""
+    files = RunDir(run_dir)
+    path = {"best": files.best, "last": files.checkpoint}.get(which)
+    if path is None:
+        raise CheckpointError(f"unknown checkpoint {which!r}; use best or last")
+    if which == "best" and not path.exists():
+        path = files.checkpoint
+    dev = resolve_device(device or "auto")
+    state = ckpt_io.load(path, map_location=dev)
+    record = state["record"]
+    config = config_from_dict(record["config"])
+    model, guide = build(config, record["x_shape"])
+    try:
+        model.load_state_dict(state["model"])
+        guide.load_state_dict(state["guide"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"{path} does not match the model its config describes: {e}") from e
+    model.to(dev).eval()
+    guide.to(dev).eval()
+    return Run(config, model, guide, state, dev)
+
+
+@torch.no_grad()
+def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
+    """Originals and E[x | z], z = E_q[z | x] at the code site, interleaved row by row for a grid."""
+    recon = run.model.decode(posterior_means(run.guide, x, site=hooks.code_site(run.model)))
+    return torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])
+
+
+FIGURE_PARTS = ("samples", "reconstructions", "latent")
+
+
+def draw_figures(
+    run: Run,
+    run_dir: str | Path,
+    *,
+    data: EvaluationData | None = None,
+    num: int = 64,
+    split: str = "test",
+    latent_points: int = 5000,
+    seed: int = 0,
+    parts: tuple[str, ...] = FIGURE_PARTS,
+) -> list[Path]:
+    """The figures ``parts`` names, of the evaluation ``data`` (by default ``split`` binarized at
+    ``seed``), in ``run_dir``: samples.png, reconstructions.png, latent.png and (2-D codes)
+    manifold.png; a quadrant model draws completions.png, a label-conditioned one a row of
+    samples per class."""
+    files = RunDir(run_dir)
+    data = evaluation_data(run.config, split, run.device, seed) if data is None else data
+    pyro.set_rng_seed(seed)
+    x = data.images
+    paths = []
+    if hooks.can_complete(run.model):  # a quadrant model: visible part, completions, truth
+        if "samples" in parts:
+            args = hooks.inputs(run.model, x[:8])
+            paths.append(plots.save_completions(run.model, *args, files.figure("completions")))
+        return paths
+    if hooks.is_conditional(run.model):  # a label-conditioned model: a row of samples per class
+        if "samples" in parts:
+            rows = [run.model.sample(8, condition=c) for c in range(hooks.num_classes(run.model))]
+            paths.append(plots.save_grid(torch.cat(rows), files.figure("samples"), nrow=8))
+        return paths
+    if "samples" in parts:
+        paths.append(plots.save_grid(run.model.sample(num), files.figure("samples")))
+    if "reconstructions" in parts:
+        grid = reconstructions(run, x[: num // 2])
+        paths.append(plots.save_grid(grid, files.figure("reconstructions"), nrow=8))
+    if "latent" in parts:
+        n = min(latent_points, x.shape[0])
+        z = posterior_means(run.guide, x[:n], site=hooks.code_site(run.model))
+        paths.append(plots.plot_latent_scatter(z, data.labels[:n], files.figure("latent")))
+        if z.shape[-1] == 2:
+            grid = plots.manifold_grid(run.model.decode, 20, run.device)
+            paths.append(plots.save_grid(grid, files.figure("manifold"), nrow=20))
+    return paths

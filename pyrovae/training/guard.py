@@ -1,0 +1,113 @@
+"""Non-finite losses and gradients: found on the device with no host read, never applied,
+and reported by the step and the site they came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pyro
+import torch
+from torch import nn
+
+from pyrovae.errors import NonFiniteError
+from pyrovae.inference.weights import inspection_traces
+from pyrovae.runtime.distributed import Group
+
+
+class Guard:
+    """A step whose loss or gradient norm is not finite is marked in ``found`` (fused Adam
+    then skips its update), counted in ``count``, and the first such step kept in ``first``;
+    :meth:`check` reads the count back (a host sync) and stops the run under ``nan_policy = "stop"``."""
+
+    def __init__(self, device: torch.device, skipped: int = 0, policy: str = "stop", log_every: int = 1):
+        self.found = torch.zeros((), dtype=torch.float32, device=device)  # fused Adam's found_inf is float32
+        self.count = torch.full((), skipped, dtype=torch.long, device=device)
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+        self.policy = policy
+        # steps between reads: on CPU a read costs nothing, so a stop comes at the step itself
+        self.every = 1 if device.type == "cpu" and policy == "stop" else log_every
+
+    def update(
+        self,
+        loss: torch.Tensor,
+        params: list[torch.Tensor],
+        step: int,
+        clip: float | None,
+        group: Group | None = None,
+    ) -> torch.Tensor:
+        """Mark step ``step`` and clip the gradients; under torch.distributed every rank skips the
+        same steps."""
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.count.device)
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        if group is not None:
+            bad = group.agree(bad)
+        if clip is not None and grads:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
+        self.count += bad
+        self.first = torch.where(bad & (self.first < 0), step, self.first)
+        self.found = bad.to(self.found.dtype)
+        return bad
+
+    def check(
+        self, skipped: int, step: int, where: Callable[[], str], last_checkpoint: Callable[[], str]
+    ) -> int:
+        """The number of skipped steps; raises NonFiniteError on a new one under the "stop" policy.
+        ``where()`` names the cause (re-running the batch), ``last_checkpoint()`` the way back;
+        both are called only then."""
+        total = int(self.count)
+        if total > skipped and self.policy == "stop":
+            raise NonFiniteError(
+                f"the loss or its gradient was not finite at step {int(self.first)} ({where()}); that step's "
+                f"update was not applied and training stopped at step {step}. Last good checkpoint: "
+                f"{last_checkpoint()}. Lower train.lr, set train.grad_clip, check the data, or set "
+                'train.nan_policy = "skip" to skip such batches'
+            )
+        return total
+
+
+def describe_checkpoint(run_dir: Path | None, last: Path | None) -> str:
+    """What is true of the way back: the checkpoint, or why there is none."""
+    if last is not None:
+        return str(last)
+    if run_dir is None:
+        return "none (no run directory)"
+    return f"none yet ({run_dir} has no checkpoint before this step)"
+
+
+def diagnose_nonfinite(
+    model: Callable, guide: Callable, x: tuple | torch.Tensor, params: list[torch.Tensor]
+) -> str:
+    """Where a non-finite loss came from, on a re-run of batch ``x`` (the model's arguments): the
+    first non-finite parameter, sample value or log-density (guide sites first, as they run first), else the
+    first non-finite gradient."""
+    named = {
+        id(p): f"{prefix}.{n}"
+        for prefix, m in (("model", model), ("guide", guide))
+        if isinstance(m, nn.Module)
+        for n, p in m.named_parameters()
+    }
+    store = pyro.get_param_store()
+    named.update({id(store._params[n]): f"pyro.param {n!r}" for n in store.keys()})
+    label = lambda p: named.get(id(p), f"a parameter of shape {tuple(p.shape)}")
+    with torch.no_grad(), pyro.validation_enabled(False):
+        for p in params:
+            if not torch.isfinite(p).all():
+                return f"{label(p)} is not finite"
+        try:
+            traces = inspection_traces(model, guide, x if isinstance(x, tuple) else (x,), {})
+        except Exception as e:  # noqa: BLE001 - a model that fails on this batch names its own error
+            return f"re-running the batch raised {type(e).__name__}: {e}"
+        for who, tr in zip(("guide", "model"), traces):
+            for name, site in tr.nodes.items():
+                if site["type"] != "sample":
+                    continue
+                if isinstance(site["value"], torch.Tensor) and not torch.isfinite(site["value"]).all():
+                    return f"the {who}'s sample site {name!r} has non-finite values"
+                if not torch.isfinite(site["fn"].log_prob(site["value"])).all():
+                    return f"the {who}'s sample site {name!r} has a non-finite log-density"
+    for p in params:
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            return f"the gradient of {label(p)} is not finite"
+    return "a re-run of the batch was finite: the sampling noise of that step"

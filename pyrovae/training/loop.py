@@ -1,0 +1,363 @@
+"""fit(): one readable SVI loop over a device-resident dataset, with checkpoints and metrics.
+
+The loss is a training objective of :mod:`pyrovae.objectives` (by default the Monte Carlo
+ELBO) divided by the batch size, run through :class:`pyrovae.runtime.compile.Compiled` (captured
+once per batch shape unless ``train.compile = "none"``) and minimised by Adam over the
+parameters of the model and guide (:func:`pyrovae.training.optim.collect_params`). The run's state
+is a :class:`pyrovae.training.state.TrainState` (its ``state_dict()`` is the checkpoint), its files
+a :class:`pyrovae.training.runfiles.RunFiles`, and what differs under torch.distributed sits in one
+:class:`pyrovae.runtime.distributed.Group`. The data are checked once up front; inside the loop
+Pyro's argument checks are off and the loss is read back every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import pyro
+import torch
+
+from pyrovae import hooks
+from pyrovae.data.labelled import LabelledBatches, is_partly_labelled
+from pyrovae.data.splits import VAL_BINARIZATION_SEED, Batches, Split
+from pyrovae.errors import ConfigError, ModelError
+from pyrovae.hooks import (
+    Takes,
+    attach_data,
+    auxiliary_loss,
+    check_pixels,
+    evaluation_inputs,
+    is_conditional,
+    label_site,
+    owner_modules,
+    takes,
+)
+from pyrovae.inference import chunks, clusters, estimators
+from pyrovae.inference.checks import as_split, check_data, check_sites
+from pyrovae.runtime import distributed, threads
+from pyrovae.runtime.compile import Compiled, resolve_mode, warn_eager
+from pyrovae.runtime.devices import resolve_device
+from pyrovae.runtime.progress import bar
+from pyrovae.training.guard import Guard, diagnose_nonfinite
+from pyrovae.training.objectives import kl_weight, make_objective
+from pyrovae.training.optim import (
+    collect_params,
+    make_optimizer,
+    make_scheduler,
+)
+from pyrovae.training.runfiles import RunFiles, Signals
+from pyrovae.training.settings import TrainConfig
+from pyrovae.training.state import TrainState
+
+
+@dataclass
+class FitResult:
+    step: int
+    epoch: int
+    best_val_elbo: float
+    metrics: list[dict] = field(default_factory=list)
+    run_dir: Path | None = None
+    compile: str = "none"  #: how the loss ran: see pyrovae.runtime.compile.Compiled.summary
+    skipped: int = 0  #: steps whose update was skipped for a non-finite loss or gradient
+    threads: int | None = None  #: the CPU threads the steps ran with (None on a GPU)
+
+    @classmethod
+    def of(cls, state: TrainState, files: RunFiles, compile: str, threads: int | None) -> "FitResult":
+        rows, run_dir = files.rows, files.run_dir
+        return cls(
+            state.step, state.epoch, state.best_val_elbo, rows, run_dir, compile, state.skipped, threads
+        )
+
+
+@dataclass
+class Plan:
+    """What a run trains on, and for how long."""
+
+    train: Split
+    val: Split | None
+    batches: Batches
+    example: tuple  #: the model's arguments for a few datapoints (all of them for a whole-data guide)
+    conditional: bool
+    total_steps: int
+    epochs: int
+
+
+def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: torch.device) -> Plan:
+    """Move model, guide and data to ``device``, check them, and lay out the batches. A guide
+    sized for all N training datapoints (:func:`pyrovae.inference.chunks.runs_on_slices` is False)
+    trains on the whole data in order, one batch per step."""
+    for m in owner_modules(model, guide):
+        m.to(device)
+    if isinstance(train, Split):  # a declared pixel mode (a plain tensor's values meet check_data)
+        check_pixels(model, train.pixels)
+    train, val = as_split(train).to(device), None if val is None else as_split(val).to(device)
+    check_data(model, train, "training")
+    attach_data(model, guide, train.labels)
+    if val is not None:
+        check_data(model, val, "validation")
+    if cfg.select == "error" and (label_site(model) is None or val is None or not (val.labels >= 0).any()):
+        raise ConfigError(
+            'train.select = "error" picks best.pt by validation classification error: it needs a model '
+            'with a label site (e.g. ss_vae) and labelled validation data; use select = "elbo"'
+        )
+    probe = hooks.inputs(model, train.observe(slice(0, 3)), train.labels[:3])
+    whole = len(train) > 2 and not chunks.runs_on_slices(model, guide, probe, {}, 2)
+    example = hooks.inputs(model, train.observe(), train.labels) if whole else tuple(a[:2] for a in probe)
+    check_sites(model, guide, *example)
+    if whole and (val is not None or group.size > 1):
+        raise ModelError(
+            f"the guide runs only on all {len(train)} training datapoints at once (it is sized "
+            "for them): train it in one process with val=None"
+        )
+    size = len(train) if whole else cfg.batch_size
+    if takes(model) == Takes.IMAGE_PARTIAL_LABEL and not whole and is_partly_labelled(train):
+        batches = LabelledBatches(
+            train, size, seed=seed, rank=group.rank, world=group.size, repeat=cfg.labelled_repeat
+        )
+    else:
+        batches = Batches(train, size, shuffle=not whole, seed=seed, rank=group.rank, world=group.size)
+    total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(batches)
+    if total < 1:
+        raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")
+    return Plan(train, val, batches, example, is_conditional(model), total, math.ceil(total / len(batches)))
+
+
+def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Compiled:
+    """loss(*args, beta) = objective / batch size, run through :class:`pyrovae.runtime.compile.Compiled`."""
+    resolve_mode(mode)
+    objective.prepare(model, guide, *example)
+    if not objective.capturable:
+        warn_eager(mode, "this objective reads values back to the host (Pyro's ELBO) and is not captured")
+        mode = "none"
+
+    def loss(*args):
+        *data, beta = args
+        value = objective(model, guide, *data, beta=beta)
+        extra = auxiliary_loss(model, guide, *data)  # e.g. M2's classifier loss
+        return (value if extra is None else value + extra) / data[0].shape[0]
+
+    return Compiled(loss, owner_modules(model, guide), mode, params=params)
+
+
+def beta_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """The KL weight of ``step`` under the config's schedule (:func:`pyrovae.objectives.kl_weight`)."""
+    return kl_weight(
+        step,
+        schedule=cfg.kl_schedule,
+        beta=cfg.beta,
+        warmup_steps=cfg.warmup_steps,
+        total_steps=total_steps,
+        cycles=cfg.cycles,
+        cycle_ratio=cfg.cycle_ratio,
+    )
+
+
+def train_step(
+    loss_fn, x: tuple, beta, opt, guard: Guard, params, state: TrainState, batches: Batches
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SVI step: the loss, its gradient (weighted by the rank's share of the global batch),
+    the non-finite guard and clipping, the optimizer step (skipped on the device when flagged).
+    Returns (loss, whether the step was skipped)."""
+    loss = loss_fn(*x, beta)
+    opt.zero_grad(set_to_none=True)
+    state.group.weigh(loss, x[0].shape[0], batches.total(state.batch)).backward()
+    bad = guard.update(loss, params, state.step + 1, state.config.grad_clip, state.group)
+    opt.found_inf = guard.found
+    opt.step()
+    return loss, bad
+
+
+class Validator:
+    """The validation ELBO, on one fixed binarization and with the same draws every epoch, on a
+    forked random stream (validating never changes the stream training continues with, so a
+    resumed run matches one that never stopped); for a model with a label site, also the
+    classification error of argmax q(y | x) on the labelled validation images. Ranks score
+    their parts and share the sums."""
+
+    def __init__(self, model, guide, val: Split, samples: int, seed: int, group, device: torch.device):
+        self.model, self.guide, self.samples, self.seed, self.group = model, guide, samples, seed, group
+        self.device = device
+        self.x = evaluation_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
+        self.labels = val.labels if label_site(model) is not None and (val.labels >= 0).any() else None
+
+    def __call__(self) -> dict:
+        cuda = [self.device] if self.device.type == "cuda" else []
+        modules = owner_modules(self.model, self.guide)
+        with torch.random.fork_rng(devices=cuda), pyro.validation_enabled(False):
+            torch.manual_seed(self.group.seed(self.seed + VAL_BINARIZATION_SEED))
+            for m in modules:
+                m.eval()
+            part = tuple(distributed.shard(a, self.group.rank, self.group.size) for a in self.x)
+            elbos = estimators.elbo(self.model, self.guide, *part, num_samples=self.samples, data_chunk=2000)
+            sums = [elbos.double().sum(), torch.tensor(float(len(elbos)), device=elbos.device)]
+            if self.labels is not None:
+                sums += self._wrong(part)
+            total = distributed.all_sum(torch.stack([s.to(elbos.device, torch.float64) for s in sums]))
+            for m in modules:
+                m.train()
+        row = {"val_elbo": (total[0] / total[1]).item()}
+        return row if self.labels is None else {**row, "val_error": (total[2] / total[3]).item()}
+
+    def _wrong(self, part: tuple) -> list[torch.Tensor]:
+        """(misclassified, labelled) counts of this rank's part."""
+        labels = distributed.shard(self.labels, self.group.rank, self.group.size)
+        probs = clusters.discrete_probs(self.guide, *part)[label_site(self.model)]
+        known = labels >= 0
+        wrong = (probs.argmax(-1) != labels.to(probs.device)) & known.to(probs.device)
+        return [wrong.double().sum(), known.double().sum()]
+
+
+def probe_threads(tuner: threads.Tuner, loss_fn, run: Plan, state: TrainState, beta_t) -> None:
+    """Let ``tuner`` time discarded steps (forward and backward of the next batch on a forked
+    random stream: no update, the modules' buffers put back) until it has chosen the threads."""
+    if tuner.choice is not None:
+        return
+    model, guide = state.model, state.guide
+    beta = beta_t if loss_fn.mode != "none" else 1.0  # as the loop passes it; its value times alike
+    buffers = [(b, b.clone()) for m in owner_modules(model, guide) for b in m.buffers()]
+    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False):
+        batch = next(iter(run.batches.epoch(state.epoch, state.batch, labels=run.conditional)))
+        x = hooks.inputs(model, *batch) if run.conditional else (batch,)
+        while tuner.choice is None:
+            with tuner.unit():
+                loss_fn(*x, beta).backward()
+    with torch.no_grad():
+        for b, saved in buffers:
+            b.copy_(saved)
+    state.optimizer.zero_grad(set_to_none=True)
+
+
+def start_files(files: RunFiles, resume: bool, seed: int, device, probe) -> threads.Tuner:
+    """Start the run's files with the CPU threads chosen (:class:`pyrovae.runtime.threads.Tuner`, on CPU in
+    one process; steps are short, so ten are timed after three of warm-up): a fresh run times
+    ``probe(tuner)`` first (so ``versions.json`` records the choice); a resumed run keeps its
+    checkpoint's threads, the arithmetic of the run that stopped."""
+    tuner = threads.Tuner(enabled=device.type == "cpu" and files.state.group.size == 1, timed=10, warm=3)
+    if not resume:
+        probe(tuner)
+    files.start(resume, seed, device)
+    if resume and files.resumed_threads:
+        tuner.fix(files.resumed_threads)
+    elif resume:  # a checkpoint from before threads were recorded
+        probe(tuner)
+    return tuner
+
+
+def improved(state: TrainState, row: dict) -> bool:
+    """Whether the epoch's validation figure (``train.select``) is the best so far; records it."""
+    if state.config.select == "error":
+        better = row["val_error"] < state.best_val_error
+        state.best_val_error = min(state.best_val_error, row["val_error"])
+    else:
+        better = row["val_elbo"] > state.best_val_elbo
+    if row["val_elbo"] > state.best_val_elbo:
+        state.best_val_elbo = row["val_elbo"]
+    return better
+
+
+def end_epoch(state: TrainState, files: RunFiles, validate, seconds: float, full: bool, device) -> bool:
+    """The epoch row (validation figures, best checkpoint), the schedule's step and a checkpoint;
+    True when training should stop (a callback, early stopping)."""
+    row = {
+        "kind": "epoch",
+        "step": state.step,
+        "epoch": state.epoch,
+        "seconds": seconds,
+        "skipped": state.skipped,
+    }
+    if validate is not None:
+        row.update(validate())
+        if improved(state, row):
+            state.bad_epochs = 0
+            files.save_best()
+        else:
+            state.bad_epochs += 1
+    if state.scheduler is not None and full:
+        state.scheduler.step()
+    stop = state.group.any(files.write(row), device)  # a callback on one rank (a time budget) stops all
+    files.save()
+    patience = state.config.early_stopping
+    return stop or (patience is not None and state.bad_epochs >= patience)
+
+
+def fit(
+    model: Callable,
+    guide: Callable,
+    train: Split | torch.Tensor,
+    val: Split | torch.Tensor | None = None,
+    *,
+    config: TrainConfig = TrainConfig(),
+    seed: int = 0,
+    device: str | torch.device | None = "auto",
+    run_dir: str | Path | None = None,
+    record: dict | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    callbacks: Iterable[Callable[[dict], object]] = (),
+) -> FitResult:
+    """Train ``model``/``guide`` (Pyro callables with a ``"data"`` plate, or methods of one module) by
+    SVI on ``train``, validating on ``val`` each epoch; with ``run_dir``, write metrics and atomic
+    checkpoints (``resume=True`` continues to the same parameters and rows). Non-finite steps are
+    never applied (``nan_policy``); a callback returning True on an epoch row stops training."""
+    cfg, device, group = config, resolve_device(device), distributed.Group()
+    pyro.set_rng_seed(group.seed(seed))
+    run = plan(model, guide, train, val, cfg, seed, group, device)
+    params = collect_params(model, guide, *run.example)
+    mode = group.check_trainable(params, owner_modules(model, guide), cfg.compile)
+    objective = make_objective(cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
+    loss_fn = make_loss(objective, model, guide, params, mode, run.example)
+    opt = make_optimizer(params, cfg)
+    state = TrainState(model, guide, opt, make_scheduler(opt, cfg, run.epochs), cfg, record, device, group)
+    files = RunFiles(run_dir, state, callbacks, keep=cfg.keep_checkpoints)
+    beta_t = torch.ones((), device=device, dtype=params[0].dtype)
+    tuner = start_files(files, resume, seed, device, lambda t: probe_threads(t, loss_fn, run, state, beta_t))
+    step_loss = group.wrap(loss_fn, owner_modules(model, guide), device)
+    validate = (
+        None if run.val is None else Validator(model, guide, run.val, cfg.val_samples, seed, group, device)
+    )
+    guard = Guard(device, state.skipped, cfg.nan_policy, cfg.log_every)
+
+    def check(x) -> None:  # read the device's non-finite count back and stop on a new one
+        where = lambda: diagnose_nonfinite(model, guide, x, params)
+        state.skipped = guard.check(state.skipped, state.step, where, files.describe_last)
+
+    t_epoch = time.perf_counter()
+    show = progress if group.main else False
+    with pyro.validation_enabled(False), Signals(run_dir is not None) as signals, tuner:
+        with bar("fit", run.total_steps, "step", state.step, show=show) as pbar:
+            while state.step < run.total_steps and state.epoch < run.epochs:
+                for batch in run.batches.epoch(state.epoch, state.batch, labels=run.conditional):
+                    x = hooks.inputs(model, *batch) if run.conditional else (batch,)
+                    beta = beta_at(state.step, cfg, run.total_steps)
+                    # a captured loss takes beta as a tensor input, so a schedule never forces a new capture
+                    b = beta_t.fill_(beta) if loss_fn.mode != "none" else beta
+                    loss, bad = train_step(step_loss, x, b, opt, guard, params, state, run.batches)
+                    state.advance(loss, bad)
+                    last = state.step == run.total_steps
+                    log_now = state.step % cfg.log_every == 0 or last
+                    if state.step % guard.every == 0 or last:
+                        check(x)
+                    if log_now:
+                        files.write(state.step_row(beta))
+                        pbar.set_postfix(loss=files.rows[-1]["loss"])
+                    pbar.update(1)
+                    if run_dir is not None and state.step % cfg.checkpoint_every == 0:
+                        check(x)
+                        files.save()
+                    received = group.agree_signal(signals.received, log_now, device)
+                    if received is not None:
+                        check(x)
+                        files.save()
+                        raise files.interrupted(received)
+                    if last:
+                        break
+                full = state.batch >= len(run.batches)
+                state.epoch, state.batch = (state.epoch + 1, 0) if full else (state.epoch, state.batch)
+                if end_epoch(state, files, validate, time.perf_counter() - t_epoch, full, device):
+                    break
+                t_epoch = time.perf_counter()
+    return FitResult.of(state, files, loss_fn.summary(), tuner.threads if device.type == "cpu" else None)

@@ -1,0 +1,367 @@
+"""Training losses, each ``loss(model, guide, *args, beta=1.0) -> Tensor`` summed over datapoints,
+and KL-weight (beta) schedules.
+
+- ``elbo``: the Monte Carlo ELBO with reparameterized samples (Kingma & Welling 2013, eq. 6),
+  computed from the per-datapoint log-weights (no host synchronization); Pyro's ``Trace_ELBO``
+  (score-function terms) when some guide site cannot be reparameterized;
+- ``enum``: the same ELBO with every discrete site marked ``infer={"enumerate": "parallel"}``
+  summed out exactly (Kingma et al. 2014, eq. 7; :mod:`pyrovae.inference.enumeration`), Pyro's
+  ``TraceEnum_ELBO`` when a discrete site is left unmarked;
+- ``meanfield``: Pyro's ``TraceMeanField_ELBO``, analytic KL where known (ibid., eq. 7);
+- ``iwae``: the k-sample importance-weighted bound (Burda et al. 2015, eq. 8);
+- ``dreg``: the same bound with doubly reparameterized gradients for the guide
+  (Tucker et al. 2018, eq. 8).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import math
+import warnings
+from typing import Callable
+
+import pyro.infer
+import pyro.poutine as poutine
+import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
+
+from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
+from pyrovae.inference import estimators, weights
+
+OBJECTIVES = ("elbo", "enum", "meanfield", "iwae", "dreg")
+KL_SCHEDULES = ("constant", "linear", "cyclical")
+_PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
+
+
+def make_elbo(objective: str, num_particles: int = 1) -> pyro.infer.ELBO:
+    """Pyro's ELBO for ``objective`` ("elbo" or "meanfield") with ``num_particles`` vectorized particles."""
+    if objective not in _PYRO_ELBOS:
+        raise unknown_name("Pyro ELBO", objective, _PYRO_ELBOS)
+    if num_particles < 1:
+        raise ConfigError(f"num_particles must be positive, got {num_particles}")
+    return _PYRO_ELBOS[objective](num_particles=num_particles, vectorize_particles=num_particles > 1)
+
+
+class Objective(abc.ABC):
+    """A training loss: ``objective(model, guide, *args, beta=1.0)`` is the negative of a bound
+    on log p(x), summed over the datapoints of ``args``, with the KL part weighted by ``beta``.
+    ``prepare`` inspects the pair once before training (on a forked random stream);
+    ``capturable`` says whether a step may be captured as one graph (no host reads)."""
+
+    capturable: bool = True
+
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:  # noqa: B027 - optional
+        """Inspect the pair once before training; by default nothing."""
+
+    @abc.abstractmethod
+    def __call__(self, model: Callable, guide: Callable, *args, beta=1.0, **kwargs) -> torch.Tensor: ...
+
+
+def make_objective(objective: str, *, num_particles: int = 1, k: int = 5) -> Objective:
+    """The training loss named ``objective``; ``num_particles`` serves the ELBOs, ``k`` the IWAE bounds."""
+    if objective in ("elbo", "enum"):
+        return ELBOObjective(num_particles, enumerated=objective == "enum")
+    if objective in _PYRO_ELBOS:
+        return PyroObjective(make_elbo(objective, num_particles))
+    if objective in ("iwae", "dreg"):
+        if num_particles != 1:
+            raise ConfigError(
+                f"objective {objective!r} draws k importance samples per datapoint; set train.k "
+                f"(now {k}) instead of train.num_particles (now {num_particles})"
+            )
+        return IWAEObjective(k, dreg=objective == "dreg")
+    raise unknown_name("objective", objective, OBJECTIVES)
+
+
+class ScaleLatents(Messenger):
+    """Multiply the log-density of every latent (unobserved) sample site by ``beta``.
+
+    Applied to both model and guide it turns the ELBO into
+    E_q[log p(x|z)] - beta * KL(q(z|x) || p(z)), the beta-VAE objective (Higgins et al. 2017, eq. 4);
+    Pyro's analytic-KL ELBO reads the same scale from the guide's sites.
+    """
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = beta
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.beta * msg["scale"]
+
+
+def marked(trace) -> list[str]:
+    """The latent sample sites of a trace marked for parallel enumeration."""
+    return [
+        n
+        for n, s in trace.nodes.items()
+        if s["type"] == "sample" and not s["is_observed"] and s["infer"].get("enumerate") == "parallel"
+    ]
+
+
+def _inspect(model: Callable, guide: Callable, args, kwargs, enumerated: bool = False):
+    """(plate nesting, why the pair needs Pyro's general ELBO or None, the sites marked for
+    enumeration): the log-weight objectives need reparameterized guide sites (or, with
+    ``enumerated``, sites marked for enumeration) and unscaled log-densities."""
+    guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
+    nesting = weights.plate_nesting(model, guide, args, kwargs, traces=(guide_tr, model_tr))
+    enum = marked(guide_tr) + [n for n in marked(model_tr) if n not in guide_tr.nodes]
+    for tr in (guide_tr, model_tr):
+        for site in tr.nodes.values():
+            if site["type"] != "sample" or site_is_subsample(site):
+                continue
+            summed = enumerated and site["name"] in enum
+            if tr is guide_tr and not site["is_observed"] and not site["fn"].has_rsample and not summed:
+                return nesting, f"guide site {site['name']!r} cannot be reparameterized", enum
+            if not (isinstance(site["scale"], (int, float)) and site["scale"] == 1.0):
+                return nesting, f"site {site['name']!r} is scaled (subsampling or poutine.scale)", enum
+    return nesting, None, enum
+
+
+class ELBOObjective(Objective):
+    """-sum_n (1/S) sum_s [log p(x_n | z_ns) + beta (log p(z_ns) - log q(z_ns | x_n))] with
+    z_ns ~ q(z | x_n) reparameterized: the SGVB estimator of Kingma & Welling (2013), eq. 6,
+    with S = ``num_particles`` vectorized particles. Value and gradient equal Pyro's
+    ``Trace_ELBO`` on the same draws; it only skips Pyro's per-site ``.item()`` calls, so a
+    step issues no host synchronization and can be captured as one graph. A pair with a
+    non-reparameterizable or scaled site is handed to ``Trace_ELBO`` (score-function terms).
+    With ``enumerated`` (objective ``"enum"``) the sites marked for parallel enumeration are
+    summed out exactly (Kingma et al. 2014, eq. 7), each term weighted by q(c | x); a discrete
+    guide site left unmarked hands the pair to Pyro's ``TraceEnum_ELBO``.
+    """
+
+    def __init__(self, num_particles: int = 1, enumerated: bool = False):
+        if num_particles < 1:
+            raise ConfigError(f"num_particles must be positive, got {num_particles}")
+        self.num_particles, self._nesting, self._fallback = num_particles, None, None
+        self.enumerate = enumerated
+
+    @property
+    def capturable(self) -> bool:
+        return self._fallback is None
+
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
+        """Inspect the pair once (on a forked random stream); called by the first loss otherwise."""
+        self._nesting, reason, enum = _inspect(model, guide, args, kwargs, self.enumerate)
+        if enum and not self.enumerate:
+            warnings.warn(
+                f'objective "elbo" samples the site(s) {enum} marked for enumeration (score-function '
+                'gradients, high variance); objective "enum" sums them out exactly',
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if self.enumerate and not enum:
+            warnings.warn(
+                'objective "enum": no site is marked infer={"enumerate": "parallel"}, so it is the '
+                "plain ELBO; mark discrete sites (or wrap the guide in pyro.infer.config_enumerate)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        if reason is not None and self.enumerate:
+            elbo = pyro.infer.TraceEnum_ELBO(
+                max_plate_nesting=self._nesting,
+                num_particles=self.num_particles,
+                vectorize_particles=self.num_particles > 1,
+            )
+            self._fallback = PyroObjective(elbo)
+        elif reason is not None:
+            self._fallback = PyroObjective(make_elbo("elbo", self.num_particles))
+
+    def __call__(self, model: Callable, guide: Callable, *args, beta=1.0, **kwargs) -> torch.Tensor:
+        if self._nesting is None:
+            self.prepare(model, guide, *args, **kwargs)
+        if self._fallback is not None:
+            return self._fallback(model, guide, *args, beta=beta, **kwargs)
+        t = weights.log_prob_terms(
+            model,
+            guide,
+            *args,
+            num_samples=self.num_particles,
+            max_plate_nesting=self._nesting,
+            enumerated=self.enumerate,
+            **kwargs,
+        )
+        return -(t.log_lik + beta * (t.log_prior - t.log_q)).mean(0).sum()
+
+
+class PyroObjective(Objective):
+    """A Pyro ELBO as a loss: -ELBO summed over datapoints, with latent sites scaled by beta.
+    Pyro's ELBOs read values back to the host (``.item()``), so they are not captured."""
+
+    capturable = False
+
+    def __init__(self, elbo: pyro.infer.ELBO):
+        self.elbo = elbo
+
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
+        """For the analytic-KL ELBO, warn about each latent site whose KL has no closed form
+        (a learned prior): Pyro estimates that site's KL by Monte Carlo, log q - log p."""
+        if not isinstance(self.elbo, pyro.infer.TraceMeanField_ELBO):
+            return
+        guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
+        for name, site in guide_tr.nodes.items():
+            if (
+                site["type"] != "sample"
+                or site["is_observed"]
+                or site_is_subsample(site)
+                or name not in model_tr.nodes
+            ):
+                continue
+            try:
+                torch.distributions.kl_divergence(site["fn"], model_tr.nodes[name]["fn"])
+            except NotImplementedError:
+                warnings.warn(
+                    f'objective "meanfield": KL(q || p) at site {name!r} has no closed form '
+                    f"(guide {type(site['fn']).__name__}, prior {type(model_tr.nodes[name]['fn']).__name__}"
+                    "); it is estimated by Monte Carlo (log q - log p) for that site, as objective "
+                    '"elbo" does',
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+
+    def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
+        with ScaleLatents(beta) if beta != 1.0 else contextlib.nullcontext():
+            return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+
+class _DetachParams(Messenger):
+    """Stop gradients into every ``pyro.param`` value."""
+
+    def _pyro_post_param(self, msg):
+        msg["value"] = msg["value"].detach()
+
+
+def _stopped(guide: Callable) -> Callable:
+    """``guide`` with all its parameters detached: sampled values keep their gradient paths only."""
+    if isinstance(guide, torch.nn.Module):
+        detached = {name: p.detach() for name, p in guide.named_parameters()}
+
+        def call(*args, **kwargs):
+            with _DetachParams():
+                return torch.func.functional_call(guide, detached, args, kwargs)
+
+        return call
+    return _DetachParams()(guide)
+
+
+class IWAEObjective(Objective):
+    """-sum_n log (1/k) sum_i w_ni, the negative k-sample IWAE bound (Burda et al. 2015, eq. 8), with
+    annealed weights log w = log p(x|z) + beta (log p(z) - log q(z|x)).
+
+    With ``dreg=True`` the guide's gradient is the doubly reparameterized estimator of
+    Tucker et al. (2018), eq. 8: sum_i wt_i^2 d log w_i / dz_i dz_i / dphi with log q's
+    parameters stopped (wt the normalized weights); the model's gradient stays
+    sum_i wt_i grad_theta log w_i. Both need reparameterizable guide sites; the plain bound sums
+    a site marked for enumeration inside each importance sample (:mod:`pyrovae.inference.enumeration`),
+    DReG refuses one.
+    """
+
+    def __init__(self, k: int = 5, dreg: bool = False):
+        if k < 1:
+            raise ConfigError(f"the IWAE bound needs k >= 1 samples, got {k}")
+        self.k, self.dreg, self._nesting = k, dreg, None
+
+    capturable = True
+
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
+        """Learn the plate nesting once (on a forked random stream); called by the first loss otherwise."""
+        self._nesting, _, enum = _inspect(model, guide, args, kwargs, enumerated=True)
+        if enum and self.dreg:
+            raise ConfigError(
+                f'objective "dreg" needs reparameterizable sites; {enum} are discrete and marked for '
+                'enumeration: use objective "iwae" (which sums them inside each sample) or "enum"'
+            )
+        if enum:
+            warnings.warn(
+                f'objective "iwae" sums {enum} inside each importance sample: the bound '
+                "log sum_c p(x, c, z) / q(z | x, c) does not depend on q(c | x), which learns only "
+                'from an auxiliary loss (objective "enum" trains it)',
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+    def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
+        if self._nesting is None:
+            self.prepare(model, guide, *args, **kwargs)
+        if not self.dreg:
+            t = weights.log_prob_terms(
+                model,
+                guide,
+                *args,
+                num_samples=self.k,
+                max_plate_nesting=self._nesting,
+                enumerated=True,
+                **kwargs,
+            )
+            return -estimators.iwae_from_log_weights(t.annealed(beta)).sum()
+        return -self._dreg_surrogate(model, guide, args, kwargs, beta)
+
+    def _dreg_surrogate(self, model, guide, args, kwargs, beta):
+        k = self.k
+        guide_tr, model_tr, pdim = weights.traces(model, guide, args, kwargs, k, self._nesting)
+        for site in guide_tr.nodes.values():
+            if (
+                site["type"] == "sample"
+                and not site["is_observed"]
+                and not site_is_subsample(site)
+                and not site["fn"].has_rsample
+            ):
+                raise PyrovaeError(
+                    f"DReG needs a reparameterizable guide; site {site['name']!r} has none. "
+                    'Use objective = "iwae"'
+                )
+        log_lik, log_prior = weights.sum_sites(model_tr, pdim, k)
+        stop_tr = poutine.trace(
+            poutine.replay(weights.vectorize(_stopped(guide), k, pdim), trace=guide_tr)
+        ).get_trace(*args, **kwargs)
+        _, log_q_stop = weights.sum_sites(stop_tr, pdim, k)
+        lw = log_lik + beta * (log_prior - log_q_stop)
+        w = torch.softmax(lw.detach(), 0)
+        # the model's terms at detached z: their gradient reaches theta only
+        detached = guide_tr.copy()
+        for name, site in guide_tr.nodes.items():
+            if site["type"] == "sample":
+                detached.nodes[name] = {**site, "value": site["value"].detach()}
+        det_tr = poutine.trace(poutine.replay(weights.vectorize(model, k, pdim), trace=detached)).get_trace(
+            *args, **kwargs
+        )
+        d_lik, d_prior = weights.sum_sites(det_tr, pdim, k)
+        lw_theta = d_lik + beta * d_prior
+        # theta: w^2 + (w - w^2) = w, as in IWAE; phi: w^2 through z only (log q's parameters stopped)
+        surrogate = (w**2 * lw).sum(0) + ((w - w**2) * lw_theta).sum(0)
+        # add the bound's value with zero gradient so that the loss reads as -IWAE
+        bound = estimators.iwae_from_log_weights(lw.detach())
+        return (surrogate - surrogate.detach() + bound).sum()
+
+
+def kl_weight(
+    step: int,
+    *,
+    schedule: str = "constant",
+    beta: float = 1.0,
+    warmup_steps: int = 0,
+    total_steps: int = 1,
+    cycles: int = 4,
+    cycle_ratio: float = 0.5,
+) -> float:
+    """The KL weight at training step ``step`` (0-based).
+
+    - ``constant``: beta.
+    - ``linear``: beta * min(1, (step + 1) / warmup_steps), the warm-up of Bowman et al. (2016)
+      and Sonderby et al. (2016).
+    - ``cyclical``: Fu et al. (2019), eq. 4: ``cycles`` cycles over ``total_steps``; in each,
+      tau in [0, 1) rises linearly and the weight is beta * min(1, tau / cycle_ratio).
+    """
+    if schedule == "constant":
+        return beta
+    if schedule == "linear":
+        return beta if warmup_steps <= 0 else beta * min(1.0, (step + 1) / warmup_steps)
+    if schedule == "cyclical":
+        if cycles < 1 or not 0 < cycle_ratio <= 1:
+            raise ConfigError("cyclical KL schedule needs cycles >= 1 and 0 < cycle_ratio <= 1")
+        period = max(1.0, total_steps / cycles)
+        tau = (step % math.ceil(period)) / period
+        return beta * min(1.0, tau / cycle_ratio)
+    raise unknown_name("KL schedule", schedule, KL_SCHEDULES)

@@ -1,0 +1,114 @@
+"""The settings of one training run (``[train]`` in a config file, or ``fit(config=...)``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyrovae.errors import at_least, int_in, positive, require, require_names
+from pyrovae.runtime.compile import MODES
+from pyrovae.training.objectives import KL_SCHEDULES, OBJECTIVES
+from pyrovae.training.optim import LR_SCHEDULES
+
+MAX_SAMPLES = 100_000  #: particles or importance samples per datapoint in a training step
+NAN_POLICIES = ("stop", "skip")
+SELECT = ("elbo", "error")  #: train.select: best.pt by validation ELBO, or by classification error
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    objective: str = "elbo"  #: elbo (reparameterized MC ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
+    num_particles: int = 1  #: vectorized particles per datapoint (elbo, meanfield)
+    k: int = 5  #: importance samples per datapoint (iwae, dreg)
+    epochs: int = 10
+    max_steps: int | None = None  #: stop after this many steps (overrides epochs)
+    batch_size: int = 128
+    labelled_repeat: int | None = None  #: semi-supervised: passes over the labels per epoch (null: auto)
+    lr: float = 1e-3
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"  #: constant | exponential | cosine | iwae (stepped each epoch)
+    lr_gamma: float = 0.99  #: decay per epoch for lr_schedule = exponential
+    grad_clip: float | None = None  #: clip the gradient norm to this value
+    beta: float = 1.0  #: KL weight (beta-VAE); its schedule below
+    kl_schedule: str = "constant"  #: constant | linear | cyclical
+    warmup_steps: int = 0  #: linear schedule: steps to reach beta
+    cycles: int = 4  #: cyclical schedule: number of cycles
+    cycle_ratio: float = 0.5  #: cyclical schedule: fraction of a cycle spent rising
+    val_samples: int = 1  #: particles per datapoint for the validation ELBO
+    early_stopping: int | None = None  #: stop after this many epochs without a better validation figure
+    select: str = "elbo"  #: what picks best.pt: elbo | error (classification, a label site)
+    checkpoint_every: int = 1000  #: steps between checkpoints (and at each epoch end)
+    keep_checkpoints: int = 3  #: step checkpoints kept in run_dir/checkpoints (checkpoint.pt is the newest)
+    nan_policy: str = (
+        "stop"  #: stop | skip: on a non-finite loss or gradient, stop the run, or skip that batch
+    )
+
+    def __post_init__(self):
+        require_names(
+            "train",
+            {
+                "objective": ("objective", self.objective, OBJECTIVES),
+                "kl_schedule": ("KL schedule", self.kl_schedule, KL_SCHEDULES),
+                "lr_schedule": ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+                "nan_policy": ("nan_policy", self.nan_policy, NAN_POLICIES),
+                "compile": ("compile mode", self.compile, MODES),
+            },
+        )
+        opt = lambda v, f: v is None or f(v)  # noqa: E731
+        many = f"an integer in [1, {MAX_SAMPLES}]"
+        require(
+            "train",
+            {
+                "num_particles": (self.num_particles, int_in(self.num_particles, 1, MAX_SAMPLES), many),
+                "k": (self.k, int_in(self.k, 1, MAX_SAMPLES), many),
+                "epochs": (self.epochs, at_least(self.epochs, 0), "an integer >= 0"),
+                "max_steps": (
+                    self.max_steps,
+                    opt(self.max_steps, lambda v: at_least(v, 1)),
+                    "null or an integer >= 1",
+                ),
+                "batch_size": (self.batch_size, at_least(self.batch_size, 1), "an integer >= 1"),
+                "labelled_repeat": (
+                    self.labelled_repeat,
+                    opt(self.labelled_repeat, lambda v: at_least(v, 1)),
+                    "null or an integer >= 1",
+                ),
+                "lr": (self.lr, at_least(self.lr, 0), "a finite number >= 0"),
+                "adam_eps": (self.adam_eps, positive(self.adam_eps), "a finite number > 0"),
+                "weight_decay": (self.weight_decay, at_least(self.weight_decay, 0), "a finite number >= 0"),
+                "lr_gamma": (self.lr_gamma, positive(self.lr_gamma), "a finite number > 0"),
+                "grad_clip": (self.grad_clip, opt(self.grad_clip, positive), "null or a finite number > 0"),
+                "beta": (self.beta, at_least(self.beta, 0), "a finite number >= 0"),
+                "warmup_steps": (self.warmup_steps, at_least(self.warmup_steps, 0), "an integer >= 0"),
+                "cycles": (self.cycles, at_least(self.cycles, 1), "an integer >= 1"),
+                "cycle_ratio": (
+                    self.cycle_ratio,
+                    positive(self.cycle_ratio) and self.cycle_ratio <= 1,
+                    "in (0, 1]",
+                ),
+                "val_samples": (self.val_samples, int_in(self.val_samples, 1, MAX_SAMPLES), many),
+                "early_stopping": (
+                    self.early_stopping,
+                    opt(self.early_stopping, lambda v: at_least(v, 1)),
+                    "null or an integer >= 1",
+                ),
+                "select": (self.select, self.select in SELECT, f"one of {', '.join(SELECT)}"),
+                "checkpoint_every": (
+                    self.checkpoint_every,
+                    at_least(self.checkpoint_every, 1),
+                    "an integer >= 1",
+                ),
+                "log_every": (self.log_every, at_least(self.log_every, 1), "an integer >= 1"),
+                "keep_checkpoints": (
+                    self.keep_checkpoints,
+                    at_least(self.keep_checkpoints, 1),
+                    "an integer >= 1",
+                ),
+            },
+        )
+
+    log_every: int = 50  #: steps between metric lines and progress-bar updates
+    compile: str = (
+        "auto"  #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.runtime.compile
+    )
+    tensorboard: bool = False  #: also write TensorBoard events into the run directory (pyrovae[tensorboard])
