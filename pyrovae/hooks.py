@@ -180,9 +180,8 @@ def takes(obj: Any) -> Takes:
         return Takes(value)
     except ValueError:
         known = ", ".join(repr(str(t)) for t in Takes)
-        raise ModelError(
-            f"{type(obj).__name__}.takes is {value!r}; use a pyrovae.hooks.Takes ({known})"
-        ) from None
+        name = obj.__name__ if isinstance(obj, type) else type(obj).__name__
+        raise ModelError(f"{name}.takes is {value!r}; use a pyrovae.hooks.Takes ({known})") from None
 
 
 def likelihood_is_discrete(model: Any, pixels: str) -> bool:

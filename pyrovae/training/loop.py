@@ -43,7 +43,7 @@ from pyrovae.runtime.compile import Compiled, resolve_mode, warn_eager
 from pyrovae.runtime.devices import resolve_device
 from pyrovae.runtime.progress import bar
 from pyrovae.training.guard import Guard, diagnose_nonfinite
-from pyrovae.training.objectives import kl_weight, make_objective
+from pyrovae.training.objectives import Objective, kl_weight, make_objective
 from pyrovae.training.optim import (
     collect_params,
     make_optimizer,
@@ -298,17 +298,20 @@ def fit(
     resume: bool = False,
     progress: bool | None = None,
     callbacks: Iterable[Callable[[dict], object]] = (),
+    objective: Objective | None = None,
 ) -> FitResult:
     """Train ``model``/``guide`` (Pyro callables with a ``"data"`` plate, or methods of one module) by
     SVI on ``train``, validating on ``val`` each epoch; with ``run_dir``, write metrics and atomic
     checkpoints (``resume=True`` continues to the same parameters and rows). Non-finite steps are
-    never applied (``nan_policy``); a callback returning True on an epoch row stops training."""
+    never applied (``nan_policy``); each callback gets every metrics row, and one returning True
+    on an epoch row stops training. ``objective``: a loss of your own (an :class:`Objective`)
+    instead of the one ``config.objective`` names."""
     cfg, device, group = config, resolve_device(device), distributed.Group()
     pyro.set_rng_seed(group.seed(seed))
     run = plan(model, guide, train, val, cfg, seed, group, device)
     params = collect_params(model, guide, *run.example)
     mode = group.check_trainable(params, owner_modules(model, guide), cfg.compile)
-    objective = make_objective(cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
+    objective = make_objective(objective or cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
     loss_fn = make_loss(objective, model, guide, params, mode, run.example)
     opt = make_optimizer(params, cfg)
     state = TrainState(model, guide, opt, make_scheduler(opt, cfg, run.epochs), cfg, record, device, group)

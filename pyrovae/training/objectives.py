@@ -59,8 +59,16 @@ class Objective(abc.ABC):
     def __call__(self, model: Callable, guide: Callable, *args, beta=1.0, **kwargs) -> torch.Tensor: ...
 
 
-def make_objective(objective: str, *, num_particles: int = 1, k: int = 5) -> Objective:
-    """The training loss named ``objective``; ``num_particles`` serves the ELBOs, ``k`` the IWAE bounds."""
+def make_objective(objective: str | Objective, *, num_particles: int = 1, k: int = 5) -> Objective:
+    """The training loss named ``objective`` (an :class:`Objective` is returned as it is);
+    ``num_particles`` serves the ELBOs, ``k`` the IWAE bounds."""
+    if isinstance(objective, Objective):
+        return objective
+    if not isinstance(objective, str):
+        raise ConfigError(
+            f"objective must be a name ({', '.join(OBJECTIVES)}) or a pyrovae.objectives.Objective, "
+            f"got {type(objective).__name__}: subclass Objective and define __call__"
+        )
     if objective in ("elbo", "enum"):
         return ELBOObjective(num_particles, enumerated=objective == "enum")
     if objective in _PYRO_ELBOS:
