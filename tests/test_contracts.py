@@ -123,21 +123,16 @@ def test_one_override_function_takes_flags_and_settings_in_order():
 
 def test_evaluate_writes_the_per_datapoint_values_beside_its_summary(tmp_path):
     run = tmp_path / "run"
-    sets = [
-        "data.train_size=256",
-        "data.val_limit=32",
-        "data.test_limit=40",
-        "train.epochs=1",
-        "eval_samples=3",
-    ]
-    args = ["fit", "configs/mnist_vae.toml", "--run-dir", str(run), "--device", "cpu", "--no-progress"]
+    sets = ["data.train_size=256", "data.val_limit=32", "data.test_limit=40", "train.epochs=1"]
+    sets.append("eval_samples=3")
+    args = ["fit", str(CONFIGS / "mnist_vae.toml"), "--run-dir", str(run), "--device", "cpu", "--no-progress"]
     assert cli.main([*args, *(a for s in sets for a in ("--set", s))]) == 0
-    assert (
-        cli.main(["evaluate", str(run), "--no-progress", "--method", "ais", "--steps", "3", "--chains", "2"])
-        == 0
-    )
+    annealed = ["--method", "ais", "--steps", "3", "--chains", "2", "--bdmc", "5"]
+    assert cli.main(["evaluate", str(run), "--no-progress", *annealed]) == 0
     summary = json.loads((run / "eval_test.json").read_text())
     values = torch.load(run / "eval_test.pt", weights_only=True)
     assert values["is"]["log_likelihood"].shape == (40,) and values["ais"]["log_likelihood"].shape == (40,)
     assert values["is"]["elbo"].double().mean().item() == pytest.approx(summary["elbo"]["mean"])
-    assert "per_datapoint" not in summary and "per_datapoint" not in summary["ais"]
+    assert values["bdmc"]["lower"].shape == values["bdmc"]["upper"].shape == (5,)
+    assert values["bdmc"]["lower"].double().mean().item() == pytest.approx(summary["bdmc"]["lower"]["mean"])
+    assert all("per_datapoint" not in part for part in (summary, summary["ais"], summary["bdmc"]))

@@ -86,7 +86,9 @@ def cmd_evaluate(args) -> None:
         out["bdmc"] = evaluation.evaluate_bdmc(run, data, args.bdmc, progress=show, **how)
     console.evaluation(out, hooks.takes(run.model))
     files = RunDir(args.run_dir)
-    values = {k: out[k].pop("per_datapoint") for k in ("ais",) if k in out} | {"is": out.pop("per_datapoint")}
+    values = {k: out[k].pop("per_datapoint") for k in ("ais", "bdmc") if k in out} | {
+        "is": out.pop("per_datapoint")
+    }
     files.evaluation(args.split).write_text(json.dumps(out, indent=2) + "\n")
     ckpt_io.atomic_save(values, files.evaluation(args.split, values=True))
     console.wrote([files.evaluation(args.split), files.evaluation(args.split, values=True)])

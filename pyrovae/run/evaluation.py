@@ -113,7 +113,7 @@ def evaluate_bdmc(
 ) -> dict:
     """BDMC on ``num_datapoints`` datapoints simulated from the run's model (the first rows of
     ``data`` give the conditions and shapes): the lower and upper bounds, their gap and the
-    importance-sampled estimate on the same data, each averaged."""
+    importance-sampled estimate on the same data, each averaged (and per datapoint)."""
     x, *condition = data.head(num_datapoints).inputs(run.model)
     torch.manual_seed(data.seed)
     start = time.perf_counter()
@@ -132,4 +132,6 @@ def evaluate_bdmc(
         "num_chains": num_chains,
         "num_datapoints": int(s.lower.shape[0]),
         "seconds": time.perf_counter() - start,
+        "per_datapoint": {k: getattr(s, k).detach().cpu() for k in ("lower", "upper")}
+        | {"importance": r.importance.detach().cpu()},
     }

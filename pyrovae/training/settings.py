@@ -111,4 +111,6 @@ class TrainConfig:
     compile: str = (
         "auto"  #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.runtime.compile
     )
-    tensorboard: bool = False  #: also write TensorBoard events into the run directory (pyrovae[tensorboard])
+    #: also write TensorBoard events into the run directory (pyrovae[tensorboard]); read by
+    #: ``pyrovae fit`` / ``fit_config``, which attach the callback (``pyrovae.fit`` takes callbacks)
+    tensorboard: bool = False
