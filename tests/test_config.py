@@ -56,3 +56,27 @@ def test_toml_errors_and_overrides(tmp_path):
     assert cfg.train.epochs == 3 and cfg.model.options["hidden"] == [10, 10] and cfg.device == "cpu"
     with pytest.raises(ConfigError, match="section.key=value"):
         apply_overrides({}, ["epochs"])
+
+
+def test_the_pixel_mode_comes_from_the_likelihood_when_the_config_leaves_it_out():
+    """An 8-bit likelihood on one's own folder needs no data.pixels; the choice is recorded."""
+    vae = lambda likelihood: {"name": "vae", "likelihood": likelihood}  # noqa: E731
+    assert config_from_dict({"model": vae("discretized_logistic_mixture")}).data.pixels == "8bit"
+    assert config_from_dict({"model": vae("gaussian")}).data.pixels == "continuous"
+    assert config_from_dict({"model": vae("bernoulli")}).data.pixels == "dynamic"
+    assert config_from_dict({}).data.pixels == "dynamic"  # no likelihood named: the default VAE's
+    explicit = config_from_dict({"model": vae("gaussian"), "data": {"pixels": "dynamic"}})
+    assert explicit.data.pixels == "dynamic"  # said: kept (and then checked against the likelihood)
+    recorded = config_from_dict({"model": vae("categorical")}).to_dict()
+    assert recorded["data"]["pixels"] == "8bit" and config_from_dict(recorded).data.pixels == "8bit"
+
+
+def test_config_override_is_the_set_of_the_command_line():
+    base = Config()
+    changed = base.override("train.epochs=3", ("data.root", "/d"), "model.hidden=[10, 10]")
+    assert changed == config_from_dict(
+        apply_overrides(base.to_dict(), ["train.epochs=3", "data.root=/d", "model.hidden=[10, 10]"])
+    )
+    assert changed.train.epochs == 3 and base.train.epochs != 3  # a new config; the old one stays
+    with pytest.raises(ConfigError, match="train.epochs must be an integer >= 0"):
+        base.override("train.epochs=-1")

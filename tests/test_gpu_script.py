@@ -99,7 +99,7 @@ def test_the_readme_lists_the_stages_and_budgets_the_script_runs():
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("gpu_stages", module)  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "guide" / "gpu.md").read_text()
     listed = re.findall(r"^\| (\d)\. ([^|]+?) \| (\d+|the rest) \|", readme, re.M)
     expected = [
         (str(i), "rest" if s.budget is None else str(int(s.budget))) for i, s in enumerate(module.STAGES, 1)

@@ -35,7 +35,7 @@ class ImageModule(nn.Module):
         self.latent_dim = dims[0] if len(dims) == 1 else dims
 
     def check_data(self, x: torch.Tensor) -> None:
-        """Raise DataError unless ``x`` is a float batch of shape (N, *x_shape)."""
+        """Raise DataError unless ``x`` is a float batch of shape ``(N, *x_shape)``."""
         if not isinstance(x, torch.Tensor):
             raise DataError(f"data must be a torch.Tensor, got {type(x).__name__}")
         if not x.is_floating_point():

@@ -13,6 +13,7 @@ from torch import nn
 from pyrovae.blocks.discretized import LEVELS, Categorical256, DiscretizedLogistic, DiscretizedLogisticMixture
 from pyrovae.errors import ConfigError, DataError, unknown_name
 
+#: the likelihoods p(x | z) a registered model takes by name (``[model] likelihood = ...``)
 LIKELIHOODS = (
     "bernoulli",
     "gaussian",
@@ -23,6 +24,17 @@ LIKELIHOODS = (
 )
 EIGHT_BIT = ("discretized_logistic", "discretized_logistic_mixture", "categorical")  #: need pixels = "8bit"
 DISCRETE = ("bernoulli", *EIGHT_BIT)  #: probability masses: log p(x) and bits/dim comparable across models
+
+
+def pixel_mode_for(likelihood: str) -> str:
+    """The pixel mode a likelihood models: ``8bit`` for the 8-bit ones, ``dynamic`` (binarized
+    afresh each epoch) for the Bernoulli, ``continuous`` for the densities over grey levels;
+    what a config without ``data.pixels`` gets."""
+    if likelihood not in LIKELIHOODS:
+        raise unknown_name("likelihood", likelihood, LIKELIHOODS)
+    return "8bit" if likelihood in EIGHT_BIT else "dynamic" if likelihood == "bernoulli" else "continuous"
+
+
 MIN_LOG_SCALE = -7.0  #: floor of a discretized logistic's log-scale (PixelCNN++), a bin is 1/255 wide
 #: a decoder output of 0 means mid-grey with scale e^-3 (about 13 levels): a starting point from
 #: which training reaches bin-sized scales in a few hundred steps, not the thousands s = 1 takes

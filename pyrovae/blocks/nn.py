@@ -23,6 +23,7 @@ ACTIVATIONS = {
 
 
 def activation(name: str) -> nn.Module:
+    """The activation module named ``name`` (one of :data:`ACTIVATIONS`)."""
     if name not in ACTIVATIONS:
         raise unknown_name("activation", name, [*ACTIVATIONS, "gated"])
     return ACTIVATIONS[name]()

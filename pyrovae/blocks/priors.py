@@ -25,7 +25,7 @@ from torch import nn
 
 from pyrovae.errors import ConfigError, ModelError, unknown_name
 
-PRIORS = ("standard", "mog", "vamp", "flow")
+PRIORS = ("standard", "mog", "vamp", "flow")  #: the priors a model takes by name (``[model] prior``)
 
 
 class DiagNormalMixture(TorchDistribution):
@@ -110,7 +110,7 @@ class StandardPrior(Prior):
 
 class MixturePrior(Prior):
     """sum_k pi_k N(mu_k, diag s_k^2) with K = ``components`` and learned pi, mu, s; the means start
-    as N(0, ``init_scale``^2) draws, the scales at 1 and the weights uniform."""
+    as N(0, s^2) draws with s = ``init_scale``, the scales at 1 and the weights uniform."""
 
     def __init__(self, latent_dim: int, components: int = 10, init_scale: float = 1.0):
         super().__init__(latent_dim)

@@ -34,7 +34,7 @@ from pyrovae.runtime.distributed import shard
 
 NAMED = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "svhn", "celeba", "omniglot")
 DATASETS = (*NAMED, "folder", "tensor")  #: folder: data.path = DIR; tensor: data.path = FILE
-PIXEL_MODES = ("dynamic", "static", "8bit", "continuous")
+PIXEL_MODES = ("dynamic", "static", "8bit", "continuous")  #: how stored images become observations
 CELEBA_SIZE = (
     64  #: CelebA images are cropped and resized to CELEBA_SIZE x CELEBA_SIZE (pyrovae.data.published)
 )
@@ -42,7 +42,7 @@ SHAPES = {name: (1, 28, 28) for name in ("mnist", "fashion_mnist", "binarized_mn
 SHAPES.update(cifar10=(3, 32, 32), svhn=(3, 32, 32), celeba=(3, CELEBA_SIZE, CELEBA_SIZE))
 DEFAULT_VAL_SIZE = {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 5000, "svhn": 5000, "celeba": 10000,
                     "omniglot": 1000}  # fmt: skip  # images held out of the training set; own data: a tenth
-STATIC_BINARIZATION_SEED = 1234
+STATIC_BINARIZATION_SEED = 1234  #: seed of the one binarization of pixels = "static"
 EVAL_BINARIZATION_SEED = 104729  #: seed of the one binarization a dynamic test set is evaluated on
 VAL_BINARIZATION_SEED = 7919  #: likewise for the validation set during training
 

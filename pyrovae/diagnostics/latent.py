@@ -87,7 +87,7 @@ def traversals(
     decode: Callable | None = None,
 ) -> torch.Tensor:
     """Decode E_q[z | x] of the first datapoint with one unit at a time set to ``steps`` values
-    in [-span, span] (the others held): (len(dims) * steps, *image shape), one row per unit."""
+    in [-span, span] (the others held): shape ``(len(dims) * steps, *image_shape)``, one row per unit."""
     z0 = posterior_means(model, guide, x[:1], *(c[:1] for c in condition))
     dims = list(range(z0.shape[-1])) if dims is None else list(dims)
     values = torch.linspace(-span, span, steps, device=z0.device, dtype=z0.dtype)
@@ -108,7 +108,7 @@ def interpolate(
     decode: Callable | None = None,
 ) -> torch.Tensor:
     """Decode codes on the line from E_q[z | x_a] to E_q[z | x_b] (single datapoints, batch
-    shape (1, ...)): (steps, *image shape)."""
+    shape (1, ...)): shape ``(steps, *image_shape)``."""
     za = posterior_means(model, guide, x_a, *condition)
     zb = posterior_means(model, guide, x_b, *condition)
     t = torch.linspace(0, 1, steps, device=za.device, dtype=za.dtype)[:, None]

@@ -20,7 +20,7 @@ from pyrovae.errors import PyrovaeError
 from pyrovae.inference.enumeration import Enumerated, enumerated_terms, masked_log_prob
 from pyrovae.sites import DATA_PLATE
 
-PARTICLE_PLATE = "_pyrovae_particles"
+PARTICLE_PLATE = "_pyrovae_particles"  #: the plate of the K vectorized particles, outside the data plate
 
 
 class LogProbTerms(NamedTuple):

@@ -17,7 +17,7 @@ from pyrovae.diagnostics import plots
 from pyrovae.errors import Interrupted, PyrovaeError
 from pyrovae.registry import available
 from pyrovae.run import console, evaluation, experiment
-from pyrovae.run.config import Config, apply_overrides, config_from_dict, load_config
+from pyrovae.run.config import Config, load_config
 from pyrovae.run.diagnose import diagnose_run
 from pyrovae.run.recipes import evaluation_data
 from pyrovae.runtime import distributed, threads
@@ -29,20 +29,19 @@ from pyrovae.training.rundir import RunDir
 
 def fit_settings(args) -> tuple[Config, bool]:
     """The config ``pyrovae fit`` trains (its flags and ``--set`` applied by the one override
-    function, :func:`pyrovae.run.config.apply_overrides`) and whether it resumes a run."""
+    function, :meth:`pyrovae.run.config.Config.override`) and whether it resumes a run."""
     if not args.resume and args.config and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         config = load_config(args.config)  # torchrun restarted the job after a failure
         if RunDir(args.run_dir or config.run_dir).has_checkpoint():
             args.resume = args.run_dir or config.run_dir
     board = [("train.tensorboard", True)] if args.tensorboard else []
     if args.resume:  # wherever the run directory is now
-        raw = experiment.read_config(args.resume).to_dict()
-        return config_from_dict(apply_overrides(raw, [("run_dir", str(args.resume)), *board])), True
+        return experiment.read_config(args.resume).override(("run_dir", str(args.resume)), *board), True
     if not args.config:
         raise PyrovaeError("pyrovae fit needs a CONFIG file, or --resume RUN_DIR")
     flags = {"data.root": args.data_root, "run_dir": args.run_dir, "device": args.device, "seed": args.seed}
     settings = [*((k, v) for k, v in flags.items() if v is not None), *board, *args.set]
-    return config_from_dict(apply_overrides(load_config(args.config).to_dict(), settings)), False
+    return load_config(args.config).override(*settings), False
 
 
 def cmd_fit(args) -> None:
@@ -68,7 +67,7 @@ def _load(args) -> experiment.Run:
     flags = {"data.root": args.data_root, "data.test_limit": limit, "data.val_limit": limit}
     settings = [(k, v) for k, v in flags.items() if v is not None]
     if settings:
-        run.config = config_from_dict(apply_overrides(run.config.to_dict(), settings))
+        run.config = run.config.override(*settings)
     return run
 
 

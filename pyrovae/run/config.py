@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from pyrovae.blocks.likelihoods import pixel_mode_for
 from pyrovae.data.splits import DATASETS, PIXEL_MODES
 from pyrovae.errors import ConfigError, at_least, int_in, positive, require, require_names
 from pyrovae.training.settings import TrainConfig
@@ -19,13 +20,16 @@ from pyrovae.training.settings import TrainConfig
 
 @dataclass(frozen=True)
 class DataConfig:
+    """``[data]``: the dataset, its pixel mode, the data root and the splits' sizes."""
+
     #: mnist | fashion_mnist | binarized_mnist | cifar10 | svhn | celeba | omniglot | folder | tensor
     name: str = "mnist"
-    pixels: str = "dynamic"  #: dynamic | static | 8bit | continuous
+    #: dynamic | static | 8bit | continuous; in a config file without it, the mode the model's
+    #: likelihood models (8bit for the 8-bit likelihoods, continuous for the densities)
+    pixels: str = "dynamic"
     root: str | None = None  #: data root; else $PYROVAE_DATA, else ./data
-    val_size: int | None = (
-        None  #: images held out of the training set for validation (null: the dataset's default)
-    )
+    #: images held out of the training set for validation (null: the dataset's default)
+    val_size: int | None = None
     train_size: int | None = None  #: use only the first N training images (smoke runs)
     val_limit: int | None = None  #: use only the first N validation images
     test_limit: int | None = None  #: use only the first N test images
@@ -35,9 +39,8 @@ class DataConfig:
     size: list[int] | None = None  #: folder: resize every image to [H, W]
     channels: int | None = None  #: folder: 1 (grey) or 3 (RGB); default from the first image
     test_fraction: float = 0.1  #: folder / tensor without test_path: the share held out as test set
-    labelled: int | None = (
-        None  #: keep the labels of only N training images, balanced over classes (semi-supervised)
-    )
+    #: keep the labels of only N training images, balanced over classes (semi-supervised)
+    labelled: int | None = None
 
     def __post_init__(self):
         require_names(
@@ -94,13 +97,19 @@ class Component:
 
 @dataclass(frozen=True)
 class Config:
+    """A whole experiment, as a config file holds it: ``[model]``, ``[guide]``, ``[data]``,
+    ``[train]`` and the top-level keys. Read with :func:`load_config` or
+    :func:`config_from_dict`; :meth:`override` sets keys as ``--set`` does."""
+
+    #: ``[model]``: a registered model's ``name`` and its constructor's options
     model: Component = Component("vae", {"latent_dim": 20, "hidden": [400]})
+    #: ``[guide]``: a registered guide's ``name`` and its constructor's options
     guide: Component = Component("mlp", {"hidden": [400]})
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
-    seed: int = 0
+    data: DataConfig = DataConfig()  #: ``[data]``: see its keys below
+    train: TrainConfig = TrainConfig()  #: ``[train]``: see its keys below
+    seed: int = 0  #: seeds the model's initialisation, the data order and every draw
     device: str = "auto"  #: auto (CUDA when present) | cpu | cuda | cuda:1 ...
-    run_dir: str = "runs/default"
+    run_dir: str = "runs/default"  #: where ``pyrovae fit`` writes the run (config, checkpoints, figures)
     eval_samples: int = 5000  #: importance samples per datapoint for `evaluate` (ELBO and log p(x))
 
     def __post_init__(self):
@@ -125,6 +134,11 @@ class Config:
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
+
+    def override(self, *settings: str | tuple[str, Any]) -> "Config":
+        """This config with dotted keys set, as ``--set key=value`` does on the command line:
+        ``config.override("train.epochs=3", ("data.root", "/data"))``; checked as a file is."""
+        return config_from_dict(apply_overrides(self.to_dict(), settings))
 
 
 def _type_name(t: Any) -> str:
@@ -197,13 +211,17 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
             )
     d = Config()
     hints = typing.get_type_hints(Config)
+    model = _component("model", raw.get("model"), d.model)
+    data = dict(raw.get("data", {})) if isinstance(raw.get("data", {}), Mapping) else raw["data"]
+    if isinstance(data, dict) and "pixels" not in data and isinstance(model.options.get("likelihood"), str):
+        data["pixels"] = pixel_mode_for(model.options["likelihood"])  # recorded in the run's config.json
     scalars = {
         k: _check_type(k, raw[k], hints[k]) for k in ("seed", "device", "run_dir", "eval_samples") if k in raw
     }
     return Config(
-        model=_component("model", raw.get("model"), d.model),
+        model=model,
         guide=_component("guide", raw.get("guide"), d.guide),
-        data=_section(DataConfig, "data", raw.get("data", {})),
+        data=_section(DataConfig, "data", data),
         train=_section(TrainConfig, "train", raw.get("train", {})),
         **scalars,
     )

@@ -83,6 +83,9 @@ def fit_config(
 
 @dataclass
 class Run:
+    """A trained run reloaded from its directory: its config, model and guide (in eval mode, on
+    ``device``) and the checkpoint they came from."""
+
     config: Config
     model: Any
     guide: Any
@@ -91,6 +94,7 @@ class Run:
 
 
 def read_config(run_dir: str | Path) -> Config:
+    """The config a run directory was trained from (its ``config.json``)."""
     path = RunDir(run_dir).config
     if not path.exists():
         raise CheckpointError(

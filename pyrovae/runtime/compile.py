@@ -38,7 +38,7 @@ from torch import nn
 
 from pyrovae.errors import ConfigError, unknown_name
 
-MODES = ("auto", "none", "capture", "inductor", "cudagraphs")
+MODES = ("auto", "none", "capture", "inductor", "cudagraphs")  #: how a loss or an evaluation chunk runs
 _MAX_SHAPES = 8  #: captures kept per loss; further input shapes run eagerly
 
 

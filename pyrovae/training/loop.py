@@ -56,6 +56,9 @@ from pyrovae.training.state import TrainState
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: where training stopped, the best validation ELBO, every
+    metrics row, and how the steps ran."""
+
     step: int
     epoch: int
     best_val_elbo: float
@@ -127,7 +130,7 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
 
 
 def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Compiled:
-    """loss(*args, beta) = objective / batch size, run through :class:`pyrovae.runtime.compile.Compiled`."""
+    """``loss(*args, beta)`` = objective / batch size, through :class:`~pyrovae.runtime.compile.Compiled`."""
     resolve_mode(mode)
     objective.prepare(model, guide, *example)
     if not objective.capturable:

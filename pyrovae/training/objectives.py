@@ -30,8 +30,8 @@ from pyro.poutine.util import site_is_subsample
 from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
 from pyrovae.inference import estimators, weights
 
-OBJECTIVES = ("elbo", "enum", "meanfield", "iwae", "dreg")
-KL_SCHEDULES = ("constant", "linear", "cyclical")
+OBJECTIVES = ("elbo", "enum", "meanfield", "iwae", "dreg")  #: the training losses by name (train.objective)
+KL_SCHEDULES = ("constant", "linear", "cyclical")  #: how beta moves (train.kl_schedule)
 _PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
 
 

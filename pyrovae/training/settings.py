@@ -16,16 +16,19 @@ SELECT = ("elbo", "error")  #: train.select: best.pt by validation ELBO, or by c
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """``[train]``: the objective, the optimiser and its schedules, batches, validation,
+    checkpoints and the non-finite policy of one training run."""
+
     objective: str = "elbo"  #: elbo (reparameterized MC ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
     num_particles: int = 1  #: vectorized particles per datapoint (elbo, meanfield)
     k: int = 5  #: importance samples per datapoint (iwae, dreg)
-    epochs: int = 10
+    epochs: int = 10  #: passes over the training data
     max_steps: int | None = None  #: stop after this many steps (overrides epochs)
-    batch_size: int = 128
+    batch_size: int = 128  #: datapoints per step (per rank under torchrun)
     labelled_repeat: int | None = None  #: semi-supervised: passes over the labels per epoch (null: auto)
-    lr: float = 1e-3
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: float = 1e-3  #: Adam's learning rate
+    adam_eps: float = 1e-8  #: Adam's epsilon
+    weight_decay: float = 0.0  #: Adam's (L2) weight decay
     lr_schedule: str = "constant"  #: constant | exponential | cosine | iwae (stepped each epoch)
     lr_gamma: float = 0.99  #: decay per epoch for lr_schedule = exponential
     grad_clip: float | None = None  #: clip the gradient norm to this value
@@ -39,9 +42,8 @@ class TrainConfig:
     select: str = "elbo"  #: what picks best.pt: elbo | error (classification, a label site)
     checkpoint_every: int = 1000  #: steps between checkpoints (and at each epoch end)
     keep_checkpoints: int = 3  #: step checkpoints kept in run_dir/checkpoints (checkpoint.pt is the newest)
-    nan_policy: str = (
-        "stop"  #: stop | skip: on a non-finite loss or gradient, stop the run, or skip that batch
-    )
+    #: stop | skip: on a non-finite loss or gradient, stop the run, or skip that batch
+    nan_policy: str = "stop"
 
     def __post_init__(self):
         require_names(
@@ -108,9 +110,8 @@ class TrainConfig:
         )
 
     log_every: int = 50  #: steps between metric lines and progress-bar updates
-    compile: str = (
-        "auto"  #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.runtime.compile
-    )
+    #: auto (= capture) | none | capture | inductor | cudagraphs; see pyrovae.runtime.compile
+    compile: str = "auto"
     #: also write TensorBoard events into the run directory (pyrovae[tensorboard]); read by
     #: ``pyrovae fit`` / ``fit_config``, which attach the callback (``pyrovae.fit`` takes callbacks)
     tensorboard: bool = False
