@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from pyrovae.facade import lazy
 
 if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when first used
+    from pyrovae.run.callbacks import Curves, TensorBoardWriter, fit_callbacks
     from pyrovae.run.config import (
         Component,
         Config,
