@@ -55,8 +55,7 @@ def cmd_fit(args) -> None:
     if main:  # rank 0 reports
         console.fitted(result, distributed.world()[1])
         run = experiment.load_run(config.run_dir, device=device)
-        data = evaluation_data(run.config, "test", run.device)
-        console.wrote(experiment.draw_figures(run, config.run_dir, data=data))
+        console.wrote(experiment.draw_figures(run, config.run_dir))
     distributed.barrier()
 
 
@@ -118,11 +117,8 @@ def cmd_reconstruct(args) -> None:
 
 def cmd_latent(args) -> None:
     run = _load(args)
-    data = evaluation_data(run.config, "test", run.device)
     latent = args.limit or 5000
-    console.wrote(
-        experiment.draw_figures(run, args.run_dir, data=data, latent_points=latent, parts=("latent",))
-    )
+    console.wrote(experiment.draw_figures(run, args.run_dir, latent_points=latent, parts=("latent",)))
 
 
 def cmd_diagnose(args) -> None:

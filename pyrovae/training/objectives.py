@@ -52,7 +52,7 @@ class Objective(abc.ABC):
 
     capturable: bool = True
 
-    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:  # noqa: B027 - optional
+    def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Inspect the pair once before training; by default nothing."""
 
     @abc.abstractmethod

@@ -26,7 +26,6 @@ class RunFiles:
     def __init__(
         self, run_dir: str | Path | None, state: TrainState, callbacks: Iterable[Callable] = (), keep: int = 3
     ):
-        self.run_dir = None if run_dir is None else Path(run_dir)
         self.files = None if run_dir is None else RunDir(run_dir)
         self.state, self.callbacks, self.keep = state, list(callbacks), keep
         self.main = state.group.main
@@ -34,6 +33,10 @@ class RunFiles:
         self.rows: list[dict] = []
         self.last: Path | None = None  #: the newest checkpoint written or resumed from
         self.resumed_threads: int | None = None  #: the CPU threads the resumed checkpoint recorded
+
+    @property
+    def run_dir(self) -> Path | None:
+        return None if self.files is None else self.files.path
 
     def start(self, resume: bool, seed: int, device: torch.device) -> None:
         """A fresh run (an empty metrics file, ``versions.json``) or the newest readable checkpoint's."""
