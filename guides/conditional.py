@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import torch
 
 from pyrovae.blocks.base import ImageModule
+from pyrovae.blocks.flows import PosteriorFlow
 from pyrovae.blocks.nn import gaussian_head, mlp
 from pyrovae.hooks import Takes
 from pyrovae.registry import register_guide
@@ -19,7 +20,8 @@ from pyrovae.sites import DATA_PLATE, LATENT
 @register_guide("cond_mlp")
 class ConditionalMLPGuide(ImageModule):
     """q(z | x, y) = N(mu, diag sigma^2) from an MLP on [flattened x, y], y of ``num_classes``
-    numbers (one-hot label or conditioning vector), for the model ``cvae``."""
+    numbers (one-hot label or conditioning vector), for the model ``cvae``; ``flow``, ``flow_depth``,
+    ``flow_hidden``, ``flow_context``: a flow conditioned on the same MLP (:mod:`pyrovae.blocks.flows`)."""
 
     takes = Takes.IMAGE_LABEL
 
@@ -32,17 +34,29 @@ class ConditionalMLPGuide(ImageModule):
         hidden: Sequence[int] = (400,),
         activation: str = "relu",
         min_scale: float = 1e-4,
+        flow: str = "none",
+        flow_depth: int = 2,
+        flow_hidden: Sequence[int] = (320, 320),
+        flow_context: int = 32,
     ):
         super().__init__(x_shape, latent_dim)
         self.min_scale = min_scale
-        self.net = mlp([math.prod(self.x_shape) + num_classes, *hidden, 2 * latent_dim], activation)
+        self.head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
+        self.net = mlp([math.prod(self.x_shape) + num_classes, *hidden, self.head.features], activation)
+
+    def local_inputs(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The MLP's output, what ``head`` reads (refined per datapoint by
+        :func:`pyrovae.diagnostics.refine.refine`)."""
+        return self.net(torch.cat([x.flatten(1), y], -1))
 
     def params(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return gaussian_head(self.net(torch.cat([x.flatten(1), y], -1)), self.latent_dim, self.min_scale)
+        """(loc, scale) of the Gaussian (q itself without a flow)."""
+        return self.head.base(self.local_inputs(x, y))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        q = self.head(self.local_inputs(x, y))
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample(LATENT, dist.Normal(*self.params(x, y)).to_event(1))
+            pyro.sample(LATENT, q)
 
 
 @register_guide("quadrant_recognition")

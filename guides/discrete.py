@@ -13,7 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyrovae.blocks.base import ImageModule
-from pyrovae.blocks.nn import CodeConditioned, activation, gaussian_head, mlp
+from pyrovae.blocks.flows import PosteriorFlow
+from pyrovae.blocks.nn import CodeConditioned, activation, mlp
 from pyrovae.errors import ConfigError
 from pyrovae.hooks import Takes
 from pyrovae.inference.enumeration import ENUMERATE
@@ -23,22 +24,24 @@ from pyrovae.sites import CLUSTER, DATA_PLATE, LABEL, LATENT
 
 class _DiscreteThenGaussian(ImageModule):
     """q(c | x) = Cat(softmax(f(x))) and q(z | x, c) = N(mu(x, c), diag sigma(x, c)^2), the
-    second an MLP on [g(x), one-hot c] (Kingma et al. 2014, eq. 4 and 5)."""
+    second an MLP on [g(x), one-hot c] (Kingma et al. 2014, eq. 4 and 5), optionally moved by a
+    flow conditioned on the same MLP (:class:`pyrovae.blocks.flows.PosteriorFlow`)."""
 
     discrete_site = CLUSTER
 
-    def __init__(self, x_shape, latent_dim, hidden, act, min_scale, enumerated, shared):
+    def __init__(self, x_shape, latent_dim, hidden, act, min_scale, enumerated, shared, flow):
         super().__init__(x_shape, latent_dim)
         (self.classes, self.z_dim), d = self.latent_dim, math.prod(self.x_shape)
         self.min_scale, self.infer = min_scale, ENUMERATE if enumerated else {}
+        self.head = PosteriorFlow(self.z_dim, *flow, min_scale=min_scale)
         if shared:  # one trunk g(x) = f's hidden layers feeds both heads
             self.trunk = nn.Sequential(nn.Flatten(), mlp([d, *hidden], act), activation(act))
             self.classifier = nn.Linear(hidden[-1], self.classes)
-            self.encoder = CodeConditioned(hidden[-1], self.classes, [hidden[-1], 2 * self.z_dim], act)
+            self.encoder = CodeConditioned(hidden[-1], self.classes, [hidden[-1], self.head.features], act)
         else:  # two networks on x (the classifier of M2 is its own MLP)
             self.trunk = nn.Flatten()
             self.classifier = mlp([d, *hidden, self.classes], act)
-            self.encoder = CodeConditioned(d, self.classes, [*hidden, 2 * self.z_dim], act)
+            self.encoder = CodeConditioned(d, self.classes, [*hidden, self.head.features], act)
 
     def class_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The logits of q(c | x), shape (N, C)."""
@@ -55,24 +58,24 @@ class _DiscreteThenGaussian(ImageModule):
                 c = pyro.sample(self.discrete_site, dist.Categorical(logits=logits), infer=dict(self.infer))
             if known is not None:
                 c = torch.where(missing, c, known.clamp(min=0))
-            loc, scale = gaussian_head(
-                self.encoder(h, F.one_hot(c, self.classes).to(h)), self.z_dim, self.min_scale
-            )
-            pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+            pyro.sample(LATENT, self.head(self.encoder(h, F.one_hot(c, self.classes).to(h))))
 
 
 @register_guide("mixture")
 class MixtureGuide(_DiscreteThenGaussian):
     """q(c | x) q(z | x, c) for models with a cluster c and a code z (``gmvae``, ``mfa``): a
     shared MLP trunk (``hidden``), a linear classifier head, and an MLP on [trunk, one-hot c]
-    for z. c is marked for enumeration unless ``enumerated = false`` (then sampled)."""
+    for z. c is marked for enumeration unless ``enumerated = false`` (then sampled); ``flow``,
+    ``flow_depth``, ``flow_hidden``, ``flow_context``: a flow on q(z | x, c) (:mod:`pyrovae.blocks.flows`)."""
 
     latent_sites = (CLUSTER, LATENT)
 
     def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int], *,
                  hidden: Sequence[int] = (500, 500), activation: str = "relu", min_scale: float = 1e-4,
-                 enumerated: bool = True):  # fmt: skip
-        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerated, shared=True)
+                 enumerated: bool = True, flow: str = "none", flow_depth: int = 2,
+                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32):  # fmt: skip
+        flows = (flow, flow_depth, flow_hidden, flow_context)
+        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerated, True, flows)
 
     def forward(self, x: torch.Tensor) -> None:
         self._sample(x)
@@ -86,7 +89,8 @@ class SemiSupervisedGuide(_DiscreteThenGaussian):
     auxiliary loss alpha E[-log q(y | x)] on the labelled data (ibid., eq. 9): ``alpha`` is
     the paper's 0.1 N per training datapoint, spread over the labelled ones; or, where
     ``aux_weight`` is set, that weight on each labelled image's -log q(y | x) each time it is
-    seen (the ``aux_loss_multiplier`` of Pyro's ss-vae example, 46 there)."""
+    seen (the ``aux_loss_multiplier`` of Pyro's ss-vae example, 46 there). ``flow``, ``flow_depth``,
+    ``flow_hidden``, ``flow_context``: a flow on q(z | x, y) (:mod:`pyrovae.blocks.flows`)."""
 
     latent_sites = (LABEL, LATENT)
     takes = Takes.IMAGE_PARTIAL_LABEL
@@ -94,8 +98,10 @@ class SemiSupervisedGuide(_DiscreteThenGaussian):
 
     def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int], *, hidden: Sequence[int] = (500,),
                  activation: str = "softplus", min_scale: float = 1e-4, enumerated: bool = True,
-                 alpha: float = 0.1, aux_weight: float | None = None):  # fmt: skip
-        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerated, shared=False)
+                 alpha: float = 0.1, aux_weight: float | None = None, flow: str = "none", flow_depth: int = 2,
+                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32):  # fmt: skip
+        flows = (flow, flow_depth, flow_hidden, flow_context)
+        super().__init__(x_shape, latent_dim, hidden, activation, min_scale, enumerated, False, flows)
         if aux_weight is not None and not aux_weight >= 0:
             raise ConfigError(f"guide.aux_weight must be null or a number >= 0, got {aux_weight}")
         self.alpha, self.aux_weight = alpha, aux_weight

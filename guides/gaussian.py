@@ -1,4 +1,5 @@
-"""Amortized diagonal-Gaussian guides q(z|x) = N(mu(x), diag sigma(x)^2) (Kingma & Welling 2013, eq. 9)."""
+"""Amortized Gaussian guides q(z|x) = N(mu(x), diag sigma(x)^2) (Kingma & Welling 2013, eq. 9),
+optionally moved by a flow conditioned on x (:mod:`pyrovae.blocks.flows`)."""
 
 from __future__ import annotations
 
@@ -11,66 +12,86 @@ import torch
 from torch import nn
 
 from pyrovae.blocks.base import ImageModule
-from pyrovae.blocks.nn import ConvEncoder, ResNetEncoder, gaussian_head, mlp
+from pyrovae.blocks.flows import PosteriorFlow
+from pyrovae.blocks.nn import ConvEncoder, ResNetEncoder, mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE, LATENT
 
 
 class DiagonalGaussianGuide(ImageModule):
-    """q(z|x) = N(mu(x), diag sigma(x)^2) with ``encoder`` mapping x to 2 * latent_dim numbers.
+    """q(z|x) = N(mu(x), diag sigma(x)^2), with ``encoder`` mapping x to ``head.features``
+    numbers and ``head`` (default: no flow) turning them into q (sigma = softplus(.) +
+    ``min_scale``); with a flow head, that Gaussian is the flow's start."""
 
-    sigma = softplus(.) + ``min_scale`` keeps the scale positive and away from zero.
-    """
-
-    def __init__(self, x_shape: Sequence[int], latent_dim: int, encoder: nn.Module, min_scale: float = 1e-4):
+    def __init__(self, x_shape: Sequence[int], latent_dim: int, encoder: nn.Module, min_scale: float = 1e-4,
+                 head: PosteriorFlow | None = None):  # fmt: skip
         super().__init__(x_shape, latent_dim)
         self.encoder = encoder
         self.min_scale = min_scale
+        self.head = head if head is not None else PosteriorFlow(latent_dim, min_scale=min_scale)
+
+    @property
+    def flow(self) -> str:
+        """The flow after the Gaussian: "none", "iaf" or "householder"."""
+        return self.head.flow
 
     def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loc, scale) of q(z|x), each of shape (N, latent_dim)."""
-        return gaussian_head(self.encoder(x), self.latent_dim, self.min_scale)
+        """(loc, scale) of the Gaussian, each of shape (N, latent_dim): q(z|x) itself without a flow."""
+        return self.head.base(self.encoder(x))
+
+    def local_inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output, what ``head`` reads: refined per datapoint by
+        :func:`pyrovae.diagnostics.refine.refine`."""
+        return self.encoder(x)
+
+    def posterior(self, x: torch.Tensor) -> dist.Distribution:
+        """q(z|x), batch shape (N,)."""
+        return self.head(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> None:
-        loc, scale = self.params(x)
+        q = self.posterior(x)
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample(LATENT, dist.Normal(loc, scale).to_event(1))
+            pyro.sample(LATENT, q)
 
 
 @register_guide("mlp")
 class MLPGuide(DiagonalGaussianGuide):
-    """Diagonal-Gaussian encoder: flatten x, MLP with layers ``hidden``."""
+    """Gaussian encoder: flatten x, MLP with layers ``hidden``; ``flow`` "iaf" or "householder"
+    moves the Gaussian by ``flow_depth`` transforms (networks ``flow_hidden``) conditioned on
+    ``flow_context`` further encoder outputs (:class:`pyrovae.blocks.flows.PosteriorFlow`)."""
 
-    def __init__(
-        self,
-        x_shape: Sequence[int],
-        latent_dim: int,
-        *,
-        hidden: Sequence[int] = (400,),
-        activation: str = "relu",
-        min_scale: float = 1e-4,
-    ):
-        net = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, 2 * latent_dim], activation))
-        super().__init__(x_shape, latent_dim, net, min_scale)
+    def __init__(self, x_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[int] = (400,),
+                 activation: str = "relu", min_scale: float = 1e-4, flow: str = "none", flow_depth: int = 2,
+                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32):  # fmt: skip
+        head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
+        net = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, head.features], activation))
+        super().__init__(x_shape, latent_dim, net, min_scale, head)
 
 
 @register_guide("conv")
 class ConvGuide(DiagonalGaussianGuide):
-    """Diagonal-Gaussian encoder: stride-2 convolutions ``channels``, then MLP ``hidden``."""
+    """Gaussian encoder: stride-2 convolutions ``channels``, then MLP ``hidden``; a flow as
+    :class:`MLPGuide` takes it (``flow``, ``flow_depth``, ``flow_hidden``, ``flow_context``)."""
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (32, 64),
-                 hidden: Sequence[int] = (256,), activation: str = "relu",
-                 min_scale: float = 1e-4):  # fmt: skip
-        net = ConvEncoder(x_shape, 2 * latent_dim, channels, hidden, activation)
-        super().__init__(x_shape, latent_dim, net, min_scale)
+                 hidden: Sequence[int] = (256,), activation: str = "relu", min_scale: float = 1e-4,
+                 flow: str = "none", flow_depth: int = 2, flow_hidden: Sequence[int] = (320, 320),
+                 flow_context: int = 32):  # fmt: skip
+        head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
+        net = ConvEncoder(x_shape, head.features, channels, hidden, activation)
+        super().__init__(x_shape, latent_dim, net, min_scale, head)
 
 
 @register_guide("resnet")
 class ResNetGuide(DiagonalGaussianGuide):
-    """Diagonal-Gaussian encoder for colour images: per scale ``blocks`` residual blocks and a
-    stride-2 convolution (``channels`` from the finest scale), then a linear head."""
+    """Gaussian encoder for colour images: per scale ``blocks`` residual blocks and a
+    stride-2 convolution (``channels`` from the finest scale), then a linear head; a flow as
+    :class:`MLPGuide` takes it (``flow``, ``flow_depth``, ``flow_hidden``, ``flow_context``)."""
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (64, 128),
-                 blocks: int = 2, activation: str = "relu", min_scale: float = 1e-4):  # fmt: skip
-        net = ResNetEncoder(x_shape, 2 * latent_dim, channels, blocks, activation)
-        super().__init__(x_shape, latent_dim, net, min_scale)
+                 blocks: int = 2, activation: str = "relu", min_scale: float = 1e-4, flow: str = "none",
+                 flow_depth: int = 2, flow_hidden: Sequence[int] = (320, 320),
+                 flow_context: int = 32):  # fmt: skip
+        head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
+        net = ResNetEncoder(x_shape, head.features, channels, blocks, activation)
+        super().__init__(x_shape, latent_dim, net, min_scale, head)

@@ -6,11 +6,11 @@ import math
 from typing import Sequence
 
 import pyro
-import pyro.distributions as dist
 from torch import nn
 
 from pyrovae.blocks.base import ImageModule
-from pyrovae.blocks.nn import gaussian_head, mlp
+from pyrovae.blocks.flows import PosteriorFlow
+from pyrovae.blocks.nn import mlp
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE
 
@@ -18,23 +18,27 @@ from pyrovae.sites import DATA_PLATE
 @register_guide("mlp2")
 class TwoLayerGuide(ImageModule):
     """q(z1, z2 | x) = N(z1; mu(x), diag sigma(x)^2) N(z2; mu(z1), diag sigma(z1)^2)
-    (Burda et al. 2015, sec. 5), for the model ``vae2``."""
+    (Burda et al. 2015, sec. 5), for the model ``vae2``; ``flow`` "iaf" or "householder" moves
+    each layer's Gaussian by a flow conditioned on that layer's input (options ``flow_depth``,
+    ``flow_hidden``, ``flow_context``: :class:`pyrovae.blocks.flows.PosteriorFlow`)."""
 
     latent_sites = ("z1", "z2")
 
     def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int] = (100, 50), *,
                  hidden: Sequence[int] = (200, 200), hidden_top: Sequence[int] = (100, 100),
-                 activation: str = "tanh", min_scale: float = 1e-4):  # fmt: skip
+                 activation: str = "tanh", min_scale: float = 1e-4, flow: str = "none", flow_depth: int = 2,
+                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32):  # fmt: skip
         super().__init__(x_shape, latent_dim)
         d1, d2 = self.latent_dim
         self.min_scale = min_scale
-        self.bottom = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, 2 * d1], activation))
-        self.top = mlp([d1, *hidden_top, 2 * d2], activation)
+        self.heads = nn.ModuleList(
+            PosteriorFlow(d, flow, flow_depth, flow_hidden, flow_context, min_scale) for d in (d1, d2)
+        )
+        features = [h.features for h in self.heads]
+        self.bottom = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, features[0]], activation))
+        self.top = mlp([d1, *hidden_top, features[1]], activation)
 
     def forward(self, x):
-        d1, d2 = self.latent_dim
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            z1 = pyro.sample(
-                "z1", dist.Normal(*gaussian_head(self.bottom(x), d1, self.min_scale)).to_event(1)
-            )
-            pyro.sample("z2", dist.Normal(*gaussian_head(self.top(z1), d2, self.min_scale)).to_event(1))
+            z1 = pyro.sample("z1", self.heads[0](self.bottom(x)))
+            pyro.sample("z2", self.heads[1](self.top(z1)))

@@ -169,3 +169,26 @@ def test_training_runs_in_the_parameters_dtype(default, dtype):
     assert result.compile == "capture" and result.skipped == 0
     assert all(p.dtype == dtype for p in [*model.parameters(), *guide.parameters()])
     assert after > before + 1.0
+
+
+def test_a_guide_that_reads_its_table_by_position_is_kept_whole(ppca):
+    """A guide with a per-datapoint table read as ``loc[:x.shape[0]]`` runs on any slice with
+    plates of the slice's size, and would score every chunk with rows 0..m-1: the probe compares
+    its log-densities on a slice with those inside a larger run, finds them different, and the
+    estimators keep the data whole: exact numbers, chunked or not."""
+    model, x = ppca
+    post = model.posterior(x)
+    loc, tril = post.loc.detach(), post.scale_tril.detach()
+
+    def by_position(x_):
+        n = x_.shape[0]
+        with pyro.plate(DATA_PLATE, n):
+            pyro.sample(LATENT, dist.MultivariateNormal(loc[:n], scale_tril=tril[:n]))
+
+    assert chunks.runs_on_slices(model, model.exact_guide(), (x,), {}, 8)  # a guide of x itself
+    assert not chunks.runs_on_slices(model, by_position, (x,), {}, 8)
+    assert chunks.needs_all_data(model, by_position, (x,), {})
+    exact = model.log_marginal(x)
+    for options in ({}, dict(data_chunk=7, particle_chunk=3), dict(max_rows=16)):
+        lp = estimators.log_likelihood(model, by_position, x, num_samples=5, **options)
+        torch.testing.assert_close(lp, exact, rtol=0, atol=1e-9)

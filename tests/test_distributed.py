@@ -31,10 +31,10 @@ def _init(rank: int, tmp: str) -> None:
     torch_dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=WORLD)
 
 
-def _pair(latent=4):
+def _pair(latent=4, **guide_options):
     torch.manual_seed(0)
     model = build_model("vae", x_shape=(1, 6, 6), latent_dim=latent, hidden=(16,))
-    guide = build_guide("mlp", x_shape=(1, 6, 6), latent_dim=latent, hidden=(16,))
+    guide = build_guide("mlp", x_shape=(1, 6, 6), latent_dim=latent, hidden=(16,), **guide_options)
     return model, guide
 
 
@@ -50,9 +50,9 @@ def spawn(fn, tmp_path, *args):
 # --------------------------------------------------------------------------- training keeps the ranks equal
 
 
-def _fit_worker(rank, tmp):
+def _fit_worker(rank, tmp, flow="none"):
     _init(rank, tmp)
-    model, guide = _pair()
+    model, guide = _pair(flow=flow, flow_hidden=[8], flow_context=3)
     cfg = TrainConfig(epochs=3, batch_size=6, log_every=2, checkpoint_every=3)
     result = fit(
         model,
@@ -78,8 +78,9 @@ def _fit_worker(rank, tmp):
     torch_dist.destroy_process_group()
 
 
-def test_parameters_are_bitwise_equal_on_every_rank(tmp_path):
-    spawn(_fit_worker, tmp_path)
+@pytest.mark.parametrize("flow", ["none", "iaf"])
+def test_parameters_are_bitwise_equal_on_every_rank(tmp_path, flow):
+    spawn(_fit_worker, tmp_path, flow)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     init_model, _ = _pair()
     for key in ("model", "guide"):

@@ -11,7 +11,7 @@ import torch
 
 import pyrovae
 from pyrovae.inference import estimators
-from pyrovae.run.config import Component, Config
+from pyrovae.run.config import Component, Config, config_from_dict
 from pyrovae.run.recipes import build
 from pyrovae.sites import DATA_PLATE
 from pyrovae.training.settings import TrainConfig
@@ -43,19 +43,24 @@ def test_fit_approaches_the_exact_log_likelihood(ppca, device):
     assert vals[-1] > vals[0]
 
 
-def small_run(tmp_path, **train):
+def small_run(tmp_path, guide_options=None, **train):
     x = torch.bernoulli(torch.full((96, 1, 4, 4), 0.4), generator=torch.Generator().manual_seed(0))
     cfg = Config(
-        model=Component("vae", {"latent_dim": 2, "hidden": [8]}), guide=Component("mlp", {"hidden": [8]})
+        model=Component("vae", {"latent_dim": 2, "hidden": [8]}),
+        guide=Component("mlp", {"hidden": [8], **(guide_options or {})}),
     )
     model, guide = build(cfg, (1, 4, 4))
     config = TrainConfig(batch_size=16, lr=1e-2, log_every=1, **train)
     return model, guide, x, config, {"config": cfg.to_dict(), "x_shape": [1, 4, 4]}
 
 
-def test_resume_continues_to_the_same_parameters(tmp_path, device):
+FLOW = {"flow": "iaf", "flow_hidden": [8], "flow_context": 3}
+
+
+@pytest.mark.parametrize("guide_options", [{}, FLOW], ids=["diagonal", "iaf"])
+def test_resume_continues_to_the_same_parameters(tmp_path, device, guide_options):
     torch.manual_seed(0)
-    model, guide, x, config, record = small_run(tmp_path, epochs=3, checkpoint_every=4)
+    model, guide, x, config, record = small_run(tmp_path, guide_options, epochs=3, checkpoint_every=4)
     init = (
         {k: v.clone() for k, v in model.state_dict().items()},
         {k: v.clone() for k, v in guide.state_dict().items()},
@@ -69,12 +74,7 @@ def test_resume_continues_to_the_same_parameters(tmp_path, device):
     guide.load_state_dict(init[1])
     first = dataclasses.replace(config, max_steps=10, checkpoint_every=10)
     fit(model, guide, x, x[:32], config=first, run_dir=tmp_path / "b")
-    m2, g2 = build(
-        Config(
-            model=Component("vae", {"latent_dim": 2, "hidden": [8]}), guide=Component("mlp", {"hidden": [8]})
-        ),
-        (1, 4, 4),
-    )
+    m2, g2 = build(config_from_dict(record["config"]), (1, 4, 4))
     result = fit(m2, g2, x, x[:32], config=config, run_dir=tmp_path / "b", resume=True)
     assert result.step == 18
     resumed = [p.detach() for p in (*m2.parameters(), *g2.parameters())]

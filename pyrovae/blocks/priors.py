@@ -155,6 +155,11 @@ class VampPrior(Prior):
             raise ModelError(
                 f"the VampPrior needs a guide with params(x) -> (loc, scale); {type(guide).__name__} has none"
             )
+        if getattr(guide, "flow", "none") != "none":
+            raise ModelError(
+                f"the VampPrior mixes the guide's Gaussians q(z | u_k); this guide adds a flow "
+                f'({guide.flow!r}): use guide.flow = "none" with it, or another prior'
+            )
         object.__setattr__(self, "_guide", guide)
 
     @torch.no_grad()

@@ -8,7 +8,10 @@
   (PSIS, Yao et al. 2018, sec. 2.2, through ``arviz.psislw``), the importance ESS and the
   gap log p(x) - ELBO(x), an estimate of KL(q(z|x) || p(z|x));
 - :func:`amortization_gap`: that gap split into approximation and amortization gaps
-  (Cremer et al. 2018, eq. 4) by fitting a local Gaussian q_n(z) to each chosen datapoint;
+  (Cremer et al. 2018, eq. 4) by fitting a local q_n(z) of the guide's family to each chosen
+  datapoint;
+- :func:`refined_log_likelihood`: log p(x) and k-hat by importance sampling from the guide and
+  from proposals refined per datapoint (:func:`refine`);
 - :func:`latent_activity`: active units (Burda et al. 2015, sec. 5.2: Cov_x(E_q[z_u]) > 0.01)
   and the KL per latent dimension, with a posterior-collapse warning;
 - latent plots: posterior means by label, the decoded manifold of a 2-D latent, traversals
@@ -31,7 +34,7 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         PosteriorCollapseWarning,
         latent_activity,
     )
-    from pyrovae.diagnostics.amortization import LocalGaussian, amortization_gap
+    from pyrovae.diagnostics.amortization import amortization_gap
     from pyrovae.diagnostics.draws import PosteriorDraws, sample_posterior, to_inference_data
     from pyrovae.diagnostics.importance import (
         FLAT_SPREAD,
@@ -54,5 +57,14 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         traversals,
     )
     from pyrovae.diagnostics.plots import plot_curves, save_grid, show_grid
+    from pyrovae.diagnostics.refine import (
+        LocalGaussian,
+        LocalHead,
+        Refined,
+        fit_local,
+        local_proposal,
+        refine,
+        refined_log_likelihood,
+    )
 
 __getattr__, __dir__, __all__ = lazy(__name__, __file__)

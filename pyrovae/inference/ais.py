@@ -22,7 +22,10 @@ chain at once: it sums the potential over chains and datapoints, which gives eac
 gradient since the chains are independent; the per-chain energies the Metropolis test needs are
 kept from its last potential call. Pyro's HMC kernel and its step-size adaptation hold one step
 size for one chain, so the per-datapoint step sizes are adapted here (Wu et al.: towards an
-acceptance rate of 0.65, multiplied by 1.02 or 0.98 after each transition)."""
+acceptance rate of 0.65, multiplied by 1.02 or 0.98 after each transition), in a first pass
+with its own random stream, and frozen: the measured pass moves through a fixed sequence of
+kernels, under which the weights are unbiased for p(x) (Neal 2001, sec. 3; Huang et al. 2020,
+"Evaluating lossy compression rates of deep generative models", adapt and then measure)."""
 
 from __future__ import annotations
 
@@ -40,8 +43,17 @@ from torch.distributions import biject_to
 
 from pyrovae.errors import PyrovaeError
 from pyrovae.hooks import owner_modules
-from pyrovae.inference.chunks import chunk_sizes, data_size, slice_args, spans
-from pyrovae.inference.weights import data_frame, plate_nesting, sum_sites, traces, vectorize
+from pyrovae.inference.chunks import chunk_sizes, data_size, needs_all_data, slice_args, spans
+from pyrovae.inference.weights import (
+    at_values,
+    cuda_devices,
+    data_frame,
+    given_trace,
+    plate_nesting,
+    sum_sites,
+    traces,
+    vectorize,
+)
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
 from pyrovae.runtime.threads import Tuner
@@ -56,6 +68,7 @@ ANNEALING = dict(
     leapfrog_steps=10,
     step_size=0.05,
     target_accept=0.65,
+    adapt_chains=4,
     compile="auto",
 )
 
@@ -126,25 +139,12 @@ class Ends(NamedTuple):
         return self.log_init + beta * (self.log_joint - self.log_init) + self.log_det
 
 
-def _given(values: dict) -> poutine.Trace:
-    given = poutine.Trace()
-    for name, value in values.items():
-        given.add_node(name, type="sample", value=value, is_observed=False, infer={})
-    return given
-
-
-def at_values(guide, values: dict):
-    """``guide`` with its sample sites set to ``values`` (replayed, so they stay latent sites
-    scored by the guide, which the model is then replayed on)."""
-    return poutine.replay(guide, trace=_given(values))
-
-
 def path_ends(model, guide, args, kwargs, values: dict, chains: int, nesting: int, initial: str) -> Ends:
     """log f_0 and log p(x, z) at the given latent values: the model replayed on them (from the
     prior), or on the guide set to them (the traces of the importance-sampling core)."""
     if initial == "prior":  # the guide plays no part
         pdim = -nesting - 1
-        model_tr = poutine.trace(poutine.replay(vectorize(model, chains, pdim), trace=_given(values)))
+        model_tr = poutine.trace(poutine.replay(vectorize(model, chains, pdim), trace=given_trace(values)))
         model_tr, guide_tr = model_tr.get_trace(*args, **kwargs), None
     else:
         guide_tr, model_tr, pdim = traces(model, at_values(guide, values), args, kwargs, chains, nesting)
@@ -242,46 +242,71 @@ class Chains:
 
 class AIS(NamedTuple):
     """Per datapoint (n,): the estimate log (1/S) sum_s w_s, its standard error (delta method,
-    std(w) / (sqrt(S) mean(w))), the mean acceptance rate and the final step size; and the
-    log-weights (S, n)."""
+    std(w) / (sqrt(S) mean(w))), the mean acceptance rate and the step size of the last
+    transition; the log-weights (S, n); and the frozen step sizes (T + 1, n), one per
+    temperature (those at beta_0 and beta_T, where no transition runs, repeat their neighbours)."""
 
     log_likelihood: torch.Tensor
     stderr: torch.Tensor
     acceptance: torch.Tensor
     step_size: torch.Tensor
     log_weights: torch.Tensor
+    steps: torch.Tensor | None = None
 
 
-def summarize(log_w: torch.Tensor, acceptance, step) -> AIS:
+def summarize(log_w: torch.Tensor, acceptance, steps) -> AIS:
     s = log_w.shape[0]
     shift = log_w.max(0).values
     w = torch.exp(log_w - shift)
     stderr = w.std(0, unbiased=s > 1) / (math.sqrt(s) * w.mean(0)) if s > 1 else torch.zeros_like(shift)
-    return AIS(torch.logsumexp(log_w, 0) - math.log(s), stderr, acceptance, step, log_w)
+    return AIS(torch.logsumexp(log_w, 0) - math.log(s), stderr, acceptance, steps[-2], log_w, steps)
 
 
-def anneal(chains: Chains, u, betas, step, leapfrog: int, target: float, progress=None, tuner=None):
+def anneal(chains: Chains, u, betas, steps, leapfrog: int, progress=None, tuner=None, target=None):
     """Move the chains at u through the distributions ``betas`` (increasing: forward AIS from
-    f_0; decreasing: reverse AIS from p(z | x)); (log-weights (S, n), acceptance (n,), step (n,)).
+    f_0; decreasing: reverse AIS from p(z | x)) with the step sizes ``steps`` (len(betas), n), the
+    transition at betas[t] using steps[t]; (log-weights (S, n), acceptance (n,), steps used).
     The weight increment at each beta uses the state left by the previous transition, and no
-    transition follows the last beta (Neal 2001, sec. 2). Each datapoint's step size is
-    multiplied by 1.02 (0.98) after a transition accepted more (less) often than ``target``
-    over its chains, as Wu et al. (2017, sec. 4) do. A ``tuner`` times the transitions."""
+    transition follows the last beta (Neal 2001, sec. 2). With ``target`` (the adaptation pass),
+    only steps[1] is read and each datapoint's step size is multiplied by 1.02 (0.98) after a
+    transition accepted more (less) often than ``target`` over its chains, as Wu et al. (2017,
+    sec. 4) do: the steps used are returned, to be frozen for a measured pass. A ``tuner`` times
+    the transitions."""
     with torch.no_grad():
         ends = chains.ends(u)
     log_w, accepted = torch.zeros_like(ends.log_init), torch.zeros_like(ends.log_init[0])
-    step = step.reshape(1, -1, 1).to(u)
+    steps = steps.to(u).clone()
     for t in range(1, len(betas)):
         log_w = log_w + (betas[t] - betas[t - 1]).item() * (ends.log_joint - ends.log_init)
         if t < len(betas) - 1:
             with tuner.unit() if tuner is not None else nullcontext():
-                u, ends, accept = chains.transition(u, betas[t].item(), step, leapfrog, ends)
+                u, ends, accept = chains.transition(
+                    u, betas[t].item(), steps[t].reshape(1, -1, 1), leapfrog, ends
+                )
             rate = accept.to(u.dtype).mean(0)
             accepted = accepted + rate
-            step = step * torch.where(rate > target, 1.02, 0.98).to(u).reshape(1, -1, 1)
+            if target is not None:
+                steps[t + 1] = steps[t] * torch.where(rate > target, 1.02, 0.98).to(u)
         if progress is not None:
             progress.update(1)
-    return log_w, accepted / max(1, len(betas) - 2), step.reshape(-1)
+    if target is not None:
+        steps[0], steps[-1] = steps[1], steps[-2]
+    return log_w, accepted / max(1, len(betas) - 2), steps
+
+
+def frozen_steps(adapting: Chains | None, n: int, betas, step_size: float, leapfrog: int, target: float,
+                 progress=None, tuner=None):  # fmt: skip
+    """Per-temperature, per-datapoint step sizes (len(betas), n) for a measured pass: adapted by a
+    forward pass of the ``adapting`` chains (their own, fewer chains) from ``step_size``, on a
+    random stream of their own (seeded by one draw of the caller's), so that the measured pass's
+    draws are independent of the kernels it runs; ``adapting`` None: ``step_size`` throughout."""
+    steps = torch.full((len(betas), n), float(step_size), dtype=torch.float64)
+    if adapting is None:
+        return steps
+    seed = int(torch.randint(0, 2**62, ()))
+    with torch.random.fork_rng(devices=cuda_devices(adapting.args, adapting.kwargs)):
+        torch.manual_seed(seed)
+        return anneal(adapting, adapting.start(), betas, steps, leapfrog, progress, tuner, target)[2]
 
 
 @contextmanager
@@ -319,6 +344,7 @@ def ais_log_likelihood(
     leapfrog_steps: int = 10,
     step_size: float = 0.05,
     target_accept: float = 0.65,
+    adapt_chains: int = 4,
     schedule: torch.Tensor | None = None,
     data_chunk: int | None = None,
     compile: str = "auto",
@@ -328,9 +354,11 @@ def ais_log_likelihood(
     """Forward AIS of log p(x) for every datapoint: ``num_chains`` chains from ``initial``
     ("guide": q(z | x); "prior": p(z)) through ``num_steps`` intermediate distributions
     (``schedule``, beta_0 = 0 to beta_T = 1; default :func:`sigmoid_schedule`), each HMC
-    transition ``leapfrog_steps`` leapfrog steps of an adapted per-datapoint step size. A
-    stochastic lower bound in expectation (Jensen); see the module docstring. ``compile``:
-    how the path's densities run (:class:`Chains`; ``"none"``: Pyro eagerly)."""
+    transition ``leapfrog_steps`` leapfrog steps of a per-datapoint, per-temperature step size
+    frozen beforehand by an adaptation pass of ``adapt_chains`` chains (:func:`frozen_steps`;
+    0: ``step_size`` throughout, no adaptation). A stochastic lower bound in expectation
+    (Jensen); see the module docstring. ``compile``: how the path's densities run
+    (:class:`Chains`; ``"none"``: Pyro eagerly)."""
 
     n = data_size(args, kwargs)
     betas = (
@@ -338,23 +366,33 @@ def ais_log_likelihood(
     )
     if not (betas[0] == 0 and betas[-1] == 1 and (betas.diff() >= 0).all()):
         raise PyrovaeError("an AIS schedule must rise from 0 to 1 (beta_0 = 0, beta_T = 1)")
-    size = data_chunk or data_chunk_for(model, guide, args, kwargs, num_chains)
-    parts, chains = [], None
+    check_annealing(num_chains, adapt_chains)
+    size = n if needs_all_data(model, guide, args, kwargs) else data_chunk
+    size = size or data_chunk_for(model, guide, args, kwargs, num_chains)
+    parts, chains, adapting = [], None, None
     label = progress if isinstance(progress, str) else "AIS"
     show = None if progress is None else bool(progress)
+    passes = 2 if adapt_chains else 1
     with (
-        bar(label, math.ceil(n / size) * (len(betas) - 1), unit="step", show=show) as b,
+        bar(label, math.ceil(n / size) * (len(betas) - 1) * passes, unit="step", show=show) as b,
         annealing(model, guide) as tuner,
     ):
         for start, rows in spans(n, size):
             a, k = slice_args(args, kwargs, n, start, start + rows)
-            chains = (
-                Chains(model, guide, a, k, num_chains, initial, compile=compile)
-                if chains is None
-                else chains.on(a, k)
-            )
-            u = chains.start()
-            step = torch.full((rows,), float(step_size))
-            parts.append(anneal(chains, u, betas, step, leapfrog_steps, target_accept, b, tuner))
-    log_w, acceptance, step = (torch.cat(p, dim=d) for p, d in zip(zip(*parts), (1, 0, 0)))
-    return summarize(log_w, acceptance, step)
+            if chains is None:
+                chains = Chains(model, guide, a, k, num_chains, initial, compile=compile)
+                if adapt_chains:
+                    adapting = Chains(model, guide, a, k, adapt_chains, initial, compile=compile)
+            else:
+                chains, adapting = chains.on(a, k), adapting and adapting.on(a, k)
+            steps = frozen_steps(adapting, rows, betas, step_size, leapfrog_steps, target_accept, b, tuner)
+            parts.append(anneal(chains, chains.start(), betas, steps, leapfrog_steps, b, tuner))
+    log_w, acceptance, steps = (torch.cat(p, dim=d) for p, d in zip(zip(*parts), (1, 0, 1)))
+    return summarize(log_w, acceptance, steps)
+
+
+def check_annealing(num_chains, adapt_chains) -> None:
+    """One-line errors for chain counts that are not positive integers (0 adaptation chains: none)."""
+    for name, value, least in (("num_chains", num_chains, 1), ("adapt_chains", adapt_chains, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise PyrovaeError(f"AIS {name} must be an integer >= {least}, got {value!r}")

@@ -16,7 +16,16 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import PyrovaeError
-from pyrovae.inference.ais import ANNEALING, Chains, anneal, annealing, sigmoid_schedule, summarize
+from pyrovae.inference.ais import (
+    ANNEALING,
+    Chains,
+    anneal,
+    annealing,
+    check_annealing,
+    frozen_steps,
+    sigmoid_schedule,
+    summarize,
+)
 from pyrovae.inference.estimators import log_likelihood
 from pyrovae.runtime.progress import bar
 
@@ -71,28 +80,31 @@ def sandwich(
 ) -> Sandwich:
     """Forward and reverse AIS with the same schedule and transitions on simulated ``data``:
     ``num_steps``, ``num_chains``, ``initial``, ``leapfrog_steps``, ``step_size``,
-    ``target_accept`` and ``compile`` as :func:`pyrovae.inference.ais.ais_log_likelihood` takes them
-    (other keywords go to the model and guide); ``progress`` (a label) shows a bar over both passes."""
+    ``target_accept``, ``adapt_chains`` and ``compile`` as
+    :func:`pyrovae.inference.ais.ais_log_likelihood` takes them (other keywords go to the model and
+    guide); ``progress`` (a label) shows a bar over the passes. The step sizes are adapted once,
+    by a forward pass from f_0 that never sees the exact samples, and frozen for both measured
+    passes (the reverse pass runs them in reverse order)."""
     o = {**ANNEALING, **{k: options.pop(k) for k in list(options) if k in ANNEALING}}
-    num_steps, num_chains, leapfrog_steps, target_accept = (
-        o["num_steps"], o["num_chains"], o["leapfrog_steps"], o["target_accept"]
-    )  # fmt: skip
-    kwargs = options
-    betas = sigmoid_schedule(num_steps)
-    chains = Chains(model, guide, (data.x, *args), kwargs, num_chains, o["initial"], compile=o["compile"])
-    step = torch.full((data.x.shape[0],), float(o["step_size"]))
+    check_annealing(o["num_chains"], o["adapt_chains"])
+    leapfrog, kwargs, n = o["leapfrog_steps"], options, data.x.shape[0]
+    betas = sigmoid_schedule(o["num_steps"])
+    make = lambda s: Chains(model, guide, (data.x, *args), kwargs, s, o["initial"], compile=o["compile"])
+    chains, adapting = make(o["num_chains"]), make(o["adapt_chains"]) if o["adapt_chains"] else None
     label = progress if isinstance(progress, str) else "BDMC"
     show = None if progress is None else bool(progress)
-    with annealing(model, guide) as tuner, bar(label, 2 * num_steps, unit="step", show=show) as b:
+    total = (2 + (adapting is not None)) * o["num_steps"]
+    with annealing(model, guide) as tuner, bar(label, total, unit="step", show=show) as b:
+        steps = frozen_steps(adapting, n, betas, o["step_size"], leapfrog, o["target_accept"], b, tuner)
         start = chains.start()
-        forward = summarize(*anneal(chains, start, betas, step, leapfrog_steps, target_accept, b, tuner))
+        forward = summarize(*anneal(chains, start, betas, steps, leapfrog, b, tuner))
         template = chains.layout.unpack(start)[0]  # the sites' shapes, for z* laid out as the chains
         missing = set(template) - set(data.latents)
         if missing:
             raise PyrovaeError(f"the guide's sites {sorted(missing)} are not latent sites of the model")
         exact = chains.layout.pack({n: data.latents[n].expand_as(v) for n, v in template.items()})
-        log_w, rate, _ = anneal(chains, exact, betas.flip(0), step, leapfrog_steps, target_accept, b, tuner)
-    upper = -summarize(log_w, rate, step).log_likelihood
+        log_w, rate, _ = anneal(chains, exact, betas.flip(0), steps.flip(0), leapfrog, b, tuner)
+    upper = -summarize(log_w, rate, steps).log_likelihood
     return Sandwich(forward.log_likelihood, upper, upper - forward.log_likelihood, forward.acceptance, rate)
 
 

@@ -126,7 +126,9 @@ def chunk_rows(device: torch.device, row_bytes: float, fraction: float = MEMORY_
 
 def runs_on_slices(model: Callable, guide: Callable, args, kwargs, rows: int) -> bool:
     """Whether the pair runs on the first ``rows`` datapoints alone, with every sample site's
-    ``"data"`` plate of that size: False for a guide sized for all N datapoints."""
+    ``"data"`` plate of that size, and scores datapoints alone as it scores them in a larger
+    run (:func:`scores_agree`): False for a guide sized for all N datapoints, or one that reads
+    per-datapoint tables by position (``loc[:x.shape[0]]``)."""
     n = data_size(args, kwargs)
     if rows >= n:
         return True
@@ -134,16 +136,49 @@ def runs_on_slices(model: Callable, guide: Callable, args, kwargs, rows: int) ->
     try:
         with pyro.validation_enabled(False):  # argument checks are the data checks' job, not this probe's
             tr = inspection_traces(model, guide, a, k)
+            for site in _sample_sites(tr):
+                frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
+                shape = site["fn"].batch_shape
+                if frame is not None and len(shape) >= -frame.dim and shape[frame.dim] not in (1, rows):
+                    return False
+            return scores_agree(model, guide, args, kwargs, rows)
     except Exception:  # noqa: BLE001 - Pyro's shape mismatch, or the program's own error
         return False
-    for site in (s for t in tr for s in t.nodes.values()):
-        if site["type"] != "sample" or site_is_subsample(site):
-            continue
-        frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
-        shape = site["fn"].batch_shape
-        if frame is not None and len(shape) >= -frame.dim and shape[frame.dim] not in (1, rows):
-            return False
-    return True
+
+
+def _sample_sites(trs):
+    return [s for t in trs for s in t.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
+
+
+def _scores(trs, nesting: int) -> dict[str, torch.Tensor]:
+    return {s["name"]: weights.site_log_prob(s, -nesting - 1, 1)[0] for s in _sample_sites(trs)}
+
+
+def _rows(site: dict, start: int, stop: int) -> torch.Tensor:
+    """The value of a site at the datapoints start..stop-1 of its ``"data"`` plate."""
+    value, dim = site["value"], weights.data_frame(site).dim - site["fn"].event_dim
+    if value.dim() < -dim or value.shape[dim] == 1:
+        return value
+    return value.narrow(dim, start, stop - start)
+
+
+def scores_agree(model: Callable, guide: Callable, args, kwargs, rows: int) -> bool:
+    """Whether the guide's log-densities at the last ``rows`` datapoints of a run on the first
+    2 ``rows`` equal those of a run on those datapoints alone, at the same latent values: a guide
+    that reads per-datapoint parameters by position uses the wrong rows on a slice."""
+    n = data_size(args, kwargs)
+    stop = min(n, 2 * rows)
+    start = stop - rows
+    a, k = slice_args(args, kwargs, n, 0, stop)
+    whole = inspection_traces(model, guide, a, k)
+    nesting = plate_nesting(model, guide, a, k, traces=whole)
+    values = {s["name"]: _rows(s, start, stop) for s in _sample_sites(whole[:1])}
+    a, k = slice_args(args, kwargs, n, start, stop)
+    alone = inspection_traces(model, weights.at_values(guide, values), a, k)
+    inside, apart = _scores(whole[:1], nesting), _scores(alone[:1], nesting)
+    return inside.keys() == apart.keys() and all(
+        torch.allclose(inside[name][start:stop], apart[name], rtol=1e-4, atol=1e-4) for name in inside
+    )
 
 
 def needs_all_data(model: Callable, guide: Callable, args, kwargs) -> bool:

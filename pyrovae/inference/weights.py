@@ -77,6 +77,20 @@ def inspection_traces(model: Callable, guide: Callable, args, kwargs, validate: 
     return guide_tr, model_tr
 
 
+def given_trace(values: dict) -> poutine.Trace:
+    """A trace holding latent ``values`` by site name, to replay a program on."""
+    given = poutine.Trace()
+    for name, value in values.items():
+        given.add_node(name, type="sample", value=value, is_observed=False, infer={})
+    return given
+
+
+def at_values(guide: Callable, values: dict) -> Callable:
+    """``guide`` with its sample sites set to ``values`` (replayed, so they stay latent sites
+    scored by the guide, which the model is then replayed on)."""
+    return poutine.replay(guide, trace=given_trace(values))
+
+
 def plate_nesting(model: Callable, guide: Callable, args, kwargs, traces=None) -> int:
     """The number of vectorized plate dims the model and guide use (Pyro counts them the same way)."""
     traces = traces or inspection_traces(model, guide, args, kwargs)

@@ -73,18 +73,28 @@ def _load(args) -> experiment.Run:
 def cmd_evaluate(args) -> None:
     run = _load(args)
     data = evaluation_data(run.config, args.split, run.device, args.seed)  # loaded once: IS, AIS, BDMC
-    show, how = not args.no_progress, dict(num_steps=args.steps, num_chains=args.chains, compile=args.compile)
+    show, how = (
+        not args.no_progress,
+        dict(
+            num_steps=args.steps, num_chains=args.chains, adapt_chains=args.adapt_chains, compile=args.compile
+        ),
+    )
     out = evaluation.evaluate(run, data, num_samples=args.num_samples, compile=args.compile, progress=show)
     if not distributed.is_main():
         return
     out["ranks"] = distributed.world()[1]
+    steps = run.config.eval_refine if args.refine is None else args.refine
+    if steps:
+        out["refine"] = evaluation.evaluate_refined(
+            run, data, steps, num_samples=args.num_samples, progress=show
+        )
     if args.method == "ais":
         out["ais"] = evaluation.evaluate_ais(run, data, progress=show, **how)
     if args.bdmc:
         out["bdmc"] = evaluation.evaluate_bdmc(run, data, args.bdmc, progress=show, **how)
     console.evaluation(out, hooks.takes(run.model))
     files = RunDir(args.run_dir)
-    values = {k: out[k].pop("per_datapoint") for k in ("ais", "bdmc") if k in out} | {
+    values = {k: out[k].pop("per_datapoint") for k in ("ais", "bdmc", "refine") if k in out} | {
         "is": out.pop("per_datapoint")
     }
     files.evaluation(args.split).write_text(json.dumps(out, indent=2) + "\n")
@@ -166,6 +176,35 @@ def _fit_parser(sub) -> None:
 
 SPLITS = ["test", "val"]
 
+#: the options of ``pyrovae evaluate``
+EVALUATE_FLAGS = {
+    "--num-samples": dict(type=int, help="particles per datapoint (default: the config's eval_samples)"),
+    "--split": dict(default="test", choices=SPLITS),
+    "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
+    "--seed": dict(type=int, default=0),
+    "--method": dict(default="is", choices=["is", "ais"], help="ais: AIS beside the IS figure"),
+    "--refine": dict(
+        type=int,
+        metavar="N",
+        help="also importance-sample from q refined per datapoint by N steps (default: the "
+        "config's eval_refine; 0: none)",
+    ),
+    "--steps": dict(type=int, default=1000, help="AIS/BDMC intermediate distributions T"),
+    "--chains": dict(type=int, default=16, help="AIS/BDMC chains per datapoint S"),
+    "--adapt-chains": dict(
+        type=int,
+        default=4,
+        help="AIS/BDMC chains of the pass that adapts the step sizes, frozen for the measured "
+        "pass (0: no adaptation, the step size 0.05 throughout)",
+    ),
+    "--bdmc": dict(type=int, metavar="N", help="BDMC bounds on N datapoints simulated from the model"),
+    "--compile": dict(
+        default="auto",
+        choices=list(MODES),
+        help="how IS chunks and AIS paths run (auto = capture)",
+    ),
+}
+
 
 def _run_commands() -> list[tuple]:
     """(name, help, function, {flag: argparse options}) of the commands that take a RUN_DIR."""
@@ -175,25 +214,7 @@ def _run_commands() -> list[tuple]:
             "evaluate",
             "test-set ELBO per datapoint with its standard error",
             cmd_evaluate,
-            {
-                "--num-samples": dict(
-                    type=int, help="particles per datapoint (default: the config's eval_samples)"
-                ),
-                "--split": dict(default="test", choices=SPLITS),
-                "--limit": dict(type=int, help="evaluate on the first N datapoints only"),
-                "--seed": dict(type=int, default=0),
-                "--method": dict(default="is", choices=["is", "ais"], help="ais: AIS beside the IS figure"),
-                "--steps": dict(type=int, default=1000, help="AIS/BDMC intermediate distributions T"),
-                "--chains": dict(type=int, default=16, help="AIS/BDMC chains per datapoint S"),
-                "--bdmc": dict(
-                    type=int, metavar="N", help="BDMC bounds on N datapoints simulated from the model"
-                ),
-                "--compile": dict(
-                    default="auto",
-                    choices=list(MODES),
-                    help="how IS chunks and AIS paths run (auto = capture)",
-                ),
-            },
+            EVALUATE_FLAGS,
         )
     )
     commands.append(

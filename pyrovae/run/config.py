@@ -111,6 +111,9 @@ class Config:
     device: str = "auto"  #: auto (CUDA when present) | cpu | cuda | cuda:1 ...
     run_dir: str = "runs/default"  #: where ``pyrovae fit`` writes the run (config, checkpoints, figures)
     eval_samples: int = 5000  #: importance samples per datapoint for `evaluate` (ELBO and log p(x))
+    #: steps of per-datapoint refinement of q before a second importance-sampled log p(x) in
+    #: `evaluate` (0: none; :func:`pyrovae.diagnostics.refine.refined_log_likelihood`)
+    eval_refine: int = 0
 
     def __post_init__(self):
         require(
@@ -122,6 +125,11 @@ class Config:
                     f"an integer in [1, {MAX_EVAL_SAMPLES}]",
                 ),
                 "seed": (self.seed, int_in(self.seed, 0, MAX_SEED), f"an integer in [0, {MAX_SEED}]"),
+                "eval_refine": (
+                    self.eval_refine,
+                    int_in(self.eval_refine, 0, 10**6),
+                    "an integer in [0, 1000000]",
+                ),
             },
         )
 
@@ -216,7 +224,9 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
     if isinstance(data, dict) and "pixels" not in data and isinstance(model.options.get("likelihood"), str):
         data["pixels"] = pixel_mode_for(model.options["likelihood"])  # recorded in the run's config.json
     scalars = {
-        k: _check_type(k, raw[k], hints[k]) for k in ("seed", "device", "run_dir", "eval_samples") if k in raw
+        k: _check_type(k, raw[k], hints[k])
+        for k in ("seed", "device", "run_dir", "eval_samples", "eval_refine")
+        if k in raw
     }
     return Config(
         model=model,

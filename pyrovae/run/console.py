@@ -82,6 +82,14 @@ def evaluation(out: dict, takes: Takes) -> None:
             f"  cluster acc.    {100 * acc:.2f}%   argmax q({site} | x), "
             "clusters matched to labels (Hungarian)"
         )
+    if "refine" in out:
+        r = out["refine"]
+        for key, what in (("amortized", "q(z|x)"), ("refined", f"q refined by {r['steps']} steps")):
+            side = r[key]
+            print(
+                f"  log p(x) from {what:<22}{_fmt(side['log_likelihood'])}   k-hat mean "
+                f"{side['k_hat_mean']:.2f}, {100 * side['k_hat_bad']:.1f}% above 0.7, {side['seconds']:.1f} s"
+            )
     if "ais" in out:
         a = out["ais"]
         print(

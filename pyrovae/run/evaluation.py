@@ -9,6 +9,8 @@ import time
 import torch
 
 from pyrovae import hooks
+from pyrovae.diagnostics import refine
+from pyrovae.diagnostics.importance import KHAT_BAD
 from pyrovae.hooks import Takes
 from pyrovae.inference import ais, bidirectional, estimators
 from pyrovae.inference.checks import check_inputs
@@ -58,7 +60,33 @@ def evaluate(
         per_datapoint=True,
     )
     out |= class_report_data(run.model, run.guide, data.split, data.seed)
-    return {**out, "discrete": discrete}  # the likelihood's kind, whether or not bits/dim apply
+    return {**out, "discrete": discrete}
+
+
+def evaluate_refined(run: Run, data: EvaluationData, steps: int, *, num_samples=None, progress=False) -> dict:
+    """log p(x), its standard error and the Pareto k-hat (mean, share above 0.7) by importance
+    sampling from the guide and from proposals refined per datapoint by ``steps`` steps
+    (:func:`pyrovae.diagnostics.refine.refined_log_likelihood`), with the seconds each took."""
+    args = check_inputs(run.model, run.guide, *data.inputs(run.model), images=data.split)
+    torch.manual_seed(data.seed)
+    k = num_samples or run.config.eval_samples
+    r = refine.refined_log_likelihood(
+        run.model, run.guide, *args, steps=steps, num_samples=k, progress=progress
+    )
+    return {
+        "steps": steps,
+        "num_samples": k,
+        "num_datapoints": int(r.log_likelihood.shape[0]),
+        "amortized": _proposal(r.log_likelihood, r.k_hat, r.seconds),
+        "refined": _proposal(r.refined_log_likelihood, r.refined_k_hat, r.refined_seconds),
+        "per_datapoint": {"log_likelihood": r.refined_log_likelihood, "k_hat": r.refined_k_hat},
+    }  # the likelihood's kind, whether or not bits/dim apply
+
+
+def _proposal(log_likelihood, k_hat, seconds) -> dict:
+    bad = float((k_hat > KHAT_BAD).double().mean())
+    return {"log_likelihood": _stats(log_likelihood), "k_hat_mean": float(k_hat.mean()), "k_hat_bad": bad,
+            "seconds": seconds}  # fmt: skip
 
 
 def _stats(values: torch.Tensor) -> dict:
@@ -73,6 +101,7 @@ def evaluate_ais(
     num_steps=1000,
     num_chains=16,
     initial="guide",
+    adapt_chains=4,
     compile="auto",
     progress=False,
 ) -> dict:
@@ -84,7 +113,7 @@ def evaluate_ais(
     start = time.perf_counter()
     r = ais.ais_log_likelihood(
         run.model, run.guide, *args, num_steps=num_steps, num_chains=num_chains, initial=initial,
-        compile=compile, progress="AIS" if progress else False,
+        adapt_chains=adapt_chains, compile=compile, progress="AIS" if progress else False,
     )  # fmt: skip
     return {
         "log_likelihood": _stats(r.log_likelihood),
@@ -92,6 +121,7 @@ def evaluate_ais(
         "acceptance": float(r.acceptance.mean()),
         "num_steps": num_steps,
         "num_chains": num_chains,
+        "adapt_chains": adapt_chains,
         "initial": initial,
         "num_datapoints": int(r.log_likelihood.shape[0]),
         "seconds": time.perf_counter() - start,
@@ -107,6 +137,7 @@ def evaluate_bdmc(
     num_steps=1000,
     num_chains=16,
     initial="guide",
+    adapt_chains=4,
     importance_samples=5000,
     compile="auto",
     progress=False,
@@ -119,7 +150,8 @@ def evaluate_bdmc(
     start = time.perf_counter()
     r = bidirectional.bdmc(
         run.model, run.guide, x, *condition, num_steps=num_steps, num_chains=num_chains, initial=initial,
-        importance_samples=importance_samples, compile=compile, progress="BDMC" if progress else False,
+        adapt_chains=adapt_chains, importance_samples=importance_samples, compile=compile,
+        progress="BDMC" if progress else False,
     )  # fmt: skip
     s = r.sandwich
     return {
@@ -130,6 +162,7 @@ def evaluate_bdmc(
         "importance_samples": importance_samples,
         "num_steps": num_steps,
         "num_chains": num_chains,
+        "adapt_chains": adapt_chains,
         "num_datapoints": int(s.lower.shape[0]),
         "seconds": time.perf_counter() - start,
         "per_datapoint": {k: getattr(s, k).detach().cpu() for k in ("lower", "upper")}
