@@ -79,12 +79,16 @@ class ModelHooks(Protocol):
     def sample(self, num: int) -> torch.Tensor: ...
     def attach_data(self, labels: torch.Tensor) -> None: ...
     def auxiliary_loss(self, *args: torch.Tensor) -> torch.Tensor: ...
+    def local_inputs(self, *args: torch.Tensor) -> torch.Tensor: ...
 
 
 class GuideHooks(Protocol):
     """The optional members of a guide: ``attach_model(model)`` (called once the model exists,
     for a guide that falls back on the model's prior network), ``latent_sites`` and ``takes``
-    (as for models; :attr:`Takes.ANY` serves every model with its sites).
+    (as for models; :attr:`Takes.ANY` serves every model with its sites), and ``head`` with
+    ``local_inputs(*args) -> Tensor`` (a guide of one site ``z`` whose q is ``head(local_inputs(*args))``:
+    refinement then fits those inputs per datapoint, :mod:`pyrovae.diagnostics.refine`; without
+    them a local Gaussian is fitted).
 
     Either a model or a guide may define:
 

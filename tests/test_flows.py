@@ -195,3 +195,26 @@ def test_captured_training_of_a_flow_guide_replays_the_eager_one(flow):
     torch.testing.assert_close(out["capture"][0], out["none"][0], rtol=1e-6, atol=1e-6)
     for a, b in zip(out["capture"][1], out["none"][1]):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_diagnostics_read_a_flow_guide():
+    """k-hat table, active units (E_q[z] from draws: a flow has no closed-form mean), ArviZ
+    InferenceData, the amortization gap with the guide's own family refined, latent means."""
+    import warnings
+
+    from pyrovae import diagnostics
+
+    torch.manual_seed(0)
+    model = VAE((1, 4, 4), 3, hidden=[16])
+    guide = MLPGuide((1, 4, 4), 3, hidden=[16], flow="iaf", flow_hidden=[8], flow_context=4)
+    x = torch.bernoulli(torch.full((30, 1, 4, 4), 0.4))
+    assert diagnostics.posterior_quality(model, guide, x, num_samples=100).shape[0] == 30
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        act = diagnostics.latent_activity(model, guide, x)["z"]
+    assert act.variance.shape == (3,) and "q at 'z', TransformedDistribution," in act.note
+    assert diagnostics.to_inference_data(model, guide, x, num_samples=40).posterior["z"].shape[-1] == 3
+    gaps = diagnostics.amortization_gap(model, guide, x[:3], steps=20, num_samples=200)
+    assert (gaps["amortization_gap"] > -0.5).all()  # the local flow starts at the guide's output
+    means = diagnostics.batched_posterior_means(guide, x)
+    assert means.shape == (30, 3) and torch.isfinite(means).all()

@@ -122,11 +122,10 @@ def latent_activity(
             start += d
         variance = means.var(0) if means.shape[0] > 1 else torch.zeros(d, dtype=torch.float64)
         prior = type(model_tr.nodes[name]["fn"]).__name__
-        note = (
-            ""
-            if per_unit[name]
-            else f" (the prior at {name!r}, {prior}, is not a product over units: no KL per unit)"
-        )
+        which = f"the prior at {name!r}, {prior},"
+        if _elementwise(latent[name]["fn"]) is None:
+            which = f"q at {name!r}, {type(latent[name]['fn']).__name__},"
+        note = "" if per_unit[name] else f" ({which} is not a product over units: no KL per unit)"
         act = LatentActivity(
             name,
             variance.cpu(),

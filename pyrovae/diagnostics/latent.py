@@ -17,14 +17,20 @@ from pyrovae.hooks import code_site
 @torch.no_grad()
 def batched_posterior_means(guide, *args: torch.Tensor, site: str = "z", batch: int = 1000) -> torch.Tensor:
     """E_q[z | args] read off the guide's distribution at ``site`` (for a site below another
-    latent, at the sampled value of the one above), ``batch`` datapoints at a time."""
+    latent, at the sampled value of the one above; the mean of 256 draws where it has no mean in
+    closed form, as a flow), ``batch`` datapoints at a time."""
     n = args[0].shape[0]
     return torch.cat(
-        [
-            pyro.poutine.trace(guide).get_trace(*(a[i : i + batch] for a in args)).nodes[site]["fn"].mean
-            for i in range(0, n, batch)
-        ]
-    )
+        [_mean(pyro.poutine.trace(guide).get_trace(*(a[i : i + batch] for a in args)).nodes[site]["fn"])
+         for i in range(0, n, batch)]
+    )  # fmt: skip
+
+
+def _mean(fn, draws: int = 256) -> torch.Tensor:
+    try:
+        return fn.mean
+    except NotImplementedError:
+        return fn.sample((draws,)).mean(0)
 
 
 def _decoder(model, decode: Callable | None) -> Callable:
