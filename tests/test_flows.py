@@ -218,3 +218,19 @@ def test_the_diagnostics_read_a_flow_guide():
     assert (gaps["amortization_gap"] > -0.5).all()  # the local flow starts at the guide's output
     means = diagnostics.batched_posterior_means(guide, x)
     assert means.shape == (30, 3) and torch.isfinite(means).all()
+
+
+def test_flow_guides_and_the_flow_prior_pass_the_dry_config_check():
+    """``validate`` builds the pair on the meta device; Pyro's autoregressive networks read a
+    tensor back while they are built, so they are built on the CPU and moved there."""
+    from pyrovae.run.config import config_from_dict
+    from pyrovae.run.configcheck import validate
+
+    for flow in FLOWS:
+        raw = {
+            "model": {"name": "vae", "latent_dim": 4, "prior": "flow"},
+            "guide": {"name": "mlp", "flow": flow},
+        }
+        model, guide = validate(config_from_dict(raw))
+        assert next(guide.head.parameters()).device.type == "meta"
+        assert next(model.prior.parameters()).device.type == "meta"

@@ -31,7 +31,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive, Permu
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 
-from pyrovae.blocks.nn import gaussian_head
+from pyrovae.blocks.nn import gaussian_head, off_meta
 from pyrovae.errors import ConfigError, unknown_name
 
 FLOWS = ("none", "iaf", "householder")  #: the posterior families a guide's ``flow`` option names
@@ -66,11 +66,13 @@ class PosteriorFlow(nn.Module):
         self.transforms = nn.ModuleList()
         if flow == "iaf":
             for _ in range(depth):
-                arn = ConditionalAutoRegressiveNN(latent_dim, context, list(hidden))
+                arn = off_meta(lambda: ConditionalAutoRegressiveNN(latent_dim, context, list(hidden)))
                 self.transforms.append(ConditionalAffineAutoregressive(arn, stable=True))
         elif flow == "householder":
             self.transforms.append(
-                conditional_householder(latent_dim, context, list(hidden), count_transforms=depth)
+                off_meta(
+                    lambda: conditional_householder(latent_dim, context, list(hidden), count_transforms=depth)
+                )
             )
         self.register_buffer("order", torch.arange(latent_dim - 1, -1, -1), persistent=False)
 

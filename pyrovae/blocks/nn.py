@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -131,6 +131,17 @@ class ConvDecoder(nn.Module):
         h = self.head(z).reshape(-1, *self.map_shape)
         out = self.deconv(h)
         return out.reshape(*batch, *out.shape[1:])
+
+
+def off_meta(make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()``, built on the CPU when the default device is ``meta`` (a dry check of a config)
+    and moved to it after: Pyro's autoregressive networks read a tensor back while they are
+    built, which a meta tensor cannot do."""
+    if torch.get_default_device().type != "meta":
+        return make()
+    with torch.device("cpu"):
+        module = make()
+    return module.to("meta")
 
 
 def gaussian_head(h: torch.Tensor, dim: int, min_scale: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ from pyro.distributions import constraints
 from pyro.distributions.torch_distribution import TorchDistribution
 from torch import nn
 
+from pyrovae.blocks.nn import off_meta
 from pyrovae.errors import ConfigError, ModelError, unknown_name
 
 PRIORS = ("standard", "mog", "vamp", "flow")  #: the priors a model takes by name (``[model] prior``)
@@ -199,7 +200,7 @@ class FlowPrior(Prior):
         self.register_buffer("order", torch.arange(latent_dim - 1, -1, -1), persistent=False)
         self.flows = nn.ModuleList()
         for _ in range(depth):
-            t = dist.transforms.affine_autoregressive(latent_dim, hidden_dims=list(hidden))
+            t = off_meta(lambda: dist.transforms.affine_autoregressive(latent_dim, hidden_dims=list(hidden)))
             last = t.arn.layers[-1]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)  # loc = 0, log scale = 0: the identity
