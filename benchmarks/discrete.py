@@ -114,8 +114,8 @@ def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
 def step_time(a) -> str:
     """Median seconds of one M2 training step under "enum" and under "elbo", and their ratio."""
     from pyrovae.data.splits import Batches
+    from pyrovae.training import catalog, optim
     from pyrovae.training import loop as train
-    from pyrovae.training import objectives, optim
 
     config = configure("m2_100", a, Path(tempfile.mkdtemp()))
     data = recipes.load_data(config, "train")
@@ -127,7 +127,7 @@ def step_time(a) -> str:
         images, labels = next(iter(Batches(data, config.train.batch_size, seed=1).epoch(0, labels=True)))
         x = hooks.inputs(model, images, labels)
         params = optim.collect_params(model, guide, *x)
-        loss = train.make_loss(objectives.make_objective(name), model, guide, params, "auto", x)
+        loss = train.make_loss(catalog.make_objective(name), model, guide, params, "auto", x)
         opt = torch.optim.Adam(params, lr=1e-4)
         one = torch.ones(())
         samples = []

@@ -7,7 +7,8 @@ import pyro
 import pytest
 import torch
 
-from pyrovae.training.objectives import make_elbo, make_objective
+from pyrovae.training.catalog import make_objective
+from pyrovae.training.objectives import make_elbo
 
 
 def _load(name: str):

@@ -15,7 +15,8 @@ from pyrovae.inference import chunks, estimators, weights
 from pyrovae.models import VAE
 from pyrovae.runtime.compile import Compiled
 from pyrovae.sites import DATA_PLATE, LATENT
-from pyrovae.training.objectives import ELBOObjective, make_objective
+from pyrovae.training.catalog import make_objective
+from pyrovae.training.objectives import ELBOObjective
 from pyrovae.training.settings import TrainConfig
 
 

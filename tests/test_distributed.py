@@ -18,8 +18,8 @@ from pyrovae.inference import scoring
 from pyrovae.models import LinearGaussian
 from pyrovae.registry import build_guide, build_model
 from pyrovae.runtime import distributed
+from pyrovae.training.catalog import make_objective
 from pyrovae.training.loop import fit, make_loss
-from pyrovae.training.objectives import make_objective
 from pyrovae.training.optim import collect_params
 from pyrovae.training.settings import TrainConfig
 
@@ -50,10 +50,11 @@ def spawn(fn, tmp_path, *args):
 # --------------------------------------------------------------------------- training keeps the ranks equal
 
 
-def _fit_worker(rank, tmp, flow="none"):
+def _fit_worker(rank, tmp, flow="none", objective="elbo"):
     _init(rank, tmp)
     model, guide = _pair(flow=flow, flow_hidden=[8], flow_context=3)
-    cfg = TrainConfig(epochs=3, batch_size=6, log_every=2, checkpoint_every=3)
+    cfg = TrainConfig(epochs=3, batch_size=6, log_every=2, checkpoint_every=3, objective=objective)
+    loss = make_objective(objective, factor_hidden=[8])  # factorvae: its discriminator, to compare
     result = fit(
         model,
         guide,
@@ -64,11 +65,13 @@ def _fit_worker(rank, tmp, flow="none"):
         device="cpu",
         run_dir=f"{tmp}/run",
         progress=False,
+        objective=loss,
     )
     torch.save(
         {
             "model": model.state_dict(),
             "guide": guide.state_dict(),
+            "objective": (loss.state_dict() or {}).get("discriminator", {}),
             "step": result.step,
             "best": result.best_val_elbo,
             "rows": result.metrics,
@@ -78,12 +81,15 @@ def _fit_worker(rank, tmp, flow="none"):
     torch_dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("flow", ["none", "iaf"])
-def test_parameters_are_bitwise_equal_on_every_rank(tmp_path, flow):
-    spawn(_fit_worker, tmp_path, flow)
+@pytest.mark.parametrize("flow, objective", [("none", "elbo"), ("iaf", "elbo"), ("none", "factorvae")])
+def test_parameters_are_bitwise_equal_on_every_rank(tmp_path, flow, objective):
+    """Also a flow guide, and FactorVAE's discriminator (stepped by its own optimizer on the
+    gradient summed over the ranks)."""
+    spawn(_fit_worker, tmp_path, flow, objective)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     init_model, _ = _pair()
-    for key in ("model", "guide"):
+    assert (objective == "factorvae") == bool(a["objective"])
+    for key in ("model", "guide", "objective"):
         assert a[key].keys() == b[key].keys()
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs between ranks"

@@ -13,7 +13,7 @@ from pyrovae.errors import ConfigError, ModelError
 from pyrovae.guides.discrete import MixtureGuide
 from pyrovae.inference import estimators, weights
 from pyrovae.models.mixture import MixtureOfFactorAnalysers
-from pyrovae.training.objectives import make_objective
+from pyrovae.training.catalog import make_objective
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ from torch import nn
 import pyrovae
 from pyrovae.inference import estimators, weights
 from pyrovae.sites import DATA_PLATE, LATENT
-from pyrovae.training.objectives import IWAEObjective, make_elbo, make_objective
+from pyrovae.training.catalog import make_objective
+from pyrovae.training.objectives import IWAEObjective, make_elbo
 from pyrovae.training.optim import iwae_lr_factor
 from pyrovae.training.settings import TrainConfig
 

@@ -31,7 +31,7 @@ from pyrovae.registry import build_guide, build_model
 from pyrovae.run.config import Component, Config, config_from_dict
 from pyrovae.run.recipes import build
 from pyrovae.training import checkpoint as ckpt_io
-from pyrovae.training.objectives import make_objective
+from pyrovae.training.catalog import make_objective
 from pyrovae.training.settings import TrainConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"

@@ -23,6 +23,7 @@ from pyrovae.run.recipes import evaluation_data
 from pyrovae.runtime import distributed, threads
 from pyrovae.runtime.compile import MODES
 from pyrovae.runtime.devices import resolve_device
+from pyrovae.training import catalog
 from pyrovae.training import checkpoint as ckpt_io
 from pyrovae.training.rundir import RunDir
 
@@ -149,7 +150,7 @@ def cmd_diagnose(args) -> None:
 
 
 def cmd_list(args) -> None:
-    console.registered(available())
+    console.registered(available() | {"objectives": dict(catalog.SUMMARIES)})
 
 
 def _fit_parser(sub) -> None:

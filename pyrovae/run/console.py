@@ -132,7 +132,7 @@ def diagnosis(out: dict) -> None:
 
 
 def registered(table: dict[str, dict[str, str]]) -> None:
-    """``pyrovae list``: the registered models and guides."""
+    """``pyrovae list``: the registered models and guides, and the training objectives."""
     for kind, entries in table.items():
         print(f"{kind}:")
         for name, doc in entries.items():

@@ -144,6 +144,13 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def broadcast(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's values on every rank (in place); the tensor itself outside a process group."""
+    if active():
+        dist.broadcast(t, src=0)
+    return t
+
+
 def all_max(t: torch.Tensor) -> torch.Tensor:
     if active():
         dist.all_reduce(t, op=dist.ReduceOp.MAX)

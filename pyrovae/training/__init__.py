@@ -1,5 +1,6 @@
 """Training: the loop (:mod:`.loop`: :func:`fit`), its settings (:mod:`.settings`), its state
-(:mod:`.state`), the objectives (:mod:`.objectives`), the optimiser and schedules
+(:mod:`.state`), the objectives (:mod:`.objectives`, :mod:`.regularized`, by name in
+:mod:`.catalog`), the optimiser and schedules
 (:mod:`.optim`), atomic checkpoints (:mod:`.checkpoint`), the non-finite guard
 (:mod:`.guard`), and the run directory (:mod:`.rundir`, written through :mod:`.runfiles`).
 """
@@ -9,18 +10,24 @@ from typing import TYPE_CHECKING
 from pyrovae.facade import lazy
 
 if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when first used
+    from pyrovae.training.catalog import OBJECTIVES, make_objective
     from pyrovae.training.guard import diagnose_nonfinite
     from pyrovae.training.loop import FitResult, fit, make_loss
     from pyrovae.training.objectives import (
         KL_SCHEDULES,
-        OBJECTIVES,
         ELBOObjective,
         IWAEObjective,
         Objective,
         PyroObjective,
         kl_weight,
         make_elbo,
-        make_objective,
+    )
+    from pyrovae.training.regularized import (
+        FreeBitsObjective,
+        MMDObjective,
+        TCVAEObjective,
+        log_aggregate,
+        mmd,
     )
     from pyrovae.training.rundir import RunDir
     from pyrovae.training.runfiles import read_metrics

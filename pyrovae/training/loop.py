@@ -42,8 +42,9 @@ from pyrovae.runtime import distributed, threads
 from pyrovae.runtime.compile import Compiled, resolve_mode, warn_eager
 from pyrovae.runtime.devices import resolve_device
 from pyrovae.runtime.progress import bar
+from pyrovae.training.catalog import make_objective
 from pyrovae.training.guard import Guard, diagnose_nonfinite
-from pyrovae.training.objectives import Objective, kl_weight, make_objective
+from pyrovae.training.objectives import Objective, kl_weight
 from pyrovae.training.optim import (
     collect_params,
     make_optimizer,
@@ -134,7 +135,7 @@ def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Com
     resolve_mode(mode)
     objective.prepare(model, guide, *example)
     if not objective.capturable:
-        warn_eager(mode, "this objective reads values back to the host (Pyro's ELBO) and is not captured")
+        warn_eager(mode, objective.eager_reason)
         mode = "none"
 
     def loss(*args):
@@ -171,6 +172,8 @@ def train_step(
     bad = guard.update(loss, params, state.step + 1, state.config.grad_clip, state.group)
     opt.found_inf = guard.found
     opt.step()
+    if state.objective is not None:
+        state.objective.after_step(state.group)
     return loss, bad
 
 
@@ -314,10 +317,18 @@ def fit(
     run = plan(model, guide, train, val, cfg, seed, group, device)
     params = collect_params(model, guide, *run.example)
     mode = group.check_trainable(params, owner_modules(model, guide), cfg.compile)
-    objective = make_objective(objective or cfg.objective, num_particles=cfg.num_particles, k=cfg.k)
+    objective = make_objective(
+        objective or cfg.objective,
+        num_particles=cfg.num_particles,
+        k=cfg.k,
+        dataset_size=len(run.train),
+        **cfg.objective_options(),
+    )
     loss_fn = make_loss(objective, model, guide, params, mode, run.example)
+    objective.synchronize(group)
     opt = make_optimizer(params, cfg)
-    state = TrainState(model, guide, opt, make_scheduler(opt, cfg, run.epochs), cfg, record, device, group)
+    scheduler = make_scheduler(opt, cfg, run.epochs)
+    state = TrainState(model, guide, opt, scheduler, cfg, record, device, group, objective)
     files = RunFiles(run_dir, state, callbacks, keep=cfg.keep_checkpoints)
     beta_t = torch.ones((), device=device, dtype=params[0].dtype)
     tuner = start_files(files, resume, seed, device, lambda t: probe_threads(t, loss_fn, run, state, beta_t))

@@ -30,7 +30,6 @@ from pyro.poutine.util import site_is_subsample
 from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
 from pyrovae.inference import estimators, weights
 
-OBJECTIVES = ("elbo", "enum", "meanfield", "iwae", "dreg")  #: the training losses by name (train.objective)
 KL_SCHEDULES = ("constant", "linear", "cyclical")  #: how beta moves (train.kl_schedule)
 _PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
 
@@ -51,6 +50,8 @@ class Objective(abc.ABC):
     ``capturable`` says whether a step may be captured as one graph (no host reads)."""
 
     capturable: bool = True
+    #: what ``train.compile`` says when a step of this objective runs eagerly
+    eager_reason: str = "this objective reads values back to the host (Pyro's ELBO) and is not captured"
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Inspect the pair once before training; by default nothing."""
@@ -58,29 +59,20 @@ class Objective(abc.ABC):
     @abc.abstractmethod
     def __call__(self, model: Callable, guide: Callable, *args, beta=1.0, **kwargs) -> torch.Tensor: ...
 
+    def synchronize(self, group) -> None:
+        """Called once before training: make parameters of the objective's own equal on every
+        rank (the model's and guide's are DDP's); by default nothing."""
 
-def make_objective(objective: str | Objective, *, num_particles: int = 1, k: int = 5) -> Objective:
-    """The training loss named ``objective`` (an :class:`Objective` is returned as it is);
-    ``num_particles`` serves the ELBOs, ``k`` the IWAE bounds."""
-    if isinstance(objective, Objective):
-        return objective
-    if not isinstance(objective, str):
-        raise ConfigError(
-            f"objective must be a name ({', '.join(OBJECTIVES)}) or a pyrovae.objectives.Objective, "
-            f"got {type(objective).__name__}: subclass Objective and define __call__"
-        )
-    if objective in ("elbo", "enum"):
-        return ELBOObjective(num_particles, enumerated=objective == "enum")
-    if objective in _PYRO_ELBOS:
-        return PyroObjective(make_elbo(objective, num_particles))
-    if objective in ("iwae", "dreg"):
-        if num_particles != 1:
-            raise ConfigError(
-                f"objective {objective!r} draws k importance samples per datapoint; set train.k "
-                f"(now {k}) instead of train.num_particles (now {num_particles})"
-            )
-        return IWAEObjective(k, dreg=objective == "dreg")
-    raise unknown_name("objective", objective, OBJECTIVES)
+    def after_step(self, group) -> None:
+        """Called after each optimizer step (an objective with parameters of its own steps them
+        here); by default nothing."""
+
+    def state_dict(self) -> dict | None:
+        """The objective's own state for the checkpoint (None: it has none)."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s state on resume."""
 
 
 class ScaleLatents(Messenger):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 from pyrovae.errors import at_least, int_in, positive, require, require_names
 from pyrovae.runtime.compile import MODES
-from pyrovae.training.objectives import KL_SCHEDULES, OBJECTIVES
+from pyrovae.training.catalog import OBJECTIVES
+from pyrovae.training.objectives import KL_SCHEDULES
 from pyrovae.training.optim import LR_SCHEDULES
+from pyrovae.training.regularized import GROUPS, KERNELS, KL_KINDS, TC_SAMPLING
 
 MAX_SAMPLES = 100_000  #: particles or importance samples per datapoint in a training step
 NAN_POLICIES = ("stop", "skip")
@@ -22,6 +25,21 @@ class TrainConfig:
     objective: str = "elbo"  #: elbo (reparameterized MC ELBO) | meanfield (TraceMeanField_ELBO) | iwae | dreg
     num_particles: int = 1  #: vectorized particles per datapoint (elbo, meanfield)
     k: int = 5  #: importance samples per datapoint (iwae, dreg)
+    free_bits: float = 0.5  #: free_bits: lambda, nats per group below which its KL is not pushed down
+    free_bits_per: str = "site"  #: free_bits: clamp each latent site's KL (site) or each dimension's (dim)
+    free_bits_kl: str = "mc"  #: free_bits: the KL by Monte Carlo (mc) or in closed form (analytic)
+    tc_weight: float = 6.0  #: tcvae: the weight of the total correlation (the beta of Chen et al. 2018)
+    tc_sampling: str = "mws"  #: tcvae: q(z) by minibatch-weighted (mws) or -stratified (mss) sampling
+    mmd_alpha: float = 0.0  #: infovae: alpha, the KL weighted 1 - alpha
+    mmd_lambda: float = 100.0  #: infovae: lambda, the MMD weighted alpha + lambda - 1
+    wae_lambda: float = 10.0  #: wae: the weight of MMD(q(z), p(z))
+    mmd_kernel: str = "imq"  #: infovae, wae: imq (inverse multiquadric) | rbf
+    mmd_scale: float | None = None  #: infovae, wae: the kernel's scale C (null: 2 x the latent dimension)
+    factor_gamma: float = 10.0  #: factorvae: gamma, the weight of the discriminator's total correlation
+    factor_hidden: list[int] = field(
+        default_factory=lambda: [1000] * 6
+    )  #: factorvae: the discriminator's layers
+    factor_lr: float = 1e-4  #: factorvae: the discriminator's Adam learning rate (betas 0.5, 0.9)
     epochs: int = 10  #: passes over the training data
     max_steps: int | None = None  #: stop after this many steps (overrides epochs)
     batch_size: int = 128  #: datapoints per step (per rank under torchrun)
@@ -50,6 +68,10 @@ class TrainConfig:
             "train",
             {
                 "objective": ("objective", self.objective, OBJECTIVES),
+                "free_bits_per": ("free-bits group", self.free_bits_per, GROUPS),
+                "free_bits_kl": ("free-bits KL", self.free_bits_kl, KL_KINDS),
+                "tc_sampling": ("aggregate-posterior estimator", self.tc_sampling, TC_SAMPLING),
+                "mmd_kernel": ("MMD kernel", self.mmd_kernel, KERNELS),
                 "kl_schedule": ("KL schedule", self.kl_schedule, KL_SCHEDULES),
                 "lr_schedule": ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
                 "nan_policy": ("nan_policy", self.nan_policy, NAN_POLICIES),
@@ -63,6 +85,19 @@ class TrainConfig:
             {
                 "num_particles": (self.num_particles, int_in(self.num_particles, 1, MAX_SAMPLES), many),
                 "k": (self.k, int_in(self.k, 1, MAX_SAMPLES), many),
+                "free_bits": (self.free_bits, at_least(self.free_bits, 0), "a finite number >= 0"),
+                "tc_weight": (self.tc_weight, at_least(self.tc_weight, 0), "a finite number >= 0"),
+                "mmd_alpha": (self.mmd_alpha, at_least(self.mmd_alpha, -math.inf), "a finite number"),
+                "mmd_lambda": (self.mmd_lambda, at_least(self.mmd_lambda, 0), "a finite number >= 0"),
+                "wae_lambda": (self.wae_lambda, at_least(self.wae_lambda, 0), "a finite number >= 0"),
+                "mmd_scale": (self.mmd_scale, opt(self.mmd_scale, positive), "null or a finite number > 0"),
+                "factor_gamma": (self.factor_gamma, at_least(self.factor_gamma, 0), "a finite number >= 0"),
+                "factor_hidden": (
+                    self.factor_hidden,
+                    len(self.factor_hidden) > 0 and all(at_least(h, 1) for h in self.factor_hidden),
+                    "a list of integers >= 1",
+                ),
+                "factor_lr": (self.factor_lr, positive(self.factor_lr), "a finite number > 0"),
                 "epochs": (self.epochs, at_least(self.epochs, 0), "an integer >= 0"),
                 "max_steps": (
                     self.max_steps,
@@ -115,3 +150,10 @@ class TrainConfig:
     #: also write TensorBoard events into the run directory (pyrovae[tensorboard]); read by
     #: ``pyrovae fit`` / ``fit_config``, which attach the callback (``pyrovae.fit`` takes callbacks)
     tensorboard: bool = False
+
+    def objective_options(self) -> dict:
+        """The regularised objectives' settings (:func:`pyrovae.training.catalog.make_objective`)."""
+        names = ("free_bits", "free_bits_per", "free_bits_kl", "tc_weight", "tc_sampling", "mmd_alpha",
+                 "mmd_lambda", "wae_lambda", "mmd_kernel", "mmd_scale", "factor_gamma", "factor_hidden",
+                 "factor_lr")  # fmt: skip
+        return {n: getattr(self, n) for n in names}

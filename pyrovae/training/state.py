@@ -58,8 +58,10 @@ class TrainState:
         record: dict | None,
         device: torch.device,
         group: Group,
+        objective: Any = None,
     ):
         self.model, self.guide, self.optimizer, self.scheduler = model, guide, optimizer, scheduler
+        self.objective = objective  #: an objective with state of its own (a discriminator) is checkpointed
         self.config, self.record, self.group = config, record or {}, group
         self.step = self.epoch = self.batch = self.bad_epochs = self.skipped = self.metrics_rows = 0
         self.best_val_elbo, self.best_val_error = -math.inf, math.inf
@@ -104,6 +106,7 @@ class TrainState:
             "params": param_store_state(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "objective": None if self.objective is None else self.objective.state_dict(),
             **{k: getattr(self, k) for k in self.COUNTERS},
             "rng": ranks[0]["rng"],
             "rng_ranks": [r["rng"] for r in ranks] if self.group.size > 1 else None,
@@ -121,6 +124,8 @@ class TrainState:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.objective is not None and state.get("objective") is not None:
+            self.objective.load_state_dict(state["objective"])
         for k in self.COUNTERS:
             setattr(self, k, state.get(k, getattr(self, k)))
         rngs = state.get("rng_ranks") or [state["rng"]]

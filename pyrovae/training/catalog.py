@@ -1,0 +1,88 @@
+"""The training objectives by name (``train.objective``): the ELBOs and IWAE bounds of
+:mod:`pyrovae.training.objectives` and the regularised losses of
+:mod:`pyrovae.training.regularized`."""
+
+from __future__ import annotations
+
+from pyrovae.errors import ConfigError, unknown_name
+from pyrovae.training.factor import FactorVAEObjective
+from pyrovae.training.objectives import (
+    _PYRO_ELBOS,
+    ELBOObjective,
+    IWAEObjective,
+    Objective,
+    PyroObjective,
+    make_elbo,
+)
+from pyrovae.training.regularized import FreeBitsObjective, MMDObjective, TCVAEObjective
+
+#: the training losses by name (train.objective), each with its one-line meaning (``pyrovae list``)
+SUMMARIES = {
+    "elbo": "the Monte Carlo ELBO, reparameterized (Kingma & Welling 2013, eq. 6); beta and KL schedules",
+    "enum": "the ELBO with discrete sites marked for enumeration summed out (Kingma et al. 2014, eq. 7)",
+    "meanfield": "Pyro's TraceMeanField_ELBO: the KL in closed form where known",
+    "iwae": "the k-sample importance-weighted bound (Burda et al. 2015, eq. 8); train.k",
+    "dreg": "the IWAE bound with doubly reparameterized gradients (Tucker et al. 2018, eq. 8)",
+    "free_bits": "the ELBO with each group's KL clamped below lambda (Kingma et al. 2016, eq. 15)",
+    "tcvae": "beta-TCVAE: the total correlation weighted (Chen et al. 2018, eq. 4); train.tc_weight",
+    "infovae": "InfoVAE / MMD-VAE: (1 - alpha) KL and (alpha + lambda - 1) MMD (Zhao et al. 2017, eq. 6)",
+    "wae": "WAE-MMD: reconstruction and lambda MMD(q(z), p(z)) (Tolstikhin et al. 2018, Algorithm 2)",
+    "factorvae": "FactorVAE: the ELBO less gamma x a discriminator's total correlation (Kim & Mnih 2018)",
+}
+OBJECTIVES = tuple(SUMMARIES)  #: the objectives' names, in that order
+
+
+def make_objective(
+    objective: str | Objective,
+    *,
+    num_particles: int = 1,
+    k: int = 5,
+    dataset_size: int | None = None,
+    **options,
+) -> Objective:
+    """The training loss named ``objective`` (an :class:`Objective` is returned as it is);
+    ``num_particles`` serves the ELBOs and the regularised losses, ``k`` the IWAE bounds,
+    ``dataset_size`` the aggregate posterior of ``tcvae``; ``options`` are the objectives'
+    settings as ``[train]`` names them: ``free_bits``, ``free_bits_per``, ``free_bits_kl``,
+    ``tc_weight``, ``tc_sampling``, ``mmd_alpha``, ``mmd_lambda``, ``wae_lambda``,
+    ``mmd_kernel``, ``mmd_scale``, ``factor_gamma``, ``factor_hidden``, ``factor_lr``."""
+    if isinstance(objective, Objective):
+        return objective
+    if not isinstance(objective, str):
+        raise ConfigError(
+            f"objective must be a name ({', '.join(OBJECTIVES)}) or a pyrovae.objectives.Objective, "
+            f"got {type(objective).__name__}: subclass Objective and define __call__"
+        )
+    o = options
+    if objective in ("elbo", "enum"):
+        return ELBOObjective(num_particles, enumerated=objective == "enum")
+    if objective in _PYRO_ELBOS:
+        return PyroObjective(make_elbo(objective, num_particles))
+    if objective in ("iwae", "dreg"):
+        if num_particles != 1:
+            raise ConfigError(
+                f"objective {objective!r} draws k importance samples per datapoint; set train.k "
+                f"(now {k}) instead of train.num_particles (now {num_particles})"
+            )
+        return IWAEObjective(k, dreg=objective == "dreg")
+    if objective == "free_bits":
+        return FreeBitsObjective(
+            o.get("free_bits", 0.5),
+            o.get("free_bits_per", "site"),
+            o.get("free_bits_kl", "mc"),
+            num_particles,
+        )
+    if objective == "tcvae":
+        return TCVAEObjective(
+            o.get("tc_weight", 6.0), dataset_size, o.get("tc_sampling", "mws"), num_particles
+        )
+    if objective in ("infovae", "wae"):
+        alpha, lam = (1.0, o.get("wae_lambda", 10.0)) if objective == "wae" else (
+            o.get("mmd_alpha", 0.0), o.get("mmd_lambda", 100.0)
+        )  # fmt: skip
+        kernel, scale = o.get("mmd_kernel", "imq"), o.get("mmd_scale")
+        return MMDObjective(alpha, lam, kernel, scale, num_particles, name=objective)
+    if objective == "factorvae":
+        hidden = o.get("factor_hidden", (1000,) * 6)
+        return FactorVAEObjective(o.get("factor_gamma", 10.0), hidden, o.get("factor_lr", 1e-4))
+    raise unknown_name("objective", objective, OBJECTIVES)
