@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 from pathlib import Path
 
 import torch
+from report import emit_measured  # benchmarks/ is on sys.path when run as a script
 
 from pyrovae.diagnostics import amortization_gap, psis_khat
 from pyrovae.inference import estimators
@@ -97,17 +97,11 @@ def main() -> None:
         print(lines[-1], flush=True)
     lines += ["", "| published (Kingma et al. 2016, table 1) | ELBO | log p(x) |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {elbo:.2f} | {lp:.2f} |" for name, elbo, lp in PAPER]
-    device = (
-        f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)" if a.device == "cpu" else a.device
-    )
     command = (
         f"python benchmarks/flows.py --flows {' '.join(a.flows)} --epochs {a.epochs} --limit {a.limit} "
         f"--samples {a.samples} --gap-points {a.gap_points} --gap-steps {a.gap_steps}"
     )
-    from report import emit_table  # benchmarks/ is on sys.path when run as a script
-
-    where = f"{device}, torch {torch.__version__}; {a.epochs} epochs, first {a.limit} MNIST test images"
-    emit_table(where, command, lines, a.append)
+    emit_measured(a.device, f"{a.epochs} epochs, first {a.limit} MNIST test images", command, lines, a.append)
 
 
 if __name__ == "__main__":

@@ -12,15 +12,27 @@ the same images as the reference the refinement is measured against.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
+from report import emit_measured  # benchmarks/ is on sys.path when run as a script
+from report import row as table_row
 
 from pyrovae.diagnostics import refined_log_likelihood
 from pyrovae.inference import ais, estimators
 from pyrovae.run import experiment
 from pyrovae.run.recipes import evaluation_data
+
+
+def arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", default="runs/mnist_vae")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--samples", type=int, default=5000)
+    p.add_argument("--steps", type=int, nargs="+", default=[100, 500])
+    p.add_argument("--ais-steps", type=int, default=1000)
+    p.add_argument("--append")
+    return p.parse_args()
 
 
 def row(label, lp, k_hat, seconds, n, reference=None) -> str:
@@ -37,18 +49,11 @@ def row(label, lp, k_hat, seconds, n, reference=None) -> str:
         f"{seconds:.1f}",
         f"{1000 * seconds / n:.0f}",
     ]
-    return "| " + " | ".join(cells) + " |"
+    return table_row(cells)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", default="runs/mnist_vae")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--samples", type=int, default=5000)
-    p.add_argument("--steps", type=int, nargs="+", default=[100, 500])
-    p.add_argument("--ais-steps", type=int, default=1000)
-    p.add_argument("--append")
-    a = p.parse_args()
+    a = arguments()
     run = experiment.load_run(a.run, which="last")
     x, *cond = evaluation_data(run.config, "test", run.device).head(a.limit).inputs(run.model)
     n = x.shape[0]
@@ -83,20 +88,12 @@ def main() -> None:
     lines.append(row(f"AIS, T = {a.ais_steps}, S = 16", r.log_likelihood, None, ais_seconds, n, reference))
     for line in lines:
         print(line, flush=True)
-    from report import emit_table  # benchmarks/ is on sys.path when run as a script
-
-    device = (
-        f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
-        if run.device.type == "cpu"
-        else str(run.device)
-    )
     command = (
         f"python benchmarks/refine.py --run {a.run} --limit {a.limit} --samples {a.samples} "
         f"--steps {' '.join(map(str, a.steps))} --ais-steps {a.ais_steps}"
     )
-    emit_table(
-        f"{device}, torch {torch.__version__}; first {n} test images of {a.run}", command, lines, a.append
-    )
+    device = "cpu" if run.device.type == "cpu" else str(run.device)
+    emit_measured(device, f"first {n} test images of {a.run}", command, lines, a.append)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,22 @@ def emit_table(device: str, command: str, lines: list[str], append: str | None =
     emit("\n".join([f"Device: {device}", f"Command: `{command}`", "", *lines]) + "\n", append)
 
 
+def row(cells) -> str:
+    """One markdown table row of ``cells``."""
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def emit_measured(device: str, conditions: str, command: str, lines: list[str], append: str | None) -> None:
+    """:func:`emit_table` with the device named as these tables name it ("cpu": its
+    architecture and threads) and torch's version before ``conditions``."""
+    import platform
+
+    import torch
+
+    name = f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)" if device == "cpu" else device
+    emit_table(f"{name}, torch {torch.__version__}; {conditions}", command, lines, append)
+
+
 #: run in a fresh interpreter: drop the editable install's finder, put a checkout first on
 #: sys.path, then run a module (``-m NAME``), a script or ``-c CODE`` as Python would
 _BOOTSTRAP = """import runpy, sys

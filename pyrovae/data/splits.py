@@ -33,15 +33,16 @@ from pyrovae.errors import DataError, unknown_name
 from pyrovae.runtime.distributed import shard
 
 NAMED = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "svhn", "celeba", "omniglot")
+NAMED += ("mnist_factors", "dsprites")  # with ground-truth factors: pyrovae.data.factors
 DATASETS = (*NAMED, "folder", "tensor")  #: folder: data.path = DIR; tensor: data.path = FILE
 PIXEL_MODES = ("dynamic", "static", "8bit", "continuous")  #: how stored images become observations
-CELEBA_SIZE = (
-    64  #: CelebA images are cropped and resized to CELEBA_SIZE x CELEBA_SIZE (pyrovae.data.published)
-)
+CELEBA_SIZE = 64  #: CelebA images are cropped and resized to this square (pyrovae.data.published)
 SHAPES = {name: (1, 28, 28) for name in ("mnist", "fashion_mnist", "binarized_mnist", "omniglot")}
 SHAPES.update(cifar10=(3, 32, 32), svhn=(3, 32, 32), celeba=(3, CELEBA_SIZE, CELEBA_SIZE))
+SHAPES.update(mnist_factors=(1, 28, 28), dsprites=(1, 64, 64))
 DEFAULT_VAL_SIZE = {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 5000, "svhn": 5000, "celeba": 10000,
                     "omniglot": 1000}  # fmt: skip  # images held out of the training set; own data: a tenth
+DEFAULT_VAL_SIZE.update(mnist_factors=3000, dsprites=10000)
 STATIC_BINARIZATION_SEED = 1234  #: seed of the one binarization of pixels = "static"
 EVAL_BINARIZATION_SEED = 104729  #: seed of the one binarization a dynamic test set is evaluated on
 VAL_BINARIZATION_SEED = 7919  #: likewise for the validation set during training
@@ -285,20 +286,25 @@ def load_split(name: str, split: str, *, pixels: str = "dynamic", root=None, val
         labels = torch.full((images.shape[0],), -1, dtype=torch.long)  # the .amat files carry no labels
         return Split(images.to(torch.uint8), labels, pixels, maximum=1).to(device)
     images, labels = raw_split(name, "test" if split == "test" else "train", root, source)
-    if split != "test":
-        n = images.shape[0]
-        val_size = (DEFAULT_VAL_SIZE.get(name) or n // 10) if val_size is None else val_size
-        if not 0 <= val_size < n:
-            raise DataError(
-                f"data.val_size must be in [0, {n}) for {name}'s {n} training images, got {val_size}; "
-                "set it lower (or leave it unset for the dataset's default)"
-            )
-        cut = n - val_size
-        # the validation part is copied, so that the whole training part is not kept alive for it
-        images, labels = (
-            (images[:cut], labels[:cut]) if split == "train" else (images[cut:].clone(), labels[cut:])
-        )
+    images, labels = part(images, labels, name, split, val_size)
     return pixel_mode(images, labels.clone(), pixels, ("train", "val", "test").index(split)).to(device)
+
+
+def part(images: torch.Tensor, rows: torch.Tensor, name: str, split: str, val_size: int | None):
+    """(images, rows) of ``split`` from the official training part (the last ``val_size`` images
+    are the validation split) or the test part as it is; ``rows`` are labels or factors."""
+    if split == "test":
+        return images, rows
+    n = images.shape[0]
+    val_size = (DEFAULT_VAL_SIZE.get(name) or n // 10) if val_size is None else val_size
+    if not 0 <= val_size < n:
+        raise DataError(
+            f"data.val_size must be in [0, {n}) for {name}'s {n} training images, got {val_size}; "
+            "set it lower (or leave it unset for the dataset's default)"
+        )
+    cut = n - val_size
+    # the validation part is copied, so that the whole training part is not kept alive for it
+    return (images[:cut], rows[:cut]) if split == "train" else (images[cut:].clone(), rows[cut:])
 
 
 def pixel_mode(images: torch.Tensor, labels: torch.Tensor, pixels: str, offset: int = 0) -> Split:
@@ -324,6 +330,9 @@ def raw_split(name: str, which: str, root: Path, source: dict) -> tuple[torch.Te
         return ds.data.unsqueeze(1).contiguous(), ds.targets.clone()
     if name in ("folder", "tensor"):
         return formats.own.splits(name, **source)[which]
+    if name in ("mnist_factors", "dsprites"):  # labels: the first factor (digit, shape)
+        images, factors = formats.factors.read(name, which, root)
+        return images, factors[:, 0].clone()
     published = formats.published
     readers = {"cifar10": published.cifar10, "svhn": published.svhn, "omniglot": published.omniglot}
     readers["celeba"] = lambda r: published.celeba(r, cache_dir())

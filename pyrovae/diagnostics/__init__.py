@@ -14,6 +14,8 @@
   from proposals refined per datapoint (:func:`refine`);
 - :func:`latent_activity`: active units (Burda et al. 2015, sec. 5.2: Cov_x(E_q[z_u]) > 0.01)
   and the KL per latent dimension, with a posterior-collapse warning;
+- disentanglement against ground-truth factors: :func:`mig`, :func:`dci`,
+  :func:`factor_vae_score`, :func:`sap` (:mod:`pyrovae.diagnostics.disentanglement`);
 - latent plots: posterior means by label, the decoded manifold of a 2-D latent, traversals
   and interpolations.
 
@@ -35,6 +37,16 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         latent_activity,
     )
     from pyrovae.diagnostics.amortization import amortization_gap
+    from pyrovae.diagnostics.disentanglement import (
+        DCI,
+        METRICS,
+        Score,
+        dci,
+        factor_vae_score,
+        lasso,
+        mig,
+        sap,
+    )
     from pyrovae.diagnostics.draws import PosteriorDraws, sample_posterior, to_inference_data
     from pyrovae.diagnostics.importance import (
         FLAT_SPREAD,

@@ -14,6 +14,7 @@ import torch
 
 from pyrovae import hooks
 from pyrovae.diagnostics import plots
+from pyrovae.diagnostics.disentanglement import METRICS
 from pyrovae.errors import Interrupted, PyrovaeError
 from pyrovae.registry import available
 from pyrovae.run import console, evaluation, experiment
@@ -142,6 +143,7 @@ def cmd_diagnose(args) -> None:
         limit=args.limit,
         num_samples=args.num_samples,
         amortization=args.amortization,
+        disentanglement=args.disentanglement,
         progress=not args.no_progress,
     )
     console.diagnosis(out)
@@ -150,7 +152,7 @@ def cmd_diagnose(args) -> None:
 
 
 def cmd_list(args) -> None:
-    console.registered(available() | {"objectives": dict(catalog.SUMMARIES)})
+    console.registered(available() | {"objectives": dict(catalog.SUMMARIES), "metrics": dict(METRICS)})
 
 
 def _fit_parser(sub) -> None:
@@ -260,6 +262,9 @@ def _run_commands() -> list[tuple]:
                     default=0,
                     metavar="M",
                     help="also split the gap on the first M datapoints (Cremer et al. 2018)",
+                ),
+                "--disentanglement": dict(
+                    action="store_true", help="MIG, DCI, FactorVAE score and SAP against the factors"
                 ),
                 "--seed": dict(type=int, default=0),
             },

@@ -123,6 +123,14 @@ def diagnosis(out: dict) -> None:
             f"  on {am['num_datapoints']} datapoints: gap {_fmt(am['total_gap'])} = approximation "
             f"{_fmt(am['approximation_gap'])} + amortization {_fmt(am['amortization_gap'])} nats"
         )
+    if "disentanglement" in out:
+        d = out["disentanglement"]
+        print(
+            f"  disentanglement against {', '.join(d['factors'])} on {d['num_datapoints']} datapoints: "
+            f"MIG {d['mig']:.3f}, DCI {d['dci_disentanglement']:.3f} / {d['dci_completeness']:.3f} / "
+            f"{d['dci_informativeness']:.3f}, FactorVAE {d['factor_vae']['mean']:.3f} +- "
+            f"{d['factor_vae']['stderr']:.3f}, SAP {d['sap']:.3f}"
+        )
     for w in out["warnings"]:
         print(f"  warning: {w}")
     print(
@@ -132,7 +140,8 @@ def diagnosis(out: dict) -> None:
 
 
 def registered(table: dict[str, dict[str, str]]) -> None:
-    """``pyrovae list``: the registered models and guides, and the training objectives."""
+    """``pyrovae list``: the registered models and guides, the training objectives and the
+    disentanglement metrics."""
     for kind, entries in table.items():
         print(f"{kind}:")
         for name, doc in entries.items():

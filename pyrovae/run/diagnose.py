@@ -9,13 +9,19 @@ import warnings
 import torch
 from matplotlib.figure import Figure
 
+from pyrovae.data.factors import FACTOR_NAMES, load_factors
 from pyrovae.diagnostics import (
     PosteriorCollapseWarning,
     amortization_gap,
+    dci,
+    factor_vae_score,
     latent_activity,
+    mig,
     plot_quality,
+    posterior_means,
     posterior_quality,
     quality_summary,
+    sap,
     worst,
 )
 from pyrovae.inference import estimators
@@ -33,6 +39,7 @@ def diagnose_run(
     limit: int = 1000,
     num_samples: int = 1000,
     amortization: int = 0,
+    disentanglement: bool = False,
     seed: int = 0,
     progress: bool | None = False,
 ) -> dict:
@@ -40,8 +47,9 @@ def diagnose_run(
     ``limit`` datapoints of the evaluation ``data`` (by default ``split`` binarized at
     ``seed``): ``diagnostics.csv`` (the :func:`posterior_quality` table), ``khat_gap.png`` and
     ``diagnostics.json`` (the :func:`quality_summary`, active units, and, for ``amortization``
-    > 0, the mean gaps of that many datapoints) in ``out_dir``; returns the summary with the
-    per-datapoint table under ``per_datapoint``."""
+    > 0, the mean gaps of that many datapoints; with ``disentanglement``, the metrics of
+    :func:`disentanglement_scores`) in ``out_dir``; returns the summary with the per-datapoint
+    table under ``per_datapoint``."""
     files = RunDir(out_dir)
     data = (evaluation_data(run.config, split, run.device, seed) if data is None else data).head(limit)
     split, seed, images, labels = data.name, data.seed, data.images, data.labels
@@ -96,5 +104,29 @@ def diagnose_run(
                 for c in ("total_gap", "approximation_gap", "amortization_gap")
             },
         }
+    if disentanglement:
+        out["disentanglement"] = disentanglement_scores(run, data, seed)
     files.diagnostics_summary.write_text(json.dumps(out, indent=2, default=float) + "\n")
     return {**out, "per_datapoint": table}  # the table itself, as diagnostics.csv holds it
+
+
+def disentanglement_scores(run: Run, data: EvaluationData, seed: int = 0) -> dict:
+    """MIG, DCI, the FactorVAE score (mean and standard error over 5 repeats) and SAP of the
+    posterior means E_q[z | x] of ``data`` against the dataset's ground-truth factors
+    (:mod:`pyrovae.diagnostics.disentanglement`; a dataset of :mod:`pyrovae.data.factors`)."""
+    d = run.config.data
+    factors = load_factors(d.name, data.name, root=d.root, val_size=d.val_size).numpy()
+    codes = posterior_means(run.model, run.guide, *data.inputs(run.model)).detach().double().cpu().numpy()
+    factors = factors[: len(codes)]
+    parts = dci(codes, factors, seed=seed)
+    fv = factor_vae_score(codes, factors, seed=seed)
+    return {
+        "factors": list(FACTOR_NAMES[d.name]),
+        "num_datapoints": len(codes),
+        "mig": mig(codes, factors),
+        "dci_disentanglement": parts.disentanglement,
+        "dci_completeness": parts.completeness,
+        "dci_informativeness": parts.informativeness,
+        "factor_vae": {"mean": fv.mean, "stderr": fv.stderr},
+        "sap": sap(codes, factors),
+    }

@@ -147,6 +147,22 @@ def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Com
     return Compiled(loss, owner_modules(model, guide), mode, params=params)
 
 
+def objective_and_loss(objective, cfg: TrainConfig, model, guide, params, mode: str, run: Plan, group):
+    """The run's objective (``objective``, else the one ``cfg`` names, with its settings and the
+    training set's size) and its loss function; an objective's own parameters made equal on
+    every rank."""
+    objective = make_objective(
+        objective or cfg.objective,
+        num_particles=cfg.num_particles,
+        k=cfg.k,
+        dataset_size=len(run.train),
+        **cfg.objective_options(),
+    )
+    loss_fn = make_loss(objective, model, guide, params, mode, run.example)
+    objective.synchronize(group)
+    return objective, loss_fn
+
+
 def beta_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
     """The KL weight of ``step`` under the config's schedule (:func:`pyrovae.objectives.kl_weight`)."""
     return kl_weight(
@@ -317,15 +333,7 @@ def fit(
     run = plan(model, guide, train, val, cfg, seed, group, device)
     params = collect_params(model, guide, *run.example)
     mode = group.check_trainable(params, owner_modules(model, guide), cfg.compile)
-    objective = make_objective(
-        objective or cfg.objective,
-        num_particles=cfg.num_particles,
-        k=cfg.k,
-        dataset_size=len(run.train),
-        **cfg.objective_options(),
-    )
-    loss_fn = make_loss(objective, model, guide, params, mode, run.example)
-    objective.synchronize(group)
+    objective, loss_fn = objective_and_loss(objective, cfg, model, guide, params, mode, run, group)
     opt = make_optimizer(params, cfg)
     scheduler = make_scheduler(opt, cfg, run.epochs)
     state = TrainState(model, guide, opt, scheduler, cfg, record, device, group, objective)
