@@ -24,13 +24,6 @@ class PosteriorCollapseWarning(UserWarning):
     """Few latent units are active: the decoder ignores most of the code."""
 
 
-def _elementwise(fn):
-    """The per-element distribution under Independent wrappers, or None."""
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    return fn if fn.event_shape == torch.Size() else None
-
-
 @dataclass
 class LatentActivity:
     """Active units and KL per dimension of one latent site."""
@@ -102,7 +95,8 @@ def latent_activity(
         raise ModelError("the guide samples no latent site: there are no units to inspect")
     sizes = {n: _layout(s, pdim).shape[-1] for n, s in latent.items()}
     per_unit = {
-        n: _elementwise(s["fn"]) is not None and _elementwise(model_tr.nodes[n]["fn"]) is not None
+        n: weights.elementwise(s["fn"]) is not None
+        and weights.elementwise(model_tr.nodes[n]["fn"]) is not None
         for n, s in latent.items()
     }
 
@@ -123,7 +117,7 @@ def latent_activity(
         variance = means.var(0) if means.shape[0] > 1 else torch.zeros(d, dtype=torch.float64)
         prior = type(model_tr.nodes[name]["fn"]).__name__
         which = f"the prior at {name!r}, {prior},"
-        if _elementwise(latent[name]["fn"]) is None:
+        if weights.elementwise(latent[name]["fn"]) is None:
             which = f"q at {name!r}, {type(latent[name]['fn']).__name__},"
         note = "" if per_unit[name] else f" ({which} is not a product over units: no KL per unit)"
         act = LatentActivity(
@@ -161,7 +155,7 @@ def _packer(latent: list[str], per_unit: dict[str, bool]) -> Callable:
                 mean = g["value"]
             cols.append(weights.per_datapoint(mean, g, particle_dim, k, ev))
             if per_unit[name]:
-                qb, pb = _elementwise(g["fn"]), _elementwise(m["fn"])
+                qb, pb = weights.elementwise(g["fn"]), weights.elementwise(m["fn"])
                 try:
                     kl = torch.distributions.kl_divergence(qb, pb)
                 except NotImplementedError:

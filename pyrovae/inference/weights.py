@@ -77,6 +77,13 @@ def inspection_traces(model: Callable, guide: Callable, args, kwargs, validate: 
     return guide_tr, model_tr
 
 
+def elementwise(fn):
+    """The per-element (univariate) distribution under ``Independent`` wrappers, or None."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    return fn if fn.event_shape == torch.Size() else None
+
+
 def given_trace(values: dict) -> poutine.Trace:
     """A trace holding latent ``values`` by site name, to replay a program on."""
     given = poutine.Trace()

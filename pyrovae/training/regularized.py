@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 from pyro.poutine.util import site_is_subsample
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Normal, kl_divergence
 
 from pyrovae.errors import ConfigError, ModelError, unknown_name
 from pyrovae.inference import weights
@@ -42,13 +42,6 @@ def _latent_sites(guide_tr) -> list[dict]:
         for s in guide_tr.nodes.values()
         if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
     ]
-
-
-def _units(fn):
-    """The univariate distribution under ``Independent`` wrappers, or None."""
-    while isinstance(fn, Independent):
-        fn = fn.base_dist
-    return fn if fn.event_shape == torch.Size() else None
 
 
 class _Traced(Objective):
@@ -106,7 +99,7 @@ class FreeBitsObjective(_Traced):
             q, p, z = site["fn"], model_tr.nodes[site["name"]]["fn"], site["value"]
             if self.per == "dim":
                 names = f"{type(q).__name__} and {type(p).__name__}"
-                q, p = _units(q), _units(p)
+                q, p = weights.elementwise(q), weights.elementwise(p)
                 if q is None or p is None:
                     raise ModelError(
                         f"free bits per dimension need q and p at {site['name']!r} to factorize over "
@@ -142,7 +135,7 @@ class FreeBitsObjective(_Traced):
 
 def _gaussian_units(site: dict, model_tr, pdim: int, k: int) -> tuple:
     """(z, loc, scale, log p(z)) of a diagonal-Gaussian guide site, each (K, N, D) but log p (K, N)."""
-    q = _units(site["fn"])
+    q = weights.elementwise(site["fn"])
     if not isinstance(q, Normal):
         raise ModelError(
             f'the aggregate posterior of objective "tcvae" needs a diagonal Gaussian q at {site["name"]!r}; '
