@@ -1,5 +1,8 @@
 """Amortized Gaussian guides q(z|x) = N(mu(x), diag sigma(x)^2) (Kingma & Welling 2013, eq. 9),
-optionally moved by a flow conditioned on x (:mod:`pyrovae.blocks.flows`)."""
+optionally moved by a flow conditioned on x (:mod:`pyrovae.blocks.flows`), or, with
+``deterministic``, the point mass at mu(x): the deterministic encoder of a WAE (Tolstikhin et
+al. 2018, sec. 2.2), which has no density, so that only objectives and estimators that need
+none take it (``wae``; AIS from the prior)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from torch import nn
 from pyrovae.blocks.base import ImageModule
 from pyrovae.blocks.flows import PosteriorFlow
 from pyrovae.blocks.nn import ConvEncoder, ResNetEncoder, mlp
+from pyrovae.errors import ConfigError
 from pyrovae.registry import register_guide
 from pyrovae.sites import DATA_PLATE, LATENT
 
@@ -24,11 +28,19 @@ class DiagonalGaussianGuide(ImageModule):
     ``min_scale``); with a flow head, that Gaussian is the flow's start."""
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, encoder: nn.Module, min_scale: float = 1e-4,
-                 head: PosteriorFlow | None = None):  # fmt: skip
+                 head: PosteriorFlow | None = None, deterministic: bool = False):  # fmt: skip
         super().__init__(x_shape, latent_dim)
         self.encoder = encoder
         self.min_scale = min_scale
         self.head = head if head is not None else PosteriorFlow(latent_dim, min_scale=min_scale)
+        if not isinstance(deterministic, bool):
+            raise ConfigError(f"guide.deterministic must be true or false, got {deterministic!r}")
+        if deterministic and self.head.flow != "none":
+            raise ConfigError(
+                f"a deterministic encoder has no flow to move: set guide.flow = 'none' "
+                f"(got {self.head.flow!r}) or guide.deterministic = false"
+            )
+        self.deterministic = deterministic  #: q(z|x) is the point mass at mu(x)
 
     @property
     def flow(self) -> str:
@@ -45,7 +57,9 @@ class DiagonalGaussianGuide(ImageModule):
         return self.encoder(x)
 
     def posterior(self, x: torch.Tensor) -> dist.Distribution:
-        """q(z|x), batch shape (N,)."""
+        """q(z|x), batch shape (N,): with ``deterministic``, the point mass at mu(x)."""
+        if self.deterministic:
+            return dist.Delta(self.params(x)[0], event_dim=1)
         return self.head(self.encoder(x))
 
     def forward(self, x: torch.Tensor) -> None:
@@ -58,40 +72,44 @@ class DiagonalGaussianGuide(ImageModule):
 class MLPGuide(DiagonalGaussianGuide):
     """Gaussian encoder: flatten x, MLP with layers ``hidden``; ``flow`` "iaf" or "householder"
     moves the Gaussian by ``flow_depth`` transforms (networks ``flow_hidden``) conditioned on
-    ``flow_context`` further encoder outputs (:class:`pyrovae.blocks.flows.PosteriorFlow`)."""
+    ``flow_context`` further encoder outputs (:class:`pyrovae.blocks.flows.PosteriorFlow`);
+    ``deterministic`` makes q(z|x) the point mass at mu(x), a WAE's encoder."""
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[int] = (400,),
                  activation: str = "relu", min_scale: float = 1e-4, flow: str = "none", flow_depth: int = 2,
-                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32):  # fmt: skip
+                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32,
+                 deterministic: bool = False):  # fmt: skip
         head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
         net = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, head.features], activation))
-        super().__init__(x_shape, latent_dim, net, min_scale, head)
+        super().__init__(x_shape, latent_dim, net, min_scale, head, deterministic)
 
 
 @register_guide("conv")
 class ConvGuide(DiagonalGaussianGuide):
     """Gaussian encoder: stride-2 convolutions ``channels``, then MLP ``hidden``; a flow as
-    :class:`MLPGuide` takes it (``flow``, ``flow_depth``, ``flow_hidden``, ``flow_context``)."""
+    :class:`MLPGuide` takes it (``flow``, ``flow_depth``, ``flow_hidden``, ``flow_context``), or
+    ``deterministic`` makes it a point mass."""
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (32, 64),
                  hidden: Sequence[int] = (256,), activation: str = "relu", min_scale: float = 1e-4,
                  flow: str = "none", flow_depth: int = 2, flow_hidden: Sequence[int] = (320, 320),
-                 flow_context: int = 32):  # fmt: skip
+                 flow_context: int = 32, deterministic: bool = False):  # fmt: skip
         head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
         net = ConvEncoder(x_shape, head.features, channels, hidden, activation)
-        super().__init__(x_shape, latent_dim, net, min_scale, head)
+        super().__init__(x_shape, latent_dim, net, min_scale, head, deterministic)
 
 
 @register_guide("resnet")
 class ResNetGuide(DiagonalGaussianGuide):
     """Gaussian encoder for colour images: per scale ``blocks`` residual blocks and a
     stride-2 convolution (``channels`` from the finest scale), then a linear head; a flow as
-    :class:`MLPGuide` takes it (``flow``, ``flow_depth``, ``flow_hidden``, ``flow_context``)."""
+    :class:`MLPGuide` takes it (``flow``, ``flow_depth``, ``flow_hidden``, ``flow_context``), or
+    ``deterministic`` makes it a point mass."""
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (64, 128),
                  blocks: int = 2, activation: str = "relu", min_scale: float = 1e-4, flow: str = "none",
                  flow_depth: int = 2, flow_hidden: Sequence[int] = (320, 320),
-                 flow_context: int = 32):  # fmt: skip
+                 flow_context: int = 32, deterministic: bool = False):  # fmt: skip
         head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
         net = ResNetEncoder(x_shape, head.features, channels, blocks, activation)
-        super().__init__(x_shape, latent_dim, net, min_scale, head)
+        super().__init__(x_shape, latent_dim, net, min_scale, head, deterministic)

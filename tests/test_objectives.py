@@ -146,18 +146,21 @@ def test_infovae_and_wae_reduce_to_the_elbo_and_the_reconstruction():
     torch.testing.assert_close(seeded(lambda: objective(model, guide, x)), -log_lik.sum())
 
 
-@pytest.mark.parametrize("objective", ["free_bits", "tcvae", "infovae", "wae", "factorvae"])
+@pytest.mark.parametrize("objective", ["free_bits", "tcvae", "infovae", "wae", "factorvae", "wae-point"])
 def test_each_objective_trains_captured_as_eager_and_resumes(objective, tmp_path):
     """Through fit: the captured step replays the eager one (factorvae runs eagerly, and says
     so), and a run stopped after 5 steps and resumed ends at the uninterrupted run's parameters,
-    bitwise (factorvae's discriminator and its optimizer included)."""
+    bitwise (factorvae's discriminator and its optimizer included); ``wae-point`` is WAE with a
+    deterministic encoder."""
+    objective, point = objective.removesuffix("-point"), objective.endswith("-point")
     x = torch.bernoulli(torch.full((48, 1, 4, 4), 0.4), generator=torch.Generator().manual_seed(0))
     out = {}
     for name, mode, steps, resume in (("eager", "none", 9, False), ("a", "capture", 9, False),
                                       ("b", "capture", 5, False), ("b", "capture", 9, True)):  # fmt: skip
         if not resume:
             torch.manual_seed(0)
-            model, guide = VAE((1, 4, 4), 3, hidden=[16]), MLPGuide((1, 4, 4), 3, hidden=[16])
+            model = VAE((1, 4, 4), 3, hidden=[16])
+            guide = MLPGuide((1, 4, 4), 3, hidden=[16], deterministic=point)
         cfg = TrainConfig(max_steps=steps, batch_size=16, log_every=1, compile=mode, objective=objective,
                           checkpoint_every=5, factor_hidden=[16, 16])  # fmt: skip
         r = pyrovae.fit(model, guide, x, config=cfg, device="cpu", progress=False, seed=5,

@@ -97,6 +97,7 @@ def latent_activity(
     per_unit = {
         n: weights.elementwise(s["fn"]) is not None
         and weights.elementwise(model_tr.nodes[n]["fn"]) is not None
+        and not weights.is_point_mass(s["fn"])
         for n, s in latent.items()
     }
 
@@ -120,6 +121,8 @@ def latent_activity(
         if weights.elementwise(latent[name]["fn"]) is None:
             which = f"q at {name!r}, {type(latent[name]['fn']).__name__},"
         note = "" if per_unit[name] else f" ({which} is not a product over units: no KL per unit)"
+        if weights.is_point_mass(latent[name]["fn"]):
+            note = f" (q at {name!r} is a point mass: no KL)"
         act = LatentActivity(
             name,
             variance.cpu(),

@@ -50,6 +50,7 @@ from pyrovae.inference.weights import (
     data_frame,
     given_trace,
     plate_nesting,
+    refuse_point_masses,
     sum_sites,
     traces,
     vectorize,
@@ -161,6 +162,7 @@ def path_ends(model, guide, args, kwargs, values: dict, chains: int, nesting: in
     log_prior = torch.zeros_like(log_lik) if log_prior is None else log_prior
     if guide_tr is None:
         return Ends(log_prior, log_lik + log_prior)
+    refuse_point_masses(guide_tr, "AIS from the guide", "anneal from the prior (initial = 'prior')")
     _, log_q = sum_sites(guide_tr, pdim, chains)
     return Ends(torch.zeros_like(log_lik) if log_q is None else log_q, log_lik + log_prior)
 

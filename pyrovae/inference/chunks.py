@@ -108,10 +108,14 @@ def bytes_per_row(
             a, k, probe = args, kwargs, 1
         nesting = plate_nesting(model, guide, a, k)
         rows = probe * data_size(a, k)
+        dense = not weights.guide_point_masses(model, guide, a, k)  # a point mass has no log q to take
         with _CountBytes() as count:
-            weights.log_prob_terms(
-                model, guide, *a, num_samples=probe, max_plate_nesting=nesting, enumerated=enumerated, **k
-            )
+            if dense:
+                weights.log_prob_terms(
+                    model, guide, *a, num_samples=probe, max_plate_nesting=nesting, enumerated=enumerated, **k
+                )
+            else:
+                traces(model, guide, a, k, probe, nesting, enumerated)
     return count.total / rows
 
 

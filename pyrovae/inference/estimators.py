@@ -13,10 +13,8 @@ from typing import Callable
 
 import torch
 
-from pyrovae.inference.chunks import (
-    fold_terms,
-    map_terms,
-)
+from pyrovae.inference import weights
+from pyrovae.inference.chunks import data_size, fold_terms, map_terms, slice_args, spans
 from pyrovae.inference.weights import (
     LogProbTerms,
 )
@@ -133,6 +131,20 @@ def elbo_terms(
     """Per-datapoint ELBO and its split into reconstruction and KL terms, Monte Carlo over K; shape (N,)."""
     terms = evaluate_terms(model, guide, *args, num_samples=num_samples, **kwargs)
     return {k: terms[k] for k in ("elbo", "reconstruction", "kl")}
+
+
+@torch.no_grad()
+def point_reconstruction(model: Callable, guide: Callable, *args, data_chunk: int = 2000, **kwargs):
+    """log p(x | z) at the guide's draw, per datapoint (N,): for a guide with point-mass sites
+    (a deterministic encoder), z = mu(x) and this is the whole of what the pair says about x
+    without a density of q (the reconstruction term of a WAE, Tolstikhin et al. 2018, eq. 4)."""
+    nesting = weights.plate_nesting(model, guide, args, kwargs)
+    n, parts = data_size(args, kwargs), []
+    for start, size in spans(n, data_chunk):
+        part, kw = slice_args(args, kwargs, n, start, start + size)
+        _, model_tr, pdim = weights.traces(model, guide, part, kw, 1, nesting)
+        parts.append(weights.sum_sites(model_tr, pdim, 1)[0][0])
+    return torch.cat(parts)
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:

@@ -16,7 +16,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.errors import PyrovaeError
+from pyrovae.errors import ModelError, PyrovaeError
 from pyrovae.inference.enumeration import Enumerated, enumerated_terms, masked_log_prob
 from pyrovae.sites import DATA_PLATE
 
@@ -82,6 +82,54 @@ def elementwise(fn):
     while isinstance(fn, torch.distributions.Independent):
         fn = fn.base_dist
     return fn if fn.event_shape == torch.Size() else None
+
+
+def is_point_mass(fn) -> bool:
+    """Whether the distribution ``fn`` is a point mass (a ``Delta`` under any wrappers)."""
+    while hasattr(fn, "base_dist"):
+        fn = fn.base_dist
+    return isinstance(fn, pyro.distributions.Delta)
+
+
+def point_masses(trace) -> list[str]:
+    """The latent sample sites of ``trace`` whose distribution is a point mass (a deterministic
+    encoder, a MAP guide): q has no density there."""
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and is_point_mass(site["fn"])
+    ]
+
+
+def guide_point_masses(model: Callable, guide: Callable, args: tuple, kwargs: dict | None = None) -> list:
+    """:func:`point_masses` of the guide, from one inspection run on the first two datapoints
+    (on all of them for a guide that only runs on all, one sized for N datapoints)."""
+    rows = tuple(a[:2] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+    try:
+        return point_masses(inspection_traces(model, guide, rows, kwargs or {})[0])
+    except (ValueError, RuntimeError, IndexError):
+        return point_masses(inspection_traces(model, guide, args, kwargs or {})[0])
+
+
+def refuse_point_masses(trace, what: str, instead: str) -> None:
+    """A :class:`~pyrovae.errors.ModelError` naming ``what`` cannot be computed when a latent
+    site of the guide's ``trace`` is a point mass, and what to do ``instead``."""
+    names = point_masses(trace)
+    if names:
+        raise ModelError(
+            f"{what} needs the density of q(z|x), and the guide's site(s) {names} are point masses "
+            f"(a deterministic encoder): {instead}"
+        )
+
+
+#: what the density-based estimators say instead, for a point-mass guide
+DENSITY_FREE = (
+    "estimate log p(x) by AIS from the prior (pyrovae evaluate RUN --method ais), train with "
+    "train.objective = 'wae', or use a stochastic guide (guide.deterministic = false)"
+)
 
 
 def given_trace(values: dict) -> poutine.Trace:
@@ -209,6 +257,7 @@ def log_prob_terms(
     guide_tr, model_tr, particle_dim = traces(
         model, guide, args, kwargs, num_samples, max_plate_nesting, enumerated
     )
+    refuse_point_masses(guide_tr, "the ELBO, the IWAE bound or importance-sampled log p(x)", DENSITY_FREE)
     if enumerated:
         terms = enumerated_terms(guide_tr, model_tr, particle_dim, num_samples)
         if terms is not None:

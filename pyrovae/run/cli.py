@@ -78,7 +78,11 @@ def cmd_evaluate(args) -> None:
     show, how = (
         not args.no_progress,
         dict(
-            num_steps=args.steps, num_chains=args.chains, adapt_chains=args.adapt_chains, compile=args.compile
+            num_steps=args.steps,
+            num_chains=args.chains,
+            adapt_chains=args.adapt_chains,
+            compile=args.compile,
+            initial=args.initial,
         ),
     )
     out = evaluation.evaluate(run, data, num_samples=args.num_samples, compile=args.compile, progress=show)
@@ -148,7 +152,8 @@ def cmd_diagnose(args) -> None:
     )
     console.diagnosis(out)
     files = RunDir(args.run_dir)
-    console.say(f"wrote {files.diagnostics_table}, {files.khat_gap.name}, {files.diagnostics_summary.name}")
+    wrote = f"{files.diagnostics_table}, {files.khat_gap.name}, {files.diagnostics_summary.name}"
+    console.say(f"wrote {wrote if out['per_datapoint'] is not None else files.diagnostics_summary}")
 
 
 def cmd_list(args) -> None:
@@ -199,6 +204,10 @@ EVALUATE_FLAGS = {
         default=4,
         help="AIS/BDMC chains of the pass that adapts the step sizes, frozen for the measured "
         "pass (0: no adaptation, the step size 0.05 throughout)",
+    ),
+    "--initial": dict(
+        choices=["guide", "prior"],
+        help="where AIS/BDMC chains start (default: the guide, or the prior for a point-mass guide)",
     ),
     "--bdmc": dict(type=int, metavar="N", help="BDMC bounds on N datapoints simulated from the model"),
     "--compile": dict(

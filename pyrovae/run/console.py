@@ -34,6 +34,7 @@ def wrote(paths: Iterable[Path | str], note: str = "") -> None:
 def fitted(result, world: int) -> None:
     """The end of ``pyrovae fit``: steps, threads, the best validation ELBO."""
     best = f"; best validation ELBO {result.best_val_elbo:.2f} nats" * math.isfinite(result.best_val_elbo)
+    best += f"; best validation loss {result.best_val_loss:.2f}" * math.isfinite(result.best_val_loss)
     cpu = threads.note(result.threads)
     print(f"trained {result.step} steps{cpu}{best}" + (f" on {world} ranks" if world > 1 else ""))
 
@@ -61,15 +62,21 @@ def _likelihood_lines(out: dict, target: str) -> None:
 
 def evaluation(out: dict, takes: Takes) -> None:
     """The result of :func:`pyrovae.run.evaluation.evaluate` (with ``ais`` and ``bdmc`` when present)."""
+    drawn = f"K = {out['num_samples']} importance samples each, " if "num_samples" in out else ""
     print(
         f"{out['dataset']} ({out['pixels']} pixels) {out['split']} set, {out['num_datapoints']} datapoints, "
-        f"K = {out['num_samples']} importance samples each, checkpoint at step {out['step']}, "
-        f"{out['seconds']:.1f} s on {out['device']}"
-        + threads.note(out["threads"] if out["device"] == "cpu" else None)
+        f"{drawn}checkpoint at step {out['step']}, {out['seconds']:.1f} s on {out['device']}"
+        + threads.note(out.get("threads") if out["device"] == "cpu" else None)
         + (f" x {out['ranks']} ranks" if out.get("ranks", 1) > 1 else "")
     )
     target = {Takes.QUADRANTS: "log p(y | x)", Takes.IMAGE_LABEL: "log p(x | y)"}.get(takes, "log p(x)")
-    _likelihood_lines(out, target)
+    if "point_masses" in out:
+        print(f"  nats per datapoint; q(z|x) is a point mass at {out['point_masses']} (deterministic)")
+        print(f"  reconstruction  {_fmt(out['reconstruction'])}   log p(x | z = mu(x))")
+        missing = ", ".join(out["unavailable"])
+        print(f"  not computed    {missing}: they need q's density (log p(x): --method ais)")
+    else:
+        _likelihood_lines(out, target)
     if "classification_error" in out:
         e = out["classification_error"]
         print(
@@ -94,7 +101,8 @@ def evaluation(out: dict, takes: Takes) -> None:
         a = out["ais"]
         print(
             f"  AIS log p(x)    {_fmt(a['log_likelihood'])}   T = {a['num_steps']}, S = {a['num_chains']} "
-            f"chains from q(z|x), acceptance {a['acceptance']:.2f}, {a['seconds']:.1f} s (Neal 2001)"
+            f"chains from {'p(z)' if a['initial'] == 'prior' else 'q(z|x)'}, acceptance "
+            f"{a['acceptance']:.2f}, {a['seconds']:.1f} s (Neal 2001)"
         )
     if "bdmc" in out:
         b = out["bdmc"]
@@ -109,11 +117,14 @@ def evaluation(out: dict, takes: Takes) -> None:
 def diagnosis(out: dict) -> None:
     """The result of :func:`pyrovae.run.diagnose.diagnose_run`."""
     print(f"q(z|x) on {out['num_datapoints']} {out['split']} datapoints, S = {out['num_samples']} draws each")
-    print(f"  Pareto k-hat <= 0.5 (reliable)    {100 * out['k_hat_good']:.1f}%")
-    print(f"  0.5 < k-hat <= 0.7 (slow)         {100 * out['k_hat_ok']:.1f}%")
-    print(f"  k-hat > 0.7 (unreliable)          {100 * out['k_hat_bad']:.1f}%")
-    print(f"  gap log p(x) - ELBO               {_fmt(out['gap'])} nats")
-    print(f"  importance ESS / S                {out['ess_fraction']:.3f} on average")
+    if "point_masses" in out:
+        print(f"  q(z|x) is a point mass at {out['point_masses']}: no k-hat, ESS or gaps (no density)")
+    else:
+        print(f"  Pareto k-hat <= 0.5 (reliable)    {100 * out['k_hat_good']:.1f}%")
+        print(f"  0.5 < k-hat <= 0.7 (slow)         {100 * out['k_hat_ok']:.1f}%")
+        print(f"  k-hat > 0.7 (unreliable)          {100 * out['k_hat_bad']:.1f}%")
+        print(f"  gap log p(x) - ELBO               {_fmt(out['gap'])} nats")
+        print(f"  importance ESS / S                {out['ess_fraction']:.3f} on average")
     for name, a in out["active_units"].items():
         kl = "" if a["kl"] is None else f", KL {sum(a['kl']):.2f} nats"
         print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}")
@@ -133,10 +144,11 @@ def diagnosis(out: dict) -> None:
         )
     for w in out["warnings"]:
         print(f"  warning: {w}")
-    print(
-        "  worst datapoints by k-hat: "
-        + ", ".join(f"{int(r['datapoint'])} ({r['k_hat']:.2f})" for r in out["worst"][:5])
-    )
+    if "worst" in out:
+        print(
+            "  worst datapoints by k-hat: "
+            + ", ".join(f"{int(r['datapoint'])} ({r['k_hat']:.2f})" for r in out["worst"][:5])
+        )
 
 
 def registered(table: dict[str, dict[str, str]]) -> None:

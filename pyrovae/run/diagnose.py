@@ -24,7 +24,7 @@ from pyrovae.diagnostics import (
     sap,
     worst,
 )
-from pyrovae.inference import estimators
+from pyrovae.inference import estimators, weights
 from pyrovae.run.experiment import Run
 from pyrovae.run.recipes import EvaluationData, evaluation_data
 from pyrovae.training.rundir import RunDir
@@ -49,36 +49,61 @@ def diagnose_run(
     ``diagnostics.json`` (the :func:`quality_summary`, active units, and, for ``amortization``
     > 0, the mean gaps of that many datapoints; with ``disentanglement``, the metrics of
     :func:`disentanglement_scores`) in ``out_dir``; returns the summary with the per-datapoint
-    table under ``per_datapoint``."""
+    table under ``per_datapoint``. A guide with point-mass sites (a deterministic encoder) has
+    no importance weights: the k-hat table and the gaps are then listed as unavailable, by name."""
     files = RunDir(out_dir)
     data = (evaluation_data(run.config, split, run.device, seed) if data is None else data).head(limit)
-    split, seed, images, labels = data.name, data.seed, data.images, data.labels
     args = data.inputs(run.model)  # a semi-supervised model sums its class out
+    masses = weights.guide_point_masses(run.model, run.guide, args)
+    if masses:
+        why = f"needs the density of q(z|x); {masses} are point masses"
+        out = {"split": data.name, "num_datapoints": len(data.images), "num_samples": num_samples}
+        out, table = out | {"point_masses": masses, "unavailable": {"k_hat": why}}, None
+        if amortization > 0:
+            out["unavailable"]["amortization"] = why
+    else:
+        out, table = _quality(run, args, data, files, num_samples, progress)
+    out |= _activity(run, args, data, progress)
+    if amortization > 0 and not masses:
+        out["amortization"] = _gaps(run, args, data, amortization, num_samples)
+    if disentanglement:
+        out["disentanglement"] = disentanglement_scores(run, data, seed)
+    files.diagnostics_summary.write_text(json.dumps(out, indent=2, default=float) + "\n")
+    return {**out, "per_datapoint": table}  # the table itself, as diagnostics.csv holds it
+
+
+def _quality(run: Run, args: tuple, data: EvaluationData, files: RunDir, num_samples: int, progress):
+    """The k-hat table (written to ``diagnostics.csv`` and ``khat_gap.png``) and its summary."""
     table = posterior_quality(
         run.model,
         run.guide,
         *args,
-        images=images,
+        images=data.images,
         num_samples=num_samples,
-        labels=labels.cpu(),
-        seed=seed,
+        labels=data.labels.cpu(),
+        seed=data.seed,
         progress=bool(progress) and "diagnose: k-hat",
     )
     table.to_csv(files.diagnostics_table, index=False)
     fig = plot_quality(table, ax=Figure(figsize=(6, 4)).subplots())  # no pyplot: any backend, or none
     fig.savefig(files.khat_gap, dpi=100)
-    out = {"split": split, **quality_summary(table), "worst": worst(table, 10).to_dict(orient="records")}
+    out = {"split": data.name, **quality_summary(table), "worst": worst(table, 10).to_dict(orient="records")}
+    return out, table
+
+
+def _activity(run: Run, args: tuple, data: EvaluationData, progress) -> dict:
+    """Active units and KL per unit of each latent site, with the warnings they raised."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PosteriorCollapseWarning)
         activity = latent_activity(
             run.model,
             run.guide,
             *args,
-            images=images,
-            seed=seed,
+            images=data.images,
+            seed=data.seed,
             progress=bool(progress) and "diagnose: units",
         )
-    out["active_units"] = {
+    units = {
         name: {
             "active": a.num_active,
             "units": a.variance.numel(),
@@ -87,27 +112,26 @@ def diagnose_run(
         }
         for name, a in activity.items()
     }
-    out["warnings"] = [str(w.message) for w in caught]
-    if amortization > 0:
-        gaps = amortization_gap(
-            run.model,
-            run.guide,
-            *(a[:amortization] for a in args),
-            images=images[:amortization],
-            seed=seed,
-            num_samples=num_samples,
-        )
-        out["amortization"] = {
-            "num_datapoints": len(gaps),
-            **{
-                c: dict(zip(("mean", "stderr"), estimators.mean_and_stderr(torch.tensor(gaps[c].to_numpy()))))
-                for c in ("total_gap", "approximation_gap", "amortization_gap")
-            },
-        }
-    if disentanglement:
-        out["disentanglement"] = disentanglement_scores(run, data, seed)
-    files.diagnostics_summary.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    return {**out, "per_datapoint": table}  # the table itself, as diagnostics.csv holds it
+    return {"active_units": units, "warnings": [str(w.message) for w in caught]}
+
+
+def _gaps(run: Run, args: tuple, data: EvaluationData, amortization: int, num_samples: int) -> dict:
+    """The mean gaps of the first ``amortization`` datapoints (:func:`amortization_gap`)."""
+    gaps = amortization_gap(
+        run.model,
+        run.guide,
+        *(a[:amortization] for a in args),
+        images=data.images[:amortization],
+        seed=data.seed,
+        num_samples=num_samples,
+    )
+    return {
+        "num_datapoints": len(gaps),
+        **{
+            c: dict(zip(("mean", "stderr"), estimators.mean_and_stderr(torch.tensor(gaps[c].to_numpy()))))
+            for c in ("total_gap", "approximation_gap", "amortization_gap")
+        },
+    }
 
 
 def disentanglement_scores(run: Run, data: EvaluationData, seed: int = 0) -> dict:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 
+import pyro
 import torch
 
 from pyrovae import hooks
 from pyrovae.diagnostics import refine
 from pyrovae.diagnostics.importance import KHAT_BAD
 from pyrovae.hooks import Takes
-from pyrovae.inference import ais, bidirectional, estimators
+from pyrovae.inference import ais, bidirectional, estimators, weights
 from pyrovae.inference.checks import check_inputs
 from pyrovae.inference.scoring import class_report_data, evaluate_data
 from pyrovae.run.experiment import Run
@@ -34,9 +35,11 @@ def evaluate(
     on the evaluation ``data`` (by default ``split`` of the run's dataset binarized at ``seed``):
     :func:`~pyrovae.inference.scoring.evaluate_data` with the per-datapoint values (under
     ``per_datapoint``), the run's description and, for discrete latents, the classification
-    error or clustering accuracy."""
+    error or clustering accuracy. A guide with point-mass sites (a deterministic encoder) has
+    no density, so neither ELBO nor importance sampling: then :func:`point_mass_report`."""
     data = evaluation_data(run.config, split, run.device, seed) if data is None else data
     args = data.inputs(run.model)
+    masses = weights.guide_point_masses(run.model, run.guide, args)
     discrete = hooks.likelihood_is_discrete(run.model, run.config.data.pixels)
     hidden_labels = hooks.takes(run.model) == Takes.IMAGE_PARTIAL_LABEL
     out = {
@@ -46,6 +49,8 @@ def evaluate(
         "step": run.checkpoint["step"],
         "device": str(run.device),
     }
+    if masses:
+        return out | point_mass_report(run, data, masses)
     out |= evaluate_data(
         run.model,
         run.guide,
@@ -61,6 +66,28 @@ def evaluate(
     )
     out |= class_report_data(run.model, run.guide, data.split, data.seed)
     return {**out, "discrete": discrete}
+
+
+def point_mass_report(run: Run, data: EvaluationData, masses: list[str]) -> dict:
+    """What a pair with point-mass guide sites ``masses`` has on ``data``: log p(x | z = mu(x))
+    per datapoint (:func:`~pyrovae.inference.estimators.point_reconstruction`), mean and
+    standard error, and by name what it cannot have (log p(x) needs AIS from the prior)."""
+    args = check_inputs(run.model, run.guide, *data.inputs(run.model), images=data.split)
+    torch.manual_seed(data.seed)
+    start = time.perf_counter()
+    with pyro.validation_enabled(False):
+        rec = estimators.point_reconstruction(run.model, run.guide, *args)
+    return {
+        "num_datapoints": int(rec.shape[0]),
+        "seconds": time.perf_counter() - start,
+        "point_masses": masses,
+        "reconstruction": _stats(rec),
+        "unavailable": {
+            k: f"needs the density of q(z|x); {masses} are point masses"
+            for k in ("elbo", "kl", "log_likelihood", "importance ESS")
+        },
+        "per_datapoint": {"reconstruction": rec.detach().cpu()},
+    }
 
 
 def evaluate_refined(run: Run, data: EvaluationData, steps: int, *, num_samples=None, progress=False) -> dict:
@@ -100,15 +127,19 @@ def evaluate_ais(
     *,
     num_steps=1000,
     num_chains=16,
-    initial="guide",
+    initial=None,
     adapt_chains=4,
     compile="auto",
     progress=False,
 ) -> dict:
     """AIS log p(x) on the evaluation ``data`` (the datapoints and binarization :func:`evaluate`
     reads): mean and standard error over datapoints, the per-datapoint values, the mean
-    per-datapoint Monte Carlo error, the acceptance rate and the seconds taken."""
+    per-datapoint Monte Carlo error, the acceptance rate and the seconds taken. The chains
+    start from ``initial`` ("guide" or "prior"; by default the guide, or the prior when the
+    guide has point-mass sites)."""
     args = check_inputs(run.model, run.guide, *data.inputs(run.model), images=data.split)
+    if initial is None:
+        initial = "prior" if weights.guide_point_masses(run.model, run.guide, args) else "guide"
     torch.manual_seed(data.seed)
     start = time.perf_counter()
     r = ais.ais_log_likelihood(
@@ -136,7 +167,7 @@ def evaluate_bdmc(
     *,
     num_steps=1000,
     num_chains=16,
-    initial="guide",
+    initial=None,
     adapt_chains=4,
     importance_samples=5000,
     compile="auto",
@@ -146,6 +177,7 @@ def evaluate_bdmc(
     ``data`` give the conditions and shapes): the lower and upper bounds, their gap and the
     importance-sampled estimate on the same data, each averaged (and per datapoint)."""
     x, *condition = data.head(num_datapoints).inputs(run.model)
+    initial = initial or "guide"
     torch.manual_seed(data.seed)
     start = time.perf_counter()
     r = bidirectional.bdmc(

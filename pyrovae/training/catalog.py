@@ -57,7 +57,7 @@ def make_objective(
     if objective in ("elbo", "enum"):
         return ELBOObjective(num_particles, enumerated=objective == "enum")
     if objective in _PYRO_ELBOS:
-        return PyroObjective(make_elbo(objective, num_particles))
+        return PyroObjective(make_elbo(objective, num_particles), objective)
     if objective in ("iwae", "dreg"):
         if num_particles != 1:
             raise ConfigError(

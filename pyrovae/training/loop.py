@@ -23,20 +23,19 @@ import torch
 
 from pyrovae import hooks
 from pyrovae.data.labelled import LabelledBatches, is_partly_labelled
-from pyrovae.data.splits import VAL_BINARIZATION_SEED, Batches, Split
+from pyrovae.data.splits import Batches, Split
 from pyrovae.errors import ConfigError, ModelError
 from pyrovae.hooks import (
     Takes,
     attach_data,
     auxiliary_loss,
     check_pixels,
-    evaluation_inputs,
     is_conditional,
     label_site,
     owner_modules,
     takes,
 )
-from pyrovae.inference import chunks, clusters, estimators
+from pyrovae.inference import chunks
 from pyrovae.inference.checks import as_split, check_data, check_sites
 from pyrovae.runtime import distributed, threads
 from pyrovae.runtime.compile import Compiled, resolve_mode, warn_eager
@@ -53,6 +52,7 @@ from pyrovae.training.optim import (
 from pyrovae.training.runfiles import RunFiles, Signals
 from pyrovae.training.settings import TrainConfig
 from pyrovae.training.state import TrainState
+from pyrovae.training.validation import Validator
 
 
 @dataclass
@@ -68,13 +68,15 @@ class FitResult:
     compile: str = "none"  #: how the loss ran: see pyrovae.runtime.compile.Compiled.summary
     skipped: int = 0  #: steps whose update was skipped for a non-finite loss or gradient
     threads: int | None = None  #: the CPU threads the steps ran with (None on a GPU)
+    best_val_loss: float = math.inf  #: the best validation loss, for a guide with no ELBO
 
     @classmethod
     def of(cls, state: TrainState, files: RunFiles, compile: str, threads: int | None) -> "FitResult":
         rows, run_dir = files.rows, files.run_dir
         return cls(
-            state.step, state.epoch, state.best_val_elbo, rows, run_dir, compile, state.skipped, threads
-        )
+            state.step, state.epoch, state.best_val_elbo, rows, run_dir, compile, state.skipped, threads,
+            state.best_val_loss,
+        )  # fmt: skip
 
 
 @dataclass
@@ -193,46 +195,6 @@ def train_step(
     return loss, bad
 
 
-class Validator:
-    """The validation ELBO, on one fixed binarization and with the same draws every epoch, on a
-    forked random stream (validating never changes the stream training continues with, so a
-    resumed run matches one that never stopped); for a model with a label site, also the
-    classification error of argmax q(y | x) on the labelled validation images. Ranks score
-    their parts and share the sums."""
-
-    def __init__(self, model, guide, val: Split, samples: int, seed: int, group, device: torch.device):
-        self.model, self.guide, self.samples, self.seed, self.group = model, guide, samples, seed, group
-        self.device = device
-        self.x = evaluation_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
-        self.labels = val.labels if label_site(model) is not None and (val.labels >= 0).any() else None
-
-    def __call__(self) -> dict:
-        cuda = [self.device] if self.device.type == "cuda" else []
-        modules = owner_modules(self.model, self.guide)
-        with torch.random.fork_rng(devices=cuda), pyro.validation_enabled(False):
-            torch.manual_seed(self.group.seed(self.seed + VAL_BINARIZATION_SEED))
-            for m in modules:
-                m.eval()
-            part = tuple(distributed.shard(a, self.group.rank, self.group.size) for a in self.x)
-            elbos = estimators.elbo(self.model, self.guide, *part, num_samples=self.samples, data_chunk=2000)
-            sums = [elbos.double().sum(), torch.tensor(float(len(elbos)), device=elbos.device)]
-            if self.labels is not None:
-                sums += self._wrong(part)
-            total = distributed.all_sum(torch.stack([s.to(elbos.device, torch.float64) for s in sums]))
-            for m in modules:
-                m.train()
-        row = {"val_elbo": (total[0] / total[1]).item()}
-        return row if self.labels is None else {**row, "val_error": (total[2] / total[3]).item()}
-
-    def _wrong(self, part: tuple) -> list[torch.Tensor]:
-        """(misclassified, labelled) counts of this rank's part."""
-        labels = distributed.shard(self.labels, self.group.rank, self.group.size)
-        probs = clusters.discrete_probs(self.guide, *part)[label_site(self.model)]
-        known = labels >= 0
-        wrong = (probs.argmax(-1) != labels.to(probs.device)) & known.to(probs.device)
-        return [wrong.double().sum(), known.double().sum()]
-
-
 def probe_threads(tuner: threads.Tuner, loss_fn, run: Plan, state: TrainState, beta_t) -> None:
     """Let ``tuner`` time discarded steps (forward and backward of the next batch on a forked
     random stream: no update, the modules' buffers put back) until it has chosen the threads."""
@@ -270,14 +232,19 @@ def start_files(files: RunFiles, resume: bool, seed: int, device, probe) -> thre
 
 
 def improved(state: TrainState, row: dict) -> bool:
-    """Whether the epoch's validation figure (``train.select``) is the best so far; records it."""
+    """Whether the epoch's validation figure (``train.select``; the objective's loss for a
+    guide with no ELBO) is the best so far; records it."""
     if state.config.select == "error":
         better = row["val_error"] < state.best_val_error
         state.best_val_error = min(state.best_val_error, row["val_error"])
+    elif "val_loss" in row:
+        better = row["val_loss"] < state.best_val_loss
     else:
         better = row["val_elbo"] > state.best_val_elbo
-    if row["val_elbo"] > state.best_val_elbo:
-        state.best_val_elbo = row["val_elbo"]
+    if "val_loss" in row:
+        state.best_val_loss = min(state.best_val_loss, row["val_loss"])
+    else:
+        state.best_val_elbo = max(state.best_val_elbo, row["val_elbo"])
     return better
 
 
@@ -341,9 +308,8 @@ def fit(
     beta_t = torch.ones((), device=device, dtype=params[0].dtype)
     tuner = start_files(files, resume, seed, device, lambda t: probe_threads(t, loss_fn, run, state, beta_t))
     step_loss = group.wrap(loss_fn, owner_modules(model, guide), device)
-    validate = (
-        None if run.val is None else Validator(model, guide, run.val, cfg.val_samples, seed, group, device)
-    )
+    validator = lambda: Validator(model, guide, run.val, cfg.val_samples, seed, group, device, objective)
+    validate = None if run.val is None else validator()
     guard = Guard(device, state.skipped, cfg.nan_policy, cfg.log_every)
 
     def check(x) -> None:  # read the device's non-finite count back and stop on a new one

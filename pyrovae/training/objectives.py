@@ -192,15 +192,18 @@ class PyroObjective(Objective):
 
     capturable = False
 
-    def __init__(self, elbo: pyro.infer.ELBO):
-        self.elbo = elbo
+    def __init__(self, elbo: pyro.infer.ELBO, name: str = "pyro"):
+        self.elbo, self.name, self._prepared = elbo, name, False
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
-        """For the analytic-KL ELBO, warn about each latent site whose KL has no closed form
-        (a learned prior): Pyro estimates that site's KL by Monte Carlo, log q - log p."""
+        """Refuse a point-mass guide (no density, so no ELBO); for the analytic-KL ELBO, warn
+        about each latent site whose KL has no closed form (a learned prior): Pyro estimates
+        that site's KL by Monte Carlo, log q - log p."""
+        self._prepared = True
+        guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
+        weights.refuse_point_masses(guide_tr, f"the objective {self.name!r}", weights.DENSITY_FREE)
         if not isinstance(self.elbo, pyro.infer.TraceMeanField_ELBO):
             return
-        guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
         for name, site in guide_tr.nodes.items():
             if (
                 site["type"] != "sample"
@@ -222,6 +225,8 @@ class PyroObjective(Objective):
                 )
 
     def __call__(self, model: Callable, guide: Callable, *args, beta: float = 1.0, **kwargs) -> torch.Tensor:
+        if not self._prepared:
+            self.prepare(model, guide, *args, **kwargs)
         with ScaleLatents(beta) if beta != 1.0 else contextlib.nullcontext():
             return self.elbo.differentiable_loss(model, guide, *args, **kwargs)
 
@@ -301,6 +306,7 @@ class IWAEObjective(Objective):
     def _dreg_surrogate(self, model, guide, args, kwargs, beta):
         k = self.k
         guide_tr, model_tr, pdim = weights.traces(model, guide, args, kwargs, k, self._nesting)
+        weights.refuse_point_masses(guide_tr, 'the objective "dreg"', weights.DENSITY_FREE)
         for site in guide_tr.nodes.values():
             if (
                 site["type"] == "sample"

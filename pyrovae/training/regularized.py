@@ -60,10 +60,17 @@ class _Traced(Objective):
                 f"{reason or f'sites {enum} are marked for enumeration'}"
             )
 
+    #: whether the objective needs no density of q (a deterministic encoder may train with it)
+    density_free = False
+
     def _traces(self, model, guide, args, kwargs):
         if self._nesting is None:
             self.prepare(model, guide, *args, **kwargs)
-        return weights.traces(model, guide, args, kwargs, self.num_particles, self._nesting)
+        out = weights.traces(model, guide, args, kwargs, self.num_particles, self._nesting)
+        if not self.density_free:
+            instead = "train it with train.objective = 'wae', or set guide.deterministic = false"
+            weights.refuse_point_masses(out[0], f"the objective {self.name!r}", instead)
+        return out
 
     def _log_lik(self, model_tr, pdim) -> torch.Tensor:
         log_lik, _ = weights.sum_sites(model_tr, pdim, self.num_particles)
@@ -253,6 +260,7 @@ class MMDObjective(_Traced):
             scale,
             name,
         )
+        self.density_free = self.alpha == 1.0  # no KL term: a point-mass q(z|x) is allowed
 
     def __call__(self, model, guide, *args, beta=1.0, **kwargs) -> torch.Tensor:
         guide_tr, model_tr, pdim = self._traces(model, guide, args, kwargs)

@@ -44,7 +44,7 @@ class TrainState:
 
     #: the plain numbers of a run, stored in the checkpoint under these names
     COUNTERS = (
-        *("step", "epoch", "batch", "best_val_elbo", "best_val_error"),
+        *("step", "epoch", "batch", "best_val_elbo", "best_val_error", "best_val_loss"),
         *("bad_epochs", "skipped", "metrics_rows"),
     )
 
@@ -64,7 +64,7 @@ class TrainState:
         self.objective = objective  #: an objective with state of its own (a discriminator) is checkpointed
         self.config, self.record, self.group = config, record or {}, group
         self.step = self.epoch = self.batch = self.bad_epochs = self.skipped = self.metrics_rows = 0
-        self.best_val_elbo, self.best_val_error = -math.inf, math.inf
+        self.best_val_elbo, self.best_val_error, self.best_val_loss = -math.inf, math.inf, math.inf
         self.running = torch.zeros(2, device=device)  #: this rank's loss sum and count since the last row
 
     def advance(self, loss: torch.Tensor, bad: torch.Tensor) -> None:
