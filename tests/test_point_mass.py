@@ -107,19 +107,21 @@ def test_fit_validates_a_point_mass_by_the_objectives_loss_and_keeps_the_best():
 
 def test_evaluate_and_diagnose_say_what_a_point_mass_cannot_have(tmp_path, capsys):
     """Through the CLI on real MNIST: evaluate reports log p(x | mu(x)) and names ELBO, KL and
-    importance-sampled log p(x) as unavailable, AIS starts from the prior by itself, diagnose
+    importance-sampled log p(x) as unavailable, AIS and BDMC start from the prior by themselves
+    (BDMC without its importance figure), diagnose
     keeps active units and lists the k-hat table as unavailable."""
     run = tmp_path / "wae"
     sets = ["data.train_size=256", "data.val_limit=32", "data.test_limit=20", "train.epochs=1"]
     sets += ['train.objective="wae"', "guide.deterministic=true", "eval_samples=3"]
     args = ["fit", str(CONFIGS / "mnist_vae.toml"), "--run-dir", str(run), "--device", "cpu", "--no-progress"]
     assert cli.main([*args, *(a for s in sets for a in ("--set", s))]) == 0
-    annealed = ["--method", "ais", "--steps", "3", "--chains", "2"]
+    annealed = ["--method", "ais", "--steps", "3", "--chains", "2", "--bdmc", "4"]
     assert cli.main(["evaluate", str(run), "--no-progress", *annealed]) == 0
     report = json.loads((run / "eval_test.json").read_text())
     assert report["point_masses"] == ["z"] and report["num_datapoints"] == 20
     assert set(report["unavailable"]) >= {"elbo", "kl", "log_likelihood"} and "elbo" not in report
     assert report["ais"]["initial"] == "prior" and report["ais"]["log_likelihood"]["mean"] < 0
+    assert report["bdmc"]["importance"] is None and report["bdmc"]["num_datapoints"] == 4
     values = torch.load(run / "eval_test.pt", weights_only=True)["is"]["reconstruction"]
     assert values.double().mean().item() == pytest.approx(report["reconstruction"]["mean"])
     assert "not computed" in capsys.readouterr().out

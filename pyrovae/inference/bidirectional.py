@@ -27,6 +27,7 @@ from pyrovae.inference.ais import (
     summarize,
 )
 from pyrovae.inference.estimators import log_likelihood
+from pyrovae.inference.weights import guide_point_masses
 from pyrovae.runtime.progress import bar
 
 
@@ -113,7 +114,8 @@ class BDMC(NamedTuple):
 
     data: Simulated
     sandwich: Sandwich
-    importance: torch.Tensor  #: log p(x) by importance sampling from the guide, (n,)
+    #: log p(x) by importance sampling from the guide, (n,); None for a point-mass guide
+    importance: torch.Tensor | None
 
 
 def bdmc(
@@ -128,11 +130,14 @@ def bdmc(
     """Simulate ``num_datapoints`` datapoints from the model (shaped as ``x``, conditions from
     ``args``), sandwich their log p(x) between forward and reverse AIS (options of
     :func:`sandwich`), and estimate it by importance sampling with ``importance_samples``
-    samples from the guide, to see where that estimate falls for this model."""
+    samples from the guide, to see where that estimate falls for this model (not for a guide
+    with point-mass sites, which has no density to sample from: anneal from the prior)."""
     n = x.shape[0] if num_datapoints is None else num_datapoints
     if not 1 <= n <= x.shape[0]:
         raise PyrovaeError(f"num_datapoints must be in [1, {x.shape[0]}] (the rows of x), got {n}")
     cut = tuple(a[:n] if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1] else a for a in args)
     data = simulate(model, x[:n], *cut)
     bounds = sandwich(model, guide, data, *cut, **options)
+    if guide_point_masses(model, guide, (data.x, *cut)):
+        return BDMC(data, bounds, None)
     return BDMC(data, bounds, log_likelihood(model, guide, data.x, *cut, num_samples=importance_samples))

@@ -175,9 +175,12 @@ def evaluate_bdmc(
 ) -> dict:
     """BDMC on ``num_datapoints`` datapoints simulated from the run's model (the first rows of
     ``data`` give the conditions and shapes): the lower and upper bounds, their gap and the
-    importance-sampled estimate on the same data, each averaged (and per datapoint)."""
+    importance-sampled estimate on the same data, each averaged (and per datapoint). For a
+    guide with point-mass sites the chains start from the prior (unless ``initial`` says
+    otherwise) and there is no importance-sampled estimate (``importance`` None)."""
     x, *condition = data.head(num_datapoints).inputs(run.model)
-    initial = initial or "guide"
+    if initial is None:
+        initial = "prior" if weights.guide_point_masses(run.model, run.guide, (x, *condition)) else "guide"
     torch.manual_seed(data.seed)
     start = time.perf_counter()
     r = bidirectional.bdmc(
@@ -190,7 +193,7 @@ def evaluate_bdmc(
         "lower": _stats(s.lower),
         "upper": _stats(s.upper),
         "gap": _stats(s.gap),
-        "importance": _stats(r.importance),
+        "importance": None if r.importance is None else _stats(r.importance),
         "importance_samples": importance_samples,
         "num_steps": num_steps,
         "num_chains": num_chains,
@@ -198,5 +201,5 @@ def evaluate_bdmc(
         "num_datapoints": int(s.lower.shape[0]),
         "seconds": time.perf_counter() - start,
         "per_datapoint": {k: getattr(s, k).detach().cpu() for k in ("lower", "upper")}
-        | {"importance": r.importance.detach().cpu()},
+        | ({} if r.importance is None else {"importance": r.importance.detach().cpu()}),
     }
