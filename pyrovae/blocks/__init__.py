@@ -1,7 +1,8 @@
 """Building blocks: what models and guides are made of.
 
 Base classes (:mod:`.base`), networks (:mod:`.nn`), likelihoods p(x | z) (:mod:`.likelihoods`,
-with the 8-bit discretized ones of :mod:`.discretized`) and learned priors p(z) (:mod:`.priors`).
+with the 8-bit discretized ones of :mod:`.discretized`), learned priors p(z) (:mod:`.priors`)
+and a VQ-VAE's codebook (:mod:`.quantize`).
 """
 
 from typing import TYPE_CHECKING
@@ -31,5 +32,6 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         VampPrior,
         make_prior,
     )
+    from pyrovae.blocks.quantize import VectorQuantizer
 
 __getattr__, __dir__, __all__ = lazy(__name__, __file__)
