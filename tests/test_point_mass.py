@@ -5,6 +5,8 @@ refuses it by name, while AIS from the prior, which needs none, still measures l
 import json
 from pathlib import Path
 
+import pyro
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -130,3 +132,25 @@ def test_evaluate_and_diagnose_say_what_a_point_mass_cannot_have(tmp_path, capsy
     assert "k_hat" in summary["unavailable"] and summary["active_units"]["z"]["units"] == 20
     assert summary["active_units"]["z"]["kl"] is None
     assert weights.point_masses(weights.inspection_traces(*pair()[:2], (pair()[2],), {})[0]) == ["z"]
+
+
+def test_a_point_mass_over_discrete_values_keeps_its_exact_elbo():
+    """Probability one at an integer value: log q = 0 exactly, so the ELBO is log p(x, c) and
+    every importance sample equals it; such a guide is not refused."""
+    probs = torch.tensor([0.2, 0.5, 0.3])
+    locs = torch.tensor([-1.0, 0.0, 2.0])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(probs))
+            pyro.sample("x", dist.Normal(locs[c], 1.0), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Delta((x > 1).long()))
+
+    x = torch.tensor([-0.5, 1.5, 3.0])
+    c = (x > 1).long()
+    exact = probs[c].log() + dist.Normal(locs[c], 1.0).log_prob(x)
+    torch.testing.assert_close(estimators.elbo(model, guide, x, num_samples=3), exact)
+    torch.testing.assert_close(estimators.log_likelihood(model, guide, x, num_samples=4), exact)

@@ -92,8 +92,10 @@ def is_point_mass(fn) -> bool:
 
 
 def point_masses(trace) -> list[str]:
-    """The latent sample sites of ``trace`` whose distribution is a point mass (a deterministic
-    encoder, a MAP guide): q has no density there."""
+    """The latent sample sites of ``trace`` whose distribution is a point mass over a continuous
+    value (a deterministic encoder, a MAP guide): q has no density there. A point mass over
+    discrete values (integer-valued: nearest codes, a fixed label) has probability one, so its
+    log q = 0 is exact and it is not listed."""
     return [
         name
         for name, site in trace.nodes.items()
@@ -101,6 +103,7 @@ def point_masses(trace) -> list[str]:
         and not site["is_observed"]
         and not site_is_subsample(site)
         and is_point_mass(site["fn"])
+        and torch.is_floating_point(site["value"])
     ]
 
 
