@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from pyrovae.inference import weights
-from pyrovae.inference.chunks import data_size, fold_terms, map_terms, slice_args, spans
+from pyrovae.inference.chunks import fold_terms, map_terms
 from pyrovae.inference.weights import (
     LogProbTerms,
 )
@@ -138,13 +138,9 @@ def point_reconstruction(model: Callable, guide: Callable, *args, data_chunk: in
     """log p(x | z) at the guide's draw, per datapoint (N,): for a guide with point-mass sites
     (a deterministic encoder), z = mu(x) and this is the whole of what the pair says about x
     without a density of q (the reconstruction term of a WAE, Tolstikhin et al. 2018, eq. 4)."""
-    nesting = weights.plate_nesting(model, guide, args, kwargs)
-    n, parts = data_size(args, kwargs), []
-    for start, size in spans(n, data_chunk):
-        part, kw = slice_args(args, kwargs, n, start, start + size)
-        _, model_tr, pdim = weights.traces(model, guide, part, kw, 1, nesting)
-        parts.append(weights.sum_sites(model_tr, pdim, 1)[0][0])
-    return torch.cat(parts)
+    log_lik = lambda guide_tr, model_tr, pdim, k: weights.sum_sites(model_tr, pdim, k)[0]
+    options = dict(reduce_traces=log_lik, data_chunk=data_chunk, enumerated=False)
+    return map_terms(model, guide, *args, num_samples=1, **options, **kwargs)[0]
 
 
 def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:

@@ -101,11 +101,16 @@ def marked(trace) -> list[str]:
     ]
 
 
-def _inspect(model: Callable, guide: Callable, args, kwargs, enumerated: bool = False):
+def _inspect(
+    model: Callable, guide: Callable, args, kwargs, enumerated: bool = False, name: str | None = None
+):
     """(plate nesting, why the pair needs Pyro's general ELBO or None, the sites marked for
     enumeration): the log-weight objectives need reparameterized guide sites (or, with
-    ``enumerated``, sites marked for enumeration) and unscaled log-densities."""
+    ``enumerated``, sites marked for enumeration) and unscaled log-densities. An objective
+    ``name`` that needs q's density refuses a point-mass guide here, once, by that name."""
     guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
+    if name is not None:
+        weights.refuse_point_masses(guide_tr, f"the objective {name!r}", weights.DENSITY_FREE)
     nesting = weights.plate_nesting(model, guide, args, kwargs, traces=(guide_tr, model_tr))
     enum = marked(guide_tr) + [n for n in marked(model_tr) if n not in guide_tr.nodes]
     for tr in (guide_tr, model_tr):
@@ -144,7 +149,8 @@ class ELBOObjective(Objective):
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Inspect the pair once (on a forked random stream); called by the first loss otherwise."""
-        self._nesting, reason, enum = _inspect(model, guide, args, kwargs, self.enumerate)
+        name = "enum" if self.enumerate else "elbo"
+        self._nesting, reason, enum = _inspect(model, guide, args, kwargs, self.enumerate, name)
         if enum and not self.enumerate:
             warnings.warn(
                 f'objective "elbo" samples the site(s) {enum} marked for enumeration (score-function '
@@ -272,7 +278,8 @@ class IWAEObjective(Objective):
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Learn the plate nesting once (on a forked random stream); called by the first loss otherwise."""
-        self._nesting, _, enum = _inspect(model, guide, args, kwargs, enumerated=True)
+        name = "dreg" if self.dreg else "iwae"
+        self._nesting, _, enum = _inspect(model, guide, args, kwargs, enumerated=True, name=name)
         if enum and self.dreg:
             raise ConfigError(
                 f'objective "dreg" needs reparameterizable sites; {enum} are discrete and marked for '
@@ -306,7 +313,6 @@ class IWAEObjective(Objective):
     def _dreg_surrogate(self, model, guide, args, kwargs, beta):
         k = self.k
         guide_tr, model_tr, pdim = weights.traces(model, guide, args, kwargs, k, self._nesting)
-        weights.refuse_point_masses(guide_tr, 'the objective "dreg"', weights.DENSITY_FREE)
         for site in guide_tr.nodes.values():
             if (
                 site["type"] == "sample"

@@ -52,25 +52,22 @@ class _Traced(Objective):
             raise ConfigError(f"num_particles must be a positive integer, got {num_particles!r}")
         self.num_particles, self._nesting = num_particles, None
 
+    #: whether the objective needs no density of q (a deterministic encoder may train with it)
+    density_free = False
+
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
-        self._nesting, reason, enum = _inspect(model, guide, args, kwargs)
+        name = None if self.density_free else self.name
+        self._nesting, reason, enum = _inspect(model, guide, args, kwargs, name=name)
         if reason is not None or enum:
             raise ModelError(
                 f"objective {self.name!r} needs reparameterized, unscaled continuous guide sites: "
                 f"{reason or f'sites {enum} are marked for enumeration'}"
             )
 
-    #: whether the objective needs no density of q (a deterministic encoder may train with it)
-    density_free = False
-
     def _traces(self, model, guide, args, kwargs):
         if self._nesting is None:
             self.prepare(model, guide, *args, **kwargs)
-        out = weights.traces(model, guide, args, kwargs, self.num_particles, self._nesting)
-        if not self.density_free:
-            instead = "train it with train.objective = 'wae', or set guide.deterministic = false"
-            weights.refuse_point_masses(out[0], f"the objective {self.name!r}", instead)
-        return out
+        return weights.traces(model, guide, args, kwargs, self.num_particles, self._nesting)
 
     def _log_lik(self, model_tr, pdim) -> torch.Tensor:
         log_lik, _ = weights.sum_sites(model_tr, pdim, self.num_particles)

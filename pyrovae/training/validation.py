@@ -24,13 +24,12 @@ class Validator:
     :data:`CHUNK`, is reported as ``val_loss``. Ranks score their parts and share the sums."""
 
     def __init__(self, model, guide, val: Split, samples: int, seed: int, group, device: torch.device,
-                 objective=None):  # fmt: skip
+                 objective):  # fmt: skip
         self.model, self.guide, self.samples, self.seed, self.group = model, guide, samples, seed, group
         self.device, self.objective = device, objective
         self.x = evaluation_inputs(model, val.observe_fixed(seed + VAL_BINARIZATION_SEED), val.labels)
         self.labels = val.labels if label_site(model) is not None and (val.labels >= 0).any() else None
-        self.point_masses = weights.guide_point_masses(model, guide, self.x)
-        self.key = "val_loss" if self.point_masses and objective is not None else "val_elbo"
+        self.key = "val_loss" if weights.guide_point_masses(model, guide, self.x) else "val_elbo"
 
     def __call__(self) -> dict:
         cuda = [self.device] if self.device.type == "cuda" else []
