@@ -5,3 +5,4 @@ LATENT = "z"  #: the latent code of a one-layer VAE
 OBSERVED = "x"  #: the observed image
 CLUSTER = "c"  #: a discrete latent: the mixture component of a Gaussian-mixture model
 LABEL = "y"  #: the class of the semi-supervised model, latent where the label is missing
+CODES = "codes"  #: the grid of code indices of a VQ-VAE

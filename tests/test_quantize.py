@@ -71,12 +71,12 @@ def test_dead_codes_restart_at_encoder_outputs_and_perplexity_counts_use():
     vq = quantizer()
     z_e = torch.randn(12, 3)
     idx = torch.tensor([0, 1] * 6)
-    dead = vq.restart(z_e, idx, generator=torch.Generator().manual_seed(1))
+    dead = vq.restart(z_e, vq.usage(idx), generator=torch.Generator().manual_seed(1))
     assert dead.tolist() == list(range(2, 8))
     assert all(any(torch.equal(vq.codebook[k].detach(), row) for row in z_e) for k in dead)
-    assert vq.perplexity(torch.arange(8).repeat(3)).item() == pytest.approx(8.0)
-    assert vq.perplexity(torch.zeros(9, dtype=torch.long)).item() == pytest.approx(1.0)
-    assert vq.perplexity(idx).item() == pytest.approx(math.exp(math.log(2)))
+    assert vq.perplexity(vq.usage(torch.arange(8).repeat(3))).item() == pytest.approx(8.0)
+    assert vq.perplexity(vq.usage(torch.zeros(9, dtype=torch.long))).item() == pytest.approx(1.0)
+    assert vq.perplexity(vq.usage(idx)).item() == pytest.approx(math.exp(math.log(2)))
 
 
 def test_bad_codebooks_are_named():

@@ -19,6 +19,7 @@ ACTIVATIONS = {
     "softplus": nn.Softplus,
     "leaky_relu": nn.LeakyReLU,
     "silu": nn.SiLU,
+    "identity": nn.Identity,  # a linear network (a linear-Gaussian model, for exact checks)
 }
 
 
@@ -244,3 +245,45 @@ class CodeConditioned(nn.Module):
 
     def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return self.rest(self.act(self.h_in(h) + self.c_in(code)))
+
+
+class GridEncoder(nn.Module):
+    """Images to a grid of ``dim``-vectors, the VQ-VAE's encoder (van den Oord et al. 2017,
+    sec. 4.1): per width in ``channels`` a stride-2 4x4 convolution, then ``blocks`` residual
+    blocks and a 1x1 convolution to ``dim``; output (N, H / 2^s, W / 2^s, dim), channels last.
+    Pixels in [0, 1] are centred to [-1, 1] first."""
+
+    def __init__(self, x_shape: Sequence[int], dim: int, channels: Sequence[int] = (64, 128),
+                 blocks: int = 2, act: str = "relu"):  # fmt: skip
+        super().__init__()
+        _check_resnet(x_shape, channels, blocks)
+        layers: list[nn.Module] = []
+        for prev, c in zip([x_shape[0], *channels[:-1]], channels):
+            layers += [nn.Conv2d(prev, c, 4, stride=2, padding=1), activation(act)]
+        layers += [ResBlock(channels[-1], act) for _ in range(blocks)]
+        self.net = nn.Sequential(*layers, activation(act), nn.Conv2d(channels[-1], dim, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(2 * x - 1).movedim(1, -1)
+
+
+class GridDecoder(nn.Module):
+    """A grid of ``dim``-vectors (..., h, w, dim) to image parameters (..., out, H, W), the
+    VQ-VAE's decoder: a 3x3 convolution to ``channels[0]``, ``blocks`` residual blocks, then per
+    width in ``channels`` a stride-2 4x4 transposed convolution (the last to ``out_channels``)."""
+
+    def __init__(self, dim: int, x_shape: Sequence[int], channels: Sequence[int] = (128, 64),
+                 blocks: int = 2, act: str = "relu", out_channels: int | None = None):  # fmt: skip
+        super().__init__()
+        _check_resnet(x_shape, channels, blocks)
+        layers: list[nn.Module] = [nn.Conv2d(dim, channels[0], 3, padding=1)]
+        layers += [ResBlock(channels[0], act) for _ in range(blocks)]
+        outs = [*channels[1:], out_channels or x_shape[0]]
+        for a, b in zip(channels, outs):
+            layers += [activation(act), nn.ConvTranspose2d(a, b, 4, stride=2, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch = z.shape[:-3]
+        out = self.net(z.reshape(-1, *z.shape[-3:]).movedim(-1, 1))
+        return out.reshape(*batch, *out.shape[1:])

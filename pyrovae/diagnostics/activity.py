@@ -84,8 +84,8 @@ def latent_activity(
     factorize over units (a standard prior does; a mixture, VampPrior or flow prior does not,
     and then only the total KL, E_q[log q - log p], is defined). A
     :class:`PosteriorCollapseWarning` is raised when fewer than ``warn_below`` of a site's
-    units (and at least one) are active; ``warn_below = 0`` never warns.
-    """
+    units (and at least one) are active; ``warn_below = 0`` never warns. A point mass over
+    discrete codes (a VQ-VAE's grid) has positions for units (:func:`_code_activity`)."""
     args = check_inputs(
         model, guide, x, *condition, images=images, num_samples=num_samples, name="diagnostics"
     )
@@ -93,6 +93,8 @@ def latent_activity(
     latent, _, model_tr, pdim = _sites(model, guide, args)
     if not latent:
         raise ModelError("the guide samples no latent site: there are no units to inspect")
+    codes = {n: _code_activity(guide, args, n, threshold) for n, s in latent.items() if _is_code(s)}
+    latent = {n: s for n, s in latent.items() if n not in codes}
     sizes = {n: _layout(s, pdim).shape[-1] for n, s in latent.items()}
     per_unit = {
         n: weights.elementwise(s["fn"]) is not None
@@ -103,18 +105,15 @@ def latent_activity(
 
     pack = _packer(list(latent), per_unit)
     options = dict(reduce_traces=pack, progress=progress, enumerated=False)  # draws of discrete sites
-    with pyro.validation_enabled(False):
-        packed = chunks.map_terms(model, guide, *args, num_samples=num_samples, **options)
-    packed = packed.mean(0)
-    out, start = {}, 0
+    if latent:
+        with pyro.validation_enabled(False):
+            packed = chunks.map_terms(model, guide, *args, num_samples=num_samples, **options).mean(0)
+    out, start = dict(codes), 0
     for name in latent:
         d = sizes[name]
-        means = packed[:, start : start + d].double()
-        start += d
-        kl = None
-        if per_unit[name]:
-            kl = packed[:, start : start + d].double().mean(0)
-            start += d
+        means, start = packed[:, start : start + d].double(), start + d
+        kl = packed[:, start : start + d].double().mean(0) if per_unit[name] else None
+        start += d if per_unit[name] else 0
         variance = means.var(0) if means.shape[0] > 1 else torch.zeros(d, dtype=torch.float64)
         prior = type(model_tr.nodes[name]["fn"]).__name__
         which = f"the prior at {name!r}, {prior},"
@@ -141,6 +140,31 @@ def latent_activity(
             )  # the caller, past no_grad
         out[name] = act
     return out
+
+
+def _is_code(site: dict) -> bool:
+    return weights.is_point_mass(site["fn"]) and not torch.is_floating_point(site["value"])
+
+
+def _code_activity(guide, args: tuple, name: str, threshold: float, batch: int = 1000) -> LatentActivity:
+    """Positions as units of a site of discrete codes chosen by a point mass: each position's
+    "variance" is the share of datapoints whose code there differs from the position's most
+    common code (active above ``threshold``); the note gives the number of distinct codes used
+    and the perplexity of their frequencies."""
+    n = args[0].shape[0]
+    with pyro.validation_enabled(False):
+        parts = [
+            pyro.poutine.trace(guide).get_trace(*(a[i : i + batch] for a in args)).nodes[name]["value"]
+            for i in range(0, n, batch)
+        ]
+    codes = torch.cat(parts).reshape(n, -1).cpu()
+    top = torch.stack([torch.bincount(c).max() for c in codes.T]).double()
+    variance = 1.0 - top / n
+    freq = torch.bincount(codes.reshape(-1)).double()
+    freq = freq[freq > 0] / codes.numel()
+    perplexity = float(torch.exp(-(freq * freq.log()).sum()))
+    note = f" (discrete codes: {freq.numel()} distinct used, perplexity {perplexity:.1f}; no KL per unit)"
+    return LatentActivity(name, variance, variance > threshold, None, threshold, note)
 
 
 def _packer(latent: list[str], per_unit: dict[str, bool]) -> Callable:

@@ -68,9 +68,21 @@ def pca_2d(z: torch.Tensor) -> torch.Tensor:
     return zc @ v[:2].T
 
 
+def as_features(z: torch.Tensor) -> torch.Tensor:
+    """Codes (N, ...) as float features (N, D): flattened, and integer codes (a grid of code
+    indices) one-hot encoded first, so that their principal components compare indices as
+    categories, not as numbers."""
+    z = z.detach().cpu()
+    if not torch.is_floating_point(z):
+        z = torch.nn.functional.one_hot(z, int(z.max()) + 1)
+    return z.reshape(z.shape[0], -1).float()
+
+
 def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, ax) -> None:
-    """Draw posterior means (N, D) on ``ax``, coloured by label (PCA to 2D when D > 2)."""
-    z2 = pca_2d(z.detach().cpu().float())
+    """Draw posterior means (N, D) on ``ax``, coloured by label (PCA to 2D when D > 2; a grid
+    of code indices one-hot encoded, :func:`as_features`)."""
+    z = as_features(z)
+    z2 = pca_2d(z)
     colours = None if labels is None else labels.cpu()
     sc = ax.scatter(
         z2[:, 0], z2[:, 1], c=colours, cmap="tab10" if colours is not None else None, s=3, alpha=0.7

@@ -92,7 +92,7 @@ class Layout:
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
                 continue
-            if site["fn"].has_enumerate_support:
+            if site["fn"].has_enumerate_support or not torch.is_floating_point(site["value"]):
                 raise PyrovaeError(
                     f"AIS moves continuous latents by HMC; site {name!r} is discrete: sum it out "
                     "in the model, or evaluate this pair with the importance-sampling estimators"

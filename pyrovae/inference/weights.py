@@ -117,6 +117,19 @@ def guide_point_masses(model: Callable, guide: Callable, args: tuple, kwargs: di
         return point_masses(inspection_traces(model, guide, args, kwargs or {})[0])
 
 
+def only_point_masses(model: Callable, guide: Callable, args: tuple, kwargs: dict | None = None) -> bool:
+    """Whether every latent site of the guide is a point mass (over any values; on the first two
+    datapoints): importance sampling from such a guide returns its ELBO, log p(x, z*), for every
+    number of samples, a lower bound on log p(x) and no estimate of it."""
+    rows = tuple(a[:2] if isinstance(a, torch.Tensor) and a.dim() > 0 else a for a in args)
+    guide_tr = inspection_traces(model, guide, rows, kwargs or {})[0]
+    latent = [
+        s for s in guide_tr.nodes.values()
+        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
+    ]  # fmt: skip
+    return bool(latent) and all(is_point_mass(s["fn"]) for s in latent)
+
+
 def refuse_point_masses(trace, what: str, instead: str) -> None:
     """A :class:`~pyrovae.errors.ModelError` naming ``what`` cannot be computed when a latent
     site of the guide's ``trace`` is a point mass, and what to do ``instead``."""

@@ -41,16 +41,22 @@ def fitted(result, world: int) -> None:
 
 def _likelihood_lines(out: dict, target: str) -> None:
     print("  nats per datapoint, mean +- standard error over datapoints")
-    print(f"  {target:<16}{_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
-    print(f"  ELBO            {_fmt(out['elbo'])}")
+    if out.get("bound_only"):
+        print(f"  {target + ' >=':<16}{_fmt(out['elbo'])}   ELBO = log p(x, c*), q the point mass at c*")
+    else:
+        print(f"  {target:<16}{_fmt(out['log_likelihood'])}   importance-sampled (Burda et al. 2015)")
+        print(f"  ELBO            {_fmt(out['elbo'])}")
     print(f"  reconstruction  {_fmt(out['reconstruction'])}   E_q[log p(x|z)]")
     print(f"  KL              {_fmt(out['kl'])}   E_q[log q(z|x) - log p(z)]")
-    print(f"  importance ESS  {out['ess']['mean']:.1f} on average, {out['ess']['min']:.1f} at least, of K")
+    if not out.get("bound_only"):
+        ess = out["ess"]
+        print(f"  importance ESS  {ess['mean']:.1f} on average, {ess['min']:.1f} at least, of K")
     if "elbo_bits_per_dim" in out:
         print(
             f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} +- "
             f"{out['log_likelihood_bits_per_dim_stderr']:.4f} (-log p(x) / (D ln 2)), "
             f"{out['elbo_bits_per_dim']:.4f} (-ELBO)"
+            + (" (both the bound: q is a point mass)" if out.get("bound_only") else "")
         )
     elif not out.get("discrete", True) and target == "log p(x)":
         print(
@@ -118,7 +124,8 @@ def diagnosis(out: dict) -> None:
     """The result of :func:`pyrovae.run.diagnose.diagnose_run`."""
     print(f"q(z|x) on {out['num_datapoints']} {out['split']} datapoints, S = {out['num_samples']} draws each")
     if "point_masses" in out:
-        print(f"  q(z|x) is a point mass at {out['point_masses']}: no k-hat, ESS or gaps (no density)")
+        print(f"  q(z|x) is a point mass at {out['point_masses']}: no k-hat, ESS or gaps")
+        print(f"  ({out['unavailable']['k_hat']})")
     else:
         print(f"  Pareto k-hat <= 0.5 (reliable)    {100 * out['k_hat_good']:.1f}%")
         print(f"  0.5 < k-hat <= 0.7 (slow)         {100 * out['k_hat_ok']:.1f}%")
@@ -127,7 +134,7 @@ def diagnosis(out: dict) -> None:
         print(f"  importance ESS / S                {out['ess_fraction']:.3f} on average")
     for name, a in out["active_units"].items():
         kl = "" if a["kl"] is None else f", KL {sum(a['kl']):.2f} nats"
-        print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}")
+        print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}{a.get('note', '')}")
     if "amortization" in out:
         am = out["amortization"]
         print(

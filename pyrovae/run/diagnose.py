@@ -9,6 +9,7 @@ import warnings
 import torch
 from matplotlib.figure import Figure
 
+from pyrovae import hooks
 from pyrovae.data.factors import FACTOR_NAMES, load_factors
 from pyrovae.diagnostics import (
     PosteriorCollapseWarning,
@@ -50,21 +51,28 @@ def diagnose_run(
     > 0, the mean gaps of that many datapoints; with ``disentanglement``, the metrics of
     :func:`disentanglement_scores`) in ``out_dir``; returns the summary with the per-datapoint
     table under ``per_datapoint``. A guide with point-mass sites (a deterministic encoder) has
-    no importance weights: the k-hat table and the gaps are then listed as unavailable, by name."""
+    no importance weights, and one that is a point mass at discrete codes (a VQ-VAE) has equal
+    ones: the k-hat table and the gaps are then listed as unavailable, by name."""
     files = RunDir(out_dir)
     data = (evaluation_data(run.config, split, run.device, seed) if data is None else data).head(limit)
     args = data.inputs(run.model)  # a semi-supervised model sums its class out
     masses = weights.guide_point_masses(run.model, run.guide, args)
-    if masses:
-        why = f"needs the density of q(z|x); {masses} are point masses"
+    codes = not masses and weights.only_point_masses(run.model, run.guide, args)
+    if masses or codes:
+        why = (
+            f"needs the density of q(z|x); {masses} are point masses"
+            if masses
+            else "q(z|x) is a point mass at discrete codes: its importance weights are all equal"
+        )
         out = {"split": data.name, "num_datapoints": len(data.images), "num_samples": num_samples}
         out, table = out | {"point_masses": masses, "unavailable": {"k_hat": why}}, None
+        out["point_masses"] = masses or list(hooks.latent_sites(run.guide))
         if amortization > 0:
             out["unavailable"]["amortization"] = why
     else:
         out, table = _quality(run, args, data, files, num_samples, progress)
     out |= _activity(run, args, data, progress)
-    if amortization > 0 and not masses:
+    if amortization > 0 and not (masses or codes):
         out["amortization"] = _gaps(run, args, data, amortization, num_samples)
     if disentanglement:
         out["disentanglement"] = disentanglement_scores(run, data, seed)
@@ -109,6 +117,7 @@ def _activity(run: Run, args: tuple, data: EvaluationData, progress) -> dict:
             "units": a.variance.numel(),
             "kl": None if a.kl_per_dim is None else a.kl_per_dim.tolist(),
             "variance": a.variance.tolist(),
+            "note": a.note,
         }
         for name, a in activity.items()
     }

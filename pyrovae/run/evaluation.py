@@ -36,7 +36,10 @@ def evaluate(
     :func:`~pyrovae.inference.scoring.evaluate_data` with the per-datapoint values (under
     ``per_datapoint``), the run's description and, for discrete latents, the classification
     error or clustering accuracy. A guide with point-mass sites (a deterministic encoder) has
-    no density, so neither ELBO nor importance sampling: then :func:`point_mass_report`."""
+    no density, so neither ELBO nor importance sampling: then :func:`point_mass_report`. A
+    guide whose every site is a point mass over discrete values (a VQ-VAE's nearest codes) has
+    an exact ELBO, log p(x, c*), which importance sampling from it repeats for any K: it is
+    computed once (K = 1) and reported as the bound it is (``bound_only``)."""
     data = evaluation_data(run.config, split, run.device, seed) if data is None else data
     args = data.inputs(run.model)
     masses = weights.guide_point_masses(run.model, run.guide, args)
@@ -51,12 +54,13 @@ def evaluate(
     }
     if masses:
         return out | point_mass_report(run, data, masses)
+    bound = weights.only_point_masses(run.model, run.guide, args)  # discrete codes: K = 1 is exact
     out |= evaluate_data(
         run.model,
         run.guide,
         *args,
         images=data.split,
-        num_samples=num_samples or run.config.eval_samples,
+        num_samples=1 if bound else num_samples or run.config.eval_samples,
         seed=data.seed,
         compile=compile,
         max_rows=max_rows,
@@ -65,7 +69,7 @@ def evaluate(
         per_datapoint=True,
     )
     out |= class_report_data(run.model, run.guide, data.split, data.seed)
-    return {**out, "discrete": discrete}
+    return {**out, "discrete": discrete, "bound_only": bound}
 
 
 def point_mass_report(run: Run, data: EvaluationData, masses: list[str]) -> dict:

@@ -47,6 +47,8 @@ def fit_config(
     device = resolve_device(config.device) if device is None else device
     pyro.set_rng_seed(config.seed)
     model, guide = validate(config, device, meta=False)
+    if config.train.init_from is not None and not resume:
+        start_from(model, guide, config.train.init_from, config.train.train_only)
     files = RunDir(config.run_dir)
     train_data = load_data(config, "train", device)
     val_data = (
@@ -79,6 +81,30 @@ def fit_config(
         progress=progress,
         callbacks=[*callbacks, *attached],
     )
+
+
+def start_from(model, guide, run_dir: str | Path, train_only: list[str]) -> None:
+    """Load the parameters and buffers of the run in ``run_dir`` (its best.pt, else its latest
+    checkpoint) into ``model`` and ``guide`` (``train.init_from``); those it lacks must be under
+    ``train_only``, the part trained now (a learned prior after an autoencoder)."""
+    files = RunDir(run_dir)
+    path = files.best if files.best.exists() else files.checkpoint
+    if not path.exists():
+        raise CheckpointError(
+            f"train.init_from = {str(run_dir)!r} holds no best.pt or checkpoint.pt: train that run first"
+        )
+    state = ckpt_io.load(path, map_location="cpu")
+    for key, module in (("model", model), ("guide", guide)):
+        try:
+            missing, unexpected = module.load_state_dict(state[key], strict=False)
+        except RuntimeError as e:
+            raise CheckpointError(f"{path} does not fit this run's {key}: {e}") from e
+        new = [n for n in missing if not any(f"{key}.{n}".startswith(p + ".") for p in train_only)]
+        if new or unexpected:
+            raise CheckpointError(
+                f"{path} does not fit this run's {key}: it lacks {new} (not under train.train_only = "
+                f"{train_only}) and has {list(unexpected)} the {key} has not"
+            )
 
 
 @dataclass
@@ -176,7 +202,7 @@ def draw_figures(
         n = min(latent_points, x.shape[0])
         z = posterior_means(run.guide, x[:n], site=hooks.code_site(run.model))
         paths.append(plots.plot_latent_scatter(z, data.labels[:n], files.figure("latent")))
-        if z.shape[-1] == 2:
+        if z.is_floating_point() and z.dim() == 2 and z.shape[-1] == 2:
             grid = plots.manifold_grid(run.model.decode, 20, run.device)
             paths.append(plots.save_grid(grid, files.figure("manifold"), nrow=20))
     return paths

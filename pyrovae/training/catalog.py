@@ -14,6 +14,7 @@ from pyrovae.training.objectives import (
     PyroObjective,
     make_elbo,
 )
+from pyrovae.training.quantized import VQObjective
 from pyrovae.training.regularized import FreeBitsObjective, MMDObjective, TCVAEObjective
 
 #: the training losses by name (train.objective), each with its one-line meaning (``pyrovae list``)
@@ -28,6 +29,7 @@ SUMMARIES = {
     "infovae": "InfoVAE / MMD-VAE: (1 - alpha) KL and (alpha + lambda - 1) MMD (Zhao et al. 2017, eq. 6)",
     "wae": "WAE-MMD: reconstruction and lambda MMD(q(z), p(z)) (Tolstikhin et al. 2018, Algorithm 2)",
     "factorvae": "FactorVAE: the ELBO less gamma x a discriminator's total correlation (Kim & Mnih 2018)",
+    "vqvae": "VQ-VAE: straight-through reconstruction, codebook, commitment (van den Oord et al. 2017)",
 }
 OBJECTIVES = tuple(SUMMARIES)  #: the objectives' names, in that order
 
@@ -82,6 +84,12 @@ def make_objective(
         )  # fmt: skip
         kernel, scale = o.get("mmd_kernel", "imq"), o.get("mmd_scale")
         return MMDObjective(alpha, lam, kernel, scale, num_particles, name=objective)
+    if objective == "vqvae":
+        if num_particles != 1:
+            raise ConfigError(
+                f'objective "vqvae" has a point-mass guide: set train.num_particles = 1, not {num_particles}'
+            )
+        return VQObjective()
     if objective == "factorvae":
         hidden = o.get("factor_hidden", (1000,) * 6)
         return FactorVAEObjective(o.get("factor_gamma", 10.0), hidden, o.get("factor_lr", 1e-4))

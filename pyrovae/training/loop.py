@@ -46,6 +46,7 @@ from pyrovae.training.guard import Guard, diagnose_nonfinite
 from pyrovae.training.objectives import Objective, kl_weight
 from pyrovae.training.optim import (
     collect_params,
+    hold_fixed,
     make_optimizer,
     make_scheduler,
 )
@@ -298,6 +299,7 @@ def fit(
     cfg, device, group = config, resolve_device(device), distributed.Group()
     pyro.set_rng_seed(group.seed(seed))
     run = plan(model, guide, train, val, cfg, seed, group, device)
+    hold_fixed(model, guide, cfg.train_only)
     params = collect_params(model, guide, *run.example)
     mode = group.check_trainable(params, owner_modules(model, guide), cfg.compile)
     objective, loss_fn = objective_and_loss(objective, cfg, model, guide, params, mode, run, group)
@@ -333,7 +335,7 @@ def fit(
                     if state.step % guard.every == 0 or last:
                         check(x)
                     if log_now:
-                        files.write(state.step_row(beta))
+                        files.write({**state.step_row(beta), **objective.metrics()})
                         pbar.set_postfix(loss=files.rows[-1]["loss"])
                     pbar.update(1)
                     if run_dir is not None and state.step % cfg.checkpoint_every == 0:

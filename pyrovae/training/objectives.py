@@ -67,6 +67,11 @@ class Objective(abc.ABC):
         """Called after each optimizer step (an objective with parameters of its own steps them
         here); by default nothing."""
 
+    def metrics(self) -> dict:
+        """Figures of the objective's own for the next metrics row (a codebook's perplexity);
+        by default none."""
+        return {}
+
     def state_dict(self) -> dict | None:
         """The objective's own state for the checkpoint (None: it has none)."""
         return None

@@ -10,10 +10,31 @@ import pyro.poutine as poutine
 import torch
 from torch import nn
 
-from pyrovae.errors import PyrovaeError, unknown_name
+from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
 from pyrovae.hooks import owner_modules
 
 LR_SCHEDULES = ("constant", "exponential", "cosine", "iwae")
+
+
+def hold_fixed(model: Callable, guide: Callable, train_only: list[str]) -> None:
+    """Train only the module parameters named under ``train_only`` (``"model.prior"`` covers
+    ``model.prior.*``): every other parameter of model and guide stops requiring a gradient. An
+    empty list changes nothing; a name matching no parameter is a ConfigError."""
+    if not train_only:
+        return
+    named = [
+        (f"{k}.{n}", p)
+        for k, m in (("model", model), ("guide", guide))
+        if isinstance(m, nn.Module)
+        for n, p in m.named_parameters()
+    ]
+    under = lambda name, pre: name == pre or name.startswith(pre + ".")
+    unknown = [pre for pre in train_only if not any(under(n, pre) for n, _ in named)]
+    if unknown:
+        tops = sorted({".".join(n.split(".")[:2]) for n, _ in named})
+        raise ConfigError(f"train.train_only names {unknown}, which hold no parameter; modules: {tops}")
+    for name, p in named:
+        p.requires_grad_(any(under(name, pre) for pre in train_only))
 
 
 def collect_params(model: Callable, guide: Callable, *args) -> list[torch.Tensor]:

@@ -14,6 +14,7 @@ from pyrovae.training.regularized import GROUPS, KERNELS, KL_KINDS, TC_SAMPLING
 
 MAX_SAMPLES = 100_000  #: particles or importance samples per datapoint in a training step
 NAN_POLICIES = ("stop", "skip")
+TRAINED = ("model", "guide")  #: what train.train_only's names start with
 SELECT = ("elbo", "error")  #: train.select: best.pt by validation ELBO, or by classification error
 
 
@@ -62,6 +63,10 @@ class TrainConfig:
     keep_checkpoints: int = 3  #: step checkpoints kept in run_dir/checkpoints (checkpoint.pt is the newest)
     #: stop | skip: on a non-finite loss or gradient, stop the run, or skip that batch
     nan_policy: str = "stop"
+    #: train only the parameters under these names ("model.prior", "guide.encoder"); hold the rest fixed
+    train_only: list[str] = field(default_factory=list)
+    #: start from this run directory's best.pt (``pyrovae fit``): parameters it lacks must be in train_only
+    init_from: str | None = None
 
     def __post_init__(self):
         require_names(
@@ -79,7 +84,7 @@ class TrainConfig:
             },
         )
         opt = lambda v, f: v is None or f(v)  # noqa: E731
-        many = f"an integer in [1, {MAX_SAMPLES}]"
+        many, one = f"an integer in [1, {MAX_SAMPLES}]", "an integer >= 1"
         require(
             "train",
             {
@@ -130,18 +135,14 @@ class TrainConfig:
                     "null or an integer >= 1",
                 ),
                 "select": (self.select, self.select in SELECT, f"one of {', '.join(SELECT)}"),
-                "checkpoint_every": (
-                    self.checkpoint_every,
-                    at_least(self.checkpoint_every, 1),
-                    "an integer >= 1",
-                ),
+                "checkpoint_every": (self.checkpoint_every, at_least(self.checkpoint_every, 1), one),
                 "log_every": (self.log_every, at_least(self.log_every, 1), "an integer >= 1"),
-                "keep_checkpoints": (
-                    self.keep_checkpoints,
-                    at_least(self.keep_checkpoints, 1),
-                    "an integer >= 1",
-                ),
+                "keep_checkpoints": (self.keep_checkpoints, at_least(self.keep_checkpoints, 1), one),
             },
+        )
+        named = all(isinstance(n, str) and n.split(".")[0] in TRAINED for n in self.train_only)
+        require(
+            "train", {"train_only": (self.train_only, named, 'a list of names under "model." or "guide."')}
         )
 
     log_every: int = 50  #: steps between metric lines and progress-bar updates

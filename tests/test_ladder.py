@@ -1,0 +1,162 @@
+"""The top-down hierarchical VAE (``ladder``): one layer is a VAE with a N(0, I) prior; a linear
+ladder is a linear-Gaussian model whose exact log p(x) the estimators reach; the per-layer KLs
+add up to the total; every layer is a Pyro site the guide shares the top-down path for."""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import pyrovae
+from pyrovae import hooks
+from pyrovae.blocks.hierarchy import gaussian_grid, on_grids
+from pyrovae.diagnostics import latent_activity
+from pyrovae.errors import ConfigError, ModelError
+from pyrovae.inference import estimators
+from pyrovae.registry import build_guide, build_model
+from pyrovae.training.settings import TrainConfig
+
+SHAPE = (1, 8, 8)
+
+
+def ladder(layers=3, posterior="residual", channels=(4, 4), **options):
+    torch.manual_seed(0)
+    common = dict(x_shape=SHAPE, latent_dim=1, layers=layers, width=4, channels=list(channels), blocks=1)
+    model = build_model("ladder", **common, **options)
+    guide = build_guide("ladder", **common, posterior=posterior, activation=options.get("activation", "relu"))
+    hooks.attach(model, guide)
+    return model, guide
+
+
+def data(n=6, seed=0):
+    return torch.bernoulli(torch.full((n, *SHAPE), 0.3), generator=torch.Generator().manual_seed(seed))
+
+
+def test_the_sites_run_top_down_and_the_guide_shares_the_models_top_down_path():
+    model, guide = ladder(layers=3)
+    x = data()
+    tr = pyro.poutine.trace(guide).get_trace(x)
+    assert [n for n, s in tr.nodes.items() if s["type"] == "sample" and n != "data"] == ["z3", "z2", "z1"]
+    assert tr.nodes["z1"]["value"].shape == (6, 1, 2, 2) and tr.nodes["z1"]["fn"].event_dim == 3
+    own = {id(p) for p in guide.parameters()}
+    assert not own & {id(p) for p in model.parameters()}  # the top-down layers are the model's alone
+    assert hooks.latent_sites(model) == hooks.latent_sites(guide) == ("z1", "z2", "z3")
+    with pytest.raises(ModelError, match="same layers"):
+        build_guide("ladder", x_shape=SHAPE, latent_dim=1, layers=2, width=4, channels=[4, 4]).attach_model(
+            model
+        )
+
+
+def test_one_layer_is_a_vae_with_a_standard_normal_prior():
+    """L = 1: the ladder's ELBO equals that of the plain VAE z ~ N(0, I), x ~ p(x | f(z)), with f
+    the ladder's one cell and decoder and q its guide's Gaussian, on the same draws."""
+    model, guide = ladder(layers=1)
+    layer = model.down[0]
+    with torch.no_grad():
+        for p in guide.heads.parameters():
+            p.normal_(0, 0.3)  # a guide away from the prior
+
+    def vae(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z1", dist.Normal(0.0, 1.0).expand([1, 2, 2]).to_event(3))
+            pyro.sample("x", model.likelihood(model.params(layer(model.start(x.shape[0]), z))), obs=x)
+
+    def vae_guide(x):
+        d = guide.features(x)[0]
+        with pyro.plate("data", x.shape[0]):
+            delta = gaussian_grid(on_grids(guide.heads[0], torch.cat([model.start(x.shape[0]), d], -3)), 0.0)
+            pyro.sample("z1", dist.Normal(delta[0], delta[1] + guide.min_scale).to_event(3))
+
+    x = data()
+    torch.manual_seed(1)
+    ours = estimators.elbo(model, guide, x, num_samples=4)
+    torch.manual_seed(1)
+    theirs = estimators.elbo(vae, vae_guide, x, num_samples=4)
+    torch.testing.assert_close(ours, theirs)
+
+
+class LinearGaussianLikelihood(torch.nn.Module):
+    """x ~ N(params, sigma^2 I): the registry's Gaussian squashes its mean by a sigmoid."""
+
+    sigma = 0.3
+
+    def forward(self, params):
+        return dist.Normal(params, self.sigma).to_event(3)
+
+    def mean(self, params):
+        return params
+
+    def check_data(self, x):
+        """Any real values."""
+
+
+def linear_ladder(layers=3):
+    """A ladder whose every map is linear, whose prior scales are constant (the scale half of
+    each prior head zeroed) and whose likelihood is N(decoder(h_0), sigma^2 I): a linear-Gaussian
+    model. Each layer is one number (a 1x1 grid), so the guide's residual Gaussians, linear in
+    (h, x) with constant scales, hold the exact posterior's top-down factors."""
+    model, guide = ladder(layers, channels=(4, 4, 4), activation="identity", likelihood="gaussian")
+    model.likelihood = LinearGaussianLikelihood()
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+        for layer in model.down:
+            layer.prior.weight[1:].zero_()  # latent_dim 1: channel 0 is the loc, channel 1 the scale
+    return model, guide
+
+
+def exact_log_likelihood(model, x: torch.Tensor) -> torch.Tensor:
+    """log p(x) of a linear ladder: x = m + J eps + sigma eta with eps, eta standard normal, J the
+    Jacobian of the mean of x in the layers' standardized noises."""
+    sizes = [model.grid] * model.layers
+
+    def mean(eps):
+        h = model.start(1)
+        for (_, layer), e in zip(model.order(), eps.split([math.prod(s) for s in sizes])):
+            loc, scale = model.prior_params(layer, h)
+            h = layer(h, loc + scale * e.reshape(1, *model.grid))
+        return model.params(h).reshape(-1)
+
+    zero = torch.zeros(sum(math.prod(s) for s in sizes))
+    jac = torch.autograd.functional.jacobian(mean, zero)
+    cov = jac @ jac.T + model.likelihood.sigma**2 * torch.eye(jac.shape[0])
+    return dist.MultivariateNormal(mean(zero).detach(), cov).log_prob(x.reshape(x.shape[0], -1))
+
+
+def test_a_linear_gaussian_ladder_has_an_exact_log_likelihood_the_estimators_reach():
+    model, guide = linear_ladder()
+    x = (model.sample(4) + 0.3 * torch.randn(4, *SHAPE)).detach()
+    exact = exact_log_likelihood(model, x)
+    cfg = TrainConfig(max_steps=500, batch_size=4, lr=1e-2, train_only=["guide"], compile="none")
+    pyrovae.fit(model, guide, x, config=cfg, device="cpu", progress=False)  # the guide only: p is fixed
+    torch.manual_seed(0)
+    elbo = estimators.elbo(model, guide, x, num_samples=2000)
+    log_px = estimators.log_likelihood(model, guide, x, num_samples=5000)
+    assert (elbo <= exact + 0.02).all() and (elbo > exact - 0.1).all()  # a near-exact guide
+    torch.testing.assert_close(log_px.double(), exact.double(), atol=0.02, rtol=0)
+
+
+def test_the_per_layer_kls_add_up_to_the_total():
+    """E_q[KL(q(z_l | x, z_>l) || p(z_l | z_>l))] in closed form per layer, summed, against the
+    Monte Carlo KL of the whole hierarchy, E_q[log q(z | x) - log p(z)]."""
+    model, guide = ladder(layers=4, posterior="precision")
+    with torch.no_grad():
+        for p in [*guide.heads.parameters(), *(layer.prior.weight for layer in model.down)]:
+            p.normal_(0, 0.2)
+    x = data(4)
+    torch.manual_seed(0)
+    per_layer = latent_activity(model, guide, x, num_samples=4000, warn_below=0)
+    total = estimators.evaluate_terms(model, guide, x, num_samples=4000)["kl"]
+    summed = sum(a.kl_per_dim.sum() for a in per_layer.values())
+    assert set(per_layer) == {"z1", "z2", "z3", "z4"}
+    assert float(summed) == pytest.approx(float(total.mean()), abs=0.05)
+
+
+def test_the_ladder_refuses_bad_options():
+    with pytest.raises(ConfigError, match="layers"):
+        build_model("ladder", x_shape=SHAPE, latent_dim=1, layers=0, channels=[4, 4])
+    with pytest.raises(ConfigError, match="posterior"):
+        build_guide("ladder", x_shape=SHAPE, latent_dim=1, channels=[4, 4], posterior="product")
