@@ -28,9 +28,10 @@ def _paired(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 @register_guide("ladder")
 class LadderGuide(ImageModule):
-    """q(z_L | x) q(z_L-1 | x, z_L) ... q(z_1 | x, z_>1), top down as the model generates: the
-    bottom-up path d_1 = enc(x), d_l+1 = ResBlock(d_l) (``channels``, ``blocks``, the model's
-    ``width``); the top-down state h is the model's (its layers, shared parameters), and layer l
+    """q(z_L | x) q(z_L-1 | x, z_L) ... q(z_1 | x, z_>1), top down as the model generates
+    (``layers``: by default as many as the model's ``latent_dim`` lists); the bottom-up path
+    d_1 = enc(x), d_l+1 = ResBlock(d_l) (``channels``, ``blocks``, the model's ``width``); the
+    top-down state h is the model's (its layers, shared parameters), and layer l
     combines h with d_l (``posterior``):
 
     - ``"residual"``: N(mu_p + dmu, sigma_p dsigma), (dmu, dsigma) from [h, d_l] (NVAE's
@@ -40,11 +41,14 @@ class LadderGuide(ImageModule):
 
     latent_sites = ("z1",)  #: per instance: ("z1", ..., "zL")
 
-    def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int] = 4, *, layers: int = 8,
-                 width: int = 64, channels: Sequence[int] = (32, 64), blocks: int = 1,
-                 activation: str = "relu", posterior: str = "residual", min_scale: float = 1e-3):  # fmt: skip
+    def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int] = 4, *,
+                 layers: int | None = None, width: int = 64, channels: Sequence[int] = (32, 64),
+                 blocks: int = 1, activation: str = "relu", posterior: str = "residual",
+                 min_scale: float = 1e-3):  # fmt: skip
         if posterior not in POSTERIORS:
             raise unknown_name("ladder posterior (guide.posterior)", posterior, POSTERIORS)
+        if layers is None:  # as many as the model's latent_dim lists, else 8
+            layers = 8 if isinstance(latent_dim, int) else len(latent_dim)
         latent_dim = layer_channels(latent_dim, layers)
         self.latent_sites = tuple(f"z{i}" for i in range(1, layers + 1))
         super().__init__(x_shape, [latent_dim] * layers if layers > 1 else latent_dim)

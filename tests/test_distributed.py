@@ -51,6 +51,52 @@ def spawn(fn, tmp_path, *args):
 # --------------------------------------------------------------------------- training keeps the ranks equal
 
 
+def _family(name):
+    """A small VQ-VAE (EMA codebook, restarts) or 3-layer ladder on 8x8 images."""
+    torch.manual_seed(0)
+    common = {"x_shape": (1, 8, 8), "channels": [8], "blocks": 1}
+    if name == "vqvae":
+        model = build_model("vqvae", latent_dim=3, num_codes=5, ema=True, restart_every=2, **common)
+        guide = build_guide("vq", latent_dim=3, **common)
+    else:
+        model = build_model("ladder", latent_dim=1, layers=3, width=4, **common)
+        guide = build_guide("ladder", latent_dim=model.latent_dim, width=4, **common)  # as a config builds it
+    guide.attach_model(model)
+    return model, guide
+
+
+def _family_worker(rank, tmp, name):
+    _init(rank, tmp)
+    model, guide = _family(name)
+    objective = "vqvae" if name == "vqvae" else "elbo"
+    data = lambda n, s: torch.bernoulli(
+        torch.full((n, 1, 8, 8), 0.4), generator=torch.Generator().manual_seed(s)
+    )
+    cfg = TrainConfig(epochs=2, batch_size=6, log_every=2, objective=objective, compile="none")
+    r = fit(model, guide, data(48, 0), data(12, 1), config=cfg, seed=3, device="cpu", run_dir=f"{tmp}/run",
+            progress=False)  # fmt: skip
+    torch.save(
+        {"model": model.state_dict(), "guide": guide.state_dict(), "rows": r.metrics}, f"{tmp}/rank{rank}.pt"
+    )
+    torch_dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("name", ["vqvae", "ladder"])
+def test_a_vqvae_and_a_ladder_stay_equal_on_every_rank(tmp_path, name):
+    """The VQ-VAE's codebook and moving averages (counts and sums added over the ranks, restarts
+    broadcast from rank 0), the ladder's top-down layers (used by model and guide, reduced once)."""
+    spawn(_family_worker, tmp_path, name)
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
+    for key in ("model", "guide"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs between ranks"
+    init, _ = _family(name)
+    assert any(not torch.equal(v, init.state_dict()[k]) for k, v in a["model"].items())
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert drop(a["rows"]) == drop(b["rows"])
+    assert (name == "vqvae") == any("perplexity" in r for r in a["rows"])
+
+
 def _fit_worker(rank, tmp, flow="none", objective="elbo"):
     _init(rank, tmp)
     objective, point = objective.removesuffix("-point"), objective.endswith("-point")

@@ -160,3 +160,20 @@ def test_the_ladder_refuses_bad_options():
         build_model("ladder", x_shape=SHAPE, latent_dim=1, layers=0, channels=[4, 4])
     with pytest.raises(ConfigError, match="posterior"):
         build_guide("ladder", x_shape=SHAPE, latent_dim=1, channels=[4, 4], posterior="product")
+
+
+def test_updates_with_an_outlying_gradient_norm_are_skipped_and_counted(tmp_path):
+    """train.skip_above (VDVAE): a finite step whose gradient norm exceeds it changes nothing and
+    is counted in the rows; the run goes on, and a resumed run keeps the count."""
+    model, guide = ladder(layers=2)
+    before = [p.detach().clone() for p in (*model.parameters(), *guide.parameters())]
+    cfg = TrainConfig(max_steps=4, batch_size=3, log_every=1, skip_above=1e-6, compile="none")
+    r = pyrovae.fit(model, guide, data(), config=cfg, device="cpu", progress=False, run_dir=tmp_path)
+    assert [row["outliers"] for row in r.metrics if row["kind"] == "step"] == [1, 2, 3, 4]
+    assert all(torch.equal(a, b) for a, b in zip(before, (*model.parameters(), *guide.parameters())))
+    cfg = TrainConfig(max_steps=6, batch_size=3, log_every=1, skip_above=1e9, compile="none")
+    r = pyrovae.fit(
+        model, guide, data(), config=cfg, device="cpu", progress=False, run_dir=tmp_path, resume=True
+    )
+    assert [row["outliers"] for row in r.metrics if row["kind"] == "step"] == [4, 4]
+    assert not all(torch.equal(a, b) for a, b in zip(before, (*model.parameters(), *guide.parameters())))

@@ -9,8 +9,6 @@ import math
 import pyro
 import pytest
 import torch
-import torch.distributed as torch_dist
-import torch.multiprocessing as mp
 
 import pyrovae
 from pyrovae import hooks
@@ -210,28 +208,3 @@ def test_train_only_names_must_hold_parameters():
                     device="cpu", progress=False)  # fmt: skip
     with pytest.raises(ConfigError, match="train_only"):
         TrainConfig(train_only=["prior"])
-
-
-def _ddp_worker(rank, tmp):
-    torch.set_num_threads(1)
-    torch_dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=2)
-    model, guide = vq_pair(ema=True, restart_every=2)
-    cfg = TrainConfig(epochs=2, batch_size=6, log_every=2, objective="vqvae", compile="none")
-    r = pyrovae.fit(model, guide, data(48), data(12, seed=1), config=cfg, seed=3, device="cpu",
-                    run_dir=f"{tmp}/run", progress=False)  # fmt: skip
-    torch.save(
-        {"model": model.state_dict(), "guide": guide.state_dict(), "rows": r.metrics}, f"{tmp}/rank{rank}.pt"
-    )
-    torch_dist.destroy_process_group()
-
-
-def test_the_codebook_and_its_moving_averages_are_equal_on_every_rank(tmp_path):
-    mp.spawn(_ddp_worker, args=(str(tmp_path),), nprocs=2, join=True)
-    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
-    for key in ("model", "guide"):
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs between ranks"
-    init, _ = vq_pair(ema=True)
-    assert not torch.equal(a["model"]["quantizer.codebook"], init.state_dict()["quantizer.codebook"])
-    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
-    assert drop(a["rows"]) == drop(b["rows"]) and any("perplexity" in r for r in a["rows"])

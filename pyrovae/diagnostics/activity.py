@@ -34,6 +34,9 @@ class LatentActivity:
     kl_per_dim: torch.Tensor | None  #: E_x E_q[KL per unit]; None when the prior is not a product over units
     threshold: float
     note: str = ""
+    #: what the variance measures: Cov_x E_q[z_u], or for discrete codes the share of datapoints off
+    #: the position's most common code
+    criterion: str = "Cov_x E_q[z]"
 
     @property
     def num_active(self) -> int:
@@ -57,7 +60,7 @@ class LatentActivity:
         kl = "" if self.kl_per_dim is None else f", KL {self.kl_per_dim.sum():.2f} nats"
         return (
             f"{self.site}: {self.num_active} of {self.variance.numel()} units active "
-            f"(Cov_x E_q[z] > {self.threshold}){kl}{self.note}"
+            f"({self.criterion} > {self.threshold}){kl}{self.note}"
         )
 
 
@@ -163,8 +166,9 @@ def _code_activity(guide, args: tuple, name: str, threshold: float, batch: int =
     freq = torch.bincount(codes.reshape(-1)).double()
     freq = freq[freq > 0] / codes.numel()
     perplexity = float(torch.exp(-(freq * freq.log()).sum()))
-    note = f" (discrete codes: {freq.numel()} distinct used, perplexity {perplexity:.1f}; no KL per unit)"
-    return LatentActivity(name, variance, variance > threshold, None, threshold, note)
+    note = f" (discrete codes: {freq.numel()} distinct used, perplexity {perplexity:.1f}; no KL per position)"
+    criterion = "share off the commonest code"
+    return LatentActivity(name, variance, variance > threshold, None, threshold, note, criterion)
 
 
 def _packer(latent: list[str], per_unit: dict[str, bool]) -> Callable:

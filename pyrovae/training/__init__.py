@@ -1,5 +1,6 @@
 """Training: the loop (:mod:`.loop`: :func:`fit`), its settings (:mod:`.settings`), its state
-(:mod:`.state`), the objectives (:mod:`.objectives`, :mod:`.regularized`, by name in
+(:mod:`.state`), the objectives (:mod:`.objectives`, :mod:`.regularized`, :mod:`.factor`, the VQ-VAE's
+:mod:`.quantized`, by name in
 :mod:`.catalog`), the optimiser and schedules
 (:mod:`.optim`), atomic checkpoints (:mod:`.checkpoint`), the non-finite guard
 (:mod:`.guard`), and the run directory (:mod:`.rundir`, written through :mod:`.runfiles`).
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         kl_weight,
         make_elbo,
     )
+    from pyrovae.training.quantized import VQObjective
     from pyrovae.training.regularized import (
         FreeBitsObjective,
         MMDObjective,

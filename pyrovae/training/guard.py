@@ -20,9 +20,13 @@ class Guard:
     then skips its update), counted in ``count``, and the first such step kept in ``first``;
     :meth:`check` reads the count back (a host sync) and stops the run under ``nan_policy = "stop"``."""
 
-    def __init__(self, device: torch.device, skipped: int = 0, policy: str = "stop", log_every: int = 1):
+    def __init__(self, device: torch.device, skipped: int = 0, policy: str = "stop", log_every: int = 1,
+                 outliers: int = 0, skip_above: float | None = None):  # fmt: skip
         self.found = torch.zeros((), dtype=torch.float32, device=device)  # fused Adam's found_inf is float32
         self.count = torch.full((), skipped, dtype=torch.long, device=device)
+        #: finite steps whose gradient norm exceeded ``skip_above``, their updates skipped (VDVAE)
+        self.outliers = torch.full((), outliers, dtype=torch.long, device=device)
+        self.skip_above = skip_above
         self.first = torch.full((), -1, dtype=torch.long, device=device)
         self.policy = policy
         # steps between reads: on CPU a read costs nothing, so a stop comes at the step itself
@@ -37,23 +41,29 @@ class Guard:
         group: Group | None = None,
     ) -> torch.Tensor:
         """Mark step ``step`` and clip the gradients; under torch.distributed every rank skips the
-        same steps."""
+        same steps. A finite step whose gradient norm (before clipping) exceeds ``skip_above`` is
+        an outlier: its update is skipped too, counted apart (Child 2021, sec. 5.1), and the run
+        goes on."""
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.count.device)
         bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        outlier = torch.zeros_like(bad) if self.skip_above is None else (norm > self.skip_above) & ~bad
         if group is not None:
             bad = group.agree(bad)
+            outlier = group.agree(outlier) & ~bad
         if clip is not None and grads:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
         self.count += bad
+        self.outliers += outlier
         self.first = torch.where(bad & (self.first < 0), step, self.first)
-        self.found = bad.to(self.found.dtype)
+        self.found = (bad | outlier).to(self.found.dtype)
         return bad
 
     def check(
         self, skipped: int, step: int, where: Callable[[], str], last_checkpoint: Callable[[], str]
-    ) -> int:
-        """The number of skipped steps; raises NonFiniteError on a new one under the "stop" policy.
+    ) -> tuple[int, int]:
+        """The numbers of non-finite steps and of outliers (0 unless ``skip_above`` is set); raises
+        NonFiniteError on a new non-finite step under the "stop" policy.
         ``where()`` names the cause (re-running the batch), ``last_checkpoint()`` the way back;
         both are called only then."""
         total = int(self.count)
@@ -64,7 +74,7 @@ class Guard:
                 f"{last_checkpoint()}. Lower train.lr, set train.grad_clip, check the data, or set "
                 'train.nan_policy = "skip" to skip such batches'
             )
-        return total
+        return total, int(self.outliers) if self.skip_above is not None else 0
 
 
 def describe_checkpoint(run_dir: Path | None, last: Path | None) -> str:

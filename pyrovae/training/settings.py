@@ -51,6 +51,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  #: constant | exponential | cosine | iwae (stepped each epoch)
     lr_gamma: float = 0.99  #: decay per epoch for lr_schedule = exponential
     grad_clip: float | None = None  #: clip the gradient norm to this value
+    #: skip the update of a step whose gradient norm exceeds this (VDVAE's outliers; counted in rows)
+    skip_above: float | None = None
     beta: float = 1.0  #: KL weight (beta-VAE); its schedule below
     kl_schedule: str = "constant"  #: constant | linear | cyclical
     warmup_steps: int = 0  #: linear schedule: steps to reach beta
@@ -69,22 +71,10 @@ class TrainConfig:
     init_from: str | None = None
 
     def __post_init__(self):
-        require_names(
-            "train",
-            {
-                "objective": ("objective", self.objective, OBJECTIVES),
-                "free_bits_per": ("free-bits group", self.free_bits_per, GROUPS),
-                "free_bits_kl": ("free-bits KL", self.free_bits_kl, KL_KINDS),
-                "tc_sampling": ("aggregate-posterior estimator", self.tc_sampling, TC_SAMPLING),
-                "mmd_kernel": ("MMD kernel", self.mmd_kernel, KERNELS),
-                "kl_schedule": ("KL schedule", self.kl_schedule, KL_SCHEDULES),
-                "lr_schedule": ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
-                "nan_policy": ("nan_policy", self.nan_policy, NAN_POLICIES),
-                "compile": ("compile mode", self.compile, MODES),
-            },
-        )
+        self._check_names()
         opt = lambda v, f: v is None or f(v)  # noqa: E731
         many, one = f"an integer in [1, {MAX_SAMPLES}]", "an integer >= 1"
+        maybe = "null or a finite number > 0"
         require(
             "train",
             {
@@ -95,7 +85,7 @@ class TrainConfig:
                 "mmd_alpha": (self.mmd_alpha, at_least(self.mmd_alpha, -math.inf), "a finite number"),
                 "mmd_lambda": (self.mmd_lambda, at_least(self.mmd_lambda, 0), "a finite number >= 0"),
                 "wae_lambda": (self.wae_lambda, at_least(self.wae_lambda, 0), "a finite number >= 0"),
-                "mmd_scale": (self.mmd_scale, opt(self.mmd_scale, positive), "null or a finite number > 0"),
+                "mmd_scale": (self.mmd_scale, opt(self.mmd_scale, positive), maybe),
                 "factor_gamma": (self.factor_gamma, at_least(self.factor_gamma, 0), "a finite number >= 0"),
                 "factor_hidden": (
                     self.factor_hidden,
@@ -119,7 +109,8 @@ class TrainConfig:
                 "adam_eps": (self.adam_eps, positive(self.adam_eps), "a finite number > 0"),
                 "weight_decay": (self.weight_decay, at_least(self.weight_decay, 0), "a finite number >= 0"),
                 "lr_gamma": (self.lr_gamma, positive(self.lr_gamma), "a finite number > 0"),
-                "grad_clip": (self.grad_clip, opt(self.grad_clip, positive), "null or a finite number > 0"),
+                "grad_clip": (self.grad_clip, opt(self.grad_clip, positive), maybe),
+                "skip_above": (self.skip_above, opt(self.skip_above, positive), maybe),
                 "beta": (self.beta, at_least(self.beta, 0), "a finite number >= 0"),
                 "warmup_steps": (self.warmup_steps, at_least(self.warmup_steps, 0), "an integer >= 0"),
                 "cycles": (self.cycles, at_least(self.cycles, 1), "an integer >= 1"),
@@ -143,6 +134,22 @@ class TrainConfig:
         named = all(isinstance(n, str) and n.split(".")[0] in TRAINED for n in self.train_only)
         require(
             "train", {"train_only": (self.train_only, named, 'a list of names under "model." or "guide."')}
+        )
+
+    def _check_names(self) -> None:
+        require_names(
+            "train",
+            {
+                "objective": ("objective", self.objective, OBJECTIVES),
+                "free_bits_per": ("free-bits group", self.free_bits_per, GROUPS),
+                "free_bits_kl": ("free-bits KL", self.free_bits_kl, KL_KINDS),
+                "tc_sampling": ("aggregate-posterior estimator", self.tc_sampling, TC_SAMPLING),
+                "mmd_kernel": ("MMD kernel", self.mmd_kernel, KERNELS),
+                "kl_schedule": ("KL schedule", self.kl_schedule, KL_SCHEDULES),
+                "lr_schedule": ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+                "nan_policy": ("nan_policy", self.nan_policy, NAN_POLICIES),
+                "compile": ("compile mode", self.compile, MODES),
+            },
         )
 
     log_every: int = 50  #: steps between metric lines and progress-bar updates

@@ -45,7 +45,7 @@ class TrainState:
     #: the plain numbers of a run, stored in the checkpoint under these names
     COUNTERS = (
         *("step", "epoch", "batch", "best_val_elbo", "best_val_error", "best_val_loss"),
-        *("bad_epochs", "skipped", "metrics_rows"),
+        *("bad_epochs", "skipped", "metrics_rows", "outliers"),
     )
 
     def __init__(
@@ -64,6 +64,7 @@ class TrainState:
         self.objective = objective  #: an objective with state of its own (a discriminator) is checkpointed
         self.config, self.record, self.group = config, record or {}, group
         self.step = self.epoch = self.batch = self.bad_epochs = self.skipped = self.metrics_rows = 0
+        self.outliers = 0  #: updates skipped for a gradient norm above train.skip_above
         self.best_val_elbo, self.best_val_error, self.best_val_loss = -math.inf, math.inf, math.inf
         self.running = torch.zeros(2, device=device)  #: this rank's loss sum and count since the last row
 
@@ -89,6 +90,7 @@ class TrainState:
             "beta": beta,
             "lr": self.optimizer.param_groups[0]["lr"],
             "skipped": self.skipped,
+            **({"outliers": self.outliers} if self.config.skip_above is not None else {}),
         }
 
     def state_dict(self) -> dict:
