@@ -6,19 +6,23 @@ a profile of one step (benchmarks/profile_step.py); the default VAE trained, the
 at K = 5000 on the 10,000 test images against its matmul floor (benchmarks/eval_speed.py);
 one torchrun rank against one process (benchmarks/torchrun_check.py); AIS and BDMC beside
 IS (benchmarks/ais.py); with the time left, IWAE-paper training rows side by side on the
-device (benchmarks/iwae_paper.py). A stage that overruns its budget has its processes
-stopped and is marked "cut"; what it printed and wrote stays. Into OUT go ``gpu.md`` (the
-short table, rewritten after every stage and printed last), ``tables.md`` (each stage's
-full tables), ``gpu.log`` (everything every stage printed) and ``gpu.json``.
+device (benchmarks/iwae_paper.py). Run only when named, as a programme of its own (``--only
+ladder``): the deep hierarchical VAE beside its one- and two-layer versions of the same width
+(benchmarks/ladder.py). A stage that overruns its budget has its processes stopped and is
+marked "cut"; what it printed and wrote stays. Into OUT go ``gpu.md`` (the short table,
+rewritten after every stage and printed last), ``tables.md`` (each stage's full tables),
+``gpu.log`` (everything every stage printed) and ``gpu.json``.
 
     bash benchmarks/gpu.sh OUT                 # on the GPU machine: installs the carried wheels, then this
     python benchmarks/gpu.py OUT [--only speed eval] [--budget speed=200] [--total 510]
     python benchmarks/gpu.py OUT --dry         # every stage on the CPU at toy sizes (the tests run this)
+    bash benchmarks/gpu.sh OUT --only ladder   # the second programme: the deep hierarchical VAE
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -166,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     info = environment(ctx)
     ctx.deadline = time.monotonic() + a.total  # the stages' time starts after the probe
     rows: list[dict] = []
-    chosen = [s for s in stages if a.only is None or s.name in a.only]
+    chosen = [s for s in stages if (s.default if a.only is None else s.name in a.only)]
     with open(a.out / "gpu.log", "w") as log:
         for stage in chosen:
             i = [s.name for s in stages].index(stage.name) + 1
             if stage.name in budgets:
-                stage = Stage(stage.name, stage.title, budgets[stage.name], stage.script, stage.summary)
+                stage = dataclasses.replace(stage, budget=budgets[stage.name])
             rows.append(run_stage(ctx, stage, i, log))
             (a.out / "gpu.md").write_text(render(ctx, info, rows))
             (a.out / "gpu.json").write_text(json.dumps({"environment": info, "stages": rows}, indent=1))

@@ -49,6 +49,7 @@ class Stage:
     budget: float | None  #: seconds; None: whatever is left
     script: Callable[[Context, float], str]  #: (context, seconds it may take) -> bash script
     summary: Callable[[Context, str], str]  #: (context, what it printed) -> the table's cell
+    default: bool = True  #: False: runs only when named (--only), as a programme of its own
 
 
 def _met(ok: bool) -> str:
@@ -263,6 +264,30 @@ def train_summary(ctx: Context, output: str) -> str:
     )
 
 
+# ------------------------------------------------------------------ 8. the deep hierarchical VAE
+
+LADDER_ROWS = ["vae-w32", "vae2-w32", "ladder"]  #: benchmarks/ladder.py's rows of one width
+LADDER_EVAL = 150  #: seconds the ladder stage keeps for scoring its rows (GPU)
+
+
+def ladder_script(ctx: Context, seconds: float) -> str:
+    if ctx.dry:
+        sizes = ["--minutes", "0.01", "--epochs", "1", "--limit", "8", "--samples", "4"]
+        sizes += ["--set", "data.train_size=128", "data.val_limit=32", "train.batch_size=32"]
+    else:  # the rows one after another, each on a third of the training time
+        minutes = max(seconds - LADDER_EVAL, 60) / 60 / len(LADDER_ROWS)
+        sizes = ["--minutes", f"{minutes:.2f}", "--limit", "2000", "--samples", "5000"]
+    args = ["--rows", *LADDER_ROWS, "--runs", ctx.work / "ladder", "--device", ctx.device, *sizes]
+    return ctx.py("benchmarks/ladder.py", *args, "--append", ctx.out / "tables.md")
+
+
+def ladder_summary(ctx: Context, output: str) -> str:
+    """One cell per row benchmarks/ladder.py printed: its training and test log p(x)."""
+    pattern = r"^\| ([\w-]+) \| (\d+ epochs, [\d.]+ min) \| (\S+ \+- \S+) \|"
+    cells = {name: f"{name}: {ll} ({trained})" for name, trained, ll in re.findall(pattern, output, re.M)}
+    return "; ".join(cells.values()) or "no rows"  # a row printed as it goes and again in the table
+
+
 STAGES = [
     Stage("tests", "CUDA tests", 90, tests_script, tests_summary),
     Stage("speed", "Training speed", 170, speed_script, speed_summary),
@@ -271,4 +296,5 @@ STAGES = [
     Stage("torchrun", "One torchrun rank", 40, torchrun_script, torchrun_summary),
     Stage("ais", "AIS and BDMC", 80, ais_script, ais_summary),
     Stage("train", "Training rows", None, train_script, train_summary),
+    Stage("ladder", "Deep hierarchical VAE", 330, ladder_script, ladder_summary, default=False),
 ]

@@ -2,14 +2,16 @@
 for the same wall-clock budget: test log p(x) by importance sampling, the ELBO, and the KL of
 each of the ladder's layers.
 
-Rows: ``configs/mnist_vae.toml`` (784-400-20), ``configs/iwae_paper/2layer_vae_k1.toml`` (the
-two-layer VAE of Burda et al. 2015) and ``configs/mnist_ladder.toml`` (8 layers of 7x7 x 2),
+Rows: ``configs/mnist_ladder.toml`` (8 layers of 7x7 x 2) and the same file with one and two
+layers (``vae-w32``, ``vae2-w32``: the same width, cells, decoder and guide; with one layer the
+ladder is a plain VAE, tests/test_ladder.py), and the MLPs ``configs/mnist_vae.toml``
+(784-400-20) and ``configs/iwae_paper/2layer_vae_k1.toml`` (Burda et al. 2015's two-layer VAE),
 each trained for ``--minutes`` minutes (at most ``--epochs`` epochs; the epoch in progress
 finishes), then scored on the first ``--limit`` test images with K = ``--samples``. The
 published rows (full schedules on GPUs) stand beside them: LVAE 81.74 (Sønderby et al. 2016),
 IWAE 82.90 (Burda et al. 2015, table 1, two layers, k = 50).
 
-    python benchmarks/ladder.py --minutes 20 --limit 1000 --samples 5000
+    python benchmarks/ladder.py --minutes 10 --limit 1000 --samples 5000 --rows vae-w32 vae2-w32 ladder
 """
 
 from __future__ import annotations
@@ -27,19 +29,29 @@ from pyrovae.run.evaluation import evaluate
 from pyrovae.run.recipes import evaluation_data
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = {"vae": "mnist_vae.toml", "vae2": "iwae_paper/2layer_vae_k1.toml", "ladder": "mnist_ladder.toml"}
+#: row: (config, overrides)
+ROWS = {
+    "vae": ("mnist_vae.toml", []),
+    "vae2": ("iwae_paper/2layer_vae_k1.toml", []),
+    "vae-w32": ("mnist_ladder.toml", ["model.layers=1"]),
+    "vae2-w32": ("mnist_ladder.toml", ["model.layers=2"]),
+    "ladder": ("mnist_ladder.toml", []),
+}
 
 
 def measure(name: str, a) -> tuple[str, str]:
-    """The row of ``name`` and, for the ladder, the KL of each layer."""
+    """The row of ``name`` and, for a ladder, the KL of each layer."""
     run_dir = Path(a.runs) / name
+    path, overrides = ROWS[name]
     sets = [
+        *overrides,
         f'run_dir="{run_dir}"',
         f'device="{a.device}"',
         f"train.epochs={a.epochs}",
         'data.pixels="dynamic"',
+        *a.set,
     ]
-    config = config_from_dict(apply_overrides(load_config(ROOT / "configs" / ROWS[name]).to_dict(), sets))
+    config = config_from_dict(apply_overrides(load_config(ROOT / "configs" / path).to_dict(), sets))
     start = time.perf_counter()
     over = lambda r: r["kind"] == "epoch" and time.perf_counter() - start > 60 * a.minutes
     result = experiment.fit_config(config, callbacks=[over], progress=False)
@@ -49,7 +61,7 @@ def measure(name: str, a) -> tuple[str, str]:
     out = evaluate(run, data, num_samples=a.samples)
     fmt = lambda t: f"{t['mean']:.2f} +- {t['stderr']:.2f}"
     layers = ""
-    if name == "ladder":
+    if run.config.model.name == "ladder":
         act = latent_activity(run.model, run.guide, data.images, num_samples=4, warn_below=0)
         layers = ", ".join(f"{n} {float(v.kl_per_dim.sum()):.1f}" for n, v in act.items())
     cells = [name, f"{result.epoch} epochs, {minutes:.1f} min", fmt(out["log_likelihood"]), fmt(out["elbo"]),
@@ -63,9 +75,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1000)
     p.add_argument("--limit", type=int, default=1000, help="test images scored")
     p.add_argument("--samples", type=int, default=5000, help="importance samples K")
-    p.add_argument("--rows", nargs="+", default=list(ROWS))
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--runs", default="runs/ladder")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every row")
     p.add_argument("--append")
     a = p.parse_args()
     lines = [
@@ -76,12 +89,14 @@ def main() -> None:
     for name in a.rows:
         line, layers = measure(name, a)
         lines.append(line)
-        notes += [f"KL per layer of the ladder (nats): {layers}"] if layers else []
+        notes += [f"KL per layer of {name} (nats): {layers}"] if layers else []
         print(line, flush=True)
     lines += ["| LVAE (Sønderby et al. 2016; full schedule, GPU) | | -81.74 | | |",
               "| IWAE, 2 layers, k = 50 (Burda et al. 2015, table 1; full schedule) | | -82.90 | | |",
               "", *notes]  # fmt: skip
+    rows = f" --rows {' '.join(a.rows)}" if a.rows != list(ROWS) else ""
     command = f"python benchmarks/ladder.py --minutes {a.minutes:g} --limit {a.limit} --samples {a.samples}"
+    command += rows
     conditions = f"dynamic MNIST, {a.minutes:g} minutes of training per row, first {a.limit} test images"
     emit_measured(a.device, conditions, command, lines, a.append)
 

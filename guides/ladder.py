@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from pyrovae.blocks.base import ImageModule
-from pyrovae.blocks.hierarchy import gaussian_grid, layer_channels, on_grids, zero_conv
+from pyrovae.blocks.hierarchy import gaussian_grid, layer_channels, normalised, on_grids, zero_conv
 from pyrovae.blocks.nn import GridEncoder, ResBlock
 from pyrovae.errors import ModelError, unknown_name
 from pyrovae.registry import register_guide
@@ -29,26 +29,28 @@ def _paired(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @register_guide("ladder")
 class LadderGuide(ImageModule):
     """q(z_L | x) q(z_L-1 | x, z_L) ... q(z_1 | x, z_>1), top down as the model generates
-    (``layers``: by default as many as the model's ``latent_dim`` lists); the bottom-up path
-    d_1 = enc(x), d_l+1 = ResBlock(d_l) (``channels``, ``blocks``, the model's ``width``); the
-    top-down state h is the model's (its layers, shared parameters), and layer l
-    combines h with d_l (``posterior``):
+    (``layers``: by default as many as the model's ``latent_dim`` lists, one for an integer, as
+    a one-layer model reports it); the bottom-up path d_1 = enc(x), d_l+1 = ResBlock(d_l)
+    (``channels``, ``blocks``, the model's ``width``); the top-down state h is the model's (its
+    layers, shared parameters), and layer l combines h with d_l (``posterior``):
 
     - ``"residual"``: N(mu_p + dmu, sigma_p dsigma), (dmu, dsigma) from [h, d_l] (NVAE's
       residual normal, Vahdat & Kautz 2020, eq. 2); it starts at q = p;
     - ``"precision"``: the precision-weighted product of p(z_l | h) and a Gaussian of d_l
-      alone (LVAE, Sønderby et al. 2016, eqs. 18-19)."""
+      alone (LVAE, Sønderby et al. 2016, eqs. 18-19).
+
+    ``norm = "weight"`` weight-normalises the guide's own convolutions (:func:`normalised`)."""
 
     latent_sites = ("z1",)  #: per instance: ("z1", ..., "zL")
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int] = 4, *,
                  layers: int | None = None, width: int = 64, channels: Sequence[int] = (32, 64),
                  blocks: int = 1, activation: str = "relu", posterior: str = "residual",
-                 min_scale: float = 1e-3):  # fmt: skip
+                 min_scale: float = 1e-3, norm: str = "none"):  # fmt: skip
         if posterior not in POSTERIORS:
             raise unknown_name("ladder posterior (guide.posterior)", posterior, POSTERIORS)
-        if layers is None:  # as many as the model's latent_dim lists, else 8
-            layers = 8 if isinstance(latent_dim, int) else len(latent_dim)
+        if layers is None:  # as many as the model's latent_dim lists; an integer is one layer's
+            layers = 1 if isinstance(latent_dim, int) else len(latent_dim)
         latent_dim = layer_channels(latent_dim, layers)
         self.latent_sites = tuple(f"z{i}" for i in range(1, layers + 1))
         super().__init__(x_shape, [latent_dim] * layers if layers > 1 else latent_dim)
@@ -58,6 +60,7 @@ class LadderGuide(ImageModule):
         self.up = nn.ModuleList(ResBlock(width, activation) for _ in range(layers - 1))
         c_in = 2 * width if posterior == "residual" else width
         self.heads = nn.ModuleList(zero_conv(c_in, 2 * latent_dim) for _ in range(layers))
+        normalised(self, norm)
         self._model: list = []  # the model whose top-down path this guide shares (not a submodule)
 
     def attach_model(self, model) -> None:

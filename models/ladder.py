@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from pyrovae.blocks.base import ImageModel
-from pyrovae.blocks.hierarchy import TopDownLayer, gaussian_grid, layer_channels, on_grids
+from pyrovae.blocks.hierarchy import TopDownLayer, gaussian_grid, layer_channels, normalised, on_grids
 from pyrovae.blocks.likelihoods import Likelihood
 from pyrovae.blocks.nn import GridDecoder
 from pyrovae.registry import register_model
@@ -28,14 +28,15 @@ class LadderVAE(ImageModel):
     (LVAE, Sønderby et al. 2016, eq. 1; the residual cells of VDVAE). The decoder turns h_0 into
     the likelihood's parameters (``channels`` coarsest first, ``blocks`` residual blocks); the
     guide ``ladder`` shares the top-down layers (:class:`TopDownLayer`). With one layer and its
-    prior head at zero it is a VAE with p(z) = N(0, I)."""
+    prior head at zero it is a VAE with p(z) = N(0, I). ``norm = "weight"`` weight-normalises
+    every convolution (NVAE's choice, :func:`normalised`)."""
 
     latent_sites = ("z1",)  #: per instance: ("z1", ..., "zL")
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int] = 4, *, layers: int = 8,
                  width: int = 64, channels: Sequence[int] = (64, 32), blocks: int = 1,
                  activation: str = "relu", likelihood: str = "bernoulli", sigma: float | str = 0.1,
-                 components: int = 5, min_scale: float = 1e-3):  # fmt: skip
+                 components: int = 5, min_scale: float = 1e-3, norm: str = "none"):  # fmt: skip
         latent_dim = layer_channels(latent_dim, layers)
         self.latent_sites = tuple(f"z{i}" for i in range(1, layers + 1))
         super().__init__(x_shape, [latent_dim] * layers if layers > 1 else latent_dim)
@@ -47,6 +48,7 @@ class LadderVAE(ImageModel):
         self.down = nn.ModuleList(TopDownLayer(width, latent_dim, activation) for _ in range(layers))
         out = self.likelihood.param_shape[0]
         self.decoder = GridDecoder(width, self.x_shape, channels, blocks, activation, out)
+        normalised(self, norm)
 
     def order(self) -> list[tuple[str, TopDownLayer]]:
         """(site, layer) from the top down: ("zL", ...), ..., ("z1", ...)."""

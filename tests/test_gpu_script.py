@@ -62,6 +62,18 @@ def test_a_stage_past_its_budget_is_cut_and_a_spent_total_skips_the_rest(tmp_pat
     assert "2. Training speed" in (out / "gpu.log").read_text()  # what the cut stage printed stays
 
 
+def test_the_ladder_programme_runs_when_named(tmp_path):
+    """The deep hierarchical VAE's stage runs only under --only: its rows, scored, in the table."""
+    out = tmp_path / "out"
+    proc = gpu_sh(out, "--dry", "--only", "ladder")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    s = stages(out)
+    assert list(s) == ["ladder"] and s["ladder"]["status"] == "ok", s
+    assert [c.split(":")[0] for c in s["ladder"]["result"].split("; ")] == ["vae-w32", "vae2-w32", "ladder"]
+    assert "| 8. Deep hierarchical VAE | ok |" in (out / "gpu.md").read_text()
+    assert "KL per layer of ladder" in (out / "tables.md").read_text()
+
+
 def test_budget_overrides_name_the_stages():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "/tmp/unused", "--budget", "sped=3"],
@@ -106,4 +118,6 @@ def test_the_readme_lists_the_stages_and_budgets_the_script_runs():
     ]
     assert [(n, b.replace("the rest", "rest")) for n, _, b in listed] == expected
     assert f"on {module.TOTAL} in all" in readme
-    assert sum(s.budget for s in module.STAGES if s.budget) < module.TOTAL  # the last stage gets the rest
+    default = [s for s in module.STAGES if s.default]
+    assert sum(s.budget for s in default if s.budget) < module.TOTAL  # the last stage gets the rest
+    assert all(s.budget < module.TOTAL for s in module.STAGES if not s.default)  # a programme of its own

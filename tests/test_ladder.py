@@ -3,11 +3,13 @@ ladder is a linear-Gaussian model whose exact log p(x) the estimators reach; the
 add up to the total; every layer is a Pyro site the guide shares the top-down path for."""
 
 import math
+from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from torch import nn
 
 import pyrovae
 from pyrovae import hooks
@@ -16,16 +18,20 @@ from pyrovae.diagnostics import latent_activity
 from pyrovae.errors import ConfigError, ModelError
 from pyrovae.inference import estimators
 from pyrovae.registry import build_guide, build_model
+from pyrovae.run.config import apply_overrides, config_from_dict, load_config
+from pyrovae.run.recipes import build
 from pyrovae.training.settings import TrainConfig
 
 SHAPE = (1, 8, 8)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def ladder(layers=3, posterior="residual", channels=(4, 4), **options):
     torch.manual_seed(0)
     common = dict(x_shape=SHAPE, latent_dim=1, layers=layers, width=4, channels=list(channels), blocks=1)
     model = build_model("ladder", **common, **options)
-    guide = build_guide("ladder", **common, posterior=posterior, activation=options.get("activation", "relu"))
+    guide = build_guide("ladder", **common, posterior=posterior, activation=options.get("activation", "relu"),
+                        norm=options.get("norm", "none"))  # fmt: skip
     hooks.attach(model, guide)
     return model, guide
 
@@ -47,6 +53,14 @@ def test_the_sites_run_top_down_and_the_guide_shares_the_models_top_down_path():
         build_guide("ladder", x_shape=SHAPE, latent_dim=1, layers=2, width=4, channels=[4, 4]).attach_model(
             model
         )
+
+
+@pytest.mark.parametrize("layers", [1, 2, 8])
+def test_the_shipped_config_builds_a_guide_of_the_models_depth(layers):
+    """The guide takes its depth from the model's latent_dim, one layer's an integer included."""
+    cfg = load_config(ROOT / "configs" / "mnist_ladder.toml").to_dict()
+    model, guide = build(config_from_dict(apply_overrides(cfg, [f"model.layers={layers}"])), (1, 28, 28))
+    assert guide.layers == model.layers == layers and guide.model is model
 
 
 def test_one_layer_is_a_vae_with_a_standard_normal_prior():
@@ -160,6 +174,37 @@ def test_the_ladder_refuses_bad_options():
         build_model("ladder", x_shape=SHAPE, latent_dim=1, layers=0, channels=[4, 4])
     with pytest.raises(ConfigError, match="posterior"):
         build_guide("ladder", x_shape=SHAPE, latent_dim=1, channels=[4, 4], posterior="product")
+    with pytest.raises(ConfigError, match="normalisation"):
+        build_model("ladder", x_shape=SHAPE, latent_dim=1, channels=[4, 4], norm="batch")
+
+
+def convs(module):
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
+def test_weight_normalisation_starts_as_the_plain_ladder_trains_and_resumes(tmp_path):
+    """norm = "weight" (Salimans & Kingma 2016, eq. 2): each convolution's weight is g v / ||v||
+    per output channel, at the start the plain ladder's weight (a zero-started one exactly zero,
+    with g = 0 and a random v); a run moves every g and resumes bitwise."""
+    plain, _ = ladder(layers=2)
+    normed, _ = ladder(layers=2, norm="weight")
+    for a, b in zip(convs(plain), convs(normed), strict=True):
+        g, v = b.parametrizations.weight.original0, b.parametrizations.weight.original1
+        out = 1 if isinstance(b, nn.ConvTranspose2d) else 0
+        norm = v.pow(2).sum([d for d in range(v.dim()) if d != out], keepdim=True).sqrt()
+        torch.testing.assert_close(b.weight, g * v / norm)
+        torch.testing.assert_close(b.weight, a.weight)
+        assert a.weight.any() or (not b.weight.any() and not g.any() and v.any())
+    out = {}
+    for name, steps, resume in (("a", 8, False), ("b", 4, False), ("b", 8, True)):
+        if not resume:
+            model, guide = ladder(layers=2, norm="weight")
+        cfg = TrainConfig(max_steps=steps, batch_size=3, compile="none", checkpoint_every=4)
+        pyrovae.fit(model, guide, data(), config=cfg, device="cpu", progress=False, seed=3,
+                    run_dir=tmp_path / name, resume=resume)  # fmt: skip
+        out[name] = [t.clone() for t in (*model.state_dict().values(), *guide.state_dict().values())]
+    assert all(torch.equal(a, b) for a, b in zip(out["a"], out["b"], strict=True))
+    assert all(c.parametrizations.weight.original0.any() for c in (*convs(model), *convs(guide)))
 
 
 def test_updates_with_an_outlying_gradient_norm_are_skipped_and_counted(tmp_path):
@@ -176,4 +221,17 @@ def test_updates_with_an_outlying_gradient_norm_are_skipped_and_counted(tmp_path
         model, guide, data(), config=cfg, device="cpu", progress=False, run_dir=tmp_path, resume=True
     )
     assert [row["outliers"] for row in r.metrics if row["kind"] == "step"] == [4, 4]
+    assert not all(torch.equal(a, b) for a, b in zip(before, (*model.parameters(), *guide.parameters())))
+
+
+def test_a_streak_of_large_norms_is_not_skipped_past_the_patience():
+    """Norms above skip_above in every step are the model's state, not spikes: after
+    skip_patience of them in a row the (clipped) updates go through, with one warning."""
+    model, guide = ladder(layers=2)
+    before = [p.detach().clone() for p in (*model.parameters(), *guide.parameters())]
+    cfg = TrainConfig(max_steps=6, batch_size=3, log_every=1, skip_above=1e-6, skip_patience=3, grad_clip=1.0,
+                      compile="none")  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="3 steps in a row had a gradient norm above train.skip_above"):
+        r = pyrovae.fit(model, guide, data(), config=cfg, device="cpu", progress=False)
+    assert [row["outliers"] for row in r.metrics if row["kind"] == "step"] == [1, 2, 3, 3, 3, 3]
     assert not all(torch.equal(a, b) for a, b in zip(before, (*model.parameters(), *guide.parameters())))

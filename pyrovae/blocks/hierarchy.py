@@ -12,7 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyrovae.blocks.nn import ResBlock
-from pyrovae.errors import ConfigError
+from pyrovae.errors import ConfigError, unknown_name
+
+NORMS = ("none", "weight")  #: the ladder's normalisation of its convolutions (model/guide.norm)
 
 
 def layer_channels(latent_dim, layers: int) -> int:
@@ -62,3 +64,25 @@ class TopDownLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return on_grids(self.cell, h + on_grids(self.project, z))
+
+
+def normalised(module: nn.Module, norm: str) -> nn.Module:
+    """``module`` with every convolution weight-normalised if ``norm`` is ``"weight"``: w = g v /
+    ||v||, one g per output channel (Salimans & Kingma 2016, eq. 2; NVAE, Vahdat & Kautz 2020,
+    sec. 3.2). The function is unchanged: g starts at ||v||, and a weight that starts at zero
+    (:func:`zero_conv`, a residual block's last convolution) gets a random direction v and g =
+    0, so that it still starts at exactly zero."""
+    if norm not in NORMS:
+        raise unknown_name("normalisation (model.norm / guide.norm)", norm, NORMS)
+    if norm == "none":
+        return module
+    for conv in [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]:
+        zero = not conv.weight.detach().any()
+        if zero:
+            nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))  # nn.Conv2d's own initialisation
+        dim = 1 if isinstance(conv, nn.ConvTranspose2d) else 0  # the output channels
+        nn.utils.parametrizations.weight_norm(conv, dim=dim)
+        if zero:
+            with torch.no_grad():
+                conv.parametrizations.weight.original0.zero_()
+    return module

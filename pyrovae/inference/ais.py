@@ -94,8 +94,8 @@ class Layout:
                 continue
             if site["fn"].has_enumerate_support or not torch.is_floating_point(site["value"]):
                 raise PyrovaeError(
-                    f"AIS moves continuous latents by HMC; site {name!r} is discrete: sum it out "
-                    "in the model, or evaluate this pair with the importance-sampling estimators"
+                    f"AIS moves continuous latents by HMC; site {name!r} is discrete: sum it out in the "
+                    "model if it is enumerable, else use `evaluate --method is` (a code grid: its bound)"
                 )
             value, event = site["value"], site["fn"].event_dim
             left = (value.dim() + particle_dim - event, value.dim() + data_frame(site).dim - event)

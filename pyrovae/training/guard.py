@@ -3,6 +3,7 @@ and reported by the step and the site they came from."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -20,17 +21,48 @@ class Guard:
     then skips its update), counted in ``count``, and the first such step kept in ``first``;
     :meth:`check` reads the count back (a host sync) and stops the run under ``nan_policy = "stop"``."""
 
-    def __init__(self, device: torch.device, skipped: int = 0, policy: str = "stop", log_every: int = 1,
-                 outliers: int = 0, skip_above: float | None = None):  # fmt: skip
+    def __init__(self, device: torch.device, skipped: int = 0, policy: str = "stop", log_every: int = 1):
         self.found = torch.zeros((), dtype=torch.float32, device=device)  # fused Adam's found_inf is float32
         self.count = torch.full((), skipped, dtype=torch.long, device=device)
-        #: finite steps whose gradient norm exceeded ``skip_above``, their updates skipped (VDVAE)
-        self.outliers = torch.full((), outliers, dtype=torch.long, device=device)
-        self.skip_above = skip_above
+        self.outliers_from(0, 0, None)
         self.first = torch.full((), -1, dtype=torch.long, device=device)
         self.policy = policy
         # steps between reads: on CPU a read costs nothing, so a stop comes at the step itself
         self.every = 1 if device.type == "cpu" and policy == "stop" else log_every
+
+    @classmethod
+    def of_run(cls, state, device: torch.device) -> Guard:
+        """The guard of a run's ``TrainState`` (its counts so far) under its config."""
+        cfg = state.config
+        guard = cls(device, state.skipped, cfg.nan_policy, cfg.log_every)
+        guard.outliers_from(state.outliers, state.outlier_streak, cfg.skip_above, cfg.skip_patience)
+        return guard
+
+    def outliers_from(self, outliers: int, streak: int, skip_above: float | None, patience: int = 20) -> None:
+        """Skip the updates of finite steps whose gradient norm exceeds ``skip_above`` (VDVAE's
+        outliers), ``outliers`` of them so far, the last ``streak`` steps in a row above it;
+        from the ``patience``-th in a row on they go through, clipped, until a step falls below."""
+        device = self.count.device
+        self.outliers = torch.full((), outliers, dtype=torch.long, device=device)
+        self.streak = torch.full((), streak, dtype=torch.long, device=device)
+        self.skip_above, self.patience, self._warned = skip_above, patience, False
+
+    def streak_now(self) -> int:
+        """Steps in a row, up to the last, above ``skip_above`` (a host read); warns once when
+        the streak has reached the patience."""
+        if self.skip_above is None:
+            return 0
+        streak = int(self.streak)
+        if streak >= self.patience and not self._warned:
+            self._warned = True
+            warnings.warn(
+                f"{streak} steps in a row had a gradient norm above train.skip_above = {self.skip_above:g}: "
+                "not outliers but the model's state, so their updates go through (clipped by "
+                "train.grad_clip); raise train.skip_above",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return streak
 
     def update(
         self,
@@ -43,14 +75,16 @@ class Guard:
         """Mark step ``step`` and clip the gradients; under torch.distributed every rank skips the
         same steps. A finite step whose gradient norm (before clipping) exceeds ``skip_above`` is
         an outlier: its update is skipped too, counted apart (Child 2021, sec. 5.1), and the run
-        goes on."""
+        goes on; past the patience in a row (:meth:`outliers_from`) such updates go through."""
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.count.device)
         bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-        outlier = torch.zeros_like(bad) if self.skip_above is None else (norm > self.skip_above) & ~bad
+        above = torch.zeros_like(bad) if self.skip_above is None else (norm > self.skip_above) & ~bad
         if group is not None:
             bad = group.agree(bad)
-            outlier = group.agree(outlier) & ~bad
+            above = group.agree(above) & ~bad
+        outlier = above & (self.streak < self.patience)
+        self.streak = torch.where(above, self.streak + 1, 0)
         if clip is not None and grads:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
         self.count += bad
@@ -59,13 +93,13 @@ class Guard:
         self.found = (bad | outlier).to(self.found.dtype)
         return bad
 
-    def check(
-        self, skipped: int, step: int, where: Callable[[], str], last_checkpoint: Callable[[], str]
-    ) -> tuple[int, int]:
-        """The numbers of non-finite steps and of outliers (0 unless ``skip_above`` is set); raises
+    def check(self, state, where: Callable[[], str], last_checkpoint: Callable[[], str]) -> tuple:
+        """The numbers of non-finite steps, of outliers and of steps in a row above ``skip_above``
+        (:meth:`streak_now`; both 0 unless ``skip_above`` is set) for the run's ``state``; raises
         NonFiniteError on a new non-finite step under the "stop" policy.
         ``where()`` names the cause (re-running the batch), ``last_checkpoint()`` the way back;
         both are called only then."""
+        skipped, step = state.skipped, state.step
         total = int(self.count)
         if total > skipped and self.policy == "stop":
             raise NonFiniteError(
@@ -74,7 +108,7 @@ class Guard:
                 f"{last_checkpoint()}. Lower train.lr, set train.grad_clip, check the data, or set "
                 'train.nan_policy = "skip" to skip such batches'
             )
-        return total, int(self.outliers) if self.skip_above is not None else 0
+        return total, int(self.outliers) if self.skip_above is not None else 0, self.streak_now()
 
 
 def describe_checkpoint(run_dir: Path | None, last: Path | None) -> str:

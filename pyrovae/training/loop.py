@@ -312,11 +312,11 @@ def fit(
     step_loss = group.wrap(loss_fn, owner_modules(model, guide), device)
     validator = lambda: Validator(model, guide, run.val, cfg.val_samples, seed, group, device, objective)
     validate = None if run.val is None else validator()
-    guard = Guard(device, state.skipped, cfg.nan_policy, cfg.log_every, state.outliers, cfg.skip_above)
+    guard = Guard.of_run(state, device)
 
     def check(x) -> None:  # read the device's non-finite count back and stop on a new one
         where = lambda: diagnose_nonfinite(model, guide, x, params)
-        state.skipped, state.outliers = guard.check(state.skipped, state.step, where, files.describe_last)
+        state.skipped, state.outliers, state.outlier_streak = guard.check(state, where, files.describe_last)
 
     t_epoch = time.perf_counter()
     show = progress if group.main else False

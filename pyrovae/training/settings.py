@@ -53,6 +53,9 @@ class TrainConfig:
     grad_clip: float | None = None  #: clip the gradient norm to this value
     #: skip the update of a step whose gradient norm exceeds this (VDVAE's outliers; counted in rows)
     skip_above: float | None = None
+    #: after this many outliers in a row the updates go through (clipped by grad_clip): norms that
+    #: stay above skip_above are the model's state, not a spike, and skipping them would stall the run
+    skip_patience: int = 20
     beta: float = 1.0  #: KL weight (beta-VAE); its schedule below
     kl_schedule: str = "constant"  #: constant | linear | cyclical
     warmup_steps: int = 0  #: linear schedule: steps to reach beta
@@ -111,6 +114,7 @@ class TrainConfig:
                 "lr_gamma": (self.lr_gamma, positive(self.lr_gamma), "a finite number > 0"),
                 "grad_clip": (self.grad_clip, opt(self.grad_clip, positive), maybe),
                 "skip_above": (self.skip_above, opt(self.skip_above, positive), maybe),
+                "skip_patience": (self.skip_patience, at_least(self.skip_patience, 1), "an integer >= 1"),
                 "beta": (self.beta, at_least(self.beta, 0), "a finite number >= 0"),
                 "warmup_steps": (self.warmup_steps, at_least(self.warmup_steps, 0), "an integer >= 0"),
                 "cycles": (self.cycles, at_least(self.cycles, 1), "an integer >= 1"),

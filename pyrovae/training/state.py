@@ -45,7 +45,7 @@ class TrainState:
     #: the plain numbers of a run, stored in the checkpoint under these names
     COUNTERS = (
         *("step", "epoch", "batch", "best_val_elbo", "best_val_error", "best_val_loss"),
-        *("bad_epochs", "skipped", "metrics_rows", "outliers"),
+        *("bad_epochs", "skipped", "metrics_rows", "outliers", "outlier_streak"),
     )
 
     def __init__(
@@ -65,6 +65,7 @@ class TrainState:
         self.config, self.record, self.group = config, record or {}, group
         self.step = self.epoch = self.batch = self.bad_epochs = self.skipped = self.metrics_rows = 0
         self.outliers = 0  #: updates skipped for a gradient norm above train.skip_above
+        self.outlier_streak = 0  #: steps in a row, up to the last, with a norm above it
         self.best_val_elbo, self.best_val_error, self.best_val_loss = -math.inf, math.inf, math.inf
         self.running = torch.zeros(2, device=device)  #: this rank's loss sum and count since the last row
 
