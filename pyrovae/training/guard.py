@@ -21,10 +21,16 @@ class Guard:
     then skips its update), counted in ``count``, and the first such step kept in ``first``;
     :meth:`check` reads the count back (a host sync) and stops the run under ``nan_policy = "stop"``."""
 
-    def __init__(self, device: torch.device, skipped: int = 0, policy: str = "stop", log_every: int = 1):
+    def __init__(self, device: torch.device, skipped: int = 0, policy: str = "stop", log_every: int = 1,
+                 skip_above: float | None = None, outliers: int = 0, patience: int = 20,
+                 streak: int = 0):  # fmt: skip
         self.found = torch.zeros((), dtype=torch.float32, device=device)  # fused Adam's found_inf is float32
         self.count = torch.full((), skipped, dtype=torch.long, device=device)
-        self.outliers_from(0, 0, None)
+        #: finite steps whose gradient norm exceeded ``skip_above``, their updates skipped (VDVAE);
+        #: ``streak``: the last steps in a row above it; from the ``patience``-th on they go through
+        self.outliers = torch.full((), outliers, dtype=torch.long, device=device)
+        self.streak = torch.full((), streak, dtype=torch.long, device=device)
+        self.skip_above, self.patience, self._warned = skip_above, patience, False
         self.first = torch.full((), -1, dtype=torch.long, device=device)
         self.policy = policy
         # steps between reads: on CPU a read costs nothing, so a stop comes at the step itself
@@ -34,18 +40,8 @@ class Guard:
     def of_run(cls, state, device: torch.device) -> Guard:
         """The guard of a run's ``TrainState`` (its counts so far) under its config."""
         cfg = state.config
-        guard = cls(device, state.skipped, cfg.nan_policy, cfg.log_every)
-        guard.outliers_from(state.outliers, state.outlier_streak, cfg.skip_above, cfg.skip_patience)
-        return guard
-
-    def outliers_from(self, outliers: int, streak: int, skip_above: float | None, patience: int = 20) -> None:
-        """Skip the updates of finite steps whose gradient norm exceeds ``skip_above`` (VDVAE's
-        outliers), ``outliers`` of them so far, the last ``streak`` steps in a row above it;
-        from the ``patience``-th in a row on they go through, clipped, until a step falls below."""
-        device = self.count.device
-        self.outliers = torch.full((), outliers, dtype=torch.long, device=device)
-        self.streak = torch.full((), streak, dtype=torch.long, device=device)
-        self.skip_above, self.patience, self._warned = skip_above, patience, False
+        return cls(device, state.skipped, cfg.nan_policy, cfg.log_every, cfg.skip_above, state.outliers,
+                   cfg.skip_patience, state.outlier_streak)  # fmt: skip
 
     def streak_now(self) -> int:
         """Steps in a row, up to the last, above ``skip_above`` (a host read); warns once when
@@ -75,16 +71,18 @@ class Guard:
         """Mark step ``step`` and clip the gradients; under torch.distributed every rank skips the
         same steps. A finite step whose gradient norm (before clipping) exceeds ``skip_above`` is
         an outlier: its update is skipped too, counted apart (Child 2021, sec. 5.1), and the run
-        goes on; past the patience in a row (:meth:`outliers_from`) such updates go through."""
+        goes on; from the ``patience``-th such step in a row on, their updates go through."""
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.count.device)
         bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-        above = torch.zeros_like(bad) if self.skip_above is None else (norm > self.skip_above) & ~bad
         if group is not None:
             bad = group.agree(bad)
-            above = group.agree(above) & ~bad
-        outlier = above & (self.streak < self.patience)
-        self.streak = torch.where(above, self.streak + 1, 0)
+        outlier = torch.zeros_like(bad)
+        if self.skip_above is not None:  # a setting of the run: the same branch at every step
+            above = norm > self.skip_above
+            above = (group.agree(above) if group is not None else above) & ~bad
+            outlier = above & (self.streak < self.patience)
+            self.streak = torch.where(above, self.streak + 1, 0)
         if clip is not None and grads:
             torch.nn.utils.clip_grads_with_norm_(params, clip, norm)
         self.count += bad
