@@ -11,7 +11,15 @@ import torch
 from torch import nn
 
 from pyrovae.blocks.base import ImageModule
-from pyrovae.blocks.hierarchy import gaussian_grid, layer_channels, normalised, on_grids, zero_conv
+from pyrovae.blocks.hierarchy import (
+    Spectral,
+    SpectralPenalty,
+    gaussian_grid,
+    layer_channels,
+    normalised,
+    on_grids,
+    zero_conv,
+)
 from pyrovae.blocks.nn import GridEncoder, ResBlock
 from pyrovae.errors import ModelError, unknown_name
 from pyrovae.registry import register_guide
@@ -27,7 +35,7 @@ def _paired(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @register_guide("ladder")
-class LadderGuide(ImageModule):
+class LadderGuide(Spectral, ImageModule):
     """q(z_L | x) q(z_L-1 | x, z_L) ... q(z_1 | x, z_>1), top down as the model generates
     (``layers``: by default as many as the model's ``latent_dim`` lists, one for an integer, as
     a one-layer model reports it); the bottom-up path d_1 = enc(x), d_l+1 = ResBlock(d_l)
@@ -39,14 +47,16 @@ class LadderGuide(ImageModule):
     - ``"precision"``: the precision-weighted product of p(z_l | h) and a Gaussian of d_l
       alone (LVAE, Sønderby et al. 2016, eqs. 18-19).
 
-    ``norm = "weight"`` weight-normalises the guide's own convolutions (:func:`normalised`)."""
+    ``norm = "weight"`` weight-normalises the guide's own convolutions (:func:`normalised`) and
+    ``spectral`` > 0 regularises their largest singular values (:class:`SpectralPenalty`), as
+    the model's options do for its own."""
 
     latent_sites = ("z1",)  #: per instance: ("z1", ..., "zL")
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int] = 4, *,
                  layers: int | None = None, width: int = 64, channels: Sequence[int] = (32, 64),
                  blocks: int = 1, activation: str = "relu", posterior: str = "residual",
-                 min_scale: float = 1e-3, norm: str = "none"):  # fmt: skip
+                 min_scale: float = 1e-3, norm: str = "none", spectral: float = 0.0):  # fmt: skip
         if posterior not in POSTERIORS:
             raise unknown_name("ladder posterior (guide.posterior)", posterior, POSTERIORS)
         if layers is None:  # as many as the model's latent_dim lists; an integer is one layer's
@@ -61,6 +71,7 @@ class LadderGuide(ImageModule):
         c_in = 2 * width if posterior == "residual" else width
         self.heads = nn.ModuleList(zero_conv(c_in, 2 * latent_dim) for _ in range(layers))
         normalised(self, norm)
+        self.spectral = SpectralPenalty(self, spectral) if spectral else None
         self._model: list = []  # the model whose top-down path this guide shares (not a submodule)
 
     def attach_model(self, model) -> None:

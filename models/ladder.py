@@ -12,7 +12,15 @@ import torch
 from torch import nn
 
 from pyrovae.blocks.base import ImageModel
-from pyrovae.blocks.hierarchy import TopDownLayer, gaussian_grid, layer_channels, normalised, on_grids
+from pyrovae.blocks.hierarchy import (
+    Spectral,
+    SpectralPenalty,
+    TopDownLayer,
+    gaussian_grid,
+    layer_channels,
+    normalised,
+    on_grids,
+)
 from pyrovae.blocks.likelihoods import Likelihood
 from pyrovae.blocks.nn import GridDecoder
 from pyrovae.registry import register_model
@@ -20,7 +28,7 @@ from pyrovae.sites import DATA_PLATE, OBSERVED
 
 
 @register_model("ladder")
-class LadderVAE(ImageModel):
+class LadderVAE(Spectral, ImageModel):
     """x ~ p(x | h_0), h_{l-1} = cell_l(h_l, z_l), z_l ~ N(mu_l(h_l), diag sigma_l(h_l)^2) for
     l = L, ..., 1 from a learned constant h_L: a top-down hierarchy of ``layers`` stochastic
     layers (sites ``z1`` next to x, ..., ``zL`` at the top), each a grid of ``latent_dim``
@@ -29,14 +37,17 @@ class LadderVAE(ImageModel):
     the likelihood's parameters (``channels`` coarsest first, ``blocks`` residual blocks); the
     guide ``ladder`` shares the top-down layers (:class:`TopDownLayer`). With one layer and its
     prior head at zero it is a VAE with p(z) = N(0, I). ``norm = "weight"`` weight-normalises
-    every convolution (NVAE's choice, :func:`normalised`)."""
+    every convolution (NVAE's choice, :func:`normalised`); ``spectral`` > 0 adds NVAE's spectral
+    regularisation of the model's convolutions to the training loss, ``spectral`` times the sum
+    of their largest singular values per datapoint (:class:`SpectralPenalty`)."""
 
     latent_sites = ("z1",)  #: per instance: ("z1", ..., "zL")
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int | Sequence[int] = 4, *, layers: int = 8,
                  width: int = 64, channels: Sequence[int] = (64, 32), blocks: int = 1,
                  activation: str = "relu", likelihood: str = "bernoulli", sigma: float | str = 0.1,
-                 components: int = 5, min_scale: float = 1e-3, norm: str = "none"):  # fmt: skip
+                 components: int = 5, min_scale: float = 1e-3, norm: str = "none",
+                 spectral: float = 0.0):  # fmt: skip
         latent_dim = layer_channels(latent_dim, layers)
         self.latent_sites = tuple(f"z{i}" for i in range(1, layers + 1))
         super().__init__(x_shape, [latent_dim] * layers if layers > 1 else latent_dim)
@@ -49,6 +60,7 @@ class LadderVAE(ImageModel):
         out = self.likelihood.param_shape[0]
         self.decoder = GridDecoder(width, self.x_shape, channels, blocks, activation, out)
         normalised(self, norm)
+        self.spectral = SpectralPenalty(self, spectral) if spectral else None
 
     def order(self) -> list[tuple[str, TopDownLayer]]:
         """(site, layer) from the top down: ("zL", ...), ..., ("z1", ...)."""

@@ -94,8 +94,12 @@ class GuideHooks(Protocol):
 
     - ``attach_data(labels)``: called by ``fit`` with the training labels (-1 unlabelled)
       before training (the share of labelled data scales M2's auxiliary loss).
-    - ``auxiliary_loss(*args) -> Tensor``: a term added to the training loss, summed over the
-      batch (the classifier loss of Kingma et al. 2014, eq. 9). Default: none.
+    - ``auxiliary_loss(*args) -> Tensor | None``: a term added to the training loss, summed over
+      the batch (the classifier loss of Kingma et al. 2014, eq. 9; the ladder's spectral
+      regularisation). Default: none.
+    - ``after_step()``: called by ``fit`` after every optimizer step, outside the loss, so that
+      state it moves (the power iteration of the ladder's spectral penalty) leaves the loss a
+      function of its parameters and inputs that capture can record. Default: none.
     """
 
     latent_sites: tuple[str, ...]
@@ -105,6 +109,7 @@ class GuideHooks(Protocol):
     def attach_model(self, model: Any) -> None: ...
     def attach_data(self, labels: torch.Tensor) -> None: ...
     def auxiliary_loss(self, *args: torch.Tensor) -> torch.Tensor: ...
+    def after_step(self) -> None: ...
 
 
 def inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
@@ -128,11 +133,18 @@ def attach_data(model: Any, guide: Any, labels: torch.Tensor) -> None:
 
 
 def auxiliary_loss(model: Any, guide: Any, *args: torch.Tensor):
-    """The sum of the model's and the guide's ``auxiliary_loss(*args)``, or None when neither has one."""
-    terms = [
-        fn(*args) for fn in (getattr(o, "auxiliary_loss", None) for o in (model, guide)) if fn is not None
-    ]
+    """The sum of the model's and the guide's ``auxiliary_loss(*args)``, or None when neither has
+    one (or each returns None)."""
+    fns = [fn for fn in (getattr(o, "auxiliary_loss", None) for o in (model, guide)) if fn is not None]
+    terms = [t for t in (fn(*args) for fn in fns) if t is not None]
     return sum(terms[1:], terms[0]) if terms else None
+
+
+def after_step(model: Any, guide: Any) -> None:
+    """The model's and then the guide's ``after_step()``, where they have one."""
+    for fn in (getattr(o, "after_step", None) for o in (model, guide)):
+        if fn is not None:
+            fn()
 
 
 def label_site(model: Any) -> str | None:

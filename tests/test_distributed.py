@@ -52,15 +52,17 @@ def spawn(fn, tmp_path, *args):
 
 
 def _family(name):
-    """A small VQ-VAE (EMA codebook, restarts) or 3-layer ladder on 8x8 images."""
+    """A small VQ-VAE (EMA codebook, restarts) or 3-layer ladder (weight-normalised, spectrally
+    regularised: its power-iteration vectors must stay equal too) on 8x8 images."""
     torch.manual_seed(0)
     common = {"x_shape": (1, 8, 8), "channels": [8], "blocks": 1}
     if name == "vqvae":
         model = build_model("vqvae", latent_dim=3, num_codes=5, ema=True, restart_every=2, **common)
         guide = build_guide("vq", latent_dim=3, **common)
     else:
-        model = build_model("ladder", latent_dim=1, layers=3, width=4, **common)
-        guide = build_guide("ladder", latent_dim=model.latent_dim, width=4, **common)  # as a config builds it
+        common |= {"width": 4, "norm": "weight", "spectral": 0.1}
+        model = build_model("ladder", latent_dim=1, layers=3, **common)
+        guide = build_guide("ladder", latent_dim=model.latent_dim, **common)  # as a config builds it
     guide.attach_model(model)
     return model, guide
 

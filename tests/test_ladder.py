@@ -31,7 +31,7 @@ def ladder(layers=3, posterior="residual", channels=(4, 4), **options):
     common = dict(x_shape=SHAPE, latent_dim=1, layers=layers, width=4, channels=list(channels), blocks=1)
     model = build_model("ladder", **common, **options)
     guide = build_guide("ladder", **common, posterior=posterior, activation=options.get("activation", "relu"),
-                        norm=options.get("norm", "none"))  # fmt: skip
+                        norm=options.get("norm", "none"), spectral=options.get("spectral", 0.0))  # fmt: skip
     hooks.attach(model, guide)
     return model, guide
 
@@ -195,16 +195,63 @@ def test_weight_normalisation_starts_as_the_plain_ladder_trains_and_resumes(tmp_
         torch.testing.assert_close(b.weight, g * v / norm)
         torch.testing.assert_close(b.weight, a.weight)
         assert a.weight.any() or (not b.weight.any() and not g.any() and v.any())
+    model, guide = resumes_bitwise(tmp_path, norm="weight")
+    assert all(c.parametrizations.weight.original0.any() for c in (*convs(model), *convs(guide)))
+
+
+def resumes_bitwise(tmp_path, **options):
+    """Train a two-layer ladder with ``options`` 8 steps, and 4 then 4 more resumed: the two end
+    in the same state (every parameter and buffer) bit for bit; the resumed pair is returned."""
     out = {}
     for name, steps, resume in (("a", 8, False), ("b", 4, False), ("b", 8, True)):
         if not resume:
-            model, guide = ladder(layers=2, norm="weight")
+            model, guide = ladder(layers=2, **options)
         cfg = TrainConfig(max_steps=steps, batch_size=3, compile="none", checkpoint_every=4)
         pyrovae.fit(model, guide, data(), config=cfg, device="cpu", progress=False, seed=3,
                     run_dir=tmp_path / name, resume=resume)  # fmt: skip
         out[name] = [t.clone() for t in (*model.state_dict().values(), *guide.state_dict().values())]
     assert all(torch.equal(a, b) for a, b in zip(out["a"], out["b"], strict=True))
-    assert all(c.parametrizations.weight.original0.any() for c in (*convs(model), *convs(guide)))
+    return model, guide
+
+
+def largest_singular_values(module) -> torch.Tensor:
+    """The sum of each convolution's largest singular value, by torch's SVD (the weight as a matrix,
+    first dim by the rest)."""
+    return sum(torch.linalg.matrix_norm(c.weight.detach().flatten(1), ord=2) for c in convs(module))
+
+
+def test_spectral_regularisation_is_lambda_times_the_largest_singular_values_and_resumes(tmp_path):
+    """spectral = lambda (NVAE, Vahdat & Kautz 2020, sec. 3.2): once power iteration has
+    converged the penalty is lambda times the sum of the largest singular values of the owner's
+    convolutions (torch's SVD), per datapoint of the batch; training with it lowers that sum
+    against the same run without it; u and v are buffers that training moves and a resumed run
+    carries, bit for bit."""
+    model, guide = ladder(layers=2, spectral=0.1)
+    x = data()
+    for owner in (model, guide):
+        owner.spectral.iterate(1000)
+        torch.testing.assert_close(owner.auxiliary_loss(x), 0.1 * len(x) * largest_singular_values(owner))
+    plain, plain_guide = ladder(layers=2)
+    assert plain.spectral is None and hooks.auxiliary_loss(plain, plain_guide, x) is None
+    with pytest.raises(ConfigError, match="spectral regularisation weight"):
+        ladder(layers=2, spectral=-1.0)
+    sums = {}
+    for weight in (0.0, 50.0):
+        m, g = ladder(layers=2, spectral=weight)
+        start = [t.clone() for t in m.spectral.buffers()] if weight else []
+        cfg = TrainConfig(max_steps=30, batch_size=6, compile="none", lr=1e-2)
+        pyrovae.fit(m, g, data(), config=cfg, device="cpu", progress=False, seed=1)
+        sums[weight] = float(largest_singular_values(m) + largest_singular_values(g))
+    assert sums[50.0] < sums[0.0]
+    assert not all(torch.equal(a, b) for a, b in zip(start, m.spectral.buffers(), strict=True))
+    resumes_bitwise(tmp_path, spectral=0.1, norm="weight")
+    ends = {}
+    for mode in ("none", "capture"):  # the loss only reads u and v: capture records it
+        m, g = ladder(layers=2, spectral=0.1)
+        cfg = TrainConfig(max_steps=4, batch_size=3, compile=mode)
+        r = pyrovae.fit(m, g, data(), config=cfg, device="cpu", progress=False, seed=1)
+        ends[r.compile] = m.spectral.u0.clone()
+    torch.testing.assert_close(ends["capture"], ends["none"])
 
 
 def test_updates_with_an_outlying_gradient_norm_are_skipped_and_counted(tmp_path):

@@ -86,3 +86,64 @@ def normalised(module: nn.Module, norm: str) -> nn.Module:
             with torch.no_grad():
                 conv.parametrizations.weight.original0.zero_()
     return module
+
+
+class SpectralPenalty(nn.Module):
+    """``weight`` times the sum, over the convolutions of ``module``, of the largest singular
+    value of each weight as a matrix (first dim by the rest): NVAE's spectral regularisation,
+    L_SR = lambda sum_i s^(i) (Vahdat & Kautz 2020, sec. 3.2). Each s is u^T W v with (u, v)
+    from power iteration (Miyato et al. 2018, Algorithm 1): ``start`` steps at construction,
+    then one per :meth:`iterate` (its owner's ``after_step``, once per optimizer step, so that
+    the loss only reads u and v and capture can record it). u and v are buffers, so a
+    checkpoint carries them and a resumed run goes on bitwise; the convolutions are read, not
+    owned. A zero weight keeps the previous (u, v) instead of collapsing them to zero."""
+
+    def __init__(self, module: nn.Module, weight: float, start: int = 20):
+        super().__init__()
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ConfigError(f"the spectral regularisation weight must be a number >= 0, got {weight!r}")
+        self.weight = float(weight)
+        self._convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        for i, conv in enumerate(self._convs):
+            rows, cols = conv.weight.flatten(1).shape
+            self.register_buffer(f"u{i}", F.normalize(torch.randn(rows), dim=0))
+            self.register_buffer(f"v{i}", F.normalize(torch.randn(cols), dim=0))
+        self.iterate(start)
+
+    def vectors(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"u{i}"), getattr(self, f"v{i}")
+
+    @torch.no_grad()
+    def iterate(self, steps: int = 1) -> None:
+        """``steps`` of power iteration on every weight: v <- W^T u / |W^T u|, u <- W v / |W v|."""
+        step = lambda old, new: old.copy_(torch.where(new.norm() > 0, F.normalize(new, dim=0), old))
+        for i, conv in enumerate(self._convs):
+            w, (u, v) = conv.weight.flatten(1), self.vectors(i)
+            for _ in range(steps):
+                step(v, w.t() @ u)
+                step(u, w @ v)
+
+    def forward(self) -> torch.Tensor:
+        """lambda sum_i u_i^T W_i v_i, differentiable in the weights (u, v held fixed)."""
+        values = [
+            u @ conv.weight.flatten(1) @ v
+            for conv, (u, v) in zip(self._convs, map(self.vectors, range(len(self._convs))))
+        ]
+        return self.weight * torch.stack(values).sum()
+
+
+class Spectral:
+    """The hooks of a module whose ``spectral`` attribute is a :class:`SpectralPenalty` or None:
+    the penalty in the training loss, and its power-iteration step after each optimizer step."""
+
+    spectral: SpectralPenalty | None
+
+    def auxiliary_loss(self, x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor | None:
+        """The penalty for the batch ``x``, summed over it as the training loss is (so lambda
+        sum_i s^(i) per datapoint)."""
+        return None if self.spectral is None else self.spectral() * x.shape[0]
+
+    def after_step(self) -> None:
+        """One power-iteration step on the updated weights."""
+        if self.spectral is not None:
+            self.spectral.iterate(1)

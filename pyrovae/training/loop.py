@@ -193,6 +193,7 @@ def train_step(
     opt.step()
     if state.objective is not None:
         state.objective.after_step(state.group)
+    hooks.after_step(state.model, state.guide)
     return loss, bad
 
 
