@@ -6,17 +6,20 @@ a profile of one step (benchmarks/profile_step.py); the default VAE trained, the
 at K = 5000 on the 10,000 test images against its matmul floor (benchmarks/eval_speed.py);
 one torchrun rank against one process (benchmarks/torchrun_check.py); AIS and BDMC beside
 IS (benchmarks/ais.py); with the time left, IWAE-paper training rows side by side on the
-device (benchmarks/iwae_paper.py). Run only when named, as a programme of its own (``--only
-ladder``): the deep hierarchical VAE beside its one- and two-layer versions of the same width
-(benchmarks/ladder.py). A stage that overruns its budget has its processes stopped and is
-marked "cut"; what it printed and wrote stays. Into OUT go ``gpu.md`` (the short table,
-rewritten after every stage and printed last), ``tables.md`` (each stage's full tables),
-``gpu.log`` (everything every stage printed) and ``gpu.json``.
+device (benchmarks/iwae_paper.py). Run only when named, each a programme of its own: ``--only
+ladder``, the deep hierarchical VAE beside its one- and two-layer versions of the same width
+(benchmarks/ladder.py); ``--only vqvae``, the VQ-VAE on binary and 8-bit MNIST with its learned
+prior, bounds, perplexity and sample grids (benchmarks/vqvae.py, grids into OUT/figures). A
+stage that overruns its budget has its processes stopped and is marked "cut"; what it printed
+and wrote stays. Into OUT go ``gpu.md`` (the short table, rewritten after every stage and
+printed last), ``tables.md`` (each stage's full tables), ``gpu.log`` (everything every stage
+printed) and ``gpu.json``.
 
     bash benchmarks/gpu.sh OUT                 # on the GPU machine: installs the carried wheels, then this
     python benchmarks/gpu.py OUT [--only speed eval] [--budget speed=200] [--total 510]
     python benchmarks/gpu.py OUT --dry         # every stage on the CPU at toy sizes (the tests run this)
     bash benchmarks/gpu.sh OUT --only ladder   # the second programme: the deep hierarchical VAE
+    bash benchmarks/gpu.sh OUT --only vqvae    # the third: the VQ-VAE and its prior
 """
 
 from __future__ import annotations

@@ -288,6 +288,30 @@ def ladder_summary(ctx: Context, output: str) -> str:
     return "; ".join(cells.values()) or "no rows"  # a row printed as it goes and again in the table
 
 
+# ------------------------------------------------------------------ 9. the VQ-VAE and its prior
+
+VQVAE_EVAL = 60  #: seconds the VQ-VAE stage keeps for scoring (exact bounds, one pass) and sampling
+
+
+def vqvae_script(ctx: Context, seconds: float) -> str:
+    if ctx.dry:
+        sizes = ["--epochs", "1", "--prior-epochs", "1", "--modes", "binary", "--set", "data.train_size=128"]
+        sizes += ["data.val_limit=32", "data.test_limit=32", "train.batch_size=32"]
+    else:  # binary and 8-bit, each an autoencoder then its prior: four trainings on equal time
+        minutes = max(seconds - VQVAE_EVAL, 60) / 60 / 4
+        sizes = ["--epochs", "200", "--prior-epochs", "200", "--minutes", f"{minutes:.2f}"]
+    args = ["--runs", ctx.work / "vqvae", "--figures", ctx.out / "figures", "--device", ctx.device, *sizes]
+    return ctx.py("benchmarks/vqvae.py", *args, "--append", ctx.out / "tables.md")
+
+
+def vqvae_summary(ctx: Context, output: str) -> str:
+    """One cell per pixel mode benchmarks/vqvae.py printed: its bounds with either prior."""
+    pattern = r"^\| (binary|8bit) \| [^|]+ \| ([^|]+) \| ([^|]+) \|"
+    found = re.findall(pattern, output, re.M)
+    cells = {m: f"{m}: uniform {u.strip()}, learned {v.strip()}" for m, u, v in found}
+    return "; ".join(cells.values()) or "no rows"  # a row printed as it goes and again in the table
+
+
 STAGES = [
     Stage("tests", "CUDA tests", 90, tests_script, tests_summary),
     Stage("speed", "Training speed", 170, speed_script, speed_summary),
@@ -297,4 +321,5 @@ STAGES = [
     Stage("ais", "AIS and BDMC", 80, ais_script, ais_summary),
     Stage("train", "Training rows", None, train_script, train_summary),
     Stage("ladder", "Deep hierarchical VAE", 330, ladder_script, ladder_summary, default=False),
+    Stage("vqvae", "VQ-VAE and its learned prior", 300, vqvae_script, vqvae_summary, default=False),
 ]

@@ -7,8 +7,10 @@ binarization) or ``configs/mnist8bit_vqvae.toml`` (8-bit grey levels, discretize
 mixture) for ``--epochs`` epochs, then its prior from the matching ``*_prior.toml`` for
 ``--prior-epochs`` epochs with the autoencoder held fixed; both are scored on the 10,000 test
 images (the bound is exact for the point-mass guide: one pass, no sampling), and 64 samples of
-each are drawn into ``benchmarks/figures/vqvae_<pixels>_<prior>.png``. ``--reuse`` scores runs
-this script trained before in ``--runs``.
+each are drawn into ``<figures>/vqvae_<pixels>_<prior>.png`` (``--figures``, by default
+``benchmarks/figures``). ``--minutes`` bounds each of the four trainings in wall-clock time as
+well (the epoch in progress finishes; the GPU programme's ``vqvae`` stage uses it), ``--set``
+overrides every config, and ``--reuse`` scores runs this script trained before in ``--runs``.
 
     python benchmarks/vqvae.py --epochs 20 --prior-epochs 10
 """
@@ -19,6 +21,7 @@ import argparse
 import json
 import math
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -39,10 +42,13 @@ def train(config: str, run_dir: Path, sets: list[str], a) -> float:
     """Train ``configs/<config>.toml`` into ``run_dir`` (unless reused); the median seconds per epoch."""
     raw = apply_overrides(
         load_config(ROOT / "configs" / f"{config}.toml").to_dict(),
-        [f'run_dir="{run_dir}"', f'device="{a.device}"', *sets],
+        [f'run_dir="{run_dir}"', f'device="{a.device}"', *sets, *a.set],
     )
     if not (a.reuse and (run_dir / "checkpoint.pt").exists()):
-        experiment.fit_config(config_from_dict(raw), progress=False)
+        start = time.perf_counter()
+        budget = math.inf if a.minutes is None else 60 * a.minutes
+        over = lambda r: r["kind"] == "epoch" and time.perf_counter() - start > budget
+        experiment.fit_config(config_from_dict(raw), callbacks=[over], progress=False)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return statistics.median(r["seconds"] for r in rows if r["kind"] == "epoch")
 
@@ -56,11 +62,11 @@ def codebook_use(run, x: torch.Tensor) -> tuple[float, int]:
     return VectorQuantizer.perplexity(counts).item(), int((counts > 0).sum())
 
 
-def score(run_dir: Path, name: str) -> dict:
+def score(run_dir: Path, name: str, figures: Path) -> dict:
     run = experiment.load_run(run_dir)
     out = evaluate(run)
     torch.manual_seed(0)
-    path = ROOT / "benchmarks" / "figures" / f"vqvae_{name}.png"
+    path = figures / f"vqvae_{name}.png"
     plots.save_grid(run.model.sample(64), path)
     x = evaluation_data(run.config, "test", run.device).images
     perplexity, used = codebook_use(run, x)
@@ -74,7 +80,9 @@ def measure(mode: str, a) -> str:
     prior_epoch = train(
         f"{config}_prior", prior, [f"train.epochs={a.prior_epochs}", f'train.init_from="{ae}"'], a
     )
-    uniform, learned = score(ae, f"{mode}_uniform"), score(prior, f"{mode}_learned")
+    figures = Path(a.figures)
+    figures.mkdir(parents=True, exist_ok=True)
+    uniform, learned = score(ae, f"{mode}_uniform", figures), score(prior, f"{mode}_learned", figures)
     fmt = lambda t: f"{t['mean']:.2f} +- {t['stderr']:.2f}"
     bits = lambda o: f"{o['elbo_bits_per_dim']:.4f}"
     grid = math.prod(experiment.load_run(ae).model.grid)
@@ -95,7 +103,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--epochs", type=int, default=20, help="epochs of the autoencoder")
     p.add_argument("--prior-epochs", type=int, default=10, help="epochs of the learned prior")
-    p.add_argument("--modes", nargs="+", default=list(MODES))
+    p.add_argument("--minutes", type=float, help="wall-clock budget of each training (as well as the epochs)")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every config")
+    p.add_argument("--figures", default=ROOT / "benchmarks" / "figures", help="folder of the sample grids")
     p.add_argument("--reuse", action="store_true", help="score runs this script trained before in --runs")
     p.add_argument("--runs", default="runs/vqvae")
     p.add_argument("--device", default="cpu")
@@ -110,9 +121,10 @@ def main() -> None:
         lines.append(measure(mode, a))
         print(lines[-1], flush=True)
     command = f"python benchmarks/vqvae.py --epochs {a.epochs} --prior-epochs {a.prior_epochs}"
-    conditions = (
-        f"MNIST test set (10,000), {a.epochs} epochs of the autoencoder, {a.prior_epochs} of the prior"
-    )
+    command += f" --minutes {a.minutes:g}" if a.minutes is not None else ""
+    budget = f" (each at most {a.minutes:g} min)" if a.minutes is not None else ""
+    conditions = f"MNIST test set (10,000), {a.epochs} epochs of the autoencoder, "
+    conditions += f"{a.prior_epochs} of the prior{budget}"
     emit_measured(a.device, conditions, command, lines, a.append)
 
 

@@ -62,16 +62,31 @@ def test_a_stage_past_its_budget_is_cut_and_a_spent_total_skips_the_rest(tmp_pat
     assert "2. Training speed" in (out / "gpu.log").read_text()  # what the cut stage printed stays
 
 
-def test_the_ladder_programme_runs_when_named(tmp_path):
-    """The deep hierarchical VAE's stage runs only under --only: its rows, scored, in the table."""
+def run_named(tmp_path, name: str) -> tuple[Path, str]:
+    """``gpu.sh --dry --only name`` in ``tmp_path``: its OUT and the one stage's cell, which ran alone."""
     out = tmp_path / "out"
-    proc = gpu_sh(out, "--dry", "--only", "ladder")
+    proc = gpu_sh(out, "--dry", "--only", name)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s = stages(out)
-    assert list(s) == ["ladder"] and s["ladder"]["status"] == "ok", s
-    assert [c.split(":")[0] for c in s["ladder"]["result"].split("; ")] == ["vae-w32", "vae2-w32", "ladder"]
+    assert list(s) == [name] and s[name]["status"] == "ok", s
+    return out, s[name]["result"]
+
+
+def test_the_ladder_programme_runs_when_named(tmp_path):
+    """The deep hierarchical VAE's stage runs only under --only: its rows, scored, in the table."""
+    out, result = run_named(tmp_path, "ladder")
+    assert [c.split(":")[0] for c in result.split("; ")] == ["vae-w32", "vae2-w32", "ladder"]
     assert "| 8. Deep hierarchical VAE | ok |" in (out / "gpu.md").read_text()
     assert "KL per layer of ladder" in (out / "tables.md").read_text()
+
+
+def test_the_vqvae_programme_runs_when_named(tmp_path):
+    """The VQ-VAE's stage runs only under --only: both bounds in its cell, samples in OUT/figures."""
+    out, result = run_named(tmp_path, "vqvae")
+    assert result.startswith("binary: uniform -") and ", learned -" in result
+    assert "| 9. VQ-VAE and its learned prior | ok |" in (out / "gpu.md").read_text()
+    grids = sorted(p.name for p in (out / "figures").iterdir())
+    assert grids == ["vqvae_binary_learned.png", "vqvae_binary_uniform.png"]
 
 
 def test_budget_overrides_name_the_stages():
