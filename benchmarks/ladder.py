@@ -4,12 +4,15 @@ each of the ladder's layers.
 
 Rows: ``configs/mnist_ladder.toml`` (8 layers of 7x7 x 2) and the same file with one and two
 layers (``vae-w32``, ``vae2-w32``: the same width, cells, decoder and guide; with one layer the
-ladder is a plain VAE, tests/test_ladder.py), and the MLPs ``configs/mnist_vae.toml``
-(784-400-20) and ``configs/iwae_paper/2layer_vae_k1.toml`` (Burda et al. 2015's two-layer VAE),
-each trained for ``--minutes`` minutes (at most ``--epochs`` epochs; the epoch in progress
-finishes), then scored on the first ``--limit`` test images with K = ``--samples``. The
-published rows (full schedules on GPUs) stand beside them: LVAE 81.74 (Sønderby et al. 2016),
-IWAE 82.90 (Burda et al. 2015, table 1, two layers, k = 50).
+ladder is a plain VAE, tests/test_ladder.py), the ladder with NVAE's stabilisers
+(``ladder-nvae``: weight normalisation and spectral regularisation, lambda = 0.01), and the
+MLPs ``configs/mnist_vae.toml`` (784-400-20) and ``configs/iwae_paper/2layer_vae_k1.toml``
+(Burda et al. 2015's two-layer VAE), each trained for ``--minutes`` minutes (at most
+``--epochs`` epochs; the epoch in progress finishes), then scored on the first ``--limit`` test
+images with K = ``--samples``. The published rows (full schedules on GPUs) stand beside them:
+LVAE 81.74 (Sønderby et al. 2016), IWAE 82.90 (Burda et al. 2015, table 1, two layers, k = 50),
+NVAE 78.01 (Vahdat & Kautz 2020, table 2; no flows on MNIST, 400 epochs on two V100s, about 21
+hours by its README).
 
     python benchmarks/ladder.py --minutes 10 --limit 1000 --samples 5000 --rows vae-w32 vae2-w32 ladder
 """
@@ -36,6 +39,10 @@ ROWS = {
     "vae-w32": ("mnist_ladder.toml", ["model.layers=1"]),
     "vae2-w32": ("mnist_ladder.toml", ["model.layers=2"]),
     "ladder": ("mnist_ladder.toml", []),
+    "ladder-nvae": (  # with NVAE's weight normalisation and spectral regularisation (its MNIST lambda)
+        "mnist_ladder.toml",
+        ['model.norm="weight"', 'guide.norm="weight"', "model.spectral=0.01", "guide.spectral=0.01"],
+    ),
 }
 
 
@@ -93,6 +100,7 @@ def main() -> None:
         print(line, flush=True)
     lines += ["| LVAE (Sønderby et al. 2016; full schedule, GPU) | | -81.74 | | |",
               "| IWAE, 2 layers, k = 50 (Burda et al. 2015, table 1; full schedule) | | -82.90 | | |",
+              "| NVAE (Vahdat & Kautz 2020, table 2; 400 epochs, two V100s) | | -78.01 | | |",
               "", *notes]  # fmt: skip
     rows = f" --rows {' '.join(a.rows)}" if a.rows != list(ROWS) else ""
     command = f"python benchmarks/ladder.py --minutes {a.minutes:g} --limit {a.limit} --samples {a.samples}"
