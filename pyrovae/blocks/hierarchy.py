@@ -66,6 +66,11 @@ class TopDownLayer(nn.Module):
         return on_grids(self.cell, h + on_grids(self.project, z))
 
 
+def convolutions(module: nn.Module) -> list[nn.Module]:
+    """Every convolution (plain or transposed) in ``module``, itself included."""
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+
+
 def normalised(module: nn.Module, norm: str) -> nn.Module:
     """``module`` with every convolution weight-normalised if ``norm`` is ``"weight"``: w = g v /
     ||v||, one g per output channel (Salimans & Kingma 2016, eq. 2; NVAE, Vahdat & Kautz 2020,
@@ -76,7 +81,7 @@ def normalised(module: nn.Module, norm: str) -> nn.Module:
         raise unknown_name("normalisation (model.norm / guide.norm)", norm, NORMS)
     if norm == "none":
         return module
-    for conv in [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]:
+    for conv in convolutions(module):
         zero = not conv.weight.detach().any()
         if zero:
             nn.init.kaiming_uniform_(conv.weight, a=math.sqrt(5))  # nn.Conv2d's own initialisation
@@ -103,7 +108,7 @@ class SpectralPenalty(nn.Module):
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
             raise ConfigError(f"the spectral regularisation weight must be a number >= 0, got {weight!r}")
         self.weight = float(weight)
-        self._convs = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+        self._convs = convolutions(module)
         for i, conv in enumerate(self._convs):
             rows, cols = conv.weight.flatten(1).shape
             self.register_buffer(f"u{i}", F.normalize(torch.randn(rows), dim=0))
@@ -125,10 +130,10 @@ class SpectralPenalty(nn.Module):
 
     def forward(self) -> torch.Tensor:
         """lambda sum_i u_i^T W_i v_i, differentiable in the weights (u, v held fixed)."""
-        values = [
-            u @ conv.weight.flatten(1) @ v
-            for conv, (u, v) in zip(self._convs, map(self.vectors, range(len(self._convs))))
-        ]
+        values = []
+        for i, conv in enumerate(self._convs):
+            u, v = self.vectors(i)
+            values.append(u @ conv.weight.flatten(1) @ v)
         return self.weight * torch.stack(values).sum()
 
 
