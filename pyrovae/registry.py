@@ -1,22 +1,94 @@
-"""Name -> model / guide factory.
+"""Name -> model / guide factory, and import paths for classes written anywhere.
 
 A file in ``models/`` or ``guides/`` that decorates a class with
 ``@register_model("name")`` or ``@register_guide("name")`` is picked up by
 ``pyrovae list``, configs and the CLI with no other change: the packages import every
-module they hold.
+module they hold. An installed package registers its own under the entry-point groups
+:data:`ENTRY_POINTS` (how pytest finds its plugins). Wherever a config names a model, guide,
+prior or objective it may instead give an import path ``package.module:Name`` (the form of
+entry points and of LightningCLI's ``class_path``), imported from the folders of
+:func:`search_paths`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.metadata
 import inspect
-from typing import Any, Callable
+import os
+import sys
+from typing import Any, Callable, Iterable, Iterator
 
 from pyrovae.errors import ConfigError, unknown_name
 from pyrovae.hooks import Takes, latent_sites, takes
 
 MODELS: dict[str, Callable[..., Any]] = {}
 GUIDES: dict[str, Callable[..., Any]] = {}
+#: the entry-point group of each kind an installed package may register under
+ENTRY_POINTS = {
+    "model": "pyrovae.models",
+    "guide": "pyrovae.guides",
+    "prior": "pyrovae.priors",
+    "objective": "pyrovae.objectives",
+}
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` is an import path ``package.module:Name`` rather than a registered name."""
+    return isinstance(name, str) and ":" in name
+
+
+@contextlib.contextmanager
+def search_paths(folders: Iterable[str] = ()) -> Iterator[None]:
+    """Import with ``folders`` (a config's folder, recorded in its runs) and the working
+    directory searched first, as ``python -m`` would; ``sys.path`` is restored after."""
+    extra = [os.path.abspath(f) for f in (*folders, os.getcwd())]
+    saved = list(sys.path)
+    sys.path[:0] = [f for f in extra if f not in sys.path]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def import_object(kind: str, spec: str, folders: Iterable[str] = ()) -> Any:
+    """The object an import path ``package.module:Name`` names, for a config's ``kind`` (model,
+    guide, prior, objective); one line naming the module and the fix when it cannot be imported."""
+    module, _, attr = spec.partition(":")
+    if not module or not attr:
+        raise ConfigError(f"{kind} {spec!r} is not an import path; write it as package.module:Name")
+    with search_paths(folders):
+        try:
+            obj = importlib.import_module(module)
+        except ImportError as e:
+            missing = getattr(e, "name", None)
+            why = f"no module {missing!r}" if missing else f"{type(e).__name__}: {e}"
+            raise ConfigError(
+                f"{kind} {spec!r}: cannot import module {module!r} ({why}); put {module.split('.')[0]} "
+                "beside the config, in the working directory or on PYTHONPATH, or pip install the "
+                "package that holds it"
+            ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{kind} {spec!r}: module {module!r} has no attribute {part!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def plugins(kind: str) -> dict[str, Any]:
+    """{name: object} registered by installed packages under ``kind``'s entry-point group."""
+    out = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINTS[kind]):
+        try:
+            out[ep.name] = ep.load()
+        except Exception as e:  # noqa: BLE001 - a broken plugin is named, not a traceback
+            dist = ep.dist.name if ep.dist is not None else "an installed package"
+            raise ConfigError(
+                f"the {kind} {ep.name!r} that {dist} registers ({ep.value}) cannot be loaded "
+                f"({type(e).__name__}: {e}); reinstall or uninstall {dist}"
+            ) from None
+    return out
 
 
 def _register(table: dict, kind: str, name: str):
@@ -57,13 +129,33 @@ def guides_for(model_name: str) -> list[str]:
 def _load_all() -> None:
     importlib.import_module("pyrovae.models")
     importlib.import_module("pyrovae.guides")
+    for kind, table in (("model", MODELS), ("guide", GUIDES)):
+        for name, cls in plugins(kind).items():
+            table.setdefault(name, cls)
 
 
-def _build(table: dict, kind: str, name: str, kwargs: dict):
+def lookup(kind: str, name: str, folders: Iterable[str] = ()) -> Any:
+    """The model or guide class a config names: registered (here or by a plugin) or imported."""
+    if is_import_path(name):
+        return import_object(kind, name, folders)
+    table = MODELS if kind == "model" else GUIDES
     _load_all()
     if name not in table:
         raise unknown_name(kind, name, table)
-    cls = table[name]
+    return table[name]
+
+
+def accepts(cls: Any, option: str) -> bool:
+    """Whether the constructor of ``cls`` takes ``option`` (by name or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+    return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _build(table: dict, kind: str, name: str, kwargs: dict, folders: Iterable[str] = ()):
+    cls = lookup(kind, name, folders)
     sig = inspect.signature(cls)
     accepts_any = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
     unknown = [k for k in kwargs if k not in sig.parameters and not accepts_any]
@@ -78,23 +170,25 @@ def _build(table: dict, kind: str, name: str, kwargs: dict):
     return cls(**kwargs)
 
 
-def build_model(name: str, **kwargs):
-    """Construct the registered model ``name``; unknown names and options raise ConfigError."""
-    return _build(MODELS, "model", name, kwargs)
+def build_model(name: str, folders: Iterable[str] = (), **kwargs):
+    """Construct the model ``name`` (registered, or an import path ``package.module:Name``
+    searched in ``folders`` too); unknown names and options raise ConfigError."""
+    return _build(MODELS, "model", name, kwargs, folders)
 
 
-def build_guide(name: str, **kwargs):
-    """Construct the registered guide ``name``; unknown names and options raise ConfigError."""
-    return _build(GUIDES, "guide", name, kwargs)
+def build_guide(name: str, folders: Iterable[str] = (), **kwargs):
+    """Construct the guide ``name`` (registered, or an import path); as :func:`build_model`."""
+    return _build(GUIDES, "guide", name, kwargs, folders)
+
+
+def summary(obj: Any) -> str:
+    """The whole first paragraph of an object's docstring, on one line."""
+    return " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
 
 
 def available() -> dict[str, dict[str, str]]:
-    """{"models": {name: summary}, "guides": {name: summary}} for ``pyrovae list``."""
+    """{"models": {name: summary}, "guides": {name: summary}} for ``pyrovae list``, plugins included."""
     _load_all()
-
-    def summary(cls):
-        return (inspect.getdoc(cls) or "").split("\n")[0]
-
     return {
         "models": {k: summary(v) for k, v in sorted(MODELS.items())},
         "guides": {k: summary(v) for k, v in sorted(GUIDES.items())},

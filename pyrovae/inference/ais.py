@@ -44,6 +44,7 @@ from torch.distributions import biject_to
 from pyrovae.errors import PyrovaeError
 from pyrovae.hooks import owner_modules
 from pyrovae.inference.chunks import chunk_sizes, data_size, needs_all_data, slice_args, spans
+from pyrovae.inference.particles import refuse_tiled
 from pyrovae.inference.weights import (
     at_values,
     cuda_devices,
@@ -183,6 +184,8 @@ class Chains:
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.chains, self.initial, self.compile = chains, initial, compile
         self.nesting = plate_nesting(model, guide, args, kwargs) if nesting is None else nesting
+        if chains > 1:
+            refuse_tiled(model, guide, args, kwargs, "AIS")
         self.layout, self._ends = None, None
 
     def on(self, args, kwargs) -> "Chains":

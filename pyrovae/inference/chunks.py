@@ -24,6 +24,7 @@ from torch.utils._pytree import tree_leaves
 from pyrovae.errors import PyrovaeError
 from pyrovae.hooks import owner_modules
 from pyrovae.inference import weights
+from pyrovae.inference.particles import decide
 from pyrovae.inference.weights import LogProbTerms, cuda_devices, inspection_traces, plate_nesting, traces
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
@@ -205,11 +206,12 @@ def chunk_sizes(
     memory), equal particle chunks, and the whole data at once for a pair that needs it."""
     n = data_size(args, kwargs)
     whole = needs_all_data(model, guide, args, kwargs)
+    if num_samples > 1:  # under a particle plate, or on repeated data (decided once per pair)
+        decide(model, guide, args, kwargs)
     if max_rows is None and not (particle_chunk and data_chunk):
         device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
-        max_rows = chunk_rows(
-            device, bytes_per_row(model, guide, args, kwargs, whole=whole, enumerated=enumerated)
-        )
+        row = bytes_per_row(model, guide, args, kwargs, min(16, num_samples), whole, enumerated)
+        max_rows = chunk_rows(device, row)
     max_rows = max_rows or particle_chunk * data_chunk
     if not particle_chunk:  # equal particle chunks: 5000 in 2 x 2500, not 4096 + 904
         particle_chunk = math.ceil(num_samples / math.ceil(num_samples / max_rows))

@@ -9,6 +9,7 @@ plate, with each site's log-density summed over every dim except the particle an
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, NamedTuple
 
 import pyro
@@ -21,6 +22,8 @@ from pyrovae.inference.enumeration import Enumerated, enumerated_terms, masked_l
 from pyrovae.sites import DATA_PLATE
 
 PARTICLE_PLATE = "_pyrovae_particles"  #: the plate of the K vectorized particles, outside the data plate
+#: a site's ``infer`` key: K, when the pair ran on its data repeated K times instead of under the plate
+TILED = "_pyrovae_tiled"
 
 
 class LogProbTerms(NamedTuple):
@@ -197,7 +200,12 @@ def per_datapoint(
     while t.dim() < -pdim:
         t = t.unsqueeze(0)
     t = t.movedim((pdim, ddim), (0, 1))
-    return t.reshape(t.shape[0], t.shape[1], -1).expand(num_particles, data.size, -1)
+    t = t.reshape(t.shape[0], t.shape[1], -1)
+    tiled = site["infer"].get(TILED)
+    if tiled:  # the "data" plate holds K copies of the data, particle k at rows k n .. (k + 1) n - 1
+        t = t.expand(1, data.size, -1).reshape(tiled, data.size // tiled, -1)
+        return t.expand(num_particles, -1, -1)
+    return t.expand(num_particles, data.size, -1)
 
 
 def site_log_prob(site: dict, particle_dim: int, num_particles: int) -> torch.Tensor:
@@ -243,13 +251,94 @@ def traces(
     left of the particle plate (the guide's first, then the model's own, as in Pyro's
     ``TraceEnum_ELBO``)."""
     particle_dim = -max_plate_nesting - 1
-    guide, model = vectorize(guide, num_samples, particle_dim), vectorize(model, num_samples, particle_dim)
+    tiled = num_samples > 1 and is_tiled(model, guide)
+    if tiled:
+        args, kwargs = tile(args, kwargs, num_samples)
+    elif num_samples > 1:  # one particle: no particle dim at all, as in Pyro's Trace_ELBO
+        guide, model = (
+            vectorize(guide, num_samples, particle_dim),
+            vectorize(model, num_samples, particle_dim),
+        )
     if enumerated:
         guide = poutine.enum(guide, first_available_dim=particle_dim - 1)
         model = poutine.enum(model)  # continues allocating dims after the guide's
     guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
     model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    if tiled:
+        mark_tiled(num_samples, guide_tr, model_tr)
     return guide_tr, model_tr, particle_dim
+
+
+#: pairs whose code does not broadcast over a leading particle dim, by owner (guide, then model);
+#: decided once by :func:`pyrovae.inference.particles.decide`, read by :func:`traces`
+_TILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def owner(fn: Callable):
+    """What a callable's decisions are kept under: the module behind a bound method or a
+    ``functools.partial``, else the callable itself."""
+    while hasattr(fn, "func") and not isinstance(fn, torch.nn.Module):
+        fn = fn.func
+    return getattr(fn, "__self__", None) if hasattr(fn, "__self__") else fn
+
+
+def decided(model: Callable, guide: Callable) -> bool | None:
+    """Whether the pair runs on repeated data rather than under a particle plate (None: undecided)."""
+    try:
+        return _TILED.get(owner(guide), {}).get(owner(model))
+    except TypeError:  # not weakly referable
+        return None
+
+
+def remember(model: Callable, guide: Callable, tiled: bool) -> None:
+    try:
+        _TILED.setdefault(owner(guide), weakref.WeakKeyDictionary())[owner(model)] = tiled
+    except TypeError:
+        pass
+
+
+def is_tiled(model: Callable, guide: Callable) -> bool:
+    return bool(decided(model, guide))
+
+
+def tile(args, kwargs, k: int):
+    """Every tensor argument with the data's leading size n repeated k times: (k n, ...)."""
+    n = next(a.shape[0] for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0)
+    rep = lambda a: (
+        a.repeat(k, *[1] * (a.dim() - 1))
+        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n
+        else a
+    )  # noqa: E731
+    return tuple(map(rep, args)), {key: rep(v) for key, v in kwargs.items()}
+
+
+def replayed(program: Callable, trace, args, kwargs, k: int, particle_dim: int):
+    """The trace of ``program`` replayed on ``trace`` (one of :func:`traces`), laid out as it is:
+    under the particle plate, or on the data repeated k times."""
+    tiled = any(s["type"] == "sample" and s["infer"].get(TILED) for s in trace.nodes.values())
+    if tiled:
+        args, kwargs = tile(args, kwargs, k)
+    elif k > 1:
+        program = vectorize(program, k, particle_dim)
+    out = poutine.trace(poutine.replay(program, trace=trace)).get_trace(*args, **kwargs)
+    if tiled:
+        mark_tiled(k, out)
+    return out
+
+
+def mark_tiled(k: int, *trs) -> None:
+    """Mark every sample site of traces run on k copies of the data (:data:`TILED`)."""
+    for tr in trs:
+        for site in tr.nodes.values():
+            if site["type"] != "sample":
+                continue
+            if site["infer"].get("_enumerate_dim") is not None:
+                raise ModelError(
+                    f"site {site['name']!r} is enumerated and the pair does not broadcast over a "
+                    "leading particle dim; write model and guide to broadcast over leading dims "
+                    "(docs/guide/own_model.md, the particle dimension)"
+                )
+            site["infer"] = {**site["infer"], TILED: k}
 
 
 def log_prob_terms(

@@ -16,7 +16,7 @@ from pyrovae import hooks
 from pyrovae.diagnostics import plots
 from pyrovae.diagnostics.disentanglement import METRICS
 from pyrovae.errors import Interrupted, PyrovaeError
-from pyrovae.registry import available
+from pyrovae.registry import available, plugins, summary
 from pyrovae.run import console, evaluation, experiment
 from pyrovae.run.config import Config, load_config
 from pyrovae.run.diagnose import diagnose_run
@@ -157,7 +157,8 @@ def cmd_diagnose(args) -> None:
 
 
 def cmd_list(args) -> None:
-    console.registered(available() | {"objectives": dict(catalog.SUMMARIES), "metrics": dict(METRICS)})
+    objectives = dict(catalog.SUMMARIES) | {k: summary(v) for k, v in plugins("objective").items()}
+    console.registered(available() | {"objectives": objectives, "metrics": dict(METRICS)})
 
 
 def _fit_parser(sub) -> None:

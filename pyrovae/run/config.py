@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 from pyrovae.blocks.likelihoods import pixel_mode_for
 from pyrovae.data.splits import DATASETS, PIXEL_MODES
 from pyrovae.errors import ConfigError, at_least, int_in, positive, require, require_names
+from pyrovae.registry import is_import_path
 from pyrovae.training.settings import TrainConfig
 
 
@@ -114,6 +115,10 @@ class Config:
     #: steps of per-datapoint refinement of q before a second importance-sampled log p(x) in
     #: `evaluate` (0: none; :func:`pyrovae.diagnostics.refine.refined_log_likelihood`)
     eval_refine: int = 0
+    #: folders searched (before the working directory) for the modules of import paths
+    #: ``package.module:Name``; :func:`load_config` records the config's own folder here, so a run
+    #: directory finds the same classes from anywhere
+    paths: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         require(
@@ -225,7 +230,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         data["pixels"] = pixel_mode_for(model.options["likelihood"])  # recorded in the run's config.json
     scalars = {
         k: _check_type(k, raw[k], hints[k])
-        for k in ("seed", "device", "run_dir", "eval_samples", "eval_refine")
+        for k in ("seed", "device", "run_dir", "eval_samples", "eval_refine", "paths")
         if k in raw
     }
     return Config(
@@ -247,7 +252,17 @@ def load_config(path: str | Path) -> Config:
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from e
-    return config_from_dict(raw)
+    config = config_from_dict(raw)
+    if names_import_path(config):  # its modules may sit beside it: recorded for every later command
+        here = str(path.resolve().parent)
+        config = config.replace(paths=[here, *(p for p in config.paths if p != here)])
+    return config
+
+
+def names_import_path(config: Config) -> bool:
+    """Whether the config names a model, guide, prior or objective by import path."""
+    names = (config.model.name, config.guide.name, config.model.options.get("prior"), config.train.objective)
+    return any(is_import_path(n) for n in names if isinstance(n, str))
 
 
 def _setting(item: str | tuple[str, Any]) -> tuple[str, Any]:

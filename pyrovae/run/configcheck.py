@@ -21,8 +21,8 @@ import torch
 
 from pyrovae import hooks
 from pyrovae.data.splits import image_shape
-from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
-from pyrovae.registry import GUIDES, MODELS, _load_all
+from pyrovae.errors import ConfigError, PyrovaeError
+from pyrovae.registry import lookup
 from pyrovae.run.config import Config
 from pyrovae.run.recipes import build
 from pyrovae.runtime.devices import resolve_device
@@ -70,11 +70,10 @@ def _describe(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def check_options(kind: str, table: dict, name: str, options: dict) -> None:
-    """Each option of the registered ``kind`` ``name`` against its constructor's type hints."""
-    if name not in table:
-        raise unknown_name(kind, name, table)
-    cls = table[name]
+def check_options(kind: str, name: str, options: dict, folders=()) -> None:
+    """Each option of the ``kind`` ``name`` (registered or an import path) against its
+    constructor's type hints."""
+    cls = lookup(kind, name, folders)
     try:
         hints = typing.get_type_hints(cls.__init__)
     except Exception:  # noqa: BLE001 - unresolvable annotations: the dry build still checks
@@ -92,9 +91,8 @@ def validate(config: Config, device: torch.device | None = None, *, meta: bool =
     device = resolve_device(config.device) if device is None else device
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r}: no CUDA device is available here; use auto or cpu")
-    _load_all()
-    check_options("model", MODELS, config.model.name, dict(config.model.options))
-    check_options("guide", GUIDES, config.guide.name, dict(config.guide.options))
+    check_options("model", config.model.name, dict(config.model.options), config.paths)
+    check_options("guide", config.guide.name, dict(config.guide.options), config.paths)
     d = config.data
     shape = image_shape(d.name, d.root, **d.source())
     try:

@@ -19,6 +19,7 @@ from pyrovae import hooks
 from pyrovae.diagnostics import batched_posterior_means as posterior_means
 from pyrovae.diagnostics import plots
 from pyrovae.errors import CheckpointError
+from pyrovae.registry import search_paths
 from pyrovae.run.callbacks import fit_callbacks
 from pyrovae.run.config import Config, config_from_dict
 from pyrovae.run.configcheck import validate
@@ -64,6 +65,11 @@ def fit_config(
     files.path.mkdir(parents=True, exist_ok=True)
     if not resume and distributed.is_main():
         files.config.write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    with search_paths(config.paths):  # an objective named by import path
+        return _fit(config, model, guide, train_data, val_data, files, device, resume, progress, callbacks)
+
+
+def _fit(config, model, guide, train_data, val_data, files, device, resume, progress, callbacks) -> FitResult:
     record = {"config": config.to_dict(), "x_shape": list(train_data.shape)}
     shown = train_data if val_data is None else val_data
     attached = fit_callbacks(config.train.tensorboard, files.path, model, guide, shown, config.seed)

@@ -13,26 +13,48 @@ from pyrovae import hooks
 from pyrovae.data.labelled import keep_labels
 from pyrovae.data.splits import EVAL_BINARIZATION_SEED, Split, load_split
 from pyrovae.errors import ConfigError
-from pyrovae.registry import GUIDES, build_guide, build_model, fits, guides_for
+from pyrovae.registry import MODELS, accepts, build_guide, build_model, fits, guides_for, lookup, search_paths
 from pyrovae.run.config import Config
 
 
 def build(config: Config, x_shape) -> tuple[Any, Any]:
-    """The model and guide a config names, for images of shape ``x_shape``."""
-    model = build_model(config.model.name, x_shape=tuple(x_shape), **config.model.options)
-    guide_cls = GUIDES.get(config.guide.name)
-    if guide_cls is not None and not fits(type(model), guide_cls):
+    """The model and guide a config names (registered or import paths), for images of shape
+    ``x_shape``. Each constructor is given ``x_shape`` where it takes it; the guide is given the
+    model's ``latent_dim`` where it takes one and ``[guide]`` sets none (a tuple, one entry per
+    latent site, for a model of several sites)."""
+    with search_paths(config.paths):
+        return _build(config, x_shape)
+
+
+def _build(config: Config, x_shape) -> tuple[Any, Any]:
+    folders = config.paths
+    model_cls, guide_cls = (
+        lookup("model", config.model.name, folders),
+        lookup("guide", config.guide.name, folders),
+    )
+    shape = {"x_shape": tuple(x_shape)}
+    model = build_model(
+        config.model.name, folders, **_given(model_cls, shape, config.model.options), **config.model.options
+    )
+    if not fits(type(model), guide_cls):
+        fitting = guides_for(config.model.name) if config.model.name in MODELS else []
         raise ConfigError(
             f"model {config.model.name!r} (latent sites {hooks.latent_sites(model)}, takes "
             f"{hooks.takes(model)}) does not fit guide {config.guide.name!r} (samples "
             f"{hooks.latent_sites(guide_cls)}, takes {hooks.takes(guide_cls)}); "
-            f"guides that fit: {', '.join(guides_for(config.model.name)) or 'none'}"
+            f"guides that fit: {', '.join(fitting) or 'none registered'}"
         )
+    given = shape | ({"latent_dim": model.latent_dim} if hasattr(model, "latent_dim") else {})
     guide = build_guide(
-        config.guide.name, x_shape=tuple(x_shape), latent_dim=model.latent_dim, **config.guide.options
+        config.guide.name, folders, **_given(guide_cls, given, config.guide.options), **config.guide.options
     )
     hooks.attach(model, guide)  # a VampPrior's guide; a guide that falls back on the model's prior network
     return model, guide
+
+
+def _given(cls: Any, values: dict, options: dict) -> dict:
+    """The ``values`` a constructor takes and its config section does not set itself."""
+    return {k: v for k, v in values.items() if k not in options and accepts(cls, k)}
 
 
 def load_data(config: Config, split: str, device="cpu") -> Split:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from pyrovae.errors import ConfigError, unknown_name
+from pyrovae.registry import accepts, import_object, is_import_path, plugins
 from pyrovae.training.factor import FactorVAEObjective
 from pyrovae.training.objectives import (
     _PYRO_ELBOS,
@@ -34,6 +35,28 @@ SUMMARIES = {
 OBJECTIVES = tuple(SUMMARIES)  #: the objectives' names, in that order
 
 
+def objective_names(name: str = "") -> tuple[str, ...]:
+    """The names ``train.objective`` takes: :data:`OBJECTIVES`, those installed packages
+    register (entry-point group ``pyrovae.objectives``) and ``name`` itself when it is an
+    import path ``package.module:Name``."""
+    return (*OBJECTIVES, *plugins("objective"), *([name] if is_import_path(name) else []))
+
+
+def external_objective(name: str, num_particles: int, k: int) -> Objective:
+    """The objective an import path or a plugin names: an :class:`Objective` instance as it is, a
+    subclass built with the ``num_particles`` and ``k`` its constructor takes."""
+    obj = import_object("objective", name) if is_import_path(name) else plugins("objective")[name]
+    if isinstance(obj, type) and issubclass(obj, Objective):
+        given = {"num_particles": num_particles, "k": k}
+        obj = obj(**{key: v for key, v in given.items() if accepts(obj, key)})
+    if not isinstance(obj, Objective):
+        raise ConfigError(
+            f"objective {name!r} is a {type(obj).__name__}, not a pyrovae.objectives.Objective: "
+            "subclass Objective and define __call__"
+        )
+    return obj
+
+
 def make_objective(
     objective: str | Objective,
     *,
@@ -56,6 +79,8 @@ def make_objective(
             f"got {type(objective).__name__}: subclass Objective and define __call__"
         )
     o = options
+    if objective not in OBJECTIVES and objective in objective_names(objective):
+        return external_objective(objective, num_particles, k)
     if objective in ("elbo", "enum"):
         return ELBOObjective(num_particles, enumerated=objective == "enum")
     if objective in _PYRO_ELBOS:

@@ -22,13 +22,13 @@ import warnings
 from typing import Callable
 
 import pyro.infer
-import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
 from pyrovae.inference import estimators, weights
+from pyrovae.inference.particles import decide
 
 KL_SCHEDULES = ("constant", "linear", "cyclical")  #: how beta moves (train.kl_schedule)
 _PYRO_ELBOS = {"elbo": pyro.infer.Trace_ELBO, "meanfield": pyro.infer.TraceMeanField_ELBO}
@@ -107,16 +107,25 @@ def marked(trace) -> list[str]:
 
 
 def _inspect(
-    model: Callable, guide: Callable, args, kwargs, enumerated: bool = False, name: str | None = None
+    model: Callable,
+    guide: Callable,
+    args,
+    kwargs,
+    enumerated: bool = False,
+    name: str | None = None,
+    particles: int = 1,
 ):
     """(plate nesting, why the pair needs Pyro's general ELBO or None, the sites marked for
     enumeration): the log-weight objectives need reparameterized guide sites (or, with
     ``enumerated``, sites marked for enumeration) and unscaled log-densities. An objective
-    ``name`` that needs q's density refuses a point-mass guide here, once, by that name."""
+    ``name`` that needs q's density refuses a point-mass guide here, once, by that name. With
+    several ``particles``, how they are drawn is decided here (:mod:`pyrovae.inference.particles`)."""
     guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
     if name is not None:
         weights.refuse_point_masses(guide_tr, f"the objective {name!r}", weights.DENSITY_FREE)
     nesting = weights.plate_nesting(model, guide, args, kwargs, traces=(guide_tr, model_tr))
+    if particles > 1:
+        decide(model, guide, args, kwargs, nesting)
     enum = marked(guide_tr) + [n for n in marked(model_tr) if n not in guide_tr.nodes]
     for tr in (guide_tr, model_tr):
         for site in tr.nodes.values():
@@ -155,7 +164,9 @@ class ELBOObjective(Objective):
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Inspect the pair once (on a forked random stream); called by the first loss otherwise."""
         name = "enum" if self.enumerate else "elbo"
-        self._nesting, reason, enum = _inspect(model, guide, args, kwargs, self.enumerate, name)
+        self._nesting, reason, enum = _inspect(
+            model, guide, args, kwargs, self.enumerate, name, self.num_particles
+        )
         if enum and not self.enumerate:
             warnings.warn(
                 f'objective "elbo" samples the site(s) {enum} marked for enumeration (score-function '
@@ -284,7 +295,7 @@ class IWAEObjective(Objective):
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         """Learn the plate nesting once (on a forked random stream); called by the first loss otherwise."""
         name = "dreg" if self.dreg else "iwae"
-        self._nesting, _, enum = _inspect(model, guide, args, kwargs, enumerated=True, name=name)
+        self._nesting, _, enum = _inspect(model, guide, args, kwargs, True, name, self.k)
         if enum and self.dreg:
             raise ConfigError(
                 f'objective "dreg" needs reparameterizable sites; {enum} are discrete and marked for '
@@ -330,9 +341,7 @@ class IWAEObjective(Objective):
                     'Use objective = "iwae"'
                 )
         log_lik, log_prior = weights.sum_sites(model_tr, pdim, k)
-        stop_tr = poutine.trace(
-            poutine.replay(weights.vectorize(_stopped(guide), k, pdim), trace=guide_tr)
-        ).get_trace(*args, **kwargs)
+        stop_tr = weights.replayed(_stopped(guide), guide_tr, args, kwargs, k, pdim)
         _, log_q_stop = weights.sum_sites(stop_tr, pdim, k)
         lw = log_lik + beta * (log_prior - log_q_stop)
         w = torch.softmax(lw.detach(), 0)
@@ -341,9 +350,7 @@ class IWAEObjective(Objective):
         for name, site in guide_tr.nodes.items():
             if site["type"] == "sample":
                 detached.nodes[name] = {**site, "value": site["value"].detach()}
-        det_tr = poutine.trace(poutine.replay(weights.vectorize(model, k, pdim), trace=detached)).get_trace(
-            *args, **kwargs
-        )
+        det_tr = weights.replayed(model, detached, args, kwargs, k, pdim)
         d_lik, d_prior = weights.sum_sites(det_tr, pdim, k)
         lw_theta = d_lik + beta * d_prior
         # theta: w^2 + (w - w^2) = w, as in IWAE; phi: w^2 through z only (log q's parameters stopped)

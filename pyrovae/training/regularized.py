@@ -57,7 +57,9 @@ class _Traced(Objective):
 
     def prepare(self, model: Callable, guide: Callable, *args, **kwargs) -> None:
         name = None if self.density_free else self.name
-        self._nesting, reason, enum = _inspect(model, guide, args, kwargs, name=name)
+        self._nesting, reason, enum = _inspect(
+            model, guide, args, kwargs, name=name, particles=self.num_particles
+        )
         if reason is not None or enum:
             raise ModelError(
                 f"objective {self.name!r} needs reparameterized, unscaled continuous guide sites: "

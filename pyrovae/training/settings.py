@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from pyrovae.errors import at_least, int_in, positive, require, require_names
 from pyrovae.runtime.compile import MODES
-from pyrovae.training.catalog import OBJECTIVES
+from pyrovae.training.catalog import OBJECTIVES, objective_names
 from pyrovae.training.objectives import KL_SCHEDULES
 from pyrovae.training.optim import LR_SCHEDULES
 from pyrovae.training.regularized import GROUPS, KERNELS, KL_KINDS, TC_SAMPLING
@@ -144,7 +144,11 @@ class TrainConfig:
         require_names(
             "train",
             {
-                "objective": ("objective", self.objective, OBJECTIVES),
+                "objective": (
+                    "objective",
+                    self.objective,
+                    OBJECTIVES if self.objective in OBJECTIVES else objective_names(self.objective),
+                ),
                 "free_bits_per": ("free-bits group", self.free_bits_per, GROUPS),
                 "free_bits_kl": ("free-bits KL", self.free_bits_kl, KL_KINDS),
                 "tc_sampling": ("aggregate-posterior estimator", self.tc_sampling, TC_SAMPLING),
