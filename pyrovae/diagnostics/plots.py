@@ -78,7 +78,7 @@ def as_features(z: torch.Tensor) -> torch.Tensor:
     return z.reshape(z.shape[0], -1).float()
 
 
-def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, ax) -> None:
+def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, ax, site: str = "z") -> None:
     """Draw posterior means (N, D) on ``ax``, coloured by label (PCA to 2D when D > 2; a grid
     of code indices one-hot encoded, :func:`as_features`)."""
     z = as_features(z)
@@ -89,18 +89,20 @@ def latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, ax) -> None:
     )
     if labels is not None and (labels >= 0).any():
         ax.figure.colorbar(sc, ax=ax, label="label")
-    ax.set_xlabel("z1" if z.shape[1] <= 2 else "PC 1")
-    ax.set_ylabel("z2" if z.shape[1] <= 2 else "PC 2")
+    ax.set_xlabel(f"{site}1" if z.shape[1] <= 2 else "PC 1")
+    ax.set_ylabel(f"{site}2" if z.shape[1] <= 2 else "PC 2")
     ax.set_title(
-        "posterior means E_q[z | x]" + (" (first two principal components)" if z.shape[1] > 2 else "")
+        f"posterior means E_q[{site} | x]" + (" (first two principal components)" if z.shape[1] > 2 else "")
     )
 
 
-def plot_latent_scatter(z: torch.Tensor, labels: torch.Tensor | None, path: str | Path) -> Path:
-    """Posterior means coloured by label (PCA to 2D when the latent is larger), as a PNG."""
+def plot_latent_scatter(
+    z: torch.Tensor, labels: torch.Tensor | None, path: str | Path, site: str = "z"
+) -> Path:
+    """Posterior means at ``site`` coloured by label (PCA to 2D when the latent is larger), as a PNG."""
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
-    latent_scatter(z, labels, ax)
+    latent_scatter(z, labels, ax, site)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)

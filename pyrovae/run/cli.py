@@ -10,10 +10,11 @@ import os
 import sys
 from pathlib import Path
 
+import pyro
 import torch
 
 from pyrovae import hooks
-from pyrovae.diagnostics import plots
+from pyrovae.diagnostics import generate, plots
 from pyrovae.diagnostics.disentanglement import METRICS
 from pyrovae.errors import Interrupted, PyrovaeError
 from pyrovae.registry import available, plugins, summary
@@ -110,6 +111,7 @@ def cmd_evaluate(args) -> None:
 
 def cmd_sample(args) -> None:
     run = _load(args)
+    pyro.set_rng_seed(args.seed)
     out = Path(args.out or RunDir(args.run_dir).figure("samples"))
     if args.condition is not None:
         if hooks.num_classes(run.model) is None:
@@ -119,7 +121,10 @@ def cmd_sample(args) -> None:
             )
         plots.save_grid(run.model.sample(args.num, condition=args.condition), out)
     else:
-        plots.save_grid(run.model.sample(args.num), out)
+        like = evaluation_data(run.config, "test", run.device).images[:1]
+        plots.save_grid(
+            generate.prior_images(run.model, args.num, like).reshape(args.num, *like.shape[1:]), out
+        )
     console.wrote([out])
 
 
@@ -134,7 +139,10 @@ def cmd_reconstruct(args) -> None:
 def cmd_latent(args) -> None:
     run = _load(args)
     latent = args.limit or 5000
-    console.wrote(experiment.draw_figures(run, args.run_dir, latent_points=latent, parts=("latent",)))
+    figures = experiment.draw_figures(
+        run, args.run_dir, latent_points=latent, parts=("latent",), site=args.site
+    )
+    console.wrote(figures)
 
 
 def cmd_diagnose(args) -> None:
@@ -239,6 +247,7 @@ def _run_commands() -> list[tuple]:
                 "--num": dict(type=int, default=64),
                 "--out": dict(),
                 "--condition": dict(type=int, help="the class to draw, for a label-conditioned model (cvae)"),
+                "--seed": dict(type=int, default=0, help="seeds the draws (the same seed, the same grid)"),
             },
         )
     )
@@ -255,7 +264,10 @@ def _run_commands() -> list[tuple]:
             "latent",
             "latent scatter (and manifold grid for 2D latents)",
             cmd_latent,
-            {"--limit": dict(type=int, help="number of test points to embed")},
+            {
+                "--limit": dict(type=int, help="number of test points to embed"),
+                "--site": dict(help="the latent site to show (default: the model's code site, the last)"),
+            },
         )
     )
     commands.append(

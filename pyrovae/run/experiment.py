@@ -17,8 +17,8 @@ import torch
 
 from pyrovae import hooks
 from pyrovae.diagnostics import batched_posterior_means as posterior_means
-from pyrovae.diagnostics import plots
-from pyrovae.errors import CheckpointError
+from pyrovae.diagnostics import generate, plots
+from pyrovae.errors import CheckpointError, ConfigError
 from pyrovae.registry import search_paths
 from pyrovae.run.callbacks import fit_callbacks
 from pyrovae.run.config import Config, config_from_dict
@@ -161,8 +161,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
 
 @torch.no_grad()
 def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """Originals and E[x | z], z = E_q[z | x] at the code site, interleaved row by row for a grid."""
-    recon = run.model.decode(posterior_means(run.guide, x, site=hooks.code_site(run.model)))
+    """Originals and E[x | z], z every latent site at its posterior mean
+    (:func:`pyrovae.diagnostics.generate.reconstructions`), interleaved row by row for a grid."""
+    recon = generate.reconstructions(run.model, run.guide, x).reshape(x.shape)
     return torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])
 
 
@@ -179,11 +180,14 @@ def draw_figures(
     latent_points: int = 5000,
     seed: int = 0,
     parts: tuple[str, ...] = FIGURE_PARTS,
+    site: str | None = None,
 ) -> list[Path]:
     """The figures ``parts`` names, of the evaluation ``data`` (by default ``split`` binarized at
-    ``seed``), in ``run_dir``: samples.png, reconstructions.png, latent.png and (2-D codes)
-    manifold.png; a quadrant model draws completions.png, a label-conditioned one a row of
-    samples per class."""
+    ``seed``), in ``run_dir``: samples.png, reconstructions.png, latent.png (the posterior means
+    at ``site``: by default the model's code site, else the guide's last latent site; named in
+    the figure's title) and (2-D codes) manifold.png; a quadrant model draws completions.png, a
+    label-conditioned one a row of samples per class. A model without ``sample`` / ``decode``
+    is drawn by running it (:mod:`pyrovae.diagnostics.generate`)."""
     files = RunDir(run_dir)
     data = evaluation_data(run.config, split, run.device, seed) if data is None else data
     pyro.set_rng_seed(seed)
@@ -200,15 +204,20 @@ def draw_figures(
             paths.append(plots.save_grid(torch.cat(rows), files.figure("samples"), nrow=8))
         return paths
     if "samples" in parts:
-        paths.append(plots.save_grid(run.model.sample(num), files.figure("samples")))
+        images = generate.prior_images(run.model, num, x).reshape(num, *x.shape[1:])
+        paths.append(plots.save_grid(images, files.figure("samples")))
     if "reconstructions" in parts:
         grid = reconstructions(run, x[: num // 2])
         paths.append(plots.save_grid(grid, files.figure("reconstructions"), nrow=8))
     if "latent" in parts:
         n = min(latent_points, x.shape[0])
-        z = posterior_means(run.guide, x[:n], site=hooks.code_site(run.model))
-        paths.append(plots.plot_latent_scatter(z, data.labels[:n], files.figure("latent")))
-        if z.is_floating_point() and z.dim() == 2 and z.shape[-1] == 2:
+        names = generate.site_names(run.model, run.guide, x)
+        site = site or (hooks.code_site(run.model) if hasattr(run.model, "latent_sites") else names[-1])
+        if site not in names:
+            raise ConfigError(f"no latent site {site!r}; this run's latent sites are {names}")
+        z = posterior_means(run.guide, x[:n], site=site)
+        paths.append(plots.plot_latent_scatter(z, data.labels[:n], files.figure("latent"), site))
+        if z.is_floating_point() and z.dim() == 2 and z.shape[-1] == 2 and hasattr(run.model, "decode"):
             grid = plots.manifold_grid(run.model.decode, 20, run.device)
             paths.append(plots.save_grid(grid, files.figure("manifold"), nrow=20))
     return paths
