@@ -12,6 +12,8 @@ Importing pyrovae changes none of Pyro's global settings: its models and guides 
 whatever ``pyro.settings`` say.
 """
 
+import importlib
+import sys
 from typing import TYPE_CHECKING
 
 from pyrovae.facade import lazy
@@ -39,3 +41,6 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
 
 __version__ = "0.1.0"
 __getattr__, __dir__, __all__ = lazy(__name__, __file__)
+# ``pyrovae.estimators`` is the inference facade under its second name, importable as a module
+# too (``from pyrovae.estimators import elbo``); the facade itself loads nothing until used
+sys.modules[f"{__name__}.estimators"] = importlib.import_module("pyrovae.inference")

@@ -38,12 +38,13 @@ def fit_settings(args) -> tuple[Config, bool]:
         if RunDir(args.run_dir or config.run_dir).has_checkpoint():
             args.resume = args.run_dir or config.run_dir
     board = [("train.tensorboard", True)] if args.tensorboard else []
-    if args.resume:  # wherever the run directory is now
-        return experiment.read_config(args.resume).override(("run_dir", str(args.resume)), *board), True
-    if not args.config:
-        raise PyrovaeError("pyrovae fit needs a CONFIG file, or --resume RUN_DIR")
     flags = {"data.root": args.data_root, "run_dir": args.run_dir, "device": args.device, "seed": args.seed}
     settings = [*((k, v) for k, v in flags.items() if v is not None), *board, *args.set]
+    if args.resume:  # wherever the run directory is now
+        stored = experiment.read_config(args.resume).override(("run_dir", str(args.resume)))
+        return experiment.resumed_config(stored, settings), True
+    if not args.config:
+        raise PyrovaeError("pyrovae fit needs a CONFIG file, or --resume RUN_DIR")
     return load_config(args.config).override(*settings), False
 
 
@@ -53,7 +54,9 @@ def cmd_fit(args) -> None:
     main = distributed.is_main()
     if resume and main:
         restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-        console.say(f"resuming {args.resume}" + (f" (restart {restarts})" if restarts else ""))
+        changed = experiment.record_resume(config)
+        told = f" with {', '.join(f'{k} = {v!r}' for k, v in changed.items())}" if changed else ""
+        console.say(f"resuming {args.resume}{told}" + (f" (restart {restarts})" if restarts else ""))
     result = experiment.fit_config(config, resume=resume, progress=not args.no_progress, device=device)
     if main:  # rank 0 reports
         console.fitted(result, distributed.world()[1])

@@ -8,6 +8,8 @@ validation ELBO), and is enough to evaluate, sample from or resume the run.
 from __future__ import annotations
 
 import json
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,58 @@ class Run:
     device: torch.device
 
 
+#: the config keys ``fit --resume`` may change: how long and where a run goes on, never what it is
+RESUMABLE = (
+    "train.epochs",
+    "train.max_steps",
+    "train.log_every",
+    "train.tensorboard",
+    "data.root",
+    "device",
+    "run_dir",
+)
+
+
+def resumed_config(stored: Config, settings) -> Config:
+    """The stored config of a run with ``settings`` (``--set`` and the flags) applied; a key
+    outside :data:`RESUMABLE` is refused by name, since the checkpoint was made under its value."""
+    new = stored.override(*settings)
+    before, after = _flat(stored.to_dict()), _flat(new.to_dict())
+    refused = sorted(
+        k for k in after.keys() | before.keys() if before.get(k) != after.get(k) and k not in RESUMABLE
+    )
+    if refused:
+        raise ConfigError(
+            f"fit --resume cannot change {', '.join(refused)}: the checkpoint was trained under the "
+            f"stored values; it may change {', '.join(RESUMABLE)} (or start a new run with the new config)"
+        )
+    return new
+
+
+def _flat(raw: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in raw.items():
+        if isinstance(v, dict) and k in ("model", "guide", "data", "train"):
+            out |= _flat(v, f"{k}.")
+        else:
+            out[prefix + k] = json.dumps(v)
+    return out
+
+
+def record_resume(config: Config) -> dict:
+    """Write the resumed ``config`` as the run's config.json and append a line to resumes.jsonl
+    (the time, the step resumed from and the keys changed); returns those keys' new values."""
+    files = RunDir(config.run_dir)
+    before = _flat(read_config(config.run_dir).to_dict())
+    after = _flat(config.to_dict())
+    changed = {k: json.loads(after[k]) for k in sorted(after) if before.get(k) != after[k] and k != "run_dir"}
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": changed}
+    with open(files.resumes, "a") as f:
+        f.write(json.dumps(line) + "\n")
+    ckpt_io.atomic_write_text(files.config, json.dumps(config.to_dict(), indent=2) + "\n")
+    return changed
+
+
 def read_config(run_dir: str | Path) -> Config:
     """The config a run directory was trained from (its ``config.json``)."""
     path = RunDir(run_dir).config
@@ -139,13 +193,17 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     """Rebuild model and guide from ``run_dir`` alone; ``which`` is "best" (falls back to the
     latest when the run had no validation split) or "last"."""
     files = RunDir(run_dir)
-    path = {"best": files.best, "last": files.checkpoint}.get(which)
-    if path is None:
+    if which not in ("best", "last"):
         raise CheckpointError(f"unknown checkpoint {which!r}; use best or last")
-    if which == "best" and not path.exists():
-        path = files.checkpoint
     dev = resolve_device(device or "auto")
-    state = ckpt_io.load(path, map_location=dev)
+    if which == "best" and files.best.exists():
+        state, path = ckpt_io.load(files.best, map_location=dev), files.best
+    else:  # the newest readable checkpoint, as `fit --resume` takes it
+        if not files.has_checkpoint():
+            read_config(run_dir)  # not a run directory at all: says so
+        state, path = ckpt_io.load_latest(run_dir, map_location=dev)
+        if path != files.checkpoint:
+            warnings.warn(f"{files.checkpoint} could not be read; using {path}", RuntimeWarning, stacklevel=2)
     record = state["record"]
     config = config_from_dict(record["config"])
     model, guide = build(config, record["x_shape"])

@@ -30,6 +30,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     _fsync_dir(path.parent)
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as :func:`atomic_save` writes a checkpoint: a temporary file, then a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_step(obj: Any, run_dir: Path, step: int, keep: int = 3) -> Path:
     """Write ``run_dir/checkpoints/step-NNNNNNNN.pt`` atomically, point ``run_dir/checkpoint.pt``
     at it (an atomic hard-link swap; a copy where links are unsupported) and keep the last
@@ -82,8 +90,9 @@ def load(path: str | os.PathLike, map_location=None) -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0]  # torch's advice is not ours
         raise CheckpointError(
-            f"{path} is not a readable pyrovae checkpoint ({type(e).__name__}: {e}); "
+            f"{path} is not a readable pyrovae checkpoint ({type(e).__name__}: {first}); "
             "it may be truncated or not a checkpoint at all: use another one from the run "
             "directory, or retrain"
         ) from e

@@ -27,6 +27,7 @@ class RunDir:
 
     config = property(lambda self: self.path / "config.json")
     metrics = property(lambda self: self.path / "metrics.jsonl")
+    resumes = property(lambda self: self.path / "resumes.jsonl")  #: one line per `fit --resume`
     versions = property(lambda self: self.path / "versions.json")
     curves = property(lambda self: self.path / "curves.png")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")  #: the newest checkpoint
