@@ -3,9 +3,10 @@
 A model p(z) p(x | z) that observes its data at one site is enough: drawn from the prior by
 running it alone (its latent sites drawn from p(z), the observed site's p(x | z) read, never
 its value), and decoded at given latent values by replaying it on them; the image is the mean
-of the observed site's distribution (a draw where it has none). Reconstructions set every latent site to its posterior mean under
-the guide, in the guide's order (each later site's mean given the earlier means), so a model of
-several sites is decoded from all of them, not from the last one alone.
+of the observed site's distribution (a draw where it has none). Reconstructions set every
+latent site to its posterior mean under the guide, in the guide's order (each later site's
+mean given the earlier means), so a model of several sites is decoded from all of them, not
+from the last one alone.
 """
 
 from __future__ import annotations
