@@ -3,7 +3,8 @@
 Kinds: ``eval`` (pyrovae's K-sample evaluation, ``scoring.evaluate_data``, of the first ``--limit``
 test images of a trained default VAE), ``eval:plain`` (the same arithmetic written in plain
 PyTorch: encoder, K reparameterized draws per image in chunks of the same rows, decoder,
-Bernoulli and Gaussian log-densities, logsumexp), ``train`` (``--steps`` steps of
+Bernoulli and Gaussian log-densities, logsumexp), ``eval:python`` (the estimator a notebook
+calls, ``pyrovae.estimators.log_likelihood``, with no tuner passed), ``train`` (``--steps`` steps of
 ``pyrovae.fit``, defaults) and ``train:plain`` (the same steps in a hand-written loop,
 ``benchmarks/speed.py``'s ``plain``). Each runs in its own process, while 0, 1 and 2 other
 processes spin on a core each (``--busy``), in each setting: ``default`` (pyrovae: threads
@@ -32,7 +33,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-KINDS = ("eval", "eval:plain", "train", "train:plain")
+KINDS = ("eval", "eval:plain", "eval:python", "train", "train:plain")
 SETTINGS = {
     "default": {},
     "all cores": {"PYROVAE_TUNE_THREADS": "0"},
@@ -100,11 +101,15 @@ def one(kind: str, a) -> dict:
         config = run.config.replace(data=dataclasses.replace(run.config.data, test_limit=a.limit))
         run = dataclasses.replace(run, config=config)
         x = evaluation_data(run.config, "test", "cpu").images
-        fn = (
-            (lambda: scoring.evaluate_data(run.model, run.guide, x, num_samples=a.num_samples))
-            if kind == "eval"
-            else (lambda: plain_eval(run, x, a.num_samples, CPU_ROWS))
-        )
+        from pyrovae import estimators
+
+        fn = {
+            "eval": lambda: scoring.evaluate_data(run.model, run.guide, x, num_samples=a.num_samples),
+            "eval:plain": lambda: plain_eval(run, x, a.num_samples, CPU_ROWS),
+            "eval:python": lambda: estimators.log_likelihood(
+                run.model, run.guide, x, num_samples=a.num_samples
+            ),
+        }[kind]
         fn()  # warm-up: allocator, caches
         if a.profile:
             return timed(fn, True)

@@ -97,6 +97,13 @@ class Split:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def __repr__(self) -> str:
+        labelled = int((self.labels >= 0).sum())
+        return (
+            f"Split({len(self)} images of {self.shape}, {str(self.images.dtype).replace('torch.', '')} on "
+            f"{self.images.device}, pixels={self.pixels!r}, {labelled} labelled)"
+        )
+
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.images.shape[1:])

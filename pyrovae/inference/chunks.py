@@ -28,6 +28,7 @@ from pyrovae.inference.particles import decide
 from pyrovae.inference.weights import LogProbTerms, cuda_devices, inspection_traces, plate_nesting, traces
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
+from pyrovae.runtime.threads import Tuner
 from pyrovae.sites import DATA_PLATE
 
 
@@ -262,7 +263,10 @@ def pieces(
     of k particles of those datapoints; ``progress`` (a label) shows a bar with an ETA;
     ``enumerated`` sums out the sites marked for enumeration (else they are sampled); ``compile``
     "auto" captures from :data:`AUTO_CAPTURE_CHUNKS` chunks on; a
-    :class:`pyrovae.runtime.threads.Tuner` times each chunk to choose the CPU threads."""
+    :class:`pyrovae.runtime.threads.Tuner` times each chunk to choose the CPU threads (without
+    one, a Tuner of its own does on CPU, and torch's threads are restored when the chunks end;
+    ``PYROVAE_TUNE_THREADS=0`` or ``torch.set_num_threads`` through
+    :func:`pyrovae.runtime.threads.configure` keeps them fixed)."""
     n = data_size(args, kwargs)
     pc, dc = chunk_sizes(
         model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows, enumerated
@@ -272,9 +276,12 @@ def pieces(
     total = math.ceil(n / dc) * math.ceil(num_samples / pc)
     if compile == "auto" and total < AUTO_CAPTURE_CHUNKS:
         compile = "none"
-    if tuner is not None and compile == "none":
+    device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
+    own = tuner is None  # called from Python: threads timed as `pyrovae evaluate` times them
+    tuner = Tuner(enabled=device.type == "cpu") if own else tuner
+    if compile == "none":
         tuner.warm = 0  # an eager chunk has nothing to capture: the first one is timed too
-    with bar(label, total, unit="chunk", show=bool(progress)) as b:
+    with tuner if own else nullcontext(), bar(label, total, unit="chunk", show=bool(progress)) as b:
         for start, size in spans(n, dc):
             a, k = slice_args(args, kwargs, n, start, start + size)
             if nesting is None:
@@ -284,7 +291,7 @@ def pieces(
                     fns[kk] = _chunk_fn(
                         model, guide, kk, nesting, reduce, reduce_traces, compile, args, kwargs, enumerated
                     )
-                with tuner.unit(kk * size) if tuner is not None else nullcontext():
+                with tuner.unit(kk * size):
                     piece = fns[kk](*a, **k)
                 yield start, size, p_start, kk, piece
                 b.update(1)

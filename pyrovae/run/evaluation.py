@@ -26,7 +26,7 @@ def evaluate(
     *,
     split: str = "test",
     num_samples: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     compile: str = "auto",
     max_rows: int | None = None,
     progress: bool | None = False,
@@ -39,8 +39,10 @@ def evaluate(
     no density, so neither ELBO nor importance sampling: then :func:`point_mass_report`. A
     guide whose every site is a point mass over discrete values (a VQ-VAE's nearest codes) has
     an exact ELBO, log p(x, c*), which importance sampling from it repeats for any K: it is
-    computed once (K = 1) and reported as the bound it is (``bound_only``)."""
-    data = evaluation_data(run.config, split, run.device, seed) if data is None else data
+    computed once (K = 1) and reported as the bound it is (``bound_only``). ``seed`` seeds the
+    draws (and, without ``data``, the binarization); by default the seed ``data`` was made with."""
+    data = evaluation_data(run.config, split, run.device, seed or 0) if data is None else data
+    seed = data.seed if seed is None else seed
     args = data.inputs(run.model)
     masses = weights.guide_point_masses(run.model, run.guide, args)
     discrete = hooks.likelihood_is_discrete(run.model, run.config.data.pixels)
@@ -61,7 +63,7 @@ def evaluate(
         *args,
         images=data.split,
         num_samples=1 if bound else num_samples or run.config.eval_samples,
-        seed=data.seed,
+        seed=seed,
         compile=compile,
         max_rows=max_rows,
         bits_per_dim=discrete and len(args) == 1 + hidden_labels,

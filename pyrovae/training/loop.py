@@ -71,6 +71,13 @@ class FitResult:
     threads: int | None = None  #: the CPU threads the steps ran with (None on a GPU)
     best_val_loss: float = math.inf  #: the best validation loss, for a guide with no ELBO
 
+    def __repr__(self) -> str:
+        return (
+            f"FitResult(step={self.step}, epoch={self.epoch}, best_val_elbo={self.best_val_elbo:.4g}, "
+            f"{len(self.metrics)} metrics rows, run_dir={self.run_dir}, compile={self.compile!r}, "
+            f"skipped={self.skipped}, threads={self.threads})"
+        )
+
     @classmethod
     def of(cls, state: TrainState, files: RunFiles, compile: str, threads: int | None) -> "FitResult":
         rows, run_dir = files.rows, files.run_dir
