@@ -93,7 +93,7 @@ def config_reference() -> str:
     for kind, table in available().items():
         parts.append(f"## Registered {kind} (`[{kind.rstrip('s')}] name = ...`)\n")
         parts.append("| name | what it is |\n| --- | --- |")
-        parts += [f"| `{name}` | {doc.replace('|', '/')} |" for name, doc in table.items()]
+        parts += [f"| `{name}` | {doc.replace('|', '\\|')} |" for name, doc in table.items()]
         parts.append("")
     return "\n".join(parts) + "\n"
 
