@@ -113,7 +113,7 @@ def run_row(row: str, a, out: Path, aux_weight: float | None = None) -> str:
 
 def step_time(a) -> str:
     """Median seconds of one M2 training step under "enum" and under "elbo", and their ratio."""
-    from pyrovae.data.splits import Batches
+    from pyrovae.data.batches import Batches
     from pyrovae.training import catalog, optim
     from pyrovae.training import loop as train
 

@@ -23,7 +23,8 @@ import torch
 from speed import plain_loss  # noqa: E402 (benchmarks/ is on sys.path when run as a script)
 
 import pyrovae
-from pyrovae.data.splits import EVAL_BINARIZATION_SEED, Batches, load_split
+from pyrovae.data.batches import Batches
+from pyrovae.data.splits import EVAL_BINARIZATION_SEED, load_split
 from pyrovae.guides import MLPGuide
 from pyrovae.inference import estimators
 from pyrovae.models import VAE

@@ -57,7 +57,7 @@ def activities(device: torch.device) -> list:
 
 
 def profile_plain(net: str, batch: int, a, device: torch.device) -> dict:
-    from pyrovae.data.splits import Batches
+    from pyrovae.data.batches import Batches
 
     model, guide = speed.build(net, device)
     train = speed.training_split(net, a, device)

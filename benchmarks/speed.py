@@ -110,7 +110,8 @@ def one(row: str, net: str, batch: int, a) -> dict:
     """Seconds per step (median window) and peak memory of one combination, in this process."""
     import pyro
 
-    from pyrovae.data.splits import Batches, data_root, torchvision_dataset
+    from pyrovae.data.batches import Batches
+    from pyrovae.data.splits import data_root, torchvision_dataset
     from pyrovae.runtime.devices import resolve_device
 
     device = resolve_device(a.device)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
 from pathlib import Path
 
@@ -79,8 +80,14 @@ def config_fields(cls) -> str:
     for f in dataclasses.fields(cls):
         meaning = " ".join(docs.get((cls.__qualname__, f.name), [])).strip()
         cells = [f"`{f.name}`", f"`{_type_name(hints[f.name])}`", _default(f), meaning]
-        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        rows.append(row(*cells))
     return "\n".join(rows) + "\n"
+
+
+def row(*cells: str) -> str:
+    """A markdown table row, each ``|`` inside a cell escaped (``p(x | z)`` stays as written) and
+    each Sphinx role of a docstring (``:mod:`x```) in MyST's form (``{mod}`x```)."""
+    return "| " + " | ".join(re.sub(r":(\w+):`", r"{\1}`", c.replace("|", "\\|")) for c in cells) + " |"
 
 
 def config_reference() -> str:
@@ -93,7 +100,7 @@ def config_reference() -> str:
     for kind, table in available().items():
         parts.append(f"## Registered {kind} (`[{kind.rstrip('s')}] name = ...`)\n")
         parts.append("| name | what it is |\n| --- | --- |")
-        parts += [f"| `{name}` | {doc.replace('|', '\\|')} |" for name, doc in table.items()]
+        parts += [row(f"`{name}`", doc) for name, doc in table.items()]
         parts.append("")
     return "\n".join(parts) + "\n"
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pyrovae.data import splits as data
+from pyrovae.data.batches import Batches
 from pyrovae.errors import ConfigError, DataError
 
 
@@ -101,7 +102,7 @@ def test_unknown_names():
 
 def test_batches_cover_each_datapoint_once_and_resume():
     split = data.Split(torch.arange(10.0)[:, None], torch.zeros(10), "continuous")
-    batches = data.Batches(split, 4, seed=3)
+    batches = Batches(split, 4, seed=3)
     assert len(batches) == 3
     epoch0 = list(batches.epoch(0))
     assert [len(b) for b in epoch0] == [4, 4, 2]
@@ -112,16 +113,16 @@ def test_batches_cover_each_datapoint_once_and_resume():
 
 def test_ranks_split_each_global_batch_of_one_permutation():
     split = data.Split(torch.arange(11.0)[:, None], torch.zeros(11), "continuous")
-    single = list(data.Batches(split, 4, seed=5).epoch(2))  # global batches of 2 ranks x 2
-    ranks = [list(data.Batches(split, 2, seed=5, rank=r, world=2).epoch(2)) for r in range(2)]
-    assert len(data.Batches(split, 2, seed=5, rank=0, world=2)) == 3
+    single = list(Batches(split, 4, seed=5).epoch(2))  # global batches of 2 ranks x 2
+    ranks = [list(Batches(split, 2, seed=5, rank=r, world=2).epoch(2)) for r in range(2)]
+    assert len(Batches(split, 2, seed=5, rank=0, world=2)) == 3
     for b, whole in enumerate(single):  # 4, 4, 3: the last split 2 + 1
         assert torch.equal(torch.cat([ranks[0][b], ranks[1][b]]), whole)
     assert [len(b) for b in ranks[1]] == [2, 2, 1]
     tiny = data.Split(torch.arange(9.0)[:, None], torch.zeros(9), "continuous")
-    assert len(data.Batches(tiny, 4, rank=0, world=2)) == 1  # a last batch of 1 cannot feed 2 ranks
+    assert len(Batches(tiny, 4, rank=0, world=2)) == 1  # a last batch of 1 cannot feed 2 ranks
     with pytest.raises(DataError, match="among 4 ranks"):
-        data.Batches(data.Split(torch.zeros(3, 1), torch.zeros(3), "continuous"), 1, rank=0, world=4)
+        Batches(data.Split(torch.zeros(3, 1), torch.zeros(3), "continuous"), 1, rank=0, world=4)
 
 
 def test_unpacking_is_atomic_and_ignores_a_half_written_file(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from pyrovae.facade import lazy
 
 if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when first used
     from pyrovae.data import factors, fixtures, own, published
+    from pyrovae.data.batches import Batches
     from pyrovae.data.factors import FACTOR_NAMES, load_factors
     from pyrovae.data.labelled import LabelledBatches, keep_labels
     from pyrovae.data.own import read_folder, read_tensor
@@ -19,7 +20,6 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         PIXEL_MODES,
         STATIC_BINARIZATION_SEED,
         VAL_BINARIZATION_SEED,
-        Batches,
         Split,
         data_root,
         image_shape,

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from pyrovae.data.splits import Batches, Split
+from pyrovae.data.batches import Batches
+from pyrovae.data.splits import Split
 from pyrovae.errors import ConfigError, DataError
 
 

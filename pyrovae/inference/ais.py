@@ -15,16 +15,15 @@ exact posterior sample, the same weights estimate 1/p(x), an upper bound (Grosse
 sec. 4): :mod:`pyrovae.inference.bidirectional`.
 
 log p(x, z) and log q(z | x) are those of the importance-sampling core
-(:func:`pyrovae.inference.weights.traces`, :func:`pyrovae.inference.weights.sum_sites`),
-evaluated at the chains' values by replaying the guide (or, from the prior, the model alone) on
-them. Pyro's leapfrog integrator (:func:`pyro.ops.integrator.velocity_verlet`) moves every
-chain at once: it sums the potential over chains and datapoints, which gives each chain its own
-gradient since the chains are independent; the per-chain energies the Metropolis test needs are
-kept from its last potential call. Pyro's HMC kernel and its step-size adaptation hold one step
-size for one chain, so the per-datapoint step sizes are adapted here (Wu et al.: towards an
-acceptance rate of 0.65, multiplied by 1.02 or 0.98 after each transition), in a first pass
-with its own random stream, and frozen: the measured pass moves through a fixed sequence of
-kernels, under which the weights are unbiased for p(x) (Neal 2001, sec. 3; Huang et al. 2020,
+(:func:`pyrovae.inference.weights.traces`, :func:`pyrovae.inference.weights.sum_sites`), evaluated at the
+chains' values by replaying the guide (or, from the prior, the model alone) on them. Pyro's leapfrog
+integrator (:func:`pyro.ops.integrator.velocity_verlet`) moves every chain at once: it sums the potential
+over chains and datapoints, which gives each chain its own gradient since the chains are independent; the
+per-chain energies the Metropolis test needs are kept from its last potential call. Pyro's HMC kernel and
+its step-size adaptation hold one step size for one chain, so the per-datapoint step sizes are adapted
+here (Wu et al.: towards an acceptance rate of 0.65, multiplied by 1.02 or 0.98 after each transition),
+in a first pass with its own random stream, and frozen: the measured pass moves through a fixed sequence
+of kernels, under which the weights are unbiased for p(x) (Neal 2001, sec. 3; Huang et al. 2020,
 "Evaluating lossy compression rates of deep generative models", adapt and then measure)."""
 
 from __future__ import annotations
@@ -38,22 +37,15 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.ops.integrator import velocity_verlet
-from pyro.poutine.util import site_is_subsample
-from torch.distributions import biject_to
 
 from pyrovae.errors import PyrovaeError
 from pyrovae.hooks import owner_modules
 from pyrovae.inference.chunks import chunk_sizes, data_size, needs_all_data, slice_args, spans
 from pyrovae.inference.particles import refuse_tiled
+from pyrovae.inference.paths import Ends, Layout, path_ends
 from pyrovae.inference.weights import (
-    at_values,
     cuda_devices,
-    data_frame,
-    given_trace,
     plate_nesting,
-    refuse_point_masses,
-    sum_sites,
-    traces,
     vectorize,
 )
 from pyrovae.runtime.compile import Compiled
@@ -84,90 +76,6 @@ def sigmoid_schedule(num_steps: int, delta: float = 4.0) -> torch.Tensor:
     return (s - s[0]) / (s[-1] - s[0])
 
 
-class Layout:
-    """The latent sites of one traced run with S chains and n datapoints, packed into one
-    unconstrained (S, n, D) tensor and back (Jacobian included)."""
-
-    def __init__(self, trace, particle_dim: int):
-        self.sites = []
-        for name, site in trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"] or site_is_subsample(site):
-                continue
-            if site["fn"].has_enumerate_support or not torch.is_floating_point(site["value"]):
-                raise PyrovaeError(
-                    f"AIS moves continuous latents by HMC; site {name!r} is discrete: sum it out in the "
-                    "model if it is enumerable, else use `evaluate --method is` (a code grid: its bound)"
-                )
-            value, event = site["value"], site["fn"].event_dim
-            left = (value.dim() + particle_dim - event, value.dim() + data_frame(site).dim - event)
-            rest = value.movedim(left, (0, 1)).shape[2:]  # any S and n: one layout serves every chunk
-            self.sites.append((name, left, rest, biject_to(site["fn"].support)))
-
-    @property
-    def names(self) -> set[str]:
-        return {s[0] for s in self.sites}
-
-    def pack(self, values: dict) -> torch.Tensor:
-        """Constrained site values -> unconstrained (S, n, D)."""
-        parts = []
-        for name, left, _, t in self.sites:
-            u = t.inv(values[name]).movedim(left, (0, 1))
-            parts.append(u.reshape(*u.shape[:2], -1))
-        return torch.cat(parts, -1)
-
-    def unpack(self, u: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        """Unconstrained (S, n, D) -> (constrained site values, log |det dz/du| of shape (S, n))."""
-        values, log_det, start = {}, u.new_zeros(u.shape[:2]), 0
-        for name, left, rest, t in self.sites:
-            size = math.prod(rest)
-            part = u[..., start : start + size].reshape(*u.shape[:2], *rest).movedim((0, 1), left)
-            start += size
-            values[name] = t(part)
-            ladj = t.log_abs_det_jacobian(part, values[name]).movedim(left, (0, 1))
-            log_det = log_det + ladj.reshape(*u.shape[:2], -1).sum(-1)
-        return values, log_det
-
-
-class Ends(NamedTuple):
-    """log f_0(z) and log p(x, z) of every chain, each (S, n), and log |det dz/du| of the
-    unconstrained coordinates u the chains move in."""
-
-    log_init: torch.Tensor
-    log_joint: torch.Tensor
-    log_det: torch.Tensor | float = 0.0
-
-    def log_f(self, beta) -> torch.Tensor:
-        """log f_beta in the coordinates u."""
-        return self.log_init + beta * (self.log_joint - self.log_init) + self.log_det
-
-
-def path_ends(model, guide, args, kwargs, values: dict, chains: int, nesting: int, initial: str) -> Ends:
-    """log f_0 and log p(x, z) at the given latent values: the model replayed on them (from the
-    prior), or on the guide set to them (the traces of the importance-sampling core)."""
-    if initial == "prior":  # the guide plays no part
-        pdim = -nesting - 1
-        model_tr = poutine.trace(poutine.replay(vectorize(model, chains, pdim), trace=given_trace(values)))
-        model_tr, guide_tr = model_tr.get_trace(*args, **kwargs), None
-    else:
-        guide_tr, model_tr, pdim = traces(model, at_values(guide, values), args, kwargs, chains, nesting)
-    missing = {
-        n
-        for n, s in model_tr.nodes.items()
-        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
-    } - set(values)
-    if missing:
-        raise PyrovaeError(
-            f"AIS needs every latent site of the model in the guide; missing {sorted(missing)}"
-        )
-    log_lik, log_prior = sum_sites(model_tr, pdim, chains)
-    log_prior = torch.zeros_like(log_lik) if log_prior is None else log_prior
-    if guide_tr is None:
-        return Ends(log_prior, log_lik + log_prior)
-    refuse_point_masses(guide_tr, "AIS from the guide", "anneal from the prior (initial = 'prior')")
-    _, log_q = sum_sites(guide_tr, pdim, chains)
-    return Ends(torch.zeros_like(log_lik) if log_q is None else log_q, log_lik + log_prior)
-
-
 class Chains:
     """S HMC chains for each of n datapoints on the path of one (model, guide, data).
 
@@ -184,8 +92,7 @@ class Chains:
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.chains, self.initial, self.compile = chains, initial, compile
         self.nesting = plate_nesting(model, guide, args, kwargs) if nesting is None else nesting
-        if chains > 1:
-            refuse_tiled(model, guide, args, kwargs, "AIS")
+        refuse_tiled(model, guide, args, kwargs, "AIS")  # chains move under a plate of their own
         self.layout, self._ends = None, None
 
     def on(self, args, kwargs) -> "Chains":

@@ -22,8 +22,9 @@ import pyro
 import torch
 
 from pyrovae import hooks
+from pyrovae.data.batches import Batches
 from pyrovae.data.labelled import LabelledBatches, is_partly_labelled
-from pyrovae.data.splits import Batches, Split
+from pyrovae.data.splits import Split
 from pyrovae.errors import ConfigError, ModelError
 from pyrovae.hooks import (
     Takes,
