@@ -210,3 +210,25 @@ def test_estimators_import_as_a_module_and_reprs_are_short():
     text = repr(as_split(torch.rand(1000, 1, 28, 28)))
     assert text.startswith("Split(1000 images of (1, 28, 28)") and len(text) < 120
     assert len(repr(FitResult(3, 1, -90.0, [{"kind": "step", "loss": 1.0}] * 500))) < 200
+
+
+def test_evaluate_honours_its_seed_when_given_data(own_run):
+    import pyrovae
+
+    run_dir, _ = own_run
+    run = pyrovae.load_run(run_dir, device="cpu")
+    data = pyrovae.evaluation_data(run.config, "test").head(8)
+    first, again, other = (
+        pyrovae.evaluate(run, data, num_samples=5, seed=s)["per_datapoint"]["elbo"] for s in (1, 1, 2)
+    )
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
+def test_a_guide_may_set_its_own_latent_dim():
+    from pyrovae.run.config import Config
+    from pyrovae.run.recipes import build
+
+    config = Config().override("model.latent_dim=6", "guide.latent_dim=6")
+    model, guide = build(config, (1, 28, 28))
+    x = torch.rand(3, 1, 28, 28)
+    assert guide.params(x)[0].shape == (3, 6)
