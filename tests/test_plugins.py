@@ -3,13 +3,14 @@ plugin package (entry points), through every command; fit --resume with override
 that cannot be read; seeds of sample and evaluate."""
 
 import json
-import os
+import shutil
 import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from helpers import run_cli
 
 MODULE = '''
 """A two-site VAE of the user's own, written as Pyro's examples write it."""
@@ -70,17 +71,10 @@ batch_size = 64
 """
 
 
-def pyrovae(*args, cwd=None, env=None, check=True):
-    out = subprocess.run(
-        [sys.executable, "-m", "pyrovae", *args, "--no-progress"],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env={**os.environ, **(env or {})},
-    )
-    if check and out.returncode != 0:
-        raise AssertionError(f"pyrovae {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
-    return out
+def pyrovae(*args, cwd, check=True):
+    """``pyrovae ARGS --no-progress`` run in this process from ``cwd``: exit code, what it
+    printed on stdout, and on stderr with the warnings it gave."""
+    return run_cli([*args, "--no-progress"], cwd, check)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +131,7 @@ def test_a_module_that_cannot_be_imported_is_named_in_one_line(tmp_path):
 def test_resume_applies_safe_overrides_and_refuses_the_others(own_run, tmp_path):
     run, elsewhere = own_run
     copy = tmp_path / "two"
-    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    shutil.copytree(run, copy)
     out = pyrovae("fit", "--resume", str(copy), "--set", "train.max_steps=6", cwd=elsewhere)
     assert "train.max_steps = 6" in out.stdout and "trained 6 steps" in out.stdout
     lines = [json.loads(line) for line in (copy / "resumes.jsonl").read_text().splitlines()]
@@ -151,7 +145,7 @@ def test_resume_applies_safe_overrides_and_refuses_the_others(own_run, tmp_path)
 def test_unreadable_checkpoints_get_one_line_and_last_falls_back(own_run, tmp_path):
     run, elsewhere = own_run
     copy = tmp_path / "two"
-    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
+    shutil.copytree(run, copy)
     (copy / "best.pt").write_bytes(b"not a checkpoint")
     bad = pyrovae("evaluate", str(copy), cwd=elsewhere, check=False)
     lines = bad.stderr.strip().splitlines()
@@ -160,7 +154,7 @@ def test_unreadable_checkpoints_get_one_line_and_last_falls_back(own_run, tmp_pa
     (copy / "checkpoint.pt").unlink()
     (copy / "checkpoint.pt").write_bytes(b"torn")
     out = pyrovae("evaluate", str(copy), "--checkpoint", "last", "--num-samples", "5", cwd=elsewhere)
-    assert "log p(x)" in out.stdout and "step-" in out.stderr
+    assert "log p(x)" in out.stdout and "step-" in out.warned
 
 
 PLUGIN_SETUP = """
@@ -183,20 +177,20 @@ py-modules = ["twosite_plugin"]
 """
 
 
-def test_an_installed_plugin_registers_its_model_and_guide(tmp_path):
+def test_an_installed_plugin_registers_its_model_and_guide(tmp_path, monkeypatch):
     source, site = tmp_path / "src", tmp_path / "site"
     source.mkdir()
     (source / "pyproject.toml").write_text(textwrap.dedent(PLUGIN_SETUP))
     (source / "twosite_plugin.py").write_text(MODULE)
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
     subprocess.run([*pip, "--target", str(site), str(source)], check=True, capture_output=True)
-    env = {"PYTHONPATH": str(site)}
-    listing = pyrovae("list", env=env, cwd=tmp_path).stdout
+    monkeypatch.syspath_prepend(str(site))  # as PYTHONPATH would
+    listing = pyrovae("list", cwd=tmp_path).stdout
     assert "twosite" in listing and "StudentT" in listing
     config = tmp_path / "p.toml"
     config.write_text(CONFIG.format(run=tmp_path / "r", model="twosite", guide="twosite"))
-    pyrovae("fit", str(config), env=env, cwd=tmp_path)
-    out = pyrovae("evaluate", str(tmp_path / "r"), "--num-samples", "5", env=env, cwd=tmp_path)
+    pyrovae("fit", str(config), cwd=tmp_path)
+    out = pyrovae("evaluate", str(tmp_path / "r"), "--num-samples", "5", cwd=tmp_path)
     assert "log p(x)" in out.stdout
 
 

@@ -3,10 +3,10 @@
 A model p(z) p(x | z) that observes its data at one site is enough: drawn from the prior by
 running it alone (its latent sites drawn from p(z), the observed site's p(x | z) read, never
 its value), and decoded at given latent values by replaying it on them; the image is the mean
-of the observed site's distribution (a draw where it has none). Reconstructions set every
-latent site to its posterior mean under the guide, in the guide's order (each later site's
-mean given the earlier means), so a model of several sites is decoded from all of them, not
-from the last one alone.
+of the observed site's distribution (a draw where it has none). Reconstructions of such a
+model set every latent site to its posterior mean under the guide, in the guide's order (each
+later site's mean given the earlier means; a discrete site at its draw), so a model of several
+sites is decoded from all of them, not from the last one alone.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae import hooks
+from pyrovae.diagnostics.latent import batched_posterior_means
 from pyrovae.errors import ModelError
 from pyrovae.inference.weights import given_trace
 
@@ -75,20 +76,24 @@ def posterior_means(model, guide, x: torch.Tensor) -> dict[str, torch.Tensor]:
             name = next((n for n in _latent(tr) if n not in means), None)
             if name is None:
                 break
-            fn = tr.nodes[name]["fn"]
+            site = tr.nodes[name]
+            if site["fn"].has_enumerate_support or not site["value"].is_floating_point():
+                means[name] = site["value"]  # a discrete site: its draw, not an average of values
+                continue
             try:
-                means[name] = fn.mean
+                means[name] = site["fn"].mean
             except NotImplementedError:
-                means[name] = fn.sample((256,)).mean(0)
+                means[name] = site["fn"].sample((256,)).mean(0)
     return means
 
 
 @torch.no_grad()
 def reconstructions(model, guide, x: torch.Tensor) -> torch.Tensor:
-    """E[x | z], z every latent site at its posterior mean: the model's ``decode`` of its code site
-    where it has one, else the model replayed on all of the means."""
-    means = posterior_means(model, guide, x)
+    """E[x | z]: the model's ``decode`` of the posterior mean at its code site where it has one
+    (its other sites as the guide draws them), else the model replayed on every latent site at
+    its posterior mean (a discrete site at its draw)."""
     if hasattr(model, "decode"):
-        return model.decode(means[hooks.code_site(model)])
+        return model.decode(batched_posterior_means(guide, x, site=hooks.code_site(model)))
+    means = posterior_means(model, guide, x)
     with poutine.block():
         return _image(poutine.trace(poutine.replay(model, trace=given_trace(means))).get_trace(x), x)
