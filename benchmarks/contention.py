@@ -236,7 +236,10 @@ def main() -> None:
     where = f"CPU ({platform.machine()}, {os.cpu_count()} cores), {a.limit} test images of {a.run}"
     flags = f"--run {a.run} --limit {a.limit} --num-samples {a.num_samples} --steps {a.steps}"
     flags += f" --repeats {a.repeats}" + " --profile" * a.profile
-    flags += f" --pairs {a.pairs} --busy {' '.join(map(str, a.busy))}" * bool(a.pairs)
+    flags += f" --pairs {a.pairs}" * bool(a.pairs) + f" --busy {' '.join(map(str, a.busy))}"
+    flags += f" --kinds {' '.join(a.kinds)}" * bool(a.kinds)
+    quoted = [f"'{s}'" if " " in s else s for s in a.settings or []]
+    flags += f" --settings {' '.join(quoted)}" * bool(quoted)
     lines = pairs_table(a) if a.pairs else profile_table(results) if a.profile else slowdown_table(results, a)
     emit_table(where, f"python benchmarks/contention.py {flags}", lines, a.append)
 
