@@ -152,3 +152,26 @@ def test_ais_refuses_the_pyro_style_pair_by_name():
         pytest.raises(ModelError, match="AIS needs a pair that broadcasts.*'style'"),
     ):
         estimators.ais_log_likelihood(model, guide, x[:4], num_steps=4, num_chains=3)
+
+
+def test_a_resumed_run_of_the_pyro_style_pair_is_the_unbroken_one(tmp_path):
+    data = torch.bernoulli(torch.full((64, PIXELS), 0.3), generator=torch.Generator().manual_seed(2))
+
+    def run(where, **stop):
+        torch.manual_seed(0)
+        model, guide = TwoSiteVAE(), TwoSiteGuide()
+        cfg = TrainConfig(epochs=2, batch_size=16, objective="iwae", k=3, checkpoint_every=1, **stop)
+        pyrovae.fit(model, guide, data, config=cfg, seed=1, device="cpu", run_dir=where, progress=False)
+        return model, guide
+
+    whole = run(tmp_path / "whole")
+    run(tmp_path / "broken", max_steps=3)
+    torch.manual_seed(0)
+    model, guide = TwoSiteVAE(), TwoSiteGuide()
+    cfg = TrainConfig(epochs=2, batch_size=16, objective="iwae", k=3, checkpoint_every=1)
+    r = pyrovae.fit(model, guide, data, config=cfg, seed=1, device="cpu", run_dir=tmp_path / "broken",
+                    resume=True, progress=False)  # fmt: skip
+    assert r.step == 8
+    for a, b in zip((model, guide), whole):
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(p, q), name
