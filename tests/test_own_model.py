@@ -169,8 +169,8 @@ def test_a_resumed_run_of_the_pyro_style_pair_is_the_unbroken_one(tmp_path):
     torch.manual_seed(0)
     model, guide = TwoSiteVAE(), TwoSiteGuide()
     cfg = TrainConfig(epochs=2, batch_size=16, objective="iwae", k=3, checkpoint_every=1)
-    r = pyrovae.fit(model, guide, data, config=cfg, seed=1, device="cpu", run_dir=tmp_path / "broken",
-                    resume=True, progress=False)  # fmt: skip
+    broken = dict(seed=1, device="cpu", run_dir=tmp_path / "broken", resume=True, progress=False)
+    r = pyrovae.fit(model, guide, data, config=cfg, **broken)
     assert r.step == 8
     for a, b in zip((model, guide), whole):
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
