@@ -145,13 +145,22 @@ def test_fit_trains_the_pyro_style_pair_with_elbo_iwae_and_dreg():
         assert rows and all(torch.isfinite(torch.tensor(row["loss"])) for row in rows)
 
 
-def test_ais_refuses_the_pyro_style_pair_by_name():
+def test_ais_from_the_guide_refuses_the_pyro_style_pair_by_name_and_from_the_prior_runs():
     model, guide, _, x = _pair()
-    with (
-        pytest.warns(RuntimeWarning),
-        pytest.raises(ModelError, match="AIS needs a pair that broadcasts.*'style'"),
-    ):
+    match = "AIS from the guide needs a pair that broadcasts.*'style'"
+    with pytest.warns(RuntimeWarning), pytest.raises(ModelError, match=match):
         estimators.ais_log_likelihood(model, guide, x[:4], num_steps=4, num_chains=3)
+    out = estimators.ais_log_likelihood(model, guide, x[:4], num_steps=4, num_chains=3, initial="prior")
+    assert out.log_likelihood.shape == (4,) and torch.isfinite(out.log_likelihood).all()
+
+
+def test_a_direct_call_of_the_core_names_the_fix():
+    model, guide, _, x = _pair()
+    with pytest.raises(ModelError, match="particles.decide"):
+        weights.log_prob_terms(model, guide, x, num_samples=4)
+    with pytest.warns(RuntimeWarning):
+        particles.decide(model, guide, (x,))
+    assert weights.log_prob_terms(model, guide, x, num_samples=4).log_weights.shape == (4, 20)
 
 
 def test_a_resumed_run_of_the_pyro_style_pair_is_the_unbroken_one(tmp_path):

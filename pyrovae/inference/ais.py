@@ -92,7 +92,8 @@ class Chains:
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.chains, self.initial, self.compile = chains, initial, compile
         self.nesting = plate_nesting(model, guide, args, kwargs) if nesting is None else nesting
-        refuse_tiled(model, guide, args, kwargs, "AIS")  # chains move under a plate of their own
+        if initial == "guide":  # its chains start from the guide, under a plate of their own
+            refuse_tiled(model, guide, args, kwargs, "AIS from the guide")
         self.layout, self._ends = None, None
 
     def on(self, args, kwargs) -> "Chains":

@@ -262,8 +262,19 @@ def traces(
     if enumerated:
         guide = poutine.enum(guide, first_available_dim=particle_dim - 1)
         model = poutine.enum(model)  # continues allocating dims after the guide's
-    guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    try:
+        guide_tr = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(*args, **kwargs)
+    except (RuntimeError, ValueError, IndexError) as e:
+        if num_samples == 1 or tiled or decided(model, guide) is not None:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ModelError(
+            f"the pair fails under a plate of {num_samples} particles ({type(e).__name__}: {first}); "
+            "if its code does not broadcast over a leading dim, call "
+            "pyrovae.inference.particles.decide(model, guide, args) once first (the estimators and "
+            "fit do), and it runs on repeated data"
+        ) from e
     if tiled:
         mark_tiled(num_samples, guide_tr, model_tr)
     return guide_tr, model_tr, particle_dim
