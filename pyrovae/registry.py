@@ -69,11 +69,27 @@ def import_object(kind: str, spec: str, folders: Iterable[str] = ()) -> Any:
                 "beside the config, in the working directory or on PYTHONPATH, or pip install the "
                 "package that holds it"
             ) from None
+        except Exception as e:  # noqa: BLE001 - the module's own code failed as it was imported
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ConfigError(
+                f"{kind} {spec!r}: importing {module!r} failed ({type(e).__name__}: {first})"
+            ) from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"{kind} {spec!r}: module {module!r} has no attribute {part!r}")
         obj = getattr(obj, part)
     return obj
+
+
+def module_folder(spec: str) -> str | None:
+    """The folder on ``sys.path`` that the top-level package of an import path was imported from
+    (to record beside a run), or None for one imported from an installed distribution."""
+    top = sys.modules.get(spec.partition(":")[0].split(".")[0])
+    where = getattr(top, "__file__", None)
+    if where is None or "site-packages" in where or "dist-packages" in where:
+        return None
+    path = os.path.dirname(os.path.abspath(where))
+    return os.path.dirname(path) if os.path.basename(where) == "__init__.py" else path
 
 
 def plugins(kind: str) -> dict[str, Any]:

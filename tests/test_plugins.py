@@ -226,3 +226,26 @@ def test_a_guide_may_set_its_own_latent_dim():
     model, guide = build(config, (1, 28, 28))
     x = torch.rand(3, 1, 28, 28)
     assert guide.params(x)[0].shape == (3, 6)
+
+
+def test_a_module_in_the_working_directory_is_recorded_for_later_commands(tmp_path):
+    home, configs, elsewhere = (tmp_path / d for d in ("home", "configs", "elsewhere"))
+    for d in (home, configs, elsewhere):
+        d.mkdir()
+    (home / "cwdsite.py").write_text(MODULE)
+    run = tmp_path / "runs" / "cwd"
+    (configs / "c.toml").write_text(
+        CONFIG.format(run=run, model="cwdsite:TwoSiteVAE", guide="cwdsite:TwoSiteGuide")
+    )
+    pyrovae("fit", str(configs / "c.toml"), cwd=home)  # found in the working directory
+    assert str(home) in json.loads((run / "config.json").read_text())["paths"]
+    sys.modules.pop("cwdsite")  # as a new process would: found again through the recorded folder
+    assert "log p(x)" in pyrovae("evaluate", str(run), "--num-samples", "5", cwd=elsewhere).stdout
+    broken = configs / "b.toml"
+    (home / "brokensite.py").write_text("raise ValueError('a bug in the module')\n")
+    broken.write_text(CONFIG.format(run=tmp_path / "b", model="brokensite:M", guide="mlp"))
+    out = pyrovae("fit", str(broken), cwd=home, check=False)
+    assert (
+        out.returncode == 2
+        and "importing 'brokensite' failed (ValueError: a bug in the module)" in out.stderr
+    )

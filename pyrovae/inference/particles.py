@@ -56,7 +56,7 @@ def _sites(trace) -> dict:
 
 def _rows(args, kwargs, rows: int):
     n = next(a.shape[0] for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0)
-    cut = lambda a: a[:rows] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a  # noqa: E731
+    cut = lambda a: a[:rows] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
     return tuple(map(cut, args)), {k: cut(v) for k, v in kwargs.items()}
 
 

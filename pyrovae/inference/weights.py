@@ -315,11 +315,11 @@ def is_tiled(model: Callable, guide: Callable) -> bool:
 def tile(args, kwargs, k: int):
     """Every tensor argument with the data's leading size n repeated k times: (k n, ...)."""
     n = next(a.shape[0] for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0)
-    rep = lambda a: (
-        a.repeat(k, *[1] * (a.dim() - 1))
-        if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n
-        else a
-    )  # noqa: E731
+
+    def rep(a):
+        per_datapoint = isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n
+        return a.repeat(k, *[1] * (a.dim() - 1)) if per_datapoint else a
+
     return tuple(map(rep, args)), {key: rep(v) for key, v in kwargs.items()}
 
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping
 from pyrovae.blocks.likelihoods import pixel_mode_for
 from pyrovae.data.splits import DATASETS, PIXEL_MODES
 from pyrovae.errors import ConfigError, at_least, int_in, positive, require, require_names
-from pyrovae.registry import is_import_path
+from pyrovae.registry import is_import_path, module_folder
 from pyrovae.training.settings import TrainConfig
 
 
@@ -253,16 +253,23 @@ def load_config(path: str | Path) -> Config:
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from e
     config = config_from_dict(raw)
-    if names_import_path(config):  # its modules may sit beside it: recorded for every later command
+    if import_paths(config):  # its modules may sit beside it: recorded for every later command
         here = str(path.resolve().parent)
         config = config.replace(paths=[here, *(p for p in config.paths if p != here)])
     return config
 
 
-def names_import_path(config: Config) -> bool:
-    """Whether the config names a model, guide, prior or objective by import path."""
+def import_paths(config: Config) -> list[str]:
+    """The import paths among the model, guide, prior and objective a config names."""
     names = (config.model.name, config.guide.name, config.model.options.get("prior"), config.train.objective)
-    return any(is_import_path(n) for n in names if isinstance(n, str))
+    return [n for n in names if isinstance(n, str) and is_import_path(n)]
+
+
+def with_module_folders(config: Config) -> Config:
+    """The config with the folders its import paths were imported from added to ``paths``
+    (:func:`pyrovae.registry.module_folder`), so that a run finds them from any directory."""
+    found = [f for f in map(module_folder, import_paths(config)) if f is not None]
+    return config.replace(paths=list(dict.fromkeys([*config.paths, *found])))
 
 
 def _setting(item: str | tuple[str, Any]) -> tuple[str, Any]:

@@ -23,7 +23,7 @@ from pyrovae.diagnostics import generate, plots
 from pyrovae.errors import CheckpointError, ConfigError
 from pyrovae.registry import search_paths
 from pyrovae.run.callbacks import fit_callbacks
-from pyrovae.run.config import Config, config_from_dict
+from pyrovae.run.config import Config, config_from_dict, with_module_folders
 from pyrovae.run.configcheck import validate
 from pyrovae.run.recipes import EvaluationData, build, evaluation_data, load_data
 from pyrovae.runtime import distributed
@@ -50,6 +50,7 @@ def fit_config(
     device = resolve_device(config.device) if device is None else device
     pyro.set_rng_seed(config.seed)
     model, guide = validate(config, device, meta=False)
+    config = with_module_folders(config)  # where its import paths were found: the run records it
     if config.train.init_from is not None and not resume:
         start_from(model, guide, config.train.init_from, config.train.train_only)
     files = RunDir(config.run_dir)
