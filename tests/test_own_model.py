@@ -184,3 +184,12 @@ def test_a_resumed_run_of_the_pyro_style_pair_is_the_unbroken_one(tmp_path):
     for a, b in zip((model, guide), whole):
         for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(p, q), name
+
+
+def test_a_broadcasting_pair_with_dropout_in_training_mode_is_not_taken_for_one_that_mixes():
+    torch.manual_seed(0)
+    model, guide = TwoSiteVAE(), TwoSiteGuide(broadcast=True)
+    guide.enc.append(nn.Dropout(0.5))
+    x = torch.bernoulli(torch.full((6, PIXELS), 0.3))
+    assert guide.training and particles.broadcast_failure(model, guide, (x,), {}) is None
+    assert guide.training and guide.enc[-1].training  # the modes are given back

@@ -28,6 +28,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ModelError
+from pyrovae.hooks import owner_modules
 from pyrovae.inference import weights
 
 PROBE_PARTICLES = 3  #: particles of the probe (not 2, the probe's number of datapoints)
@@ -63,7 +64,20 @@ def _rows(args, kwargs, rows: int):
 def broadcast_failure(
     model: Callable, guide: Callable, args, kwargs, nesting: int | None = None
 ) -> str | None:
-    """None when the pair broadcasts over a leading particle dim; else where and how it fails."""
+    """None when the pair broadcasts over a leading particle dim; else where and how it fails.
+    Probed in eval mode (dropout would tell the particles apart), the modes restored after."""
+    modules = [m for owner in owner_modules(model, guide) for m in owner.modules()]
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        return _probe(model, guide, args, kwargs, nesting)
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
+
+
+def _probe(model: Callable, guide: Callable, args, kwargs, nesting: int | None) -> str | None:
     a, k = _rows(args, kwargs, 2)
     try:
         weights.inspection_traces(model, guide, a, k)
