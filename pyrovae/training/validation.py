@@ -11,6 +11,7 @@ from pyrovae.data.splits import VAL_BINARIZATION_SEED, Split
 from pyrovae.hooks import evaluation_inputs, label_site, owner_modules
 from pyrovae.inference import clusters, estimators, weights
 from pyrovae.runtime import distributed
+from pyrovae.runtime.threads import Tuner
 
 CHUNK = 2000  #: validation datapoints scored at once
 
@@ -52,7 +53,10 @@ class Validator:
         """(sum, count) of this rank's validation ELBOs, or of its objective losses."""
         n = part[0].shape[0]
         if self.key == "val_elbo":
-            elbos = estimators.elbo(self.model, self.guide, *part, num_samples=self.samples, data_chunk=CHUNK)
+            fixed = Tuner(enabled=False)  # at the threads training chose: no timing of its own
+            elbos = estimators.elbo(
+                self.model, self.guide, *part, num_samples=self.samples, data_chunk=CHUNK, tuner=fixed
+            )
             return [elbos.double().sum(), torch.tensor(float(n))]
         with torch.no_grad():
             loss = sum(
