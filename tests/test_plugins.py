@@ -81,10 +81,10 @@ def pyrovae(*args, cwd, check=True):
 def own_run(tmp_path_factory):
     """A run of a model and guide named by import path, its module beside the config."""
     home = tmp_path_factory.mktemp("own")
-    (home / "twosite.py").write_text(MODULE)
+    (home / "ownsite.py").write_text(MODULE)  # a name no other test's module has: one process
     config = home / "two.toml"
     run = home / "runs" / "two"
-    config.write_text(CONFIG.format(run=run, model="twosite:TwoSiteVAE", guide="twosite:TwoSiteGuide"))
+    config.write_text(CONFIG.format(run=run, model="ownsite:TwoSiteVAE", guide="ownsite:TwoSiteGuide"))
     elsewhere = tmp_path_factory.mktemp("elsewhere")  # the module is found beside the config
     out = pyrovae("fit", str(config), cwd=elsewhere)
     assert "trained 4 steps" in out.stdout
@@ -94,7 +94,7 @@ def own_run(tmp_path_factory):
 def test_an_import_path_reaches_every_command(own_run):
     run, elsewhere = own_run
     recorded = json.loads((run / "config.json").read_text())
-    assert recorded["model"]["name"] == "twosite:TwoSiteVAE" and len(recorded["paths"]) == 1
+    assert recorded["model"]["name"] == "ownsite:TwoSiteVAE" and recorded["paths"] == [str(run.parents[1])]
     for name in ("samples.png", "reconstructions.png", "latent.png"):
         assert (run / name).stat().st_size > 0
     out = pyrovae("evaluate", str(run), "--num-samples", "20", cwd=elsewhere)
