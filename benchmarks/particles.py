@@ -43,7 +43,7 @@ def timed(model, guide, x, k: int, repeats: int) -> tuple[float, torch.Tensor]:
 def main() -> None:
     from report import emit_measured, row
 
-    from pyrovae.inference import weights
+    from pyrovae.inference import plates
     from pyrovae.registry import build_guide, build_model
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -58,8 +58,8 @@ def main() -> None:
     plate = build_guide("mlp2", x_shape=(1, 28, 28), latent_dim=model.latent_dim)
     repeated = build_guide("mlp2", x_shape=(1, 28, 28), latent_dim=model.latent_dim)
     repeated.load_state_dict(plate.state_dict())
-    weights.remember(model, plate, False)
-    weights.remember(model, repeated, True)  # scored as a pair that does not broadcast
+    plates.remember(model, plate, False)
+    plates.remember(model, repeated, True)  # scored as a pair that does not broadcast
     header = ["K", "under the plate, s", "on repeated data, s", "ratio", "largest difference, nats"]
     lines = [row(header), row(["---:"] * 5)]
     for k in a.samples:

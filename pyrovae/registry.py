@@ -170,6 +170,13 @@ def accepts(cls: Any, option: str) -> bool:
     return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
+def offered(cls: Any, values: dict, options: Iterable[str] = ()) -> dict:
+    """The ``values`` (``x_shape``, ``latent_dim``, ...) that the constructor of ``cls`` takes and
+    the config's own ``options`` do not set: what a class written anywhere is given."""
+    options = set(options)
+    return {k: v for k, v in values.items() if k not in options and accepts(cls, k)}
+
+
 def _build(table: dict, kind: str, name: str, kwargs: dict, folders: Iterable[str] = ()):
     cls = lookup(kind, name, folders)
     sig = inspect.signature(cls)

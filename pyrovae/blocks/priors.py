@@ -25,7 +25,7 @@ from torch import nn
 
 from pyrovae.blocks.nn import off_meta
 from pyrovae.errors import ConfigError, ModelError, unknown_name
-from pyrovae.registry import accepts, import_object, is_import_path, plugins
+from pyrovae.registry import import_object, is_import_path, offered, plugins
 
 PRIORS = ("standard", "mog", "vamp", "flow")  #: the priors a model takes by name (``[model] prior``)
 
@@ -241,8 +241,8 @@ def make_prior(
     if prior not in makers and (is_import_path(prior) or prior in plugins("prior")):
         # a Prior subclass of the user's: built as the registered ones are, from latent_dim
         cls = import_object("prior", prior) if is_import_path(prior) else plugins("prior")[prior]
-        given = {"latent_dim": latent_dim, "x_shape": tuple(x_shape)}
-        makers[prior] = lambda: cls(**{k: v for k, v in given.items() if accepts(cls, k)}, **options)
+        given = offered(cls, {"latent_dim": latent_dim, "x_shape": tuple(x_shape)}, options)
+        makers[prior] = lambda: cls(**given, **options)
     if prior not in makers:
         raise unknown_name("prior", prior, PRIORS)
     try:

@@ -56,12 +56,13 @@ def site_names(model, guide, x: torch.Tensor) -> list[str]:
 
 
 @torch.no_grad()
-def prior_images(model, num: int, like: torch.Tensor) -> torch.Tensor:
-    """``num`` images drawn from the model's prior: its own ``sample(num)``, else the model run
-    with its observed site unconditioned on inputs shaped as ``like``."""
+def prior_images(model, num: int, x_shape, device="cpu") -> torch.Tensor:
+    """``num`` images (num, *x_shape) drawn from the model's prior: its own ``sample(num)``, else
+    the model run on a blank batch of that shape (its observed site's p(x | z) read, at z drawn
+    from the prior)."""
     if hasattr(model, "sample"):
-        return model.sample(num)
-    blank = like.new_zeros(num, *like.shape[1:])  # observed, but only p(x | z) at prior draws is read
+        return model.sample(num).reshape(num, *x_shape)
+    blank = torch.zeros(num, *x_shape, device=device)
     with poutine.block():
         return _image(poutine.trace(model).get_trace(blank), blank)
 

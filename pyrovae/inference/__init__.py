@@ -1,9 +1,10 @@
 """Inference on a model and guide: the per-datapoint log importance weights (:mod:`.weights`)
 and their consumers, the estimators (:mod:`.estimators`), run in memory-sized chunks
-(:mod:`.chunks`) with discrete sites summed out (:mod:`.enumeration`), K particles drawn under a
-plate or on repeated data (:mod:`.particles`); AIS (:mod:`.ais`, its path in :mod:`.paths`) and
-BDMC (:mod:`.bidirectional`); input checks (:mod:`.checks`); the evaluation of a trained pair
-on data (:mod:`.scoring`) and its classification and clustering figures (:mod:`.clusters`).
+(:mod:`.chunks`) with discrete sites summed out (:mod:`.enumeration`), K particles drawn
+under a plate or on repeated data (:mod:`.particles`, :mod:`.plates`); AIS (:mod:`.ais`, its
+path in :mod:`.paths`) and BDMC (:mod:`.bidirectional`); input checks (:mod:`.checks`); the
+evaluation of a trained pair on data (:mod:`.scoring`) and its classification and clustering
+figures (:mod:`.clusters`).
 
 This facade is also ``pyrovae.estimators``: ``from pyrovae.estimators import elbo`` works.
 """
@@ -45,9 +46,9 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         mean_and_stderr,
     )
     from pyrovae.inference.particles import broadcast_failure, decide
+    from pyrovae.inference.plates import PARTICLE_PLATE, vectorize
     from pyrovae.inference.scoring import class_report, class_report_data, evaluate_data
     from pyrovae.inference.weights import (
-        PARTICLE_PLATE,
         LogProbTerms,
         data_frame,
         inspection_traces,
@@ -57,7 +58,6 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         site_log_prob,
         sum_sites,
         traces,
-        vectorize,
     )
 
 __getattr__, __dir__, __all__ = lazy(__name__, __file__)

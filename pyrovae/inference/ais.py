@@ -40,14 +40,11 @@ from pyro.ops.integrator import velocity_verlet
 
 from pyrovae.errors import PyrovaeError
 from pyrovae.hooks import owner_modules
-from pyrovae.inference.chunks import chunk_sizes, data_size, needs_all_data, slice_args, spans
+from pyrovae.inference.chunks import chunk_sizes, needs_all_data, spans
 from pyrovae.inference.particles import refuse_tiled
 from pyrovae.inference.paths import Ends, Layout, path_ends
-from pyrovae.inference.weights import (
-    cuda_devices,
-    plate_nesting,
-    vectorize,
-)
+from pyrovae.inference.plates import data_size, slice_args, vectorize
+from pyrovae.inference.weights import cuda_devices, plate_nesting
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
 from pyrovae.runtime.threads import Tuner

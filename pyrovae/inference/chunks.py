@@ -21,11 +21,17 @@ from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pyrovae.errors import PyrovaeError
 from pyrovae.hooks import owner_modules
 from pyrovae.inference import weights
 from pyrovae.inference.particles import decide
-from pyrovae.inference.weights import LogProbTerms, cuda_devices, inspection_traces, plate_nesting, traces
+from pyrovae.inference.plates import data_size, slice_args
+from pyrovae.inference.weights import (
+    LogProbTerms,
+    cuda_devices,
+    inspection_traces,
+    plate_nesting,
+    traces,
+)
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
 from pyrovae.runtime.threads import Tuner
@@ -35,19 +41,6 @@ from pyrovae.sites import DATA_PLATE
 def spans(total: int, size: int):
     for start in range(0, total, size):
         yield start, min(size, total - start)
-
-
-def slice_args(args, kwargs, n: int, start: int, stop: int):
-    """Slice every tensor argument whose leading dim is the data size ``n``."""
-    cut = lambda a: a[start:stop] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
-    return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
-
-
-def data_size(args, kwargs) -> int:
-    for a in (*args, *kwargs.values()):
-        if isinstance(a, torch.Tensor) and a.dim() > 0:
-            return a.shape[0]
-    raise PyrovaeError("no tensor argument to read the number of datapoints from")
 
 
 MEMORY_FRACTION = 0.25  #: share of the free memory one chunk may use

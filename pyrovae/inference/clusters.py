@@ -11,7 +11,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from pyrovae.inference.chunks import slice_args
+from pyrovae.inference.plates import slice_args
 
 
 def _categorical_probs(fn) -> torch.Tensor | None:

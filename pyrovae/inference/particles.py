@@ -29,7 +29,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ModelError
 from pyrovae.hooks import owner_modules
-from pyrovae.inference import weights
+from pyrovae.inference import plates, weights
 
 PROBE_PARTICLES = 3  #: particles of the probe (not 2, the probe's number of datapoints)
 
@@ -55,12 +55,6 @@ def _sites(trace) -> dict:
     return {n: s for n, s in trace.nodes.items() if s["type"] == "sample" and not site_is_subsample(s)}
 
 
-def _rows(args, kwargs, rows: int):
-    n = next(a.shape[0] for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() > 0)
-    cut = lambda a: a[:rows] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
-    return tuple(map(cut, args)), {k: cut(v) for k, v in kwargs.items()}
-
-
 def broadcast_failure(
     model: Callable, guide: Callable, args, kwargs, nesting: int | None = None
 ) -> str | None:
@@ -78,7 +72,7 @@ def broadcast_failure(
 
 
 def _probe(model: Callable, guide: Callable, args, kwargs, nesting: int | None) -> str | None:
-    a, k = _rows(args, kwargs, 2)
+    a, k = plates.slice_args(args, kwargs, plates.data_size(args, kwargs), 0, 2)
     try:
         weights.inspection_traces(model, guide, a, k)
     except Exception:  # noqa: BLE001 - a guide sized for all N datapoints: probe on all of them
@@ -88,7 +82,7 @@ def _probe(model: Callable, guide: Callable, args, kwargs, nesting: int | None) 
     with torch.random.fork_rng(devices=weights.cuda_devices(a, k)), torch.no_grad(), poutine.block():
         try:
             with pyro.validation_enabled(False):
-                g, m = (weights.vectorize(p, PROBE_PARTICLES, pdim) for p in (guide, model))
+                g, m = (plates.vectorize(p, PROBE_PARTICLES, pdim) for p in (guide, model))
                 guide_tr = poutine.trace(last(g)).get_trace(*a, **k)
                 model_tr = poutine.trace(last(poutine.replay(m, trace=guide_tr))).get_trace(*a, **k)
         except Exception as e:  # noqa: BLE001 - the user's code, under a plate it did not ask for
@@ -130,7 +124,7 @@ def decide(model: Callable, guide: Callable, args, kwargs=None, nesting: int | N
     """Whether the pair must run on repeated data (True) rather than under a particle plate;
     probed once per pair (:func:`broadcast_failure`), said once, recorded for
     :func:`pyrovae.inference.weights.traces`."""
-    known = weights.decided(model, guide)
+    known = plates.decided(model, guide)
     if known is not None:
         return known
     why = broadcast_failure(model, guide, args, kwargs or {}, nesting)
@@ -143,7 +137,7 @@ def decide(model: Callable, guide: Callable, args, kwargs=None, nesting: int | N
             RuntimeWarning,
             stacklevel=3,
         )
-    weights.remember(model, guide, tiled)
+    plates.remember(model, guide, tiled)
     return tiled
 
 

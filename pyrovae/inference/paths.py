@@ -15,6 +15,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import biject_to
 
 from pyrovae.errors import PyrovaeError
+from pyrovae.inference.plates import vectorize
 from pyrovae.inference.weights import (
     at_values,
     data_frame,
@@ -22,7 +23,6 @@ from pyrovae.inference.weights import (
     refuse_point_masses,
     sum_sites,
     traces,
-    vectorize,
 )
 
 

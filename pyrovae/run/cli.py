@@ -124,10 +124,8 @@ def cmd_sample(args) -> None:
             )
         plots.save_grid(run.model.sample(args.num, condition=args.condition), out)
     else:
-        like = evaluation_data(run.config, "test", run.device).images[:1]
-        plots.save_grid(
-            generate.prior_images(run.model, args.num, like).reshape(args.num, *like.shape[1:]), out
-        )
+        shape = run.checkpoint["record"]["x_shape"]
+        plots.save_grid(generate.prior_images(run.model, args.num, shape, run.device), out)
     console.wrote([out])
 
 

@@ -144,16 +144,20 @@ def resumed_config(stored: Config, settings) -> Config:
     """The stored config of a run with ``settings`` (``--set`` and the flags) applied; a key
     outside :data:`RESUMABLE` is refused by name, since the checkpoint was made under its value."""
     new = stored.override(*settings)
-    before, after = _flat(stored.to_dict()), _flat(new.to_dict())
-    refused = sorted(
-        k for k in after.keys() | before.keys() if before.get(k) != after.get(k) and k not in RESUMABLE
-    )
+    refused = [k for k in changes(stored, new) if k not in RESUMABLE]
     if refused:
         raise ConfigError(
             f"fit --resume cannot change {', '.join(refused)}: the checkpoint was trained under the "
             f"stored values; it may change {', '.join(RESUMABLE)} (or start a new run with the new config)"
         )
     return new
+
+
+def changes(before: Config, after: Config) -> dict:
+    """{dotted key: its value in ``after``} for each key the two configs set differently."""
+    old, new = _flat(before.to_dict()), _flat(after.to_dict())
+    keys = sorted(old.keys() | new.keys())
+    return {k: json.loads(new[k]) if k in new else None for k in keys if old.get(k) != new.get(k)}
 
 
 def _flat(raw: dict, prefix: str = "") -> dict:
@@ -168,11 +172,9 @@ def _flat(raw: dict, prefix: str = "") -> dict:
 
 def record_resume(config: Config) -> dict:
     """Write the resumed ``config`` as the run's config.json and append a line to resumes.jsonl
-    (the time, the step resumed from and the keys changed); returns those keys' new values."""
+    (the time and the keys changed); returns those keys' new values."""
     files = RunDir(config.run_dir)
-    before = _flat(read_config(config.run_dir).to_dict())
-    after = _flat(config.to_dict())
-    changed = {k: json.loads(after[k]) for k in sorted(after) if before.get(k) != after[k] and k != "run_dir"}
+    changed = {k: v for k, v in changes(read_config(config.run_dir), config).items() if k != "run_dir"}
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "overrides": changed}
     with open(files.resumes, "a") as f:
         f.write(json.dumps(line) + "\n")
@@ -220,7 +222,7 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
 
 @torch.no_grad()
 def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
-    """Originals and E[x | z], z every latent site at its posterior mean
+    """Originals and their reconstructions E[x | z] at posterior means
     (:func:`pyrovae.diagnostics.generate.reconstructions`), interleaved row by row for a grid."""
     recon = generate.reconstructions(run.model, run.guide, x).reshape(x.shape)
     return torch.stack([x, recon], 1).reshape(-1, *x.shape[1:])
@@ -263,7 +265,7 @@ def draw_figures(
             paths.append(plots.save_grid(torch.cat(rows), files.figure("samples"), nrow=8))
         return paths
     if "samples" in parts:
-        images = generate.prior_images(run.model, num, x).reshape(num, *x.shape[1:])
+        images = generate.prior_images(run.model, num, x.shape[1:], run.device)
         paths.append(plots.save_grid(images, files.figure("samples")))
     if "reconstructions" in parts:
         grid = reconstructions(run, x[: num // 2])

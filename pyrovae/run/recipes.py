@@ -13,7 +13,7 @@ from pyrovae import hooks
 from pyrovae.data.labelled import keep_labels
 from pyrovae.data.splits import EVAL_BINARIZATION_SEED, Split, load_split
 from pyrovae.errors import ConfigError
-from pyrovae.registry import MODELS, accepts, build_guide, build_model, fits, guides_for, lookup, search_paths
+from pyrovae.registry import MODELS, build_guide, build_model, fits, guides_for, lookup, offered, search_paths
 from pyrovae.run.config import Config
 
 
@@ -34,7 +34,7 @@ def _build(config: Config, x_shape) -> tuple[Any, Any]:
     )
     shape = {"x_shape": tuple(x_shape)}
     model = build_model(
-        config.model.name, folders, **_given(model_cls, shape, config.model.options), **config.model.options
+        config.model.name, folders, **offered(model_cls, shape, config.model.options), **config.model.options
     )
     if not fits(type(model), guide_cls):
         fitting = guides_for(config.model.name) if config.model.name in MODELS else []
@@ -46,15 +46,10 @@ def _build(config: Config, x_shape) -> tuple[Any, Any]:
         )
     given = shape | ({"latent_dim": model.latent_dim} if hasattr(model, "latent_dim") else {})
     guide = build_guide(
-        config.guide.name, folders, **_given(guide_cls, given, config.guide.options), **config.guide.options
+        config.guide.name, folders, **offered(guide_cls, given, config.guide.options), **config.guide.options
     )
     hooks.attach(model, guide)  # a VampPrior's guide; a guide that falls back on the model's prior network
     return model, guide
-
-
-def _given(cls: Any, values: dict, options: dict) -> dict:
-    """The ``values`` a constructor takes and its config section does not set itself."""
-    return {k: v for k, v in values.items() if k not in options and accepts(cls, k)}
 
 
 def load_data(config: Config, split: str, device="cpu") -> Split:

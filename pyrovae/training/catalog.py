@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from pyrovae.errors import ConfigError, unknown_name
-from pyrovae.registry import accepts, import_object, is_import_path, plugins
+from pyrovae.registry import import_object, is_import_path, offered, plugins
 from pyrovae.training.factor import FactorVAEObjective
 from pyrovae.training.objectives import (
     _PYRO_ELBOS,
@@ -47,8 +47,7 @@ def external_objective(name: str, num_particles: int, k: int) -> Objective:
     subclass built with the ``num_particles`` and ``k`` its constructor takes."""
     obj = import_object("objective", name) if is_import_path(name) else plugins("objective")[name]
     if isinstance(obj, type) and issubclass(obj, Objective):
-        given = {"num_particles": num_particles, "k": k}
-        obj = obj(**{key: v for key, v in given.items() if accepts(obj, key)})
+        obj = obj(**offered(obj, {"num_particles": num_particles, "k": k}))
     if not isinstance(obj, Objective):
         raise ConfigError(
             f"objective {name!r} is a {type(obj).__name__}, not a pyrovae.objectives.Objective: "

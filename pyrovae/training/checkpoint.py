@@ -18,24 +18,27 @@ from pyrovae.training.rundir import RunDir
 FORMAT = 1
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temporary file, fsync, then rename over ``path``: a crash never leaves a torn file."""
+def _atomically(path: str | os.PathLike, write) -> None:
+    """``write(file)`` to a temporary file, fsync, then rename over ``path``: a crash never leaves
+    a torn file."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to ``path`` atomically (:func:`_atomically`)."""
+    _atomically(path, lambda f: torch.save(obj, f))
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` as :func:`atomic_save` writes a checkpoint: a temporary file, then a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write ``text`` to ``path`` atomically, as a checkpoint is written."""
+    _atomically(path, lambda f: f.write(text.encode()))
 
 
 def save_step(obj: Any, run_dir: Path, step: int, keep: int = 3) -> Path:

@@ -27,7 +27,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
-from pyrovae.inference import estimators, weights
+from pyrovae.inference import estimators, plates, weights
 from pyrovae.inference.particles import decide
 
 KL_SCHEDULES = ("constant", "linear", "cyclical")  #: how beta moves (train.kl_schedule)
@@ -341,7 +341,7 @@ class IWAEObjective(Objective):
                     'Use objective = "iwae"'
                 )
         log_lik, log_prior = weights.sum_sites(model_tr, pdim, k)
-        stop_tr = weights.replayed(_stopped(guide), guide_tr, args, kwargs, k, pdim)
+        stop_tr = plates.replayed(_stopped(guide), guide_tr, args, kwargs, k, pdim)
         _, log_q_stop = weights.sum_sites(stop_tr, pdim, k)
         lw = log_lik + beta * (log_prior - log_q_stop)
         w = torch.softmax(lw.detach(), 0)
@@ -350,7 +350,7 @@ class IWAEObjective(Objective):
         for name, site in guide_tr.nodes.items():
             if site["type"] == "sample":
                 detached.nodes[name] = {**site, "value": site["value"].detach()}
-        det_tr = weights.replayed(model, detached, args, kwargs, k, pdim)
+        det_tr = plates.replayed(model, detached, args, kwargs, k, pdim)
         d_lik, d_prior = weights.sum_sites(det_tr, pdim, k)
         lw_theta = d_lik + beta * d_prior
         # theta: w^2 + (w - w^2) = w, as in IWAE; phi: w^2 through z only (log q's parameters stopped)
