@@ -42,19 +42,24 @@ ROWS = {
         'train.objective="tcvae"',
         "train.tc_weight=6.0",
         'train.tc_sampling="mss"',
-    ],  # fmt: skip
+    ],
     "FactorVAE (gamma 10, D 6 x 1000)": ['train.objective="factorvae"', "train.factor_gamma=10.0"],
+    "FactorVAE, same-batch permutation (gamma 10)": [
+        'train.objective="factorvae"',
+        "train.factor_gamma=10.0",
+        'train.factor_permute="same"',
+    ],
     "InfoVAE (alpha 0, lambda 100)": [
         'train.objective="infovae"',
         "train.mmd_alpha=0.0",
         "train.mmd_lambda=100.0",
-    ],  # fmt: skip
+    ],
     "WAE (lambda 10)": ['train.objective="wae"', "train.wae_lambda=10.0"],
     "WAE, deterministic encoder (lambda 10)": [
         'train.objective="wae"',
         "train.wae_lambda=10.0",
         "guide.deterministic=true",
-    ],  # fmt: skip
+    ],
 }
 
 
@@ -72,17 +77,28 @@ def likelihoods(run, x: tuple, a) -> list[str]:
     if a.ais:
         torch.manual_seed(0)
         r = ais.ais_log_likelihood(
-            run.model, run.guide, *(t[::every][: a.ais] for t in x), num_steps=a.ais_steps, num_chains=16,
+            run.model,
+            run.guide,
+            *(t[::every][: a.ais] for t in x),
+            num_steps=a.ais_steps,
+            num_chains=16,
             initial="prior",
-        )  # fmt: skip
+        )
         cells.append(fmt(estimators.mean_and_stderr(r.log_likelihood.detach().double().cpu())) + same)
     return cells
 
 
 def measure(label: str, sets: list[str], a) -> str:
-    run_dir = Path(a.runs) / (label.split(" ")[0].lower().rstrip(",") + "-det" * ("deterministic" in label))
-    common = [f'run_dir="{run_dir}"', f'device="{a.device}"', f"train.epochs={a.epochs}",
-              f'data.name="{a.data}"', f"model.latent_dim={a.latent}", "guide.hidden=[400]"]  # fmt: skip
+    tag = "-det" * ("deterministic" in label) + "-same" * ("same-batch" in label)
+    run_dir = Path(a.runs) / (label.split(" ")[0].lower().rstrip(",") + tag)
+    common = [
+        f'run_dir="{run_dir}"',
+        f'device="{a.device}"',
+        f"train.epochs={a.epochs}",
+        f'data.name="{a.data}"',
+        f"model.latent_dim={a.latent}",
+        "guide.hidden=[400]",
+    ]
     raw = apply_overrides(load_config(ROOT / "configs" / "mnist_vae.toml").to_dict(), common + sets)
     if not (a.reuse and (run_dir / "checkpoint.pt").exists()):
         experiment.fit_config(config_from_dict(raw), progress=False)

@@ -10,7 +10,8 @@ and for type checkers.
 from __future__ import annotations
 
 import enum
-from typing import Any, Protocol
+from contextlib import contextmanager
+from typing import Any, Iterator, Protocol
 
 import torch
 
@@ -60,6 +61,10 @@ class ModelHooks(Protocol):
       (reported in bits/dim). Default: by the pixel mode.
     - ``prior``: a prior with ``init == "data"`` and ``init_from(x)`` (a VampPrior's
       pseudo-inputs) is given training images before training.
+    - ``per_datapoint`` (on a model or a guide): True for state with one row per datapoint read
+      by position (the pair always runs on whole data), False for none, or tables indexed by an
+      argument of one row per datapoint (sliced freely). Default: found by
+      :func:`pyrovae.inference.pairs.per_datapoint_state`.
     """
 
     latent_sites: tuple[str, ...]
@@ -232,6 +237,31 @@ def num_classes(model: Any) -> int | None:
 def can_complete(model: Any) -> bool:
     """True for a structured-output model that completes partly observed inputs."""
     return getattr(model, "complete", None) is not None
+
+
+def per_datapoint(model: Any, guide: Any) -> bool | None:
+    """What model or guide declares with ``per_datapoint``: True for state with one row per
+    datapoint read by position (the pair then always runs on whole data), False for none, or
+    tables indexed by an argument that carries one row per datapoint (the data are then sliced
+    freely, without probes); None when neither declares it (then probed:
+    :func:`pyrovae.inference.pairs.per_datapoint_state`)."""
+    said = [getattr(fn, "per_datapoint", None) for fn in (model, guide, *owner_modules(model, guide))]
+    said = [s for s in said if s is not None]
+    return None if not said else any(bool(s) for s in said)
+
+
+@contextmanager
+def eval_mode(*fns: Any) -> Iterator[None]:
+    """The modules behind ``fns`` in eval mode (dropout off, running norms), their modes restored after."""
+    modules = [m for owner in owner_modules(*fns) for m in owner.modules()]
+    modes = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.training = False
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.training = mode
 
 
 def owner_modules(*fns: Any) -> list[torch.nn.Module]:

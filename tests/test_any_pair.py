@@ -14,7 +14,7 @@ import pyrovae
 from pyrovae.diagnostics import LocalGaussian
 from pyrovae.errors import ModelError
 from pyrovae.guides import MLPGuide
-from pyrovae.inference import chunks, estimators
+from pyrovae.inference import estimators, pairs
 from pyrovae.models import LinearGaussian
 from pyrovae.sites import DATA_PLATE, LATENT
 from pyrovae.training.settings import TrainConfig
@@ -108,7 +108,7 @@ def test_estimators_run_a_guide_sized_for_all_datapoints(ppca):
     model, x = ppca
     guide = _whole_data_guide(model, x)
     exact = model.log_marginal(x)
-    assert not chunks.runs_on_slices(model, guide, (x,), {}, 8)
+    assert pairs.whole_data(model, guide, (x,), {})
     # chunks of 64 pairs would cut the 40 datapoints; the data are kept whole, particles chunked
     lp = estimators.log_likelihood(model, guide, x, num_samples=50, max_rows=64)
     torch.testing.assert_close(lp, exact, rtol=0, atol=1e-9)
@@ -185,9 +185,9 @@ def test_a_guide_that_reads_its_table_by_position_is_kept_whole(ppca):
         with pyro.plate(DATA_PLATE, n):
             pyro.sample(LATENT, dist.MultivariateNormal(loc[:n], scale_tril=tril[:n]))
 
-    assert chunks.runs_on_slices(model, model.exact_guide(), (x,), {}, 8)  # a guide of x itself
-    assert not chunks.runs_on_slices(model, by_position, (x,), {}, 8)
-    assert chunks.needs_all_data(model, by_position, (x,), {})
+    assert not pairs.whole_data(model, model.exact_guide(), (x,), {})  # a guide of x itself
+    assert pairs.whole_data(model, by_position, (x,), {})
+    assert "elsewhere in a batch" in pairs.per_datapoint_state(model, by_position, (x,), {})
     exact = model.log_marginal(x)
     for options in ({}, dict(data_chunk=7, particle_chunk=3), dict(max_rows=16)):
         lp = estimators.log_likelihood(model, by_position, x, num_samples=5, **options)

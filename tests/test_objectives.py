@@ -176,28 +176,32 @@ def test_each_objective_trains_captured_as_eager_and_resumes(objective, tmp_path
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_factorvae_penalizes_the_discriminators_total_correlation_and_trains_it_apart():
+@pytest.mark.parametrize("permute", ["independent", "same"])
+def test_factorvae_penalizes_the_discriminators_total_correlation_and_trains_it_apart(permute):
     """gamma = 0 is the ELBO; the penalty is gamma sum_n (D_0(z_n) - D_1(z_n)) on the same draws;
     the VAE's parameters get the penalized ELBO's gradient, D's parameters the gradient of its
-    own cross-entropy on z against dimension-wise permuted z (Kim & Mnih 2018, Algorithm 2)."""
+    own cross-entropy on q(z) draws against dimension-wise permuted draws of a second,
+    independent half of the batch (Kim & Mnih 2018, Algorithm 2), or of the same draws."""
     from torch.nn import functional as F
 
     model, guide, x = pair()
     elbo = seeded(lambda: make_objective("elbo")(model, guide, x))
-    zero = make_objective("factorvae", factor_gamma=0.0, factor_hidden=[8])
+    zero = make_objective("factorvae", factor_gamma=0.0, factor_hidden=[8], factor_permute=permute)
     torch.testing.assert_close(seeded(lambda: zero(model, guide, x)), elbo)
-    objective = make_objective("factorvae", factor_gamma=2.0, factor_hidden=[8])
+    objective = make_objective("factorvae", factor_gamma=2.0, factor_hidden=[8], factor_permute=permute)
     objective.prepare(model, guide, x)
     loss = seeded(lambda: objective(model, guide, x))
     torch.manual_seed(3)
     guide_tr, _, _ = weights.traces(model, guide, (x,), {}, 1, objective._nesting)
     z = guide_tr.nodes["z"]["value"].reshape(12, 3).detach()
-    order = torch.argsort(torch.rand(z.shape), dim=0)  # the permutation's draws follow z's
+    real, other = (z[:6], z[6:]) if permute == "independent" else (z, z)
+    order = torch.argsort(torch.rand(other.shape), dim=0)  # the permutation's draws follow z's
     d = objective.discriminator
     tc = (d(z)[:, 0] - d(z)[:, 1]).sum()
     torch.testing.assert_close(loss, elbo + 2.0 * tc.detach())
-    labels = torch.cat([torch.zeros(12, dtype=torch.long), torch.ones(12, dtype=torch.long)])
-    by_hand = 0.5 * F.cross_entropy(torch.cat([d(z), d(torch.gather(z, 0, order))]), labels, reduction="sum")
+    labels = torch.cat([torch.zeros(len(real), dtype=torch.long), torch.ones(len(other), dtype=torch.long)])
+    both = torch.cat([d(real), d(torch.gather(other, 0, order))])
+    by_hand = 12 * F.cross_entropy(both, labels, reduction="sum") / len(labels)
     for a, b in zip(
         torch.autograd.grad(loss, list(d.parameters())), torch.autograd.grad(by_hand, list(d.parameters()))
     ):

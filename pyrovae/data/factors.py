@@ -31,6 +31,8 @@ FACTOR_NAMES = {
     "mnist_factors": ("digit", "rotation", "scale", "x", "y"),
     "dsprites": ("shape", "scale", "orientation", "x", "y"),
 }
+#: the factors whose values are classes, not steps on an ordered grid (the metrics treat them as such)
+CATEGORICAL = {"mnist_factors": ("digit",), "dsprites": ("shape",)}
 ROTATIONS = (-40.0, -20.0, 0.0, 20.0, 40.0)  #: degrees
 SCALES = (0.8, 1.0, 1.2)
 SHIFTS = (-4.0, -2.0, 0.0, 2.0, 4.0)  #: pixels, in x and in y

@@ -38,12 +38,11 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
     )
     from pyrovae.diagnostics.amortization import amortization_gap
     from pyrovae.diagnostics.disentanglement import (
-        DCI,
+        IMPORTANCE,
         METRICS,
         Score,
         dci,
         factor_vae_score,
-        lasso,
         mig,
         sap,
     )

@@ -16,6 +16,7 @@ from pyrovae.diagnostics.draws import _layout, _sites
 from pyrovae.errors import ModelError
 from pyrovae.inference import chunks, weights
 from pyrovae.inference.checks import check_inputs
+from pyrovae.runtime.seeds import keeps_streams
 
 ACTIVE_THRESHOLD = 0.01  #: Cov_x(E_q[z_u]) above this makes unit u active (Burda et al. 2015, sec. 5.2)
 
@@ -65,6 +66,7 @@ class LatentActivity:
 
 
 @torch.no_grad()
+@keeps_streams
 def latent_activity(
     model,
     guide,

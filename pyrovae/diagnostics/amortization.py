@@ -12,8 +12,10 @@ from pyrovae.diagnostics.importance import KHAT_BAD, psis_khat
 from pyrovae.diagnostics.refine import refine
 from pyrovae.inference import estimators
 from pyrovae.inference.checks import check_inputs
+from pyrovae.runtime.seeds import keeps_streams
 
 
+@keeps_streams
 def amortization_gap(model, guide, x: torch.Tensor, *condition: torch.Tensor, steps: int = 1000,
                      lr: float = 0.02, num_particles: int = 16, num_samples: int = 5000,
                      index: Sequence[int] | None = None, images: torch.Tensor | None = None,

@@ -16,6 +16,7 @@ from pyrovae.errors import ConfigError, ModelError
 from pyrovae.inference import chunks, weights
 from pyrovae.inference.checks import check_inputs
 from pyrovae.inference.clusters import discrete_probs
+from pyrovae.runtime.seeds import keeps_streams
 
 
 def _sites(model, guide, args):
@@ -144,6 +145,7 @@ def _dim_names(names: Sequence[str], single: str) -> dict[str, str]:
     return {n: single if len(names) == 1 else f"{n}_{single}" for n in names}
 
 
+@keeps_streams
 def to_inference_data(
     model,
     guide,

@@ -14,6 +14,7 @@ import torch
 from pyrovae.errors import ConfigError
 from pyrovae.inference import estimators
 from pyrovae.inference.checks import check_inputs
+from pyrovae.runtime.seeds import keeps_streams
 
 KHAT_GOOD = 0.5  #: k-hat at most this: finite-variance weights, reliable importance estimates
 KHAT_BAD = 0.7  #: k-hat above this: the importance estimate is unreliable (Yao et al. 2018, sec. 2.2)
@@ -71,10 +72,20 @@ def importance_table(
     return table
 
 
-def posterior_quality(model, guide, x: torch.Tensor, *condition: torch.Tensor, num_samples: int = 1000,
-                      labels: torch.Tensor | None = None, index: Sequence[int] | None = None,
-                      images: torch.Tensor | None = None, seed: int = 0, max_rows: int | None = None,
-                      progress: bool | str = False):  # fmt: skip
+@keeps_streams
+def posterior_quality(
+    model,
+    guide,
+    x: torch.Tensor,
+    *condition: torch.Tensor,
+    num_samples: int = 1000,
+    labels: torch.Tensor | None = None,
+    index: Sequence[int] | None = None,
+    images: torch.Tensor | None = None,
+    seed: int = 0,
+    max_rows: int | None = None,
+    progress: bool | str = False,
+):
     """:func:`importance_table` of ``num_samples`` draws from q(z | x) for each datapoint."""
     args = check_inputs(
         model, guide, x, *condition, images=images, num_samples=num_samples, name="diagnostics"

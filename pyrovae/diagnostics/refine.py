@@ -30,6 +30,7 @@ from pyrovae.diagnostics.draws import _sites, sample_posterior
 from pyrovae.diagnostics.importance import psis_khat
 from pyrovae.errors import ConfigError, ModelError
 from pyrovae.inference import estimators, weights
+from pyrovae.inference.pairs import check_pair, whole_data
 from pyrovae.runtime.progress import bar
 from pyrovae.sites import DATA_PLATE, LATENT
 
@@ -152,15 +153,27 @@ class Refined(NamedTuple):
 
 
 def refined_log_likelihood(
-    model, guide, *args, steps: int, num_samples: int = 5000, lr: float = 0.02, num_particles: int = 16,
-    data_chunk: int = 500, progress: bool = False,
-) -> Refined:  # fmt: skip
+    model,
+    guide,
+    *args,
+    steps: int,
+    num_samples: int = 5000,
+    lr: float = 0.02,
+    num_particles: int = 16,
+    data_chunk: int = 500,
+    progress: bool = False,
+) -> Refined:
     """log p(x) by importance sampling with ``num_samples`` draws from the guide and from its
     :func:`refine` ment (``steps`` steps), ``data_chunk`` datapoints refined at a time (each
-    chunk's proposals are sized for it: the estimators keep such a chunk whole)."""
+    chunk's proposals are sized for it: the estimators keep such a chunk whole), all of them at
+    once for a pair that holds per-datapoint state (:func:`pyrovae.inference.pairs.whole_data`).
+    The pair is checked first (:func:`pyrovae.inference.pairs.check_pair`)."""
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ConfigError(f"refinement needs steps >= 1, got {steps!r}; 0 means no refinement")
     n, parts, seconds = args[0].shape[0], [], [0.0, 0.0]
+    whole = whole_data(model, guide, args, {})
+    check_pair(model, guide, args, {}, whole=whole)
+    data_chunk = n if whole else data_chunk
 
     def refined(a):
         return refine(model, guide, *a, steps=steps, lr=lr, num_particles=num_particles)

@@ -2,7 +2,8 @@
 and their consumers, the estimators (:mod:`.estimators`), run in memory-sized chunks
 (:mod:`.chunks`) with discrete sites summed out (:mod:`.enumeration`), K particles drawn
 under a plate or on repeated data (:mod:`.particles`, :mod:`.plates`); AIS (:mod:`.ais`, its
-path in :mod:`.paths`) and BDMC (:mod:`.bidirectional`); input checks (:mod:`.checks`); the
+path in :mod:`.paths`, its step sizes in :mod:`.stepsize`) and BDMC (:mod:`.bidirectional`);
+the pair check and the per-datapoint-state decision (:mod:`.pairs`), input checks (:mod:`.checks`); the
 evaluation of a trained pair on data (:mod:`.scoring`) and its classification and clustering
 figures (:mod:`.clusters`).
 
@@ -28,8 +29,6 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         fold_terms,
         free_memory,
         map_terms,
-        needs_all_data,
-        runs_on_slices,
     )
     from pyrovae.inference.clusters import classification_error, cluster_accuracy, discrete_probs
     from pyrovae.inference.enumeration import ENUMERATE
@@ -45,9 +44,11 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         log_weights,
         mean_and_stderr,
     )
+    from pyrovae.inference.pairs import check_pair, per_datapoint_state, whole_data
     from pyrovae.inference.particles import broadcast_failure, decide
     from pyrovae.inference.plates import PARTICLE_PLATE, vectorize
     from pyrovae.inference.scoring import class_report, class_report_data, evaluate_data
+    from pyrovae.inference.stepsize import frozen_steps
     from pyrovae.inference.weights import (
         LogProbTerms,
         data_frame,

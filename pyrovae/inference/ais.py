@@ -21,8 +21,9 @@ integrator (:func:`pyro.ops.integrator.velocity_verlet`) moves every chain at on
 over chains and datapoints, which gives each chain its own gradient since the chains are independent; the
 per-chain energies the Metropolis test needs are kept from its last potential call. Pyro's HMC kernel and
 its step-size adaptation hold one step size for one chain, so the per-datapoint step sizes are adapted
-here (Wu et al.: towards an acceptance rate of 0.65, multiplied by 1.02 or 0.98 after each transition),
-in a first pass with its own random stream, and frozen: the measured pass moves through a fixed sequence
+here, towards an acceptance rate of 0.65 (Wu et al.) at every temperature (:mod:`pyrovae.inference.stepsize`:
+a few transitions at beta_t, warm-started from the step of beta_(t-1)), in a first pass with its own
+random stream, and frozen: the measured pass moves through a fixed sequence
 of kernels, under which the weights are unbiased for p(x) (Neal 2001, sec. 3; Huang et al. 2020,
 "Evaluating lossy compression rates of deep generative models", adapt and then measure)."""
 
@@ -40,11 +41,13 @@ from pyro.ops.integrator import velocity_verlet
 
 from pyrovae.errors import PyrovaeError
 from pyrovae.hooks import owner_modules
-from pyrovae.inference.chunks import chunk_sizes, needs_all_data, spans
+from pyrovae.inference.chunks import chunk_sizes, spans
+from pyrovae.inference.pairs import check_pair, whole_data
 from pyrovae.inference.particles import refuse_tiled
 from pyrovae.inference.paths import Ends, Layout, path_ends
 from pyrovae.inference.plates import data_size, slice_args, vectorize
-from pyrovae.inference.weights import cuda_devices, plate_nesting
+from pyrovae.inference.stepsize import BANDS, bands, frozen_steps, warn_far
+from pyrovae.inference.weights import plate_nesting
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
 from pyrovae.runtime.threads import Tuner
@@ -60,6 +63,7 @@ ANNEALING = dict(
     step_size=0.05,
     target_accept=0.65,
     adapt_chains=4,
+    adapt_rounds=3,
     compile="auto",
 )
 
@@ -153,8 +157,10 @@ class Chains:
 class AIS(NamedTuple):
     """Per datapoint (n,): the estimate log (1/S) sum_s w_s, its standard error (delta method,
     std(w) / (sqrt(S) mean(w))), the mean acceptance rate and the step size of the last
-    transition; the log-weights (S, n); and the frozen step sizes (T + 1, n), one per
-    temperature (those at beta_0 and beta_T, where no transition runs, repeat their neighbours)."""
+    transition; the log-weights (S, n); the frozen step sizes (T + 1, n), one per temperature
+    (those at beta_0 and beta_T, where no transition runs, repeat their neighbours); and the
+    acceptance rate in each of :data:`BANDS` equal bands of the transitions, first to last,
+    (BANDS, n)."""
 
     log_likelihood: torch.Tensor
     stderr: torch.Tensor
@@ -162,30 +168,29 @@ class AIS(NamedTuple):
     step_size: torch.Tensor
     log_weights: torch.Tensor
     steps: torch.Tensor | None = None
+    acceptance_bands: torch.Tensor | None = None
 
 
-def summarize(log_w: torch.Tensor, acceptance, steps) -> AIS:
+def summarize(log_w: torch.Tensor, rates: torch.Tensor, steps) -> AIS:
     s = log_w.shape[0]
     shift = log_w.max(0).values
     w = torch.exp(log_w - shift)
     stderr = w.std(0, unbiased=s > 1) / (math.sqrt(s) * w.mean(0)) if s > 1 else torch.zeros_like(shift)
-    return AIS(torch.logsumexp(log_w, 0) - math.log(s), stderr, acceptance, steps[-2], log_w, steps)
+    mean = rates.mean(0) if rates.shape[0] else torch.zeros_like(shift)
+    return AIS(torch.logsumexp(log_w, 0) - math.log(s), stderr, mean, steps[-2], log_w, steps, bands(rates))
 
 
-def anneal(chains: Chains, u, betas, steps, leapfrog: int, progress=None, tuner=None, target=None):
+def anneal(chains: Chains, u, betas, steps, leapfrog: int, progress=None, tuner=None):
     """Move the chains at u through the distributions ``betas`` (increasing: forward AIS from
     f_0; decreasing: reverse AIS from p(z | x)) with the step sizes ``steps`` (len(betas), n), the
-    transition at betas[t] using steps[t]; (log-weights (S, n), acceptance (n,), steps used).
-    The weight increment at each beta uses the state left by the previous transition, and no
-    transition follows the last beta (Neal 2001, sec. 2). With ``target`` (the adaptation pass),
-    only steps[1] is read and each datapoint's step size is multiplied by 1.02 (0.98) after a
-    transition accepted more (less) often than ``target`` over its chains, as Wu et al. (2017,
-    sec. 4) do: the steps used are returned, to be frozen for a measured pass. A ``tuner`` times
-    the transitions."""
+    transition at betas[t] using steps[t]; (log-weights (S, n), acceptance rate of each
+    transition (T - 1, n), steps). The weight increment at each beta uses the state left by the
+    previous transition, and no transition follows the last beta (Neal 2001, sec. 2). A
+    ``tuner`` times the transitions."""
     with torch.no_grad():
         ends = chains.ends(u)
-    log_w, accepted = torch.zeros_like(ends.log_init), torch.zeros_like(ends.log_init[0])
-    steps = steps.to(u).clone()
+    log_w, rates = torch.zeros_like(ends.log_init), []
+    steps = steps.to(u)
     for t in range(1, len(betas)):
         log_w = log_w + (betas[t] - betas[t - 1]).item() * (ends.log_joint - ends.log_init)
         if t < len(betas) - 1:
@@ -193,30 +198,11 @@ def anneal(chains: Chains, u, betas, steps, leapfrog: int, progress=None, tuner=
                 u, ends, accept = chains.transition(
                     u, betas[t].item(), steps[t].reshape(1, -1, 1), leapfrog, ends
                 )
-            rate = accept.to(u.dtype).mean(0)
-            accepted = accepted + rate
-            if target is not None:
-                steps[t + 1] = steps[t] * torch.where(rate > target, 1.02, 0.98).to(u)
+            rates.append(accept.to(u.dtype).mean(0))
         if progress is not None:
             progress.update(1)
-    if target is not None:
-        steps[0], steps[-1] = steps[1], steps[-2]
-    return log_w, accepted / max(1, len(betas) - 2), steps
-
-
-def frozen_steps(adapting: Chains | None, n: int, betas, step_size: float, leapfrog: int, target: float,
-                 progress=None, tuner=None):  # fmt: skip
-    """Per-temperature, per-datapoint step sizes (len(betas), n) for a measured pass: adapted by a
-    forward pass of the ``adapting`` chains (their own, fewer chains) from ``step_size``, on a
-    random stream of their own (seeded by one draw of the caller's), so that the measured pass's
-    draws are independent of the kernels it runs; ``adapting`` None: ``step_size`` throughout."""
-    steps = torch.full((len(betas), n), float(step_size), dtype=torch.float64)
-    if adapting is None:
-        return steps
-    seed = int(torch.randint(0, 2**62, ()))
-    with torch.random.fork_rng(devices=cuda_devices(adapting.args, adapting.kwargs)):
-        torch.manual_seed(seed)
-        return anneal(adapting, adapting.start(), betas, steps, leapfrog, progress, tuner, target)[2]
+    rates = torch.stack(rates) if rates else log_w.new_zeros(0, log_w.shape[1])
+    return log_w, rates, steps
 
 
 @contextmanager
@@ -255,6 +241,7 @@ def ais_log_likelihood(
     step_size: float = 0.05,
     target_accept: float = 0.65,
     adapt_chains: int = 4,
+    adapt_rounds: int = 3,
     schedule: torch.Tensor | None = None,
     data_chunk: int | None = None,
     compile: str = "auto",
@@ -265,9 +252,11 @@ def ais_log_likelihood(
     ("guide": q(z | x); "prior": p(z)) through ``num_steps`` intermediate distributions
     (``schedule``, beta_0 = 0 to beta_T = 1; default :func:`sigmoid_schedule`), each HMC
     transition ``leapfrog_steps`` leapfrog steps of a per-datapoint, per-temperature step size
-    frozen beforehand by an adaptation pass of ``adapt_chains`` chains (:func:`frozen_steps`;
-    0: ``step_size`` throughout, no adaptation). A stochastic lower bound in expectation
-    (Jensen); see the module docstring. ``compile``: how the path's densities run
+    frozen beforehand by an adaptation pass of ``adapt_chains`` chains, ``adapt_rounds``
+    transitions at each temperature (:func:`frozen_steps`; 0 chains: ``step_size`` throughout,
+    no adaptation). A stochastic lower bound in expectation (Jensen); see the module docstring.
+    The result holds the acceptance by band of temperatures; a band far from ``target_accept``
+    is warned about (:func:`warn_far`). ``compile``: how the path's densities run
     (:class:`Chains`; ``"none"``: Pyro eagerly)."""
 
     n = data_size(args, kwargs)
@@ -276,8 +265,10 @@ def ais_log_likelihood(
     )
     if not (betas[0] == 0 and betas[-1] == 1 and (betas.diff() >= 0).all()):
         raise PyrovaeError("an AIS schedule must rise from 0 to 1 (beta_0 = 0, beta_T = 1)")
-    check_annealing(num_chains, adapt_chains)
-    size = n if needs_all_data(model, guide, args, kwargs) else data_chunk
+    check_annealing(num_chains, adapt_chains, adapt_rounds)
+    whole = whole_data(model, guide, args, kwargs)
+    check_pair(model, guide, args, kwargs, whole=whole)
+    size = n if whole else data_chunk
     size = size or data_chunk_for(model, guide, args, kwargs, num_chains)
     parts, chains, adapting = [], None, None
     label = progress if isinstance(progress, str) else "AIS"
@@ -295,14 +286,23 @@ def ais_log_likelihood(
                     adapting = Chains(model, guide, a, k, adapt_chains, initial, compile=compile)
             else:
                 chains, adapting = chains.on(a, k), adapting and adapting.on(a, k)
-            steps = frozen_steps(adapting, rows, betas, step_size, leapfrog_steps, target_accept, b, tuner)
+            moves = (leapfrog_steps, target_accept, b, tuner, adapt_rounds)
+            steps = frozen_steps(adapting, rows, betas, step_size, *moves)
             parts.append(anneal(chains, chains.start(), betas, steps, leapfrog_steps, b, tuner))
-    log_w, acceptance, steps = (torch.cat(p, dim=d) for p, d in zip(zip(*parts), (1, 0, 1)))
-    return summarize(log_w, acceptance, steps)
+    out = summarize(*(torch.cat(p, dim=1) for p in zip(*parts)))
+    if len(betas) - 2 >= BANDS:  # a band of at least one transition each
+        warn_far(out.acceptance_bands, target_accept)
+    return out
 
 
-def check_annealing(num_chains, adapt_chains) -> None:
-    """One-line errors for chain counts that are not positive integers (0 adaptation chains: none)."""
-    for name, value, least in (("num_chains", num_chains, 1), ("adapt_chains", adapt_chains, 0)):
+def check_annealing(num_chains, adapt_chains, adapt_rounds=1) -> None:
+    """One-line errors for chain and round counts that are not positive integers (0 adaptation
+    chains: none)."""
+    checks = (
+        ("num_chains", num_chains, 1),
+        ("adapt_chains", adapt_chains, 0),
+        ("adapt_rounds", adapt_rounds, 1),
+    )
+    for name, value, least in checks:
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
             raise PyrovaeError(f"AIS {name} must be an integer >= {least}, got {value!r}")

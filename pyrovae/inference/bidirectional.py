@@ -22,11 +22,12 @@ from pyrovae.inference.ais import (
     anneal,
     annealing,
     check_annealing,
-    frozen_steps,
     sigmoid_schedule,
     summarize,
 )
 from pyrovae.inference.estimators import log_likelihood
+from pyrovae.inference.pairs import check_pair
+from pyrovae.inference.stepsize import BANDS, frozen_steps, warn_far
 from pyrovae.inference.weights import guide_point_masses
 from pyrovae.runtime.progress import bar
 
@@ -85,10 +86,12 @@ def sandwich(
     :func:`pyrovae.inference.ais.ais_log_likelihood` takes them (other keywords go to the model and
     guide); ``progress`` (a label) shows a bar over the passes. The step sizes are adapted once,
     by a forward pass from f_0 that never sees the exact samples, and frozen for both measured
-    passes (the reverse pass runs them in reverse order)."""
+    passes (the reverse pass runs them in reverse order). The pair is checked first
+    (:func:`pyrovae.inference.pairs.check_pair`)."""
     o = {**ANNEALING, **{k: options.pop(k) for k in list(options) if k in ANNEALING}}
-    check_annealing(o["num_chains"], o["adapt_chains"])
+    check_annealing(o["num_chains"], o["adapt_chains"], o["adapt_rounds"])
     leapfrog, kwargs, n = o["leapfrog_steps"], options, data.x.shape[0]
+    check_pair(model, guide, (data.x, *args), kwargs)
     betas = sigmoid_schedule(o["num_steps"])
     make = lambda s: Chains(model, guide, (data.x, *args), kwargs, s, o["initial"], compile=o["compile"])
     chains, adapting = make(o["num_chains"]), make(o["adapt_chains"]) if o["adapt_chains"] else None
@@ -96,7 +99,8 @@ def sandwich(
     show = None if progress is None else bool(progress)
     total = (2 + (adapting is not None)) * o["num_steps"]
     with annealing(model, guide) as tuner, bar(label, total, unit="step", show=show) as b:
-        steps = frozen_steps(adapting, n, betas, o["step_size"], leapfrog, o["target_accept"], b, tuner)
+        moves = (leapfrog, o["target_accept"], b, tuner, o["adapt_rounds"])
+        steps = frozen_steps(adapting, n, betas, o["step_size"], *moves)
         start = chains.start()
         forward = summarize(*anneal(chains, start, betas, steps, leapfrog, b, tuner))
         template = chains.layout.unpack(start)[0]  # the sites' shapes, for z* laid out as the chains
@@ -105,8 +109,13 @@ def sandwich(
             raise PyrovaeError(f"the guide's sites {sorted(missing)} are not latent sites of the model")
         exact = chains.layout.pack({n: data.latents[n].expand_as(v) for n, v in template.items()})
         log_w, rate, _ = anneal(chains, exact, betas.flip(0), steps.flip(0), leapfrog, b, tuner)
-    upper = -summarize(log_w, rate, steps).log_likelihood
-    return Sandwich(forward.log_likelihood, upper, upper - forward.log_likelihood, forward.acceptance, rate)
+    reverse = summarize(log_w, rate, steps)
+    for name, bands in (("BDMC's forward pass", forward), ("BDMC's reverse pass", reverse)):
+        if len(betas) - 2 >= BANDS:
+            warn_far(bands.acceptance_bands, o["target_accept"], name)
+    upper = -reverse.log_likelihood
+    gap = upper - forward.log_likelihood
+    return Sandwich(forward.log_likelihood, upper, gap, forward.acceptance, reverse.acceptance)
 
 
 class BDMC(NamedTuple):
@@ -136,6 +145,7 @@ def bdmc(
     if not 1 <= n <= x.shape[0]:
         raise PyrovaeError(f"num_datapoints must be in [1, {x.shape[0]}] (the rows of x), got {n}")
     cut = tuple(a[:n] if isinstance(a, torch.Tensor) and a.shape[:1] == x.shape[:1] else a for a in args)
+    check_pair(model, guide, (x[:n], *cut))
     data = simulate(model, x[:n], *cut)
     bounds = sandwich(model, guide, data, *cut, **options)
     if guide_point_masses(model, guide, (data.x, *cut)):

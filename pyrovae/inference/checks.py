@@ -3,21 +3,19 @@
 Every entry point (``fit``, ``evaluate_data``, the diagnostics) checks its inputs here, so
 that inner loops can run with Pyro's own argument checks off: data shape, dtype and
 finiteness, the model's own check (:func:`pyrovae.hooks.check_data`), conditioning rows,
-and that the guide samples exactly the model's latent sites.
+and the pair itself (:func:`pyrovae.inference.pairs.check_pair`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from pyrovae import hooks
 from pyrovae.data.splits import Split
-from pyrovae.errors import ConfigError, DataError, ModelError, PyrovaeError
-from pyrovae.inference.chunks import runs_on_slices
-from pyrovae.inference.weights import inspection_traces
+from pyrovae.errors import ConfigError, DataError, PyrovaeError
+from pyrovae.inference.pairs import check_pair
 
 
 def as_split(data: Split | torch.Tensor) -> Split:
@@ -58,43 +56,6 @@ def check_data(model: Any, split: Split, name: str, chunk: int = 8192) -> None:
             hooks.check_data(model, split.observe(slice(start, start + chunk)))
 
 
-def _latent(trace) -> set[str]:
-    return {
-        n
-        for n, s in trace.nodes.items()
-        if s["type"] == "sample" and not s["is_observed"] and not site_is_subsample(s)
-    }
-
-
-def check_sites(model: Callable, guide: Callable, *args) -> None:
-    """Run the guide and the model once on ``args`` with Pyro's argument checks on, and raise
-    ModelError when that fails (naming the error) or unless every latent sample site of the
-    model is sampled by the guide and the guide samples nothing the model lacks (Pyro only warns)."""
-    try:
-        # Pyro's argument checks, this once: a clear error for bad values
-        guide_tr, model_tr = inspection_traces(model, guide, args, {}, validate=True)
-    except (ValueError, RuntimeError, TypeError, IndexError, NotImplementedError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelError(
-            f"running the guide and the model on {args[0].shape[0]} datapoints failed ({type(e).__name__}: "
-            f"{first}); check their options and code against the data"
-        ) from e
-    in_model, in_guide = _latent(model_tr), _latent(guide_tr)
-    # a discrete site the model enumerates itself is summed out there, not sampled by the guide
-    in_model -= {n for n in in_model - in_guide if model_tr.nodes[n]["infer"].get("enumerate") == "parallel"}
-    if in_model != in_guide:
-        parts = []
-        if in_model - in_guide:
-            parts.append(f"the guide does not sample {sorted(in_model - in_guide)}")
-        if in_guide - in_model:
-            parts.append(f"the model has no site {sorted(in_guide - in_model)}")
-        raise ModelError(
-            f"model and guide do not match: {'; '.join(parts)} (model latent sites "
-            f"{sorted(in_model)}, guide sites {sorted(in_guide)}); give the guide one "
-            "sample site per latent site of the model, with the same names"
-        )
-
-
 def check_inputs(
     model: Any,
     guide: Any,
@@ -117,15 +78,5 @@ def check_inputs(
         if a.is_floating_point() and not torch.isfinite(a).all():
             raise DataError("the conditioning data contain NaN or inf; clean them first")
     args = (x, *condition)
-    check_sites(model, guide, *example_rows(model, guide, args))
+    check_pair(model, guide, args)
     return args
-
-
-def example_rows(model: Callable, guide: Callable, args: tuple, rows: int = 2) -> tuple:
-    """The first ``rows`` datapoints of ``args`` when the pair runs on a slice of the data,
-    else all of them (a guide sized for all N datapoints: see
-    :func:`pyrovae.inference.chunks.runs_on_slices`)."""
-    n = args[0].shape[0]
-    if n <= rows or not runs_on_slices(model, guide, args, {}, rows):
-        return args
-    return tuple(a[:rows] for a in args)

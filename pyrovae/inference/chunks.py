@@ -4,8 +4,9 @@ K particles for each of N datapoints are evaluated ``max_rows`` particle-datapoi
 a time: :func:`map_terms` keeps a (K, N, ...) result, :func:`fold_terms` reduces each data
 chunk to per-datapoint summaries as it goes (memory O(N), not O(K N)). Chunk sizes come
 from the free memory and a measured bound on the bytes one pair needs. A guide sized for
-all N datapoints (local parameters, an exact posterior computed once) cannot run on a
-slice of the data: it is detected and chunked over particles only.
+all N datapoints (a table of one row per datapoint, an exact posterior computed once) cannot
+run on a slice of the data: it is found (:func:`pyrovae.inference.pairs.whole_data`) and chunked
+over particles only.
 """
 
 from __future__ import annotations
@@ -15,27 +16,24 @@ import os
 from contextlib import nullcontext
 from typing import Callable, Iterator
 
-import pyro
 import torch
-from pyro.poutine.util import site_is_subsample
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from pyrovae.hooks import owner_modules
 from pyrovae.inference import weights
+from pyrovae.inference.pairs import check_pair, whole_data
 from pyrovae.inference.particles import decide
 from pyrovae.inference.plates import data_size, slice_args
 from pyrovae.inference.weights import (
     LogProbTerms,
     cuda_devices,
-    inspection_traces,
     plate_nesting,
     traces,
 )
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
 from pyrovae.runtime.threads import Tuner
-from pyrovae.sites import DATA_PLATE
 
 
 def spans(total: int, size: int):
@@ -92,11 +90,11 @@ def bytes_per_row(
 ) -> float:
     """Memory one particle-datapoint pair needs, measured on a probe of ``probe`` particles of
     one datapoint (every intermediate counted as if kept: a bound, not an average). A program
-    that only runs on all its datapoints at once (``whole``; found by :func:`needs_all_data`
-    when None) is probed on them with one particle."""
+    that only runs on all its datapoints at once (``whole``; found by
+    :func:`pyrovae.inference.pairs.whole_data` when None) is probed on them with one particle."""
     n = data_size(args, kwargs)
     if whole is None:
-        whole = needs_all_data(model, guide, args, kwargs)
+        whole = whole_data(model, guide, args, kwargs)
     with torch.random.fork_rng(devices=cuda_devices(args, kwargs)), torch.no_grad():
         a, k = slice_args(args, kwargs, n, 0, 1)
         if whole:
@@ -123,68 +121,6 @@ def chunk_rows(device: torch.device, row_bytes: float, fraction: float = MEMORY_
     return max(1, min(rows, MAX_ROWS))
 
 
-def runs_on_slices(model: Callable, guide: Callable, args, kwargs, rows: int) -> bool:
-    """Whether the pair runs on the first ``rows`` datapoints alone, with every sample site's
-    ``"data"`` plate of that size, and scores datapoints alone as it scores them in a larger
-    run (:func:`scores_agree`): False for a guide sized for all N datapoints, or one that reads
-    per-datapoint tables by position (``loc[:x.shape[0]]``)."""
-    n = data_size(args, kwargs)
-    if rows >= n:
-        return True
-    a, k = slice_args(args, kwargs, n, 0, rows)
-    try:
-        with pyro.validation_enabled(False):  # argument checks are the data checks' job, not this probe's
-            tr = inspection_traces(model, guide, a, k)
-            for site in _sample_sites(tr):
-                frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
-                shape = site["fn"].batch_shape
-                if frame is not None and len(shape) >= -frame.dim and shape[frame.dim] not in (1, rows):
-                    return False
-            return scores_agree(model, guide, args, kwargs, rows)
-    except Exception:  # noqa: BLE001 - Pyro's shape mismatch, or the program's own error
-        return False
-
-
-def _sample_sites(trs):
-    return [s for t in trs for s in t.nodes.values() if s["type"] == "sample" and not site_is_subsample(s)]
-
-
-def _scores(trs, nesting: int) -> dict[str, torch.Tensor]:
-    return {s["name"]: weights.site_log_prob(s, -nesting - 1, 1)[0] for s in _sample_sites(trs)}
-
-
-def _rows(site: dict, start: int, stop: int) -> torch.Tensor:
-    """The value of a site at the datapoints start..stop-1 of its ``"data"`` plate."""
-    value, dim = site["value"], weights.data_frame(site).dim - site["fn"].event_dim
-    if value.dim() < -dim or value.shape[dim] == 1:
-        return value
-    return value.narrow(dim, start, stop - start)
-
-
-def scores_agree(model: Callable, guide: Callable, args, kwargs, rows: int) -> bool:
-    """Whether the guide's log-densities at the last ``rows`` datapoints of a run on the first
-    2 ``rows`` equal those of a run on those datapoints alone, at the same latent values: a guide
-    that reads per-datapoint parameters by position uses the wrong rows on a slice."""
-    n = data_size(args, kwargs)
-    stop = min(n, 2 * rows)
-    start = stop - rows
-    a, k = slice_args(args, kwargs, n, 0, stop)
-    whole = inspection_traces(model, guide, a, k)
-    nesting = plate_nesting(model, guide, a, k, traces=whole)
-    values = {s["name"]: _rows(s, start, stop) for s in _sample_sites(whole[:1])}
-    a, k = slice_args(args, kwargs, n, start, stop)
-    alone = inspection_traces(model, weights.at_values(guide, values), a, k)
-    inside, apart = _scores(whole[:1], nesting), _scores(alone[:1], nesting)
-    return inside.keys() == apart.keys() and all(
-        torch.allclose(inside[name][start:stop], apart[name], rtol=1e-4, atol=1e-4) for name in inside
-    )
-
-
-def needs_all_data(model: Callable, guide: Callable, args, kwargs) -> bool:
-    """True for a pair that runs only on all its datapoints at once (probed on one datapoint)."""
-    return data_size(args, kwargs) > 1 and not runs_on_slices(model, guide, args, kwargs, 1)
-
-
 def chunk_sizes(
     model,
     guide,
@@ -197,9 +133,12 @@ def chunk_sizes(
     enumerated=True,
 ):
     """(particle chunk, data chunk): at most ``max_rows`` pairs (default: sized from the free
-    memory), equal particle chunks, and the whole data at once for a pair that needs it."""
+    memory), equal particle chunks, and the whole data at once for a pair that needs it
+    (:func:`pyrovae.inference.pairs.whole_data`); the pair is checked first
+    (:func:`pyrovae.inference.pairs.check_pair`)."""
     n = data_size(args, kwargs)
-    whole = needs_all_data(model, guide, args, kwargs)
+    whole = whole_data(model, guide, args, kwargs)
+    check_pair(model, guide, args, kwargs, whole=whole)
     if num_samples > 1:  # under a particle plate, or on repeated data (decided once per pair)
         decide(model, guide, args, kwargs)
     if max_rows is None and not (particle_chunk and data_chunk):

@@ -28,7 +28,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ModelError
-from pyrovae.hooks import owner_modules
+from pyrovae.hooks import eval_mode
 from pyrovae.inference import plates, weights
 
 PROBE_PARTICLES = 3  #: particles of the probe (not 2, the probe's number of datapoints)
@@ -60,15 +60,8 @@ def broadcast_failure(
 ) -> str | None:
     """None when the pair broadcasts over a leading particle dim; else where and how it fails.
     Probed in eval mode (dropout would tell the particles apart), the modes restored after."""
-    modules = [m for owner in owner_modules(model, guide) for m in owner.modules()]
-    modes = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.training = False
+    with eval_mode(model, guide):
         return _probe(model, guide, args, kwargs, nesting)
-    finally:
-        for m, mode in zip(modules, modes):
-            m.training = mode
 
 
 def _probe(model: Callable, guide: Callable, args, kwargs, nesting: int | None) -> str | None:

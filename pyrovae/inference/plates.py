@@ -76,6 +76,14 @@ def slice_args(args, kwargs, n: int, start: int, stop: int):
     return tuple(cut(a) for a in args), {k: cut(v) for k, v in kwargs.items()}
 
 
+def take_args(args, kwargs, n: int, index: torch.Tensor):
+    """The rows ``index`` of every tensor argument whose leading dim is the data size ``n``."""
+    take = lambda a: (
+        a[index.to(a.device)] if isinstance(a, torch.Tensor) and a.dim() > 0 and a.shape[0] == n else a
+    )
+    return tuple(take(a) for a in args), {k: take(v) for k, v in kwargs.items()}
+
+
 def tile(args, kwargs, k: int):
     """Every tensor argument with the data's leading size n repeated k times: (k n, ...)."""
     n = data_size(args, kwargs)

@@ -13,10 +13,11 @@ import torch
 
 from pyrovae import hooks
 from pyrovae.data.splits import EVAL_BINARIZATION_SEED, Split
-from pyrovae.errors import ConfigError, NonFiniteError
-from pyrovae.inference import clusters, estimators
+from pyrovae.errors import ConfigError, ModelError, NonFiniteError
+from pyrovae.inference import clusters, estimators, pairs
 from pyrovae.inference.checks import check_inputs
 from pyrovae.runtime import distributed, threads
+from pyrovae.runtime.seeds import keeps_streams
 
 CLASS_DRAWS = 16  #: binarizations of a dynamic split that q(c | x) is averaged over to classify
 
@@ -56,6 +57,7 @@ def class_report_data(model, guide, data: Split, seed: int = 0, draws: int = CLA
     return class_report(model, guide, args, data.labels)
 
 
+@keeps_streams
 def evaluate_data(
     model,
     guide,
@@ -84,11 +86,16 @@ def evaluate_data(
     the threads (:class:`pyrovae.runtime.threads.Tuner`, reported as
     ``threads``; torch's setting is restored after). Inside a torch.distributed process group
     each rank evaluates a contiguous part of the datapoints with its own draws, and every rank
-    gets the gathered result. ``progress`` shows a bar with an ETA over the chunks (rank 0)."""
+    gets the gathered result. ``layout`` records whether the data ran whole (a pair with
+    per-datapoint state, :func:`pyrovae.inference.pairs.whole_data`) or in chunks. ``progress``
+    shows a bar with an ETA over the chunks (rank 0)."""
     args = check_inputs(model, guide, x, *condition, images=images, num_samples=num_samples)
     rank, world = distributed.world()
     if world > x.shape[0]:
         raise ConfigError(f"{x.shape[0]} datapoints cannot be shared among {world} ranks")
+    whole = pairs.per_datapoint_state(model, guide, args, {})
+    if whole and world > 1:
+        raise ModelError(f"the pair holds per-datapoint state ({whole}): evaluate it in one process")
     sizes = distributed.shard_sizes(x.shape[0], world)
     pyro.set_rng_seed(
         distributed.rank_seed(seed, rank)
@@ -115,6 +122,7 @@ def evaluate_data(
         )
     out: dict[str, Any] = {"num_datapoints": x.shape[0], "num_samples": num_samples, "seconds": seconds}
     out["threads"] = tuner.threads  # the CPU threads its chunks ended with
+    out["layout"] = "whole data" if whole else "chunks"  # per-datapoint state: never sliced
     for key in ("elbo", "reconstruction", "kl", "log_likelihood"):
         mean, se = estimators.mean_and_stderr(terms[key])
         out[key] = {"mean": mean, "stderr": se}

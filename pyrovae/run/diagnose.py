@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pyrovae import hooks
-from pyrovae.data.factors import FACTOR_NAMES, load_factors
+from pyrovae.data.factors import CATEGORICAL, FACTOR_NAMES, load_factors
 from pyrovae.diagnostics import (
     PosteriorCollapseWarning,
     amortization_gap,
@@ -144,22 +144,26 @@ def _gaps(run: Run, args: tuple, data: EvaluationData, amortization: int, num_sa
 
 
 def disentanglement_scores(run: Run, data: EvaluationData, seed: int = 0) -> dict:
-    """MIG, DCI, the FactorVAE score (mean and standard error over 5 repeats) and SAP of the
-    posterior means E_q[z | x] of ``data`` against the dataset's ground-truth factors
-    (:mod:`pyrovae.diagnostics.disentanglement`; a dataset of :mod:`pyrovae.data.factors`)."""
+    """MIG, DCI (boosted trees), the FactorVAE score (mean and standard error over 5 repeats) and
+    SAP of the posterior means E_q[z | x] of ``data`` against the dataset's ground-truth factors,
+    its categorical factors as classes (:mod:`pyrovae.diagnostics.disentanglement`; a dataset of
+    :mod:`pyrovae.data.factors`)."""
     d = run.config.data
     factors = load_factors(d.name, data.name, root=d.root, val_size=d.val_size).numpy()
     codes = posterior_means(run.model, run.guide, *data.inputs(run.model)).detach().double().cpu().numpy()
     factors = factors[: len(codes)]
-    parts = dci(codes, factors, seed=seed)
+    names = FACTOR_NAMES[d.name]
+    categorical = [names.index(c) for c in CATEGORICAL[d.name]]
+    parts = dci(codes, factors, categorical, seed=seed).parts
     fv = factor_vae_score(codes, factors, seed=seed)
     return {
-        "factors": list(FACTOR_NAMES[d.name]),
+        "factors": list(names),
+        "categorical": list(CATEGORICAL[d.name]),
         "num_datapoints": len(codes),
-        "mig": mig(codes, factors),
-        "dci_disentanglement": parts.disentanglement,
-        "dci_completeness": parts.completeness,
-        "dci_informativeness": parts.informativeness,
-        "factor_vae": {"mean": fv.mean, "stderr": fv.stderr},
-        "sap": sap(codes, factors),
+        "mig": mig(codes, factors).value,
+        "dci_disentanglement": parts["disentanglement"],
+        "dci_completeness": parts["completeness"],
+        "dci_informativeness": parts["informativeness"],
+        "factor_vae": {"mean": fv.value, "stderr": fv.stderr},
+        "sap": sap(codes, factors, categorical, seed=seed).value,
     }

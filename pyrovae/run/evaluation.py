@@ -18,8 +18,10 @@ from pyrovae.inference.checks import check_inputs
 from pyrovae.inference.scoring import class_report_data, evaluate_data
 from pyrovae.run.experiment import Run
 from pyrovae.run.recipes import EvaluationData, evaluation_data
+from pyrovae.runtime.seeds import keeps_streams
 
 
+@keeps_streams
 def evaluate(
     run: Run,
     data: EvaluationData | None = None,
@@ -74,6 +76,7 @@ def evaluate(
     return {**out, "discrete": discrete, "bound_only": bound}
 
 
+@keeps_streams
 def point_mass_report(run: Run, data: EvaluationData, masses: list[str]) -> dict:
     """What a pair with point-mass guide sites ``masses`` has on ``data``: log p(x | z = mu(x))
     per datapoint (:func:`~pyrovae.inference.estimators.point_reconstruction`), mean and
@@ -96,6 +99,7 @@ def point_mass_report(run: Run, data: EvaluationData, masses: list[str]) -> dict
     }
 
 
+@keeps_streams
 def evaluate_refined(run: Run, data: EvaluationData, steps: int, *, num_samples=None, progress=False) -> dict:
     """log p(x), its standard error and the Pareto k-hat (mean, share above 0.7) by importance
     sampling from the guide and from proposals refined per datapoint by ``steps`` steps
@@ -118,8 +122,12 @@ def evaluate_refined(run: Run, data: EvaluationData, steps: int, *, num_samples=
 
 def _proposal(log_likelihood, k_hat, seconds) -> dict:
     bad = float((k_hat > KHAT_BAD).double().mean())
-    return {"log_likelihood": _stats(log_likelihood), "k_hat_mean": float(k_hat.mean()), "k_hat_bad": bad,
-            "seconds": seconds}  # fmt: skip
+    return {
+        "log_likelihood": _stats(log_likelihood),
+        "k_hat_mean": float(k_hat.mean()),
+        "k_hat_bad": bad,
+        "seconds": seconds,
+    }
 
 
 def _stats(values: torch.Tensor) -> dict:
@@ -127,6 +135,7 @@ def _stats(values: torch.Tensor) -> dict:
     return {"mean": mean, "stderr": stderr}
 
 
+@keeps_streams
 def evaluate_ais(
     run: Run,
     data: EvaluationData,
@@ -149,9 +158,16 @@ def evaluate_ais(
     torch.manual_seed(data.seed)
     start = time.perf_counter()
     r = ais.ais_log_likelihood(
-        run.model, run.guide, *args, num_steps=num_steps, num_chains=num_chains, initial=initial,
-        adapt_chains=adapt_chains, compile=compile, progress="AIS" if progress else False,
-    )  # fmt: skip
+        run.model,
+        run.guide,
+        *args,
+        num_steps=num_steps,
+        num_chains=num_chains,
+        initial=initial,
+        adapt_chains=adapt_chains,
+        compile=compile,
+        progress="AIS" if progress else False,
+    )
     return {
         "log_likelihood": _stats(r.log_likelihood),
         "chain_stderr": float(r.stderr.mean()),
@@ -166,6 +182,7 @@ def evaluate_ais(
     }
 
 
+@keeps_streams
 def evaluate_bdmc(
     run: Run,
     data: EvaluationData,
@@ -190,10 +207,18 @@ def evaluate_bdmc(
     torch.manual_seed(data.seed)
     start = time.perf_counter()
     r = bidirectional.bdmc(
-        run.model, run.guide, x, *condition, num_steps=num_steps, num_chains=num_chains, initial=initial,
-        adapt_chains=adapt_chains, importance_samples=importance_samples, compile=compile,
+        run.model,
+        run.guide,
+        x,
+        *condition,
+        num_steps=num_steps,
+        num_chains=num_chains,
+        initial=initial,
+        adapt_chains=adapt_chains,
+        importance_samples=importance_samples,
+        compile=compile,
         progress="BDMC" if progress else False,
-    )  # fmt: skip
+    )
     s = r.sandwich
     return {
         "lower": _stats(s.lower),

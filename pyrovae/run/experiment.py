@@ -28,11 +28,13 @@ from pyrovae.run.configcheck import validate
 from pyrovae.run.recipes import EvaluationData, build, evaluation_data, load_data
 from pyrovae.runtime import distributed
 from pyrovae.runtime.devices import resolve_device
+from pyrovae.runtime.seeds import keeps_streams
 from pyrovae.training import checkpoint as ckpt_io
 from pyrovae.training.loop import FitResult, fit
 from pyrovae.training.rundir import RunDir
 
 
+@keeps_streams
 def fit_config(
     config: Config,
     *,
@@ -231,6 +233,7 @@ def reconstructions(run: Run, x: torch.Tensor) -> torch.Tensor:
 FIGURE_PARTS = ("samples", "reconstructions", "latent")
 
 
+@keeps_streams
 def draw_figures(
     run: Run,
     run_dir: str | Path,

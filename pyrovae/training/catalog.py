@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import difflib
+
 from pyrovae.errors import ConfigError, unknown_name
 from pyrovae.registry import import_object, is_import_path, offered, plugins
 from pyrovae.training.factor import FactorVAEObjective
@@ -26,13 +28,38 @@ SUMMARIES = {
     "iwae": "the k-sample importance-weighted bound (Burda et al. 2015, eq. 8); train.k",
     "dreg": "the IWAE bound with doubly reparameterized gradients (Tucker et al. 2018, eq. 8)",
     "free_bits": "the ELBO with each group's KL clamped below lambda (Kingma et al. 2016, eq. 15)",
-    "tcvae": "beta-TCVAE: the total correlation weighted (Chen et al. 2018, eq. 4); train.tc_weight",
+    "tcvae": "beta-TCVAE: MI, TC and dimension-wise KL weighted (Chen et al. 2018, eq. 4); train.tc_weight",
     "infovae": "InfoVAE / MMD-VAE: (1 - alpha) KL and (alpha + lambda - 1) MMD (Zhao et al. 2017, eq. 6)",
     "wae": "WAE-MMD: reconstruction and lambda MMD(q(z), p(z)) (Tolstikhin et al. 2018, Algorithm 2)",
     "factorvae": "FactorVAE: the ELBO less gamma x a discriminator's total correlation (Kim & Mnih 2018)",
     "vqvae": "VQ-VAE: straight-through reconstruction, codebook, commitment (van den Oord et al. 2017)",
 }
 OBJECTIVES = tuple(SUMMARIES)  #: the objectives' names, in that order
+#: the settings each objective takes, as ``[train]`` names them (the others take none)
+OPTIONS = {
+    "free_bits": ("free_bits", "free_bits_per", "free_bits_kl"),
+    "tcvae": ("tc_alpha", "tc_weight", "tc_gamma", "tc_sampling"),
+    "infovae": ("mmd_alpha", "mmd_lambda", "mmd_kernel", "mmd_scale"),
+    "wae": ("wae_lambda", "mmd_kernel", "mmd_scale"),
+    "factorvae": ("factor_gamma", "factor_hidden", "factor_lr", "factor_permute"),
+}
+
+
+def check_options(objective: str, options: dict) -> None:
+    """A ConfigError naming each option ``objective`` does not take (the closest it does, and
+    all of them)."""
+    takes = OPTIONS.get(objective, ())
+    listed = ", ".join(takes) if takes else "none"
+    for key in options:
+        if key in takes:
+            continue
+        owners = [name for name, keys in OPTIONS.items() if key in keys]
+        if owners:
+            hint = f" (an option of {', '.join(owners)})"
+        else:
+            close = difflib.get_close_matches(key, [*takes, *(k for v in OPTIONS.values() for k in v)], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"objective {objective!r} takes no option {key!r}{hint}; its options: {listed}")
 
 
 def objective_names(name: str = "") -> tuple[str, ...]:
@@ -66,10 +93,8 @@ def make_objective(
 ) -> Objective:
     """The training loss named ``objective`` (an :class:`Objective` is returned as it is);
     ``num_particles`` serves the ELBOs and the regularised losses, ``k`` the IWAE bounds,
-    ``dataset_size`` the aggregate posterior of ``tcvae``; ``options`` are the objectives'
-    settings as ``[train]`` names them: ``free_bits``, ``free_bits_per``, ``free_bits_kl``,
-    ``tc_weight``, ``tc_sampling``, ``mmd_alpha``, ``mmd_lambda``, ``wae_lambda``,
-    ``mmd_kernel``, ``mmd_scale``, ``factor_gamma``, ``factor_hidden``, ``factor_lr``."""
+    ``dataset_size`` the aggregate posterior of ``tcvae``; ``options`` are the objective's
+    settings as ``[train]`` names them (:data:`OPTIONS`), any other refused by name."""
     if isinstance(objective, Objective):
         return objective
     if not isinstance(objective, str):
@@ -78,6 +103,7 @@ def make_objective(
             f"got {type(objective).__name__}: subclass Objective and define __call__"
         )
     o = options
+    check_options(objective, options)
     if objective not in OBJECTIVES and objective in objective_names(objective):
         return external_objective(objective, num_particles, k)
     if objective in ("elbo", "enum"):
@@ -99,13 +125,16 @@ def make_objective(
             num_particles,
         )
     if objective == "tcvae":
+        weights = (o.get("tc_weight", 6.0), o.get("tc_alpha", 1.0), o.get("tc_gamma", 1.0))
         return TCVAEObjective(
-            o.get("tc_weight", 6.0), dataset_size, o.get("tc_sampling", "mws"), num_particles
+            weights[0], dataset_size, o.get("tc_sampling", "mws"), num_particles, *weights[1:]
         )
     if objective in ("infovae", "wae"):
-        alpha, lam = (1.0, o.get("wae_lambda", 10.0)) if objective == "wae" else (
-            o.get("mmd_alpha", 0.0), o.get("mmd_lambda", 100.0)
-        )  # fmt: skip
+        alpha, lam = (
+            (1.0, o.get("wae_lambda", 10.0))
+            if objective == "wae"
+            else (o.get("mmd_alpha", 0.0), o.get("mmd_lambda", 100.0))
+        )
         kernel, scale = o.get("mmd_kernel", "imq"), o.get("mmd_scale")
         return MMDObjective(alpha, lam, kernel, scale, num_particles, name=objective)
     if objective == "vqvae":
@@ -116,5 +145,6 @@ def make_objective(
         return VQObjective()
     if objective == "factorvae":
         hidden = o.get("factor_hidden", (1000,) * 6)
-        return FactorVAEObjective(o.get("factor_gamma", 10.0), hidden, o.get("factor_lr", 1e-4))
+        gamma, lr, permute = o.get("factor_gamma", 10.0), o.get("factor_lr", 1e-4), o.get("factor_permute")
+        return FactorVAEObjective(gamma, hidden, lr, permute=permute or "independent")
     raise unknown_name("objective", objective, OBJECTIVES)

@@ -4,9 +4,13 @@ optimizer.
 
     L = ELBO - gamma E_q(z)[log D(z) / (1 - D(z))]               (Kim & Mnih 2018, eq. 3)
 
-D tells draws of the aggregate posterior q(z) (the batch's z) from draws of the product of its
-marginals (each dimension of the batch's z permuted independently, their Algorithm 2), by
-cross-entropy. One backward pass serves both: the VAE's terms see D's parameters detached, D's
+D tells draws of the aggregate posterior q(z) from draws of the product of its marginals, by
+cross-entropy. As in their Algorithm 2, the product's draws come from a second, independent batch:
+each minibatch (shuffled, so its halves are independent draws of the data) trains the VAE on all
+its datapoints, shows D the codes of its first half as q(z) and those of its second half, each
+dimension permuted across them, as the product (``permute = "same"``: the shortcut of
+permuting the codes D sees as q(z), as disentanglement_lib does). One backward pass serves both:
+the VAE's terms see D's parameters detached, D's
 cross-entropy sees z detached, so each set of parameters gets its own gradient; the loop steps
 the VAE's optimizer and then :meth:`FactorVAEObjective.after_step` steps D's (its gradients
 summed over ranks under torchrun). D's weights and optimizer are part of the checkpoint.
@@ -21,10 +25,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pyrovae.errors import ConfigError, ModelError
+from pyrovae.errors import ConfigError, ModelError, unknown_name
 from pyrovae.inference import weights
 from pyrovae.runtime import distributed
 from pyrovae.training.regularized import _latent_sites, _Traced
+
+#: where the product of marginals' draws come from: a second batch (Algorithm 2), or the same one
+PERMUTE = ("independent", "same")
 
 
 def discriminator(dim: int, hidden: Sequence[int]) -> nn.Sequential:
@@ -46,9 +53,18 @@ class FactorVAEObjective(_Traced):
     capturable = False
     eager_reason = "its discriminator's parameters and optimizer step live outside a captured step"
 
-    def __init__(self, gamma: float = 10.0, hidden: Sequence[int] = (1000,) * 6, lr: float = 1e-4,
-                 betas: tuple[float, float] = (0.5, 0.9)):  # fmt: skip
+    def __init__(
+        self,
+        gamma: float = 10.0,
+        hidden: Sequence[int] = (1000,) * 6,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        permute: str = "independent",
+    ):
         super().__init__(1)
+        if permute not in PERMUTE:
+            raise unknown_name("train.factor_permute", permute, PERMUTE)
+        self.permute = permute
         if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
             raise ConfigError(f"train.factor_gamma must be a number >= 0, got {gamma!r}")
         if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
@@ -97,14 +113,19 @@ class FactorVAEObjective(_Traced):
         return vae + (disc - disc.detach())  # the value is the VAE's loss; D gets its own gradient
 
     def _disc_loss(self, z: torch.Tensor) -> torch.Tensor:
-        """0.5 sum_n [CE(D(z_n), q) + CE(D(z~_n), product)], z~ each dimension permuted (Kim &
-        Mnih 2018, Algorithm 2)."""
+        """D's cross-entropy on q(z) draws (label 0) and product draws z~ (label 1), each
+        dimension of z~ permuted across its batch (Kim & Mnih 2018, Algorithm 2): the first half
+        of the batch against the permuted second half (``permute = "independent"``), or all of
+        it against itself permuted (``"same"``); N times the mean either way."""
         n = z.shape[0]
-        order = torch.argsort(torch.rand(z.shape, device=z.device), dim=0)
-        permuted = torch.gather(z, 0, order)
-        real = torch.zeros(n, dtype=torch.long, device=z.device)
-        both = torch.cat([self.logits(z), self.logits(permuted)])
-        return 0.5 * F.cross_entropy(both, torch.cat([real, real + 1]), reduction="sum")
+        real, other = (z[: n // 2], z[n // 2 :]) if self.permute == "independent" and n > 1 else (z, z)
+        order = torch.argsort(torch.rand(other.shape, device=z.device), dim=0)
+        permuted = torch.gather(other, 0, order)
+        labels = torch.cat(
+            [z.new_zeros(len(real), dtype=torch.long), z.new_ones(len(permuted), dtype=torch.long)]
+        )
+        both = torch.cat([self.logits(real), self.logits(permuted)])
+        return n * F.cross_entropy(both, labels)
 
     def synchronize(self, group) -> None:
         """Rank 0's initial D on every rank."""

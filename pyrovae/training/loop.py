@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -36,12 +37,13 @@ from pyrovae.hooks import (
     owner_modules,
     takes,
 )
-from pyrovae.inference import chunks
-from pyrovae.inference.checks import as_split, check_data, check_sites
+from pyrovae.inference import pairs
+from pyrovae.inference.checks import as_split, check_data
 from pyrovae.runtime import distributed, threads
 from pyrovae.runtime.compile import Compiled, resolve_mode, warn_eager
 from pyrovae.runtime.devices import resolve_device
 from pyrovae.runtime.progress import bar
+from pyrovae.runtime.seeds import keeps_streams
 from pyrovae.training.catalog import make_objective
 from pyrovae.training.guard import Guard, diagnose_nonfinite
 from pyrovae.training.objectives import Objective, kl_weight
@@ -71,21 +73,21 @@ class FitResult:
     skipped: int = 0  #: steps whose update was skipped for a non-finite loss or gradient
     threads: int | None = None  #: the CPU threads the steps ran with (None on a GPU)
     best_val_loss: float = math.inf  #: the best validation loss, for a guide with no ELBO
+    layout: str = "batches"  #: "batches", or "whole data" for a pair with per-datapoint state
 
     def __repr__(self) -> str:
         return (
             f"FitResult(step={self.step}, epoch={self.epoch}, best_val_elbo={self.best_val_elbo:.4g}, "
             f"{len(self.metrics)} metrics rows, run_dir={self.run_dir}, compile={self.compile!r}, "
-            f"skipped={self.skipped}, threads={self.threads})"
+            f"skipped={self.skipped}, threads={self.threads}, layout={self.layout!r})"
         )
 
     @classmethod
-    def of(cls, state: TrainState, files: RunFiles, compile: str, threads: int | None) -> "FitResult":
-        rows, run_dir = files.rows, files.run_dir
-        return cls(
-            state.step, state.epoch, state.best_val_elbo, rows, run_dir, compile, state.skipped, threads,
-            state.best_val_loss,
-        )  # fmt: skip
+    def of(cls, state: TrainState, files: RunFiles, compile: str, tuner: threads.Tuner, whole: bool):
+        rows, run_dir, layout = files.rows, files.run_dir, "whole data" if whole else "batches"
+        used = tuner.threads if state.running.device.type == "cpu" else None
+        counts = (state.step, state.epoch, state.best_val_elbo)
+        return cls(*counts, rows, run_dir, compile, state.skipped, used, state.best_val_loss, layout)
 
 
 @dataclass
@@ -99,12 +101,13 @@ class Plan:
     conditional: bool
     total_steps: int
     epochs: int
+    whole: bool = False  #: the pair holds per-datapoint state: all datapoints in every step
 
 
 def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: torch.device) -> Plan:
     """Move model, guide and data to ``device``, check them, and lay out the batches. A guide
-    sized for all N training datapoints (:func:`pyrovae.inference.chunks.runs_on_slices` is False)
-    trains on the whole data in order, one batch per step."""
+    that holds per-datapoint state (:func:`pyrovae.inference.pairs.per_datapoint_state`) trains on
+    the whole data in order, one batch per step, and says so."""
     for m in owner_modules(model, guide):
         m.to(device)
     if isinstance(train, Split):  # a declared pixel mode (a plain tensor's values meet check_data)
@@ -119,10 +122,19 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
             'train.select = "error" picks best.pt by validation classification error: it needs a model '
             'with a label site (e.g. ss_vae) and labelled validation data; use select = "elbo"'
         )
-    probe = hooks.inputs(model, train.observe(slice(0, 3)), train.labels[:3])
-    whole = len(train) > 2 and not chunks.runs_on_slices(model, guide, probe, {}, 2)
-    example = hooks.inputs(model, train.observe(), train.labels) if whole else tuple(a[:2] for a in probe)
-    check_sites(model, guide, *example)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        every = hooks.inputs(model, train.observe(), train.labels)
+    whole = pairs.per_datapoint_state(model, guide, every, {})
+    example = every if whole else tuple(a[:2] for a in every)
+    pairs.check_pair(model, guide, example, whole=whole is not None)
+    if whole:
+        warnings.warn(
+            f"the pair holds per-datapoint state ({whole}): it trains on all {len(train)} datapoints "
+            "at once, in order, one step per epoch; if its tables are indexed by an argument of one "
+            "row per datapoint, declare per_datapoint = False on the guide",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     if whole and (val is not None or group.size > 1):
         raise ModelError(
             f"the guide runs only on all {len(train)} training datapoints at once (it is sized "
@@ -138,7 +150,8 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
     total = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(batches)
     if total < 1:
         raise ConfigError("nothing to train: set train.epochs or train.max_steps to a positive number")
-    return Plan(train, val, batches, example, is_conditional(model), total, math.ceil(total / len(batches)))
+    epochs = math.ceil(total / len(batches))
+    return Plan(train, val, batches, example, is_conditional(model), total, epochs, bool(whole))
 
 
 def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Compiled:
@@ -283,6 +296,7 @@ def end_epoch(state: TrainState, files: RunFiles, validate, seconds: float, full
     return stop or (patience is not None and state.bad_epochs >= patience)
 
 
+@keeps_streams
 def fit(
     model: Callable,
     guide: Callable,
@@ -362,4 +376,4 @@ def fit(
                 if end_epoch(state, files, validate, time.perf_counter() - t_epoch, full, device):
                     break
                 t_epoch = time.perf_counter()
-    return FitResult.of(state, files, loss_fn.summary(), tuner.threads if device.type == "cpu" else None)
+    return FitResult.of(state, files, loss_fn.summary(), tuner, run.whole)

@@ -28,6 +28,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyrovae.errors import ConfigError, PyrovaeError, unknown_name
 from pyrovae.inference import estimators, plates, weights
+from pyrovae.inference.pairs import check_pair
 from pyrovae.inference.particles import decide
 
 KL_SCHEDULES = ("constant", "linear", "cyclical")  #: how beta moves (train.kl_schedule)
@@ -119,7 +120,9 @@ def _inspect(
     enumeration): the log-weight objectives need reparameterized guide sites (or, with
     ``enumerated``, sites marked for enumeration) and unscaled log-densities. An objective
     ``name`` that needs q's density refuses a point-mass guide here, once, by that name. With
-    several ``particles``, how they are drawn is decided here (:mod:`pyrovae.inference.particles`)."""
+    several ``particles``, how they are drawn is decided here (:mod:`pyrovae.inference.particles`).
+    The pair is checked first (:func:`pyrovae.inference.pairs.check_pair`)."""
+    check_pair(model, guide, args, kwargs)
     guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
     if name is not None:
         weights.refuse_point_masses(guide_tr, f"the objective {name!r}", weights.DENSITY_FREE)
@@ -222,6 +225,7 @@ class PyroObjective(Objective):
         about each latent site whose KL has no closed form (a learned prior): Pyro estimates
         that site's KL by Monte Carlo, log q - log p."""
         self._prepared = True
+        check_pair(model, guide, args, kwargs)
         guide_tr, model_tr = weights.inspection_traces(model, guide, args, kwargs)
         weights.refuse_point_masses(guide_tr, f"the objective {self.name!r}", weights.DENSITY_FREE)
         if not isinstance(self.elbo, pyro.infer.TraceMeanField_ELBO):

@@ -170,24 +170,42 @@ def log_aggregate(pairs: torch.Tensor, dataset_size: int, sampling: str) -> torc
 
 
 class TCVAEObjective(_Traced):
-    """beta-TCVAE (Chen et al. 2018, eq. 4): -sum_n E[log p(x_n | z) - beta (MI + tc_weight TC +
-    DWKL)], with MI = log q(z|x) - log q(z), TC = log q(z) - sum_d log q(z_d), DWKL = sum_d log
-    q(z_d) - log p(z) (their sum is the KL term, log q(z|x) - log p(z)), q(z) and q(z_d) by
-    :func:`log_aggregate` over the batch; for one diagonal-Gaussian latent site."""
+    """beta-TCVAE (Chen et al. 2018, eq. 4): -sum_n E[log p(x_n | z) - beta (alpha MI + tc_weight
+    TC + gamma DWKL)], with MI = log q(z|x) - log q(z) (the index-code mutual information),
+    TC = log q(z) - sum_d log q(z_d) (the total correlation), DWKL = sum_d log q(z_d) - log p(z)
+    (the dimension-wise KL; the three sum to the KL term, log q(z|x) - log p(z)), q(z) and
+    q(z_d) by :func:`log_aggregate` over the batch; beta the KL weight of the schedule (1 after
+    warm-up); for one diagonal-Gaussian latent site. Chen et al.'s beta-TCVAE is alpha = gamma = 1."""
 
     name = "tcvae"
 
-    def __init__(self, tc_weight: float = 6.0, dataset_size: int | None = None, sampling: str = "mws",
-                 num_particles: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        tc_weight: float = 6.0,
+        dataset_size: int | None = None,
+        sampling: str = "mws",
+        num_particles: int = 1,
+        alpha: float = 1.0,
+        gamma: float = 1.0,
+    ):
         super().__init__(num_particles)
         if sampling not in TC_SAMPLING:
             raise unknown_name("tc_sampling", sampling, TC_SAMPLING)
-        if not (isinstance(tc_weight, (int, float)) and math.isfinite(tc_weight) and tc_weight >= 0):
-            raise ConfigError(f"train.tc_weight must be a number >= 0, got {tc_weight!r}")
+        for key, value in (("tc_weight", tc_weight), ("tc_alpha", alpha), ("tc_gamma", gamma)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"train.{key} must be a number >= 0, got {value!r}")
+        if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
+            raise ConfigError(f"dataset_size must be a positive integer, got {dataset_size!r}")
         self.tc_weight, self.dataset_size, self.sampling = float(tc_weight), dataset_size, sampling
+        self.alpha, self.gamma = float(alpha), float(gamma)
 
     def terms(self, model, guide, *args, **kwargs) -> dict[str, torch.Tensor]:
         """log p(x|z), MI, TC and DWKL per particle and datapoint, each (K, N)."""
+        if self.dataset_size is None:
+            raise ConfigError(
+                'objective "tcvae" needs the dataset size for q(z): fit passes it; in Python, '
+                'make_objective("tcvae", dataset_size=N)'
+            )
         guide_tr, model_tr, pdim = self._traces(model, guide, args, kwargs)
         sites = _latent_sites(guide_tr)
         if len(sites) != 1:
@@ -195,12 +213,11 @@ class TCVAEObjective(_Traced):
                 f'objective "tcvae" needs one latent site; the guide samples {[s["name"] for s in sites]}'
             )
         z, loc, scale, log_p = _gaussian_units(sites[0], model_tr, pdim, self.num_particles)
-        n_data = self.dataset_size or z.shape[1]
         # log q(z_id | x_j) for every particle k, datapoint i, batch member j, unit d: (K, N, N, D)
         pairs = Normal(loc.unsqueeze(1), scale.unsqueeze(1)).log_prob(z.unsqueeze(2))
         log_qzx = pairs.sum(-1).diagonal(dim1=1, dim2=2)
-        log_qz = log_aggregate(pairs.sum(-1), n_data, self.sampling)
-        log_prod = log_aggregate(pairs.movedim(-1, 1), n_data, self.sampling).sum(1)
+        log_qz = log_aggregate(pairs.sum(-1), self.dataset_size, self.sampling)
+        log_prod = log_aggregate(pairs.movedim(-1, 1), self.dataset_size, self.sampling).sum(1)
         return {
             "log_lik": self._log_lik(model_tr, pdim),
             "mi": log_qzx - log_qz,
@@ -209,12 +226,8 @@ class TCVAEObjective(_Traced):
         }
 
     def __call__(self, model, guide, *args, beta=1.0, **kwargs) -> torch.Tensor:
-        if self.dataset_size is None:
-            raise ConfigError(
-                'objective "tcvae" needs the dataset size: fit passes it; in Python, dataset_size=N'
-            )
         t = self.terms(model, guide, *args, **kwargs)
-        kl = t["mi"] + self.tc_weight * t["tc"] + t["dwkl"]
+        kl = self.alpha * t["mi"] + self.tc_weight * t["tc"] + self.gamma * t["dwkl"]
         return -(t["log_lik"] - beta * kl).mean(0).sum()
 
 
@@ -244,8 +257,15 @@ class MMDObjective(_Traced):
     batch's draws and p(z) by as many draws from the model's prior at the same sites; ``wae``
     (Tolstikhin et al. 2018, Algorithm 2) is alpha = 1: no KL, lambda MMD."""
 
-    def __init__(self, alpha: float = 0.0, lam: float = 100.0, kernel: str = "imq",
-                 scale: float | None = None, num_particles: int = 1, name: str = "infovae"):  # fmt: skip
+    def __init__(
+        self,
+        alpha: float = 0.0,
+        lam: float = 100.0,
+        kernel: str = "imq",
+        scale: float | None = None,
+        num_particles: int = 1,
+        name: str = "infovae",
+    ):
         super().__init__(num_particles)
         for key, value in (("mmd_alpha", alpha), ("mmd_lambda", lam)):
             if not (isinstance(value, (int, float)) and math.isfinite(value)):

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 from pyrovae.errors import at_least, int_in, positive, require, require_names
 from pyrovae.runtime.compile import MODES
-from pyrovae.training.catalog import OBJECTIVES, objective_names
+from pyrovae.training.catalog import OBJECTIVES, OPTIONS, objective_names
+from pyrovae.training.factor import PERMUTE
 from pyrovae.training.objectives import KL_SCHEDULES
 from pyrovae.training.optim import LR_SCHEDULES
 from pyrovae.training.regularized import GROUPS, KERNELS, KL_KINDS, TC_SAMPLING
@@ -29,7 +30,10 @@ class TrainConfig:
     free_bits: float = 0.5  #: free_bits: lambda, nats per group below which its KL is not pushed down
     free_bits_per: str = "site"  #: free_bits: clamp each latent site's KL (site) or each dimension's (dim)
     free_bits_kl: str = "mc"  #: free_bits: the KL by Monte Carlo (mc) or in closed form (analytic)
-    tc_weight: float = 6.0  #: tcvae: the weight of the total correlation (the beta of Chen et al. 2018)
+    #: tcvae: the weight of the total correlation (the beta of Chen et al. 2018, eq. 4)
+    tc_weight: float = 6.0
+    tc_alpha: float = 1.0  #: tcvae: the weight of the index-code mutual information (their alpha)
+    tc_gamma: float = 1.0  #: tcvae: the weight of the dimension-wise KL (their gamma)
     tc_sampling: str = "mws"  #: tcvae: q(z) by minibatch-weighted (mws) or -stratified (mss) sampling
     mmd_alpha: float = 0.0  #: infovae: alpha, the KL weighted 1 - alpha
     mmd_lambda: float = 100.0  #: infovae: lambda, the MMD weighted alpha + lambda - 1
@@ -41,6 +45,9 @@ class TrainConfig:
         default_factory=lambda: [1000] * 6
     )  #: factorvae: the discriminator's layers
     factor_lr: float = 1e-4  #: factorvae: the discriminator's Adam learning rate (betas 0.5, 0.9)
+    #: factorvae: D's product-of-marginals draws permuted from an independent half of each batch
+    #: (independent: Kim & Mnih 2018, Algorithm 2) or from the codes D sees as q(z) (same)
+    factor_permute: str = "independent"
     epochs: int = 10  #: passes over the training data
     max_steps: int | None = None  #: stop after this many steps (overrides epochs)
     batch_size: int = 128  #: datapoints per step (per rank under torchrun)
@@ -85,6 +92,8 @@ class TrainConfig:
                 "k": (self.k, int_in(self.k, 1, MAX_SAMPLES), many),
                 "free_bits": (self.free_bits, at_least(self.free_bits, 0), "a finite number >= 0"),
                 "tc_weight": (self.tc_weight, at_least(self.tc_weight, 0), "a finite number >= 0"),
+                "tc_alpha": (self.tc_alpha, at_least(self.tc_alpha, 0), "a finite number >= 0"),
+                "tc_gamma": (self.tc_gamma, at_least(self.tc_gamma, 0), "a finite number >= 0"),
                 "mmd_alpha": (self.mmd_alpha, at_least(self.mmd_alpha, -math.inf), "a finite number"),
                 "mmd_lambda": (self.mmd_lambda, at_least(self.mmd_lambda, 0), "a finite number >= 0"),
                 "wae_lambda": (self.wae_lambda, at_least(self.wae_lambda, 0), "a finite number >= 0"),
@@ -152,6 +161,7 @@ class TrainConfig:
                 "free_bits_per": ("free-bits group", self.free_bits_per, GROUPS),
                 "free_bits_kl": ("free-bits KL", self.free_bits_kl, KL_KINDS),
                 "tc_sampling": ("aggregate-posterior estimator", self.tc_sampling, TC_SAMPLING),
+                "factor_permute": ("factor_permute", self.factor_permute, PERMUTE),
                 "mmd_kernel": ("MMD kernel", self.mmd_kernel, KERNELS),
                 "kl_schedule": ("KL schedule", self.kl_schedule, KL_SCHEDULES),
                 "lr_schedule": ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
@@ -168,8 +178,5 @@ class TrainConfig:
     tensorboard: bool = False
 
     def objective_options(self) -> dict:
-        """The regularised objectives' settings (:func:`pyrovae.training.catalog.make_objective`)."""
-        names = ("free_bits", "free_bits_per", "free_bits_kl", "tc_weight", "tc_sampling", "mmd_alpha",
-                 "mmd_lambda", "wae_lambda", "mmd_kernel", "mmd_scale", "factor_gamma", "factor_hidden",
-                 "factor_lr")  # fmt: skip
-        return {n: getattr(self, n) for n in names}
+        """The settings of the objective this run trains with (:data:`pyrovae.training.catalog.OPTIONS`)."""
+        return {n: getattr(self, n) for n in OPTIONS.get(self.objective, ())}
