@@ -49,6 +49,7 @@ def main() -> None:
     p.add_argument("--bdmc-steps", type=int, nargs="*", help="T of BDMC (default: --steps)")
     p.add_argument("--chains", type=int, default=16)
     p.add_argument("--adapt-chains", type=int, default=4, help="chains of the step-size adaptation pass")
+    p.add_argument("--adapt-rounds", type=int, default=3, help="adaptation transitions per temperature")
     p.add_argument("--bdmc", type=int, default=20, help="simulated datapoints (0: none)")
     p.add_argument("--compile", default="auto", help="how the path's densities run (pyrovae.runtime.compile)")
     p.add_argument("--append", help="append the tables to this markdown file")
@@ -73,10 +74,14 @@ def main() -> None:
         torch.manual_seed(0)
         r, s = timed(lambda: ais.ais_log_likelihood(
             run.model, run.guide, x, *cond, num_steps=t, num_chains=a.chains, compile=a.compile,
-            adapt_chains=a.adapt_chains, progress=False))  # fmt: skip
+            adapt_chains=a.adapt_chains, adapt_rounds=a.adapt_rounds, progress=False))  # fmt: skip
         lines.append(
             row(
-                f"AIS, T = {t}, S = {a.chains} (acceptance {r.acceptance.mean():.2f})", r.log_likelihood, s, n
+                f"AIS, T = {t}, S = {a.chains} (acceptance {r.acceptance.mean():.2f}; by band "
+                f"{' '.join(f'{b:.2f}' for b in r.acceptance_bands.mean(1))})",
+                r.log_likelihood,
+                s,
+                n,
             )
         )
         print(lines[-1], flush=True)
@@ -91,7 +96,7 @@ def main() -> None:
             b, s = timed(lambda: bidirectional.bdmc(
                 run.model, run.guide, x, *cond, num_datapoints=a.bdmc, num_steps=t, num_chains=a.chains,
                 importance_samples=max(a.is_samples), compile=a.compile,
-                adapt_chains=a.adapt_chains))  # fmt: skip
+                adapt_chains=a.adapt_chains, adapt_rounds=a.adapt_rounds))  # fmt: skip
             parts = (b.sandwich.lower, b.sandwich.upper, b.sandwich.gap, b.importance)
             stats = [estimators.mean_and_stderr(v.double().cpu()) for v in parts]
             cells = [f"{mean:.3f} +- {stderr:.3f}" for mean, stderr in stats]
@@ -106,7 +111,7 @@ def main() -> None:
     flags = (
         f"--run {a.run} --limit {a.limit} --is-samples {ints(map(str, a.is_samples))} "
         f"--steps {ints(map(str, a.steps))} --chains {a.chains} --adapt-chains {a.adapt_chains} "
-        f"--bdmc {a.bdmc}"
+        f"--adapt-rounds {a.adapt_rounds} --bdmc {a.bdmc}"
         + ("" if a.bdmc_steps is None else f" --bdmc-steps {ints(map(str, a.bdmc_steps))}")
         + ("" if a.compile == "auto" else f" --compile {a.compile}")
     )

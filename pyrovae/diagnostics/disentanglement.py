@@ -111,7 +111,7 @@ def _importances(x, y, categorical: bool, importance: str, seed: int):
         model = GradientBoostingClassifier(random_state=seed).fit(x, y)
         return model.feature_importances_, model
     if categorical:
-        model = LogisticRegression(penalty="l1", C=1.0, solver="saga", max_iter=2000).fit(x, y)
+        model = LogisticRegression(l1_ratio=1.0, C=1.0, solver="saga", max_iter=2000).fit(x, y)
         return np.abs(model.coef_).mean(0), model
     model = Lasso(alpha=0.01).fit(x, (y - y.mean()) / (y.std() or 1.0))
     return np.abs(model.coef_), _Standardized(model, y.mean(), y.std() or 1.0)

@@ -13,6 +13,10 @@ from pyrovae.hooks import Takes
 from pyrovae.runtime import threads
 
 
+def _bands(a: dict) -> str:
+    return " ".join(f"{b:.2f}" for b in a.get("acceptance_bands", []))
+
+
 def _fmt(term: dict) -> str:
     return f"{term['mean']:.2f} +- {term['stderr']:.2f}"
 
@@ -108,7 +112,7 @@ def evaluation(out: dict, takes: Takes) -> None:
         print(
             f"  AIS log p(x)    {_fmt(a['log_likelihood'])}   T = {a['num_steps']}, S = {a['num_chains']} "
             f"chains from {'p(z)' if a['initial'] == 'prior' else 'q(z|x)'}, acceptance "
-            f"{a['acceptance']:.2f}, {a['seconds']:.1f} s (Neal 2001)"
+            f"{a['acceptance']:.2f} (by band of temperatures: {_bands(a)}), {a['seconds']:.1f} s (Neal 2001)"
         )
     if "bdmc" in out:
         b = out["bdmc"]

@@ -135,6 +135,18 @@ def _stats(values: torch.Tensor) -> dict:
     return {"mean": mean, "stderr": stderr}
 
 
+def _annealed(fn, run: Run, data: EvaluationData, args: tuple, initial, progress, **options):
+    """(``fn``'s result, the initial density, seconds) of AIS or BDMC (``fn``) run on ``args`` on
+    the data's seed, from ``initial``: by default the guide, or the prior when the guide has
+    point-mass sites (no density to start from)."""
+    if initial is None:
+        initial = "prior" if weights.guide_point_masses(run.model, run.guide, args) else "guide"
+    torch.manual_seed(data.seed)
+    start = time.perf_counter()
+    r = fn(run.model, run.guide, *args, initial=initial, progress=progress, **options)
+    return r, initial, time.perf_counter() - start
+
+
 @keeps_streams
 def evaluate_ais(
     run: Run,
@@ -153,31 +165,21 @@ def evaluate_ais(
     start from ``initial`` ("guide" or "prior"; by default the guide, or the prior when the
     guide has point-mass sites)."""
     args = check_inputs(run.model, run.guide, *data.inputs(run.model), images=data.split)
-    if initial is None:
-        initial = "prior" if weights.guide_point_masses(run.model, run.guide, args) else "guide"
-    torch.manual_seed(data.seed)
-    start = time.perf_counter()
-    r = ais.ais_log_likelihood(
-        run.model,
-        run.guide,
-        *args,
-        num_steps=num_steps,
-        num_chains=num_chains,
-        initial=initial,
-        adapt_chains=adapt_chains,
-        compile=compile,
-        progress="AIS" if progress else False,
+    options = dict(num_steps=num_steps, num_chains=num_chains, adapt_chains=adapt_chains, compile=compile)
+    r, initial, seconds = _annealed(
+        ais.ais_log_likelihood, run, data, args, initial, "AIS" if progress else False, **options
     )
     return {
         "log_likelihood": _stats(r.log_likelihood),
         "chain_stderr": float(r.stderr.mean()),
         "acceptance": float(r.acceptance.mean()),
+        "acceptance_bands": [float(b) for b in r.acceptance_bands.mean(1)],
         "num_steps": num_steps,
         "num_chains": num_chains,
         "adapt_chains": adapt_chains,
         "initial": initial,
         "num_datapoints": int(r.log_likelihood.shape[0]),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "per_datapoint": {"log_likelihood": r.log_likelihood.detach().cpu()},
     }
 
@@ -201,23 +203,11 @@ def evaluate_bdmc(
     importance-sampled estimate on the same data, each averaged (and per datapoint). For a
     guide with point-mass sites the chains start from the prior (unless ``initial`` says
     otherwise) and there is no importance-sampled estimate (``importance`` None)."""
-    x, *condition = data.head(num_datapoints).inputs(run.model)
-    if initial is None:
-        initial = "prior" if weights.guide_point_masses(run.model, run.guide, (x, *condition)) else "guide"
-    torch.manual_seed(data.seed)
-    start = time.perf_counter()
-    r = bidirectional.bdmc(
-        run.model,
-        run.guide,
-        x,
-        *condition,
-        num_steps=num_steps,
-        num_chains=num_chains,
-        initial=initial,
-        adapt_chains=adapt_chains,
-        importance_samples=importance_samples,
-        compile=compile,
-        progress="BDMC" if progress else False,
+    args = data.head(num_datapoints).inputs(run.model)
+    options = dict(num_steps=num_steps, num_chains=num_chains, adapt_chains=adapt_chains, compile=compile)
+    options["importance_samples"] = importance_samples
+    r, initial, seconds = _annealed(
+        bidirectional.bdmc, run, data, args, initial, "BDMC" if progress else False, **options
     )
     s = r.sandwich
     return {
@@ -230,7 +220,7 @@ def evaluate_bdmc(
         "num_chains": num_chains,
         "adapt_chains": adapt_chains,
         "num_datapoints": int(s.lower.shape[0]),
-        "seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "per_datapoint": {k: getattr(s, k).detach().cpu() for k in ("lower", "upper")}
         | ({} if r.importance is None else {"importance": r.importance.detach().cpu()}),
     }
