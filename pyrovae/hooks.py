@@ -73,6 +73,7 @@ class ModelHooks(Protocol):
     label_site: str
     likelihood: Any
     prior: Any
+    per_datapoint: bool
 
     def __call__(self, *args: Any) -> Any: ...
     def inputs(self, images: torch.Tensor, labels: torch.Tensor | None) -> tuple: ...

@@ -163,7 +163,7 @@ def test_evaluate_adds_ais_and_bdmc_beside_importance_sampling(run_dir):
     assert 0.3 < ais["acceptance"] < 1
     assert bdmc["num_datapoints"] == 6 and bdmc["num_steps"] == 100
     # stochastic bounds: close at T = 100, crossing at most by their noise
-    assert -0.1 < bdmc["gap"]["mean"] < 2
+    assert -3 * bdmc["gap"]["stderr"] < bdmc["gap"]["mean"] < 2
     assert bdmc["gap"]["mean"] == pytest.approx(bdmc["upper"]["mean"] - bdmc["lower"]["mean"])
     assert "AIS log p(x)" in out.stdout and "reverse AIS" in out.stdout
 
