@@ -260,19 +260,31 @@ def tables(model: Callable, guide: Callable, n: int, traces=()) -> list[str]:
     return found
 
 
-def per_datapoint_state(model: Callable, guide: Callable, args, kwargs=None) -> str | None:
+def per_datapoint_state(
+    model: Callable,
+    guide: Callable,
+    args,
+    kwargs=None,
+    *,
+    rows: Callable | None = None,
+    size: int | None = None,
+) -> str | None:
     """Why the pair must run on all ``N`` datapoints at once (None when slices of the data score
     as the whole does): :func:`tables` of N rows; a run on the first rows that fails or gives a
     ``"data"`` plate of another size; or datapoints from several positions (first, middle, last
     rows) scored differently when their order is reversed (a table read by position,
-    ``loc[:x.shape[0]]``). Probed in eval mode, on a forked random stream."""
+    ``loc[:x.shape[0]]``). Probed in eval mode, on a forked random stream. Without ``args``,
+    ``rows(index)`` gives the arguments (args, kwargs) of the datapoints ``index`` of ``size``
+    (the training loop builds only the rows the probe reads)."""
+    if rows is None:
+        kwargs = kwargs or {}
+        size = data_size(args, kwargs)
+        rows = lambda index: take_args(args, kwargs, size, index)  # noqa: E731
     with _untraced():
-        return _per_datapoint_state(model, guide, args, kwargs)
+        return _per_datapoint_state(model, guide, rows, size)
 
 
-def _per_datapoint_state(model: Callable, guide: Callable, args, kwargs=None) -> str | None:
-    kwargs = kwargs or {}
-    n = data_size(args, kwargs)
+def _per_datapoint_state(model: Callable, guide: Callable, rows: Callable, n: int) -> str | None:
     declared = hooks.per_datapoint(model, guide)
     if declared is not None or n <= PROBE_ROWS:
         return "model or guide declares per_datapoint = True" if declared else None
@@ -281,7 +293,7 @@ def _per_datapoint_state(model: Callable, guide: Callable, args, kwargs=None) ->
         return f"{named[0]!r} has one row per datapoint ({n})"
     with hooks.eval_mode(model, guide), pyro.validation_enabled(False):
         try:
-            first = weights.inspection_traces(model, guide, *slice_args(args, kwargs, n, 0, PROBE_ROWS))
+            first = weights.inspection_traces(model, guide, *rows(torch.arange(PROBE_ROWS)))
         except Exception as e:  # noqa: BLE001 - Pyro's shape mismatch, or the program's own error
             return f"it does not run on {PROBE_ROWS} of the {n} datapoints ({type(e).__name__})"
         named = tables(model, guide, n, first)
@@ -298,18 +310,18 @@ def _per_datapoint_state(model: Callable, guide: Callable, args, kwargs=None) ->
                 return (
                     f"on {PROBE_ROWS} datapoints, site {site['name']!r} has a {DATA_PLATE!r} plate of {size}"
                 )
-        return _reordered(model, guide, args, kwargs, n)
+        return _reordered(model, guide, rows, n)
 
 
-def _reordered(model, guide, args, kwargs, n: int) -> str | None:
+def _reordered(model, guide, rows: Callable, n: int) -> str | None:
     """Whether datapoints 0, 1, 2, N/2, N-2, N-1 score alike in a batch in that order and reversed."""
-    rows = torch.tensor(sorted({0, 1, 2, n // 2, n - 2, n - 1}))
-    back = torch.arange(len(rows) - 1, -1, -1)
+    picked = torch.tensor(sorted({0, 1, 2, n // 2, n - 2, n - 1}))
+    back = torch.arange(len(picked) - 1, -1, -1)
     try:
-        a, k = take_args(args, kwargs, n, rows)
+        a, k = rows(picked)
         ahead = weights.inspection_traces(model, guide, a, k)
         values = {s["name"]: _flip(s, back) for s in _sample_sites(ahead[:1]) if not s["is_observed"]}
-        a, k = take_args(args, kwargs, n, rows.flip(0))
+        a, k = rows(picked.flip(0))
         behind = weights.inspection_traces(model, weights.at_values(guide, values), a, k)
         nesting = weights.plate_nesting(model, guide, a, k, traces=ahead)
         before, after = _per_row(ahead, nesting), _per_row(behind, nesting)

@@ -64,7 +64,7 @@ def inspection_traces(model: Callable, guide: Callable, args, kwargs, validate: 
     """(guide trace, model trace replayed on it) of one unvectorized, gradient-free, blocked run,
     on a forked random stream (inspecting a program leaves the caller's draws unchanged), with
     Pyro's argument checks off unless ``validate``
-    (:func:`pyrovae.inference.checks.check_sites` runs them once)."""
+    (:func:`pyrovae.inference.pairs.check_pair` runs them once)."""
     with (
         torch.random.fork_rng(devices=cuda_devices(args, kwargs)),
         poutine.block(),

@@ -123,9 +123,10 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
             'with a label site (e.g. ss_vae) and labelled validation data; use select = "elbo"'
         )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        every = hooks.inputs(model, train.observe(), train.labels)
-    whole = pairs.per_datapoint_state(model, guide, every, {})
-    example = every if whole else tuple(a[:2] for a in every)
+        at = lambda index: index.to(train.images.device)  # noqa: E731
+        rows = lambda index: (hooks.inputs(model, train.observe(at(index)), train.labels[at(index)]), {})  # noqa: E731
+        whole = pairs.per_datapoint_state(model, guide, None, rows=rows, size=len(train))
+        example = hooks.inputs(model, train.observe(), train.labels) if whole else rows(torch.arange(2))[0]
     pairs.check_pair(model, guide, example, whole=whole is not None)
     if whole:
         warnings.warn(
