@@ -1,12 +1,13 @@
 """Minibatches of a device-resident split, by indexing a shuffled permutation (no
-per-sample work in the training step)."""
+per-sample work in the training step); and rows of a split observed once each, for probes."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
+from pyrovae import hooks
 from pyrovae.data.splits import Split
 from pyrovae.errors import DataError
 from pyrovae.runtime.distributed import shard
@@ -64,3 +65,19 @@ class Batches:
             if self.world > 1:
                 index = shard(index, self.rank, self.world)
             yield (self.data.observe(index), self.data.labels[index]) if labels else self.data.observe(index)
+
+
+def observed_once(model, train: Split) -> Callable:
+    """``rows(index)``: the model's arguments for the datapoints ``index`` of ``train``, each
+    datapoint's pixels drawn once (a dynamic binarization draws anew at every observation, and
+    the per-datapoint probe compares the same datapoints in two orders)."""
+    seen: dict[int, torch.Tensor] = {}
+
+    def rows(index: torch.Tensor):
+        new = [i for i in index.tolist() if i not in seen]
+        if new:
+            seen.update(zip(new, train.observe(torch.tensor(new, device=train.images.device))))
+        x = torch.stack([seen[i] for i in index.tolist()])
+        return hooks.inputs(model, x, train.labels[index.to(train.labels.device)]), {}
+
+    return rows

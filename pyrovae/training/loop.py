@@ -23,7 +23,7 @@ import pyro
 import torch
 
 from pyrovae import hooks
-from pyrovae.data.batches import Batches
+from pyrovae.data.batches import Batches, observed_once
 from pyrovae.data.labelled import LabelledBatches, is_partly_labelled
 from pyrovae.data.splits import Split
 from pyrovae.errors import ConfigError, ModelError
@@ -123,8 +123,7 @@ def plan(model, guide, train, val, cfg: TrainConfig, seed: int, group, device: t
             'with a label site (e.g. ss_vae) and labelled validation data; use select = "elbo"'
         )
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        at = lambda index: index.to(train.images.device)  # noqa: E731
-        rows = lambda index: (hooks.inputs(model, train.observe(at(index)), train.labels[at(index)]), {})  # noqa: E731
+        rows = observed_once(model, train)
         whole = pairs.per_datapoint_state(model, guide, None, rows=rows, size=len(train))
         example = hooks.inputs(model, train.observe(), train.labels) if whole else rows(torch.arange(2))[0]
     pairs.check_pair(model, guide, example, whole=whole is not None)
