@@ -202,3 +202,17 @@ def test_a_table_indexed_by_an_argument_is_declared_and_sliced():
     torch.testing.assert_close(sliced, whole)
     del Indexed.per_datapoint  # undeclared, the table is found by its structure
     assert pairs.whole_data(indexed_model, g, (x, idx))
+
+
+def test_a_guide_with_noise_of_its_own_is_not_mistaken_for_a_table():
+    """Noise injected into the encoder's input moves the scores between any two runs, in any
+    order: the value probe cannot tell, so it does not claim a table (nor does the structure)."""
+    m, x = _exact(n=40)
+
+    class Noisy(nn.Module):
+        def forward(self, x):
+            post = m.posterior(x + 0.05 * torch.randn_like(x))
+            with pyro.plate("data", x.shape[0]):
+                pyro.sample("z", dist.MultivariateNormal(post.loc, scale_tril=post.scale_tril))
+
+    assert pairs.per_datapoint_state(m, Noisy(), (x,)) is None

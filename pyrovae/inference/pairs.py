@@ -321,20 +321,35 @@ def _reordered(model, guide, rows: Callable, n: int) -> str | None:
         a, k = rows(picked)
         ahead = weights.inspection_traces(model, guide, a, k)
         values = {s["name"]: _flip(s, back) for s in _sample_sites(ahead[:1]) if not s["is_observed"]}
+        same = {s["name"]: s["value"] for s in _sample_sites(ahead[:1]) if not s["is_observed"]}
+        with torch.random.fork_rng(devices=weights.cuda_devices(a, k)):
+            torch.rand(1)  # other noise: a program that draws more than its sample sites shows it
+            again = weights.inspection_traces(model, weights.at_values(guide, same), a, k)
         a, k = rows(picked.flip(0))
         behind = weights.inspection_traces(model, weights.at_values(guide, values), a, k)
         nesting = weights.plate_nesting(model, guide, a, k, traces=ahead)
         before, after = _per_row(ahead, nesting), _per_row(behind, nesting)
     except Exception as e:  # noqa: BLE001
         return f"it does not run on datapoints taken from across the data ({type(e).__name__})"
+    if _differs(before, _per_row(again, nesting), torch.arange(len(picked))):
+        return None  # its scores move with noise of its own: the value cannot tell (its structure did)
+    moved = _differs(before, after, back)
+    return (
+        None
+        if moved is None
+        else f"the {moved[0]}'s site {moved[1]!r} scores a datapoint differently elsewhere in a batch"
+    )
+
+
+def _differs(before: dict, after: dict, order: torch.Tensor) -> tuple[str, str] | None:
+    """The first (side, site) whose per-datapoint scores ``before``, reordered by ``order``,
+    differ from ``after`` (None when none does)."""
     for (side, name), lp in before.items():
         other = after.get((side, name))
-        if (
-            other is None
-            or other.shape != lp.shape
-            or not torch.allclose(lp[back], other, rtol=1e-4, atol=1e-4, equal_nan=True)
-        ):
-            return f"the {side}'s site {name!r} scores a datapoint differently elsewhere in a batch"
+        if other is None or other.shape != lp.shape:
+            return side, name
+        if not torch.allclose(lp[order], other, rtol=1e-4, atol=1e-4, equal_nan=True):
+            return side, name
     return None
 
 
