@@ -220,3 +220,37 @@ def test_bad_settings_are_named():
     model, guide, x = pair()
     with pytest.raises(ConfigError, match="needs the dataset size"):
         make_objective("tcvae")(model, guide, x)
+
+
+def test_an_objective_takes_only_its_own_options_by_name():
+    """A typo, another objective's setting, and the dataset size tcvae's q(z) needs: each
+    refused in one line, from Python as from a config."""
+    with pytest.raises(
+        ConfigError, match=r"'tcvae' takes no option 'tc_wieght' \(did you mean 'tc_weight'\?\)"
+    ):
+        make_objective("tcvae", tc_wieght=2.0, dataset_size=10)
+    with pytest.raises(ConfigError, match=r"'elbo' takes no option 'mmd_alpha' \(an option of infovae\)"):
+        make_objective("elbo", mmd_alpha=0.5)
+    model, guide, x = pair()
+    with pytest.raises(ConfigError, match="needs the dataset size"):
+        make_objective("tcvae").terms(model, guide, x)
+    cfg = TrainConfig(objective="tcvae", tc_alpha=0.5)
+    assert cfg.objective_options() == {
+        "tc_alpha": 0.5,
+        "tc_weight": 6.0,
+        "tc_gamma": 1.0,
+        "tc_sampling": "mws",
+    }
+
+
+def test_tcvae_weighs_mi_tc_and_the_dimension_wise_kl_as_chen_et_al_eq_4():
+    """-E[log p(x|z) - beta (alpha MI + tc_weight TC + gamma DWKL)], on the same draws."""
+    model, guide, x = pair()
+    objective = make_objective("tcvae", dataset_size=100, tc_alpha=0.3, tc_weight=5.0, tc_gamma=2.0)
+    t = seeded(lambda: objective.terms(model, guide, x))
+    loss = seeded(lambda: objective(model, guide, x, beta=0.7))
+    expected = -(t["log_lik"] - 0.7 * (0.3 * t["mi"] + 5.0 * t["tc"] + 2.0 * t["dwkl"])).mean(0).sum()
+    torch.testing.assert_close(loss, expected)
+    kl = seeded(lambda: make_objective("elbo")(model, guide, x, beta=1.0))
+    at_one = make_objective("tcvae", dataset_size=100, tc_weight=1.0)  # alpha = beta = gamma = 1: the ELBO
+    torch.testing.assert_close(seeded(lambda: at_one(model, guide, x)), kl)
