@@ -46,7 +46,7 @@ from pyrovae.inference.pairs import check_pair, whole_data
 from pyrovae.inference.particles import refuse_tiled
 from pyrovae.inference.paths import Ends, Layout, path_ends
 from pyrovae.inference.plates import data_size, slice_args, vectorize
-from pyrovae.inference.stepsize import BANDS, bands, frozen_steps, warn_far
+from pyrovae.inference.stepsize import bands, frozen_steps, warn_far
 from pyrovae.inference.weights import plate_nesting
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
@@ -290,8 +290,7 @@ def ais_log_likelihood(
             steps = frozen_steps(adapting, rows, betas, step_size, *moves)
             parts.append(anneal(chains, chains.start(), betas, steps, leapfrog_steps, b, tuner))
     out = summarize(*(torch.cat(p, dim=1) for p in zip(*parts)))
-    if len(betas) - 2 >= BANDS:  # a band of at least one transition each
-        warn_far(out.acceptance_bands, target_accept)
+    warn_far(out, target_accept)
     return out
 
 

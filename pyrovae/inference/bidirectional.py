@@ -27,7 +27,7 @@ from pyrovae.inference.ais import (
 )
 from pyrovae.inference.estimators import log_likelihood
 from pyrovae.inference.pairs import check_pair
-from pyrovae.inference.stepsize import BANDS, frozen_steps, warn_far
+from pyrovae.inference.stepsize import frozen_steps, warn_far
 from pyrovae.inference.weights import guide_point_masses
 from pyrovae.runtime.progress import bar
 
@@ -110,9 +110,8 @@ def sandwich(
         exact = chains.layout.pack({n: data.latents[n].expand_as(v) for n, v in template.items()})
         log_w, rate, _ = anneal(chains, exact, betas.flip(0), steps.flip(0), leapfrog, b, tuner)
     reverse = summarize(log_w, rate, steps)
-    for name, bands in (("BDMC's forward pass", forward), ("BDMC's reverse pass", reverse)):
-        if len(betas) - 2 >= BANDS:
-            warn_far(bands.acceptance_bands, o["target_accept"], name)
+    for name, measured in (("BDMC's forward pass", forward), ("BDMC's reverse pass", reverse)):
+        warn_far(measured, o["target_accept"], name)
     upper = -reverse.log_likelihood
     gap = upper - forward.log_likelihood
     return Sandwich(forward.log_likelihood, upper, gap, forward.acceptance, reverse.acceptance)

@@ -35,9 +35,12 @@ def bands(rates: torch.Tensor) -> torch.Tensor:
     return torch.stack([rates[a : max(b, a + 1)].mean(0) for a, b in zip(edges[:-1], edges[1:])])
 
 
-def warn_far(band_rates: torch.Tensor, target: float, what: str = "AIS") -> None:
-    """Warn when a band's mean acceptance over datapoints is further than :data:`FAR` from ``target``."""
-    means = band_rates.mean(-1) if band_rates.dim() > 1 else band_rates
+def warn_far(result, target: float, what: str = "AIS") -> None:
+    """Warn when a band of an AIS ``result``'s measured pass accepts, averaged over datapoints,
+    further than :data:`FAR` from ``target`` (a path of fewer transitions than bands: no bands)."""
+    if result.steps.shape[0] - 2 < BANDS:
+        return
+    means = result.acceptance_bands.mean(-1)
     far = [(i, float(m)) for i, m in enumerate(means) if abs(float(m) - target) > FAR]
     if far:
         said = ", ".join(f"band {i + 1}/{BANDS}: {m:.2f}" for i, m in far)
