@@ -98,6 +98,7 @@ def measure(label: str, sets: list[str], a) -> str:
         f'data.name="{a.data}"',
         f"model.latent_dim={a.latent}",
         "guide.hidden=[400]",
+        *a.set,
     ]
     raw = apply_overrides(load_config(ROOT / "configs" / "mnist_vae.toml").to_dict(), common + sets)
     if not (a.reuse and (run_dir / "checkpoint.pt").exists()):
@@ -135,6 +136,9 @@ def main() -> None:
     p.add_argument("--rows", nargs="+", default=list(ROWS), help="labels of ROWS to run")
     p.add_argument("--runs", default="runs/disentanglement")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config settings (smaller data)"
+    )
     p.add_argument("--append")
     a = p.parse_args()
     annealed = f" AIS log p(x) from p(z), {a.ais} images (IS on them) |" if a.ais else ""

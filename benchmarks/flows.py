@@ -45,6 +45,7 @@ def measure(flow: str, a) -> dict:
         f'device="{a.device}"',
         f"train.epochs={a.epochs}",
         f'guide.flow="{flow}"',
+        *a.set,
     ]
     config = config_from_dict(
         apply_overrides(load_config(ROOT / "configs" / "mnist_vae.toml").to_dict(), sets)
@@ -80,6 +81,9 @@ def main() -> None:
     p.add_argument("--gap-steps", type=int, default=1000)
     p.add_argument("--runs", default="runs/flows")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="more config settings (smaller data)"
+    )
     p.add_argument("--append", help="append the table to this markdown file")
     a = p.parse_args()
     lines = [

@@ -1,25 +1,28 @@
 """The GPU programme in one command: every stage under its own time budget, one short table.
 
-Stages, in order of value: the tests that exercise CUDA (``pytest -m on_cuda``); training
-speed (benchmarks/speed.py: plain loop, naive Pyro loop, pyrovae and its compile modes) and
-a profile of one step (benchmarks/profile_step.py); the default VAE trained, then evaluated
-at K = 5000 on the 10,000 test images against its matmul floor (benchmarks/eval_speed.py);
-one torchrun rank against one process (benchmarks/torchrun_check.py); AIS and BDMC beside
-IS (benchmarks/ais.py); with the time left, IWAE-paper training rows side by side on the
-device (benchmarks/iwae_paper.py). Run only when named, each a programme of its own: ``--only
-ladder``, the deep hierarchical VAE beside its one- and two-layer versions of the same width
-(benchmarks/ladder.py); ``--only vqvae``, the VQ-VAE on binary and 8-bit MNIST with its learned
-prior, bounds, perplexity and sample grids (benchmarks/vqvae.py, grids into OUT/figures). A
+Stages, in order of value (benchmarks/gpu_families.py lists them): the tests that exercise CUDA
+(``pytest -m on_cuda``); training speed (benchmarks/speed.py: plain loop, naive Pyro loop, pyrovae
+and its compile modes) and a profile of one step (benchmarks/profile_step.py); the default VAE
+trained, then evaluated at K = 5000 on the 10,000 test images against its matmul floor
+(benchmarks/eval_speed.py); one torchrun rank against one process (benchmarks/torchrun_check.py);
+AIS with its frozen schedule and BDMC beside IS (benchmarks/ais.py); then a short row of each model
+family: flow guides (benchmarks/flows.py), proposals refined per datapoint (benchmarks/refine.py),
+the objectives with their disentanglement metrics (benchmarks/disentanglement.py), the VQ-VAE and
+its learned prior (benchmarks/vqvae.py, sample grids into OUT/figures), the deep hierarchical VAE
+beside its one- and two-layer versions (benchmarks/ladder.py); with the time left, a sweep of
+two workers on the one GPU (benchmarks/sweep.py). Run only when named: ``--only train``, the
+IWAE-paper training rows side by side (benchmarks/iwae_paper.py); a family named alone with a
+longer budget runs its full row (``--only ladder --budget ladder=330``). A
 stage that overruns its budget has its processes stopped and is marked "cut"; what it printed
 and wrote stays. Into OUT go ``gpu.md`` (the short table, rewritten after every stage and
 printed last), ``tables.md`` (each stage's full tables), ``gpu.log`` (everything every stage
 printed) and ``gpu.json``.
 
     bash benchmarks/gpu.sh OUT                 # on the GPU machine: installs the carried wheels, then this
-    python benchmarks/gpu.py OUT [--only speed eval] [--budget speed=200] [--total 510]
+    python benchmarks/gpu.py OUT [--only speed eval] [--budget speed=200] [--total 540]
     python benchmarks/gpu.py OUT --dry         # every stage on the CPU at toy sizes (the tests run this)
-    bash benchmarks/gpu.sh OUT --only ladder   # the second programme: the deep hierarchical VAE
-    bash benchmarks/gpu.sh OUT --only vqvae    # the third: the VQ-VAE and its prior
+    bash benchmarks/gpu.sh OUT --only train    # the second programme: the IWAE-paper rows
+    bash benchmarks/gpu.sh OUT --only ladder --budget ladder=330   # the full deep hierarchy
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ import threading
 import time
 from pathlib import Path
 
-from gpu_stages import STAGES, TOTAL, Context, Stage  # benchmarks/ is on sys.path when run as a script
+from gpu_families import STAGES, TOTAL  # benchmarks/ is on sys.path when run as a script
+from gpu_stages import Context, Stage
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAST = 15  #: a stage that would start with fewer seconds left (or less than its budget) is skipped

@@ -17,9 +17,9 @@ fi
 py=${PYTHON:-python3}
 site=${PYROVAE_GPU_SITE:-/tmp/pyrovae-site}
 start=$(date +%s)
-if ! "$py" -c "import pyro, arviz" 2>/dev/null; then
+if ! "$py" -c "import pyro, arviz, sklearn" 2>/dev/null; then
   if ! ls .whl/*.whl >/dev/null 2>&1; then
-    echo "gpu.sh: pyro-ppl or arviz is missing and .whl/ holds no wheels; run" \
+    echo "gpu.sh: pyro-ppl, arviz or scikit-learn is missing and .whl/ holds no wheels; run" \
       "bash benchmarks/gpu_prepare.sh on a machine with the package registry first" >&2
     exit 2
   fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Before a GPU run, on a machine that reaches the package registry: fetch the wheels that the
-# GPU machine's image lacks (pyro-ppl, arviz and what they need beyond the image's own
-# packages) for its Python (3.12) into .whl/, and copy MNIST's four .gz files (and the
+# GPU machine's image lacks (pyro-ppl, arviz, scikit-learn and what they need beyond the image's
+# own packages) for its Python (3.12) into .whl/, and copy MNIST's four .gz files (and the
 # statically binarized MNIST, when present) from $PYROVAE_DATA into .gpu-data/. Both folders
 # are git-ignored; name them in the run's carry so that they travel with the working tree:
 #
@@ -21,7 +21,8 @@ if [ ! -f "$data/MNIST/raw/t10k-images-idx3-ubyte.gz" ]; then
 fi
 # name, and the requirement when this machine has none installed (arviz: the 0.x API)
 wanted="pyro-ppl:pyro-ppl>=1.9 pyro-api:pyro-api arviz:arviz<1 xarray-einstats:xarray-einstats
-h5netcdf:h5netcdf platformdirs:platformdirs"
+h5netcdf:h5netcdf platformdirs:platformdirs scikit-learn:scikit-learn>=1.8 joblib:joblib
+threadpoolctl:threadpoolctl"
 platforms=""
 for p in manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64; do platforms+=" --platform $p"; done
 rm -rf .whl

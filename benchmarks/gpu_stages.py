@@ -1,5 +1,7 @@
-"""The stages of benchmarks/gpu.py: what each runs (GPU sizes, or toy sizes with --dry) and the
-one cell of the short table that it reports."""
+"""The first stages of benchmarks/gpu.py (tests, speed, evaluation, torchrun, AIS, the IWAE
+training rows) and what every stage shares: what each runs (GPU sizes, or toy sizes with --dry)
+and the one cell of the short table that it reports. The model families' stages and the list of
+stages are in benchmarks/gpu_families.py."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-TOTAL = 510  #: seconds for all stages: with the installs before them, under 9 minutes
 SPEED_ROWS = ["plain", "naive", "pyrovae", "pyrovae:none", "pyrovae:cudagraphs", "pyrovae:inductor"]
 IWAE_ROWS = [(1, "vae", 1), (1, "iwae", 5), (1, "iwae", 50)]  #: trained side by side in the last stage
 EVAL_MARGIN = 75  #: seconds the last stage keeps for evaluating its rows after training (GPU)
@@ -214,8 +215,11 @@ def torchrun_summary(ctx: Context, output: str) -> str:
 
 
 def ais_script(ctx: Context, seconds: float) -> str:
-    sizes = "--limit 4 --steps 3 --chains 2 --bdmc 2 --is-samples 8" if ctx.dry else (
-        "--limit 1000 --steps 1000 --chains 16 --bdmc 100 --is-samples 5000")  # fmt: skip
+    if ctx.dry:
+        sizes = "--limit 4 --steps 3 --chains 2 --bdmc 2 --is-samples 8"
+    else:  # the frozen schedule's rows: fewer images when the stage is short
+        images, bdmc = ("1000", "100") if seconds >= 80 else ("300", "30")
+        sizes = f"--limit {images} --steps 1000 --chains 16 --bdmc {bdmc} --is-samples 5000"
     run = ctx.work / "mnist_vae"
     return ctx.py("benchmarks/ais.py", "--run", run, *sizes.split(), "--append", ctx.out / "tables.md")
 
@@ -262,64 +266,3 @@ def train_summary(ctx: Context, output: str) -> str:
         )
         or "no rows"
     )
-
-
-# ------------------------------------------------------------------ 8. the deep hierarchical VAE
-
-LADDER_ROWS = ["vae-w32", "vae2-w32", "ladder"]  #: benchmarks/ladder.py's rows of one width
-LADDER_EVAL = 150  #: seconds the ladder stage keeps for scoring its rows (GPU)
-
-
-def ladder_script(ctx: Context, seconds: float) -> str:
-    if ctx.dry:
-        sizes = ["--minutes", "0.01", "--epochs", "1", "--limit", "8", "--samples", "4"]
-        sizes += ["--set", "data.train_size=128", "data.val_limit=32", "train.batch_size=32"]
-    else:  # the rows one after another, each on a third of the training time
-        minutes = max(seconds - LADDER_EVAL, 60) / 60 / len(LADDER_ROWS)
-        sizes = ["--minutes", f"{minutes:.2f}", "--limit", "2000", "--samples", "5000"]
-    args = ["--rows", *LADDER_ROWS, "--runs", ctx.work / "ladder", "--device", ctx.device, *sizes]
-    return ctx.py("benchmarks/ladder.py", *args, "--append", ctx.out / "tables.md")
-
-
-def ladder_summary(ctx: Context, output: str) -> str:
-    """One cell per row benchmarks/ladder.py printed: its training and test log p(x)."""
-    pattern = r"^\| ([\w-]+) \| (\d+ epochs, [\d.]+ min) \| (\S+ \+- \S+) \|"
-    cells = {name: f"{name}: {ll} ({trained})" for name, trained, ll in re.findall(pattern, output, re.M)}
-    return "; ".join(cells.values()) or "no rows"  # a row printed as it goes and again in the table
-
-
-# ------------------------------------------------------------------ 9. the VQ-VAE and its prior
-
-VQVAE_EVAL = 60  #: seconds the VQ-VAE stage keeps for scoring (exact bounds, one pass) and sampling
-
-
-def vqvae_script(ctx: Context, seconds: float) -> str:
-    if ctx.dry:
-        sizes = ["--epochs", "1", "--prior-epochs", "1", "--modes", "binary", "--set", "data.train_size=128"]
-        sizes += ["data.val_limit=32", "data.test_limit=32", "train.batch_size=32"]
-    else:  # binary and 8-bit, each an autoencoder then its prior: four trainings on equal time
-        minutes = max(seconds - VQVAE_EVAL, 60) / 60 / 4
-        sizes = ["--epochs", "200", "--prior-epochs", "200", "--minutes", f"{minutes:.2f}"]
-    args = ["--runs", ctx.work / "vqvae", "--figures", ctx.out / "figures", "--device", ctx.device, *sizes]
-    return ctx.py("benchmarks/vqvae.py", *args, "--append", ctx.out / "tables.md")
-
-
-def vqvae_summary(ctx: Context, output: str) -> str:
-    """One cell per pixel mode benchmarks/vqvae.py printed: its bounds with either prior."""
-    pattern = r"^\| (binary|8bit) \| [^|]+ \| ([^|]+) \| ([^|]+) \|"
-    found = re.findall(pattern, output, re.M)
-    cells = {m: f"{m}: uniform {u.strip()}, learned {v.strip()}" for m, u, v in found}
-    return "; ".join(cells.values()) or "no rows"  # a row printed as it goes and again in the table
-
-
-STAGES = [
-    Stage("tests", "CUDA tests", 90, tests_script, tests_summary),
-    Stage("speed", "Training speed", 170, speed_script, speed_summary),
-    Stage("profile", "Profile of one step", 20, profile_script, profile_summary),
-    Stage("eval", "Evaluation, K = 5000", 80, eval_script, eval_summary),
-    Stage("torchrun", "One torchrun rank", 40, torchrun_script, torchrun_summary),
-    Stage("ais", "AIS and BDMC", 80, ais_script, ais_summary),
-    Stage("train", "Training rows", None, train_script, train_summary),
-    Stage("ladder", "Deep hierarchical VAE", 330, ladder_script, ladder_summary, default=False),
-    Stage("vqvae", "VQ-VAE and its learned prior", 300, vqvae_script, vqvae_summary, default=False),
-]

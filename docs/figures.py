@@ -1,7 +1,8 @@
 """The results page's plots, drawn when the site is built from what the pages and the repository
 already hold, so a plot cannot disagree with its table: the training curves of the main
 command's run (``benchmarks/figures/mnist_vae_metrics.jsonl``), the speed ratios of the
-results page's table, and the IS and AIS estimates of the AIS page's table."""
+results page's table, the IS and AIS estimates of the AIS page's table, and the sweep of the
+sweeps page's table."""
 
 from __future__ import annotations
 
@@ -63,9 +64,24 @@ def importance_against_ais(page: Path, path: Path) -> None:
     ax.figure.savefig(path, dpi=100)
 
 
+def sweep(page: Path, path: Path) -> None:
+    """Each setting of the sweep page's table: its log p(x) over seeds, bars 1.96 sd over seeds."""
+    rows = table(page, "| setting | seeds |")
+    means = [_number(r[2]) for r in rows]
+    spreads = [1.96 * _number(r[2].split("+-")[1]) for r in rows]
+    ax = Figure(figsize=(6, 2.2)).subplots()
+    ax.errorbar(means, range(len(rows)), xerr=spreads, fmt="o", capsize=4)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([r[0] for r in rows])
+    ax.set_xlabel("test log p(x), nats: mean over 3 seeds, bars 1.96 sd over seeds")
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=100)
+
+
 def write_figures(root: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(line) for line in (root / "benchmarks/figures/mnist_vae_metrics.jsonl").open()]
     plot_curves(rows, out / "curves.png")
     speed(root / "docs" / "results.md", out / "speed.png")
     importance_against_ais(root / "docs" / "guide" / "ais.md", out / "is_ais.png")
+    sweep(root / "docs" / "guide" / "studies.md", out / "sweep_compare.png")

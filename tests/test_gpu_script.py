@@ -26,12 +26,15 @@ def test_the_dry_run_runs_every_stage_and_leaves_one_table(tmp_path):
     out = tmp_path / "out"
     proc = gpu_sh(out, "--dry")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    # what comes back from the GPU machine: a few plain files, no folders
-    assert sorted(p.name for p in out.iterdir()) == ["gpu.json", "gpu.log", "gpu.md", "tables.md"]
+    # what comes back from the GPU machine: a few plain files and the VQ-VAE's sample grids
+    assert sorted(p.name for p in out.iterdir()) == ["figures", "gpu.json", "gpu.log", "gpu.md", "tables.md"]
     table = (out / "gpu.md").read_text()
     assert proc.stdout.rstrip().endswith(table.rstrip())  # the table is the last thing printed
     s = stages(out)
-    assert list(s) == ["tests", "speed", "profile", "eval", "torchrun", "ais", "train"]
+    assert list(s) == [
+        *("tests", "speed", "profile", "eval", "torchrun", "ais"),
+        *("flows", "refine", "objectives", "vqvae", "ladder", "sweep"),
+    ]
     assert all(r["status"] == "ok" for r in s.values()), s
     assert s["tests"]["result"].startswith("5 passed, 0 failed, 0 errors")
     assert "examples 32: fit" in s["speed"]["result"] and "faster than naive" in s["speed"]["result"]
@@ -40,12 +43,23 @@ def test_the_dry_run_runs_every_stage_and_leaves_one_table(tmp_path):
     # one rank inside a process group (Gloo on the CPU) equals no process group, draw for draw
     assert s["torchrun"]["result"].startswith("agree (gloo)")
     assert "AIS, T = 3" in s["ais"]["result"] and "BDMC T = 3" in s["ais"]["result"]
-    assert s["train"]["result"].count("epochs in") == 2
+    assert [c.split(":")[0] for c in s["flows"]["result"].split("; ")] == ["none", "iaf"]
+    assert s["refine"]["result"].startswith("q(z/x): -") and "refined by 2 steps: -" in s["refine"]["result"]
+    assert [c.split(":")[0] for c in s["objectives"]["result"].split("; ")] == ["VAE", "beta-TCVAE"]
+    assert s["vqvae"]["result"].startswith("binary: uniform -") and ", learned -" in s["vqvae"]["result"]
+    assert [c.split(":")[0] for c in s["ladder"]["result"].split("; ")] == ["vae-w32", "vae2-w32", "ladder"]
+    assert s["sweep"]["result"].startswith("2 workers x 1 thread (local): ")
+    assert "log p(x) iwae - elbo, paired: +" in s["sweep"]["result"] or "paired: -" in s["sweep"]["result"]
     for stage in s.values():
         assert f"| {stage['title']} | ok |" in table
     tables = (out / "tables.md").read_text()
-    for heading in ("| network | batch | loop |", "| images | K | chunk rows |", "| BDMC, T |", "| layers |"):
+    headings = ["| network | batch | loop |", "| images | K | chunk rows |", "| BDMC, T |"]
+    headings += ["| guide | ELBO |", "| proposal | mean log p(x) |", "| objective | MIG |"]
+    headings += ["KL per layer of ladder"]
+    for heading in headings:
         assert heading in tables
+    grids = sorted(p.name for p in (out / "figures").iterdir())
+    assert grids == ["vqvae_binary_learned.png", "vqvae_binary_uniform.png"]
     log = (out / "gpu.log").read_text()
     assert "5 passed" in log and all(f"= {stage['title']} (budget" in log for stage in s.values())
 
@@ -72,21 +86,11 @@ def run_named(tmp_path, name: str) -> tuple[Path, str]:
     return out, s[name]["result"]
 
 
-def test_the_ladder_programme_runs_when_named(tmp_path):
-    """The deep hierarchical VAE's stage runs only under --only: its rows, scored, in the table."""
-    out, result = run_named(tmp_path, "ladder")
-    assert [c.split(":")[0] for c in result.split("; ")] == ["vae-w32", "vae2-w32", "ladder"]
-    assert "| 8. Deep hierarchical VAE | ok |" in (out / "gpu.md").read_text()
-    assert "KL per layer of ladder" in (out / "tables.md").read_text()
-
-
-def test_the_vqvae_programme_runs_when_named(tmp_path):
-    """The VQ-VAE's stage runs only under --only: both bounds in its cell, samples in OUT/figures."""
-    out, result = run_named(tmp_path, "vqvae")
-    assert result.startswith("binary: uniform -") and ", learned -" in result
-    assert "| 9. VQ-VAE and its learned prior | ok |" in (out / "gpu.md").read_text()
-    grids = sorted(p.name for p in (out / "figures").iterdir())
-    assert grids == ["vqvae_binary_learned.png", "vqvae_binary_uniform.png"]
+def test_the_iwae_training_rows_run_when_named(tmp_path):
+    """The IWAE-paper rows run only under --only: two rows, trained side by side, in the cell."""
+    out, result = run_named(tmp_path, "train")
+    assert result.count("epochs in") == 2
+    assert "| 13. IWAE training rows | ok |" in (out / "gpu.md").read_text()
 
 
 def test_budget_overrides_name_the_stages():
@@ -119,15 +123,16 @@ def test_the_shell_scripts_parse(script):
 
 
 def test_the_readme_lists_the_stages_and_budgets_the_script_runs():
-    import importlib.util
+    import importlib
     import re
 
-    spec = importlib.util.spec_from_file_location("gpu_stages", ROOT / "benchmarks" / "gpu_stages.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_stages", module)  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # gpu_families imports gpu_stages as the script does
+    try:
+        module = importlib.import_module("gpu_families")
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     readme = (ROOT / "docs" / "guide" / "gpu.md").read_text()
-    listed = re.findall(r"^\| (\d)\. ([^|]+?) \| (\d+|the rest) \|", readme, re.M)
+    listed = re.findall(r"^\| (\d+)\. ([^|]+?) \| (\d+|the rest) \|", readme, re.M)
     expected = [
         (str(i), "rest" if s.budget is None else str(int(s.budget))) for i, s in enumerate(module.STAGES, 1)
     ]

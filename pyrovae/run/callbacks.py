@@ -5,7 +5,8 @@
 :class:`TensorBoardWriter` writes every metrics row as scalars (``step/loss``,
 ``step/beta``, ``step/lr``, ``epoch/val_elbo``, ...) and, each epoch, grids of samples from
 the prior and of reconstructions (originals beside E[x | z] at the posterior mean) into
-``RUN_DIR/tensorboard``; ``tensorboard --logdir RUN_DIR`` shows them. Images are drawn on a
+``RUN_DIR/tensorboard``; ``tensorboard --logdir RUN_DIR`` shows them. With ``train.mlflow`` the
+rows go to MLflow too (:mod:`pyrovae.run.tracking`). Images are drawn on a
 forked, fixed random stream (the same prior draws every epoch; training's stream unchanged).
 Needs the ``tensorboard`` package (``pip install "pyrovae[tensorboard]"``).
 """
@@ -21,6 +22,7 @@ from pyrovae import hooks
 from pyrovae.diagnostics import batched_posterior_means
 from pyrovae.diagnostics.plots import image_grid, plot_curves
 from pyrovae.errors import ConfigError
+from pyrovae.run import tracking
 from pyrovae.runtime import distributed
 from pyrovae.training.rundir import RunDir
 from pyrovae.training.runfiles import read_metrics
@@ -94,14 +96,18 @@ class Curves:
         return False
 
 
-def fit_callbacks(tensorboard: bool, run_dir, model, guide, split, seed: int = 0) -> list:
-    """On the main rank: :class:`Curves`, and with ``tensorboard`` a :class:`TensorBoardWriter`
-    reconstructing the first images of ``split``; on the other ranks none."""
+def fit_callbacks(config, run_dir, model, guide, split) -> list:
+    """On the main rank: :class:`Curves`, with ``train.tensorboard`` a :class:`TensorBoardWriter`
+    reconstructing the first images of ``split``, and with ``train.mlflow`` an
+    :class:`~pyrovae.run.tracking.MLflowLogger` (``config``: the run's Config); on the other ranks none."""
     if not distributed.is_main():
         return []
-    if not tensorboard:
-        return [Curves(run_dir)]
-    return [
-        Curves(run_dir),
-        TensorBoardWriter(run_dir, model, guide, split.slice(IMAGES).observe_fixed(seed)),
-    ]
+    attached: list = [Curves(run_dir)]
+    train = config.train
+    if train.tensorboard:
+        images = split.slice(IMAGES).observe_fixed(config.seed)
+        attached.append(TensorBoardWriter(run_dir, model, guide, images))
+    if train.mlflow:
+        uri = tracking.resolve_uri(train.mlflow)
+        attached.append(tracking.MLflowLogger(run_dir, config.to_dict(), uri, train.mlflow_experiment))
+    return attached

@@ -5,7 +5,6 @@ function that computes, and hand its result to :mod:`pyrovae.run.console`."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from pyrovae.diagnostics import generate, plots
 from pyrovae.diagnostics.disentanglement import METRICS
 from pyrovae.errors import Interrupted, PyrovaeError
 from pyrovae.registry import available, plugins, summary
-from pyrovae.run import console, evaluation, experiment
+from pyrovae.run import console, evaluation, experiment, studies, tracking
 from pyrovae.run.config import Config, load_config
 from pyrovae.run.diagnose import diagnose_run
 from pyrovae.run.recipes import evaluation_data
@@ -26,7 +25,6 @@ from pyrovae.runtime import distributed, threads
 from pyrovae.runtime.compile import MODES
 from pyrovae.runtime.devices import resolve_device
 from pyrovae.training import catalog
-from pyrovae.training import checkpoint as ckpt_io
 from pyrovae.training.rundir import RunDir
 
 
@@ -38,6 +36,7 @@ def fit_settings(args) -> tuple[Config, bool]:
         if RunDir(args.run_dir or config.run_dir).has_checkpoint():
             args.resume = args.run_dir or config.run_dir
     board = [("train.tensorboard", True)] if args.tensorboard else []
+    board += [("train.mlflow", args.mlflow)] if args.mlflow is not None else []
     flags = {"data.root": args.data_root, "run_dir": args.run_dir, "device": args.device, "seed": args.seed}
     settings = [*((k, v) for k, v in flags.items() if v is not None), *board, *args.set]
     if args.resume:  # wherever the run directory is now
@@ -61,7 +60,9 @@ def cmd_fit(args) -> None:
     if main:  # rank 0 reports
         console.fitted(result, distributed.world()[1])
         run = experiment.load_run(config.run_dir, device=device)
-        console.wrote(experiment.draw_figures(run, config.run_dir))
+        figures = experiment.draw_figures(run, config.run_dir)
+        console.wrote(figures)
+        tracking.log_fitted(config.run_dir, figures)  # with train.mlflow
     distributed.barrier()
 
 
@@ -79,37 +80,29 @@ def _load(args) -> experiment.Run:
 def cmd_evaluate(args) -> None:
     run = _load(args)
     data = evaluation_data(run.config, args.split, run.device, args.seed)  # loaded once: IS, AIS, BDMC
-    show, how = (
-        not args.no_progress,
-        dict(
-            num_steps=args.steps,
-            num_chains=args.chains,
-            adapt_chains=args.adapt_chains,
-            compile=args.compile,
-            initial=args.initial,
-        ),
+    how = dict(
+        num_steps=args.steps,
+        num_chains=args.chains,
+        adapt_chains=args.adapt_chains,
+        compile=args.compile,
+        initial=args.initial,
     )
-    out = evaluation.evaluate(run, data, num_samples=args.num_samples, compile=args.compile, progress=show)
+    out = evaluation.evaluate_run(
+        run,
+        data,
+        num_samples=args.num_samples,
+        refine_steps=args.refine,
+        with_ais=args.method == "ais",
+        bdmc=args.bdmc,
+        annealing=how,
+        compile=args.compile,
+        progress=not args.no_progress,
+    )
     if not distributed.is_main():
         return
     out["ranks"] = distributed.world()[1]
-    steps = run.config.eval_refine if args.refine is None else args.refine
-    if steps:
-        out["refine"] = evaluation.evaluate_refined(
-            run, data, steps, num_samples=args.num_samples, progress=show
-        )
-    if args.method == "ais":
-        out["ais"] = evaluation.evaluate_ais(run, data, progress=show, **how)
-    if args.bdmc:
-        out["bdmc"] = evaluation.evaluate_bdmc(run, data, args.bdmc, progress=show, **how)
     console.evaluation(out, hooks.takes(run.model))
-    files = RunDir(args.run_dir)
-    values = {k: out[k].pop("per_datapoint") for k in ("ais", "bdmc", "refine") if k in out} | {
-        "is": out.pop("per_datapoint")
-    }
-    files.evaluation(args.split).write_text(json.dumps(out, indent=2) + "\n")
-    ckpt_io.atomic_save(values, files.evaluation(args.split, values=True))
-    console.wrote([files.evaluation(args.split), files.evaluation(args.split, values=True)])
+    console.wrote(evaluation.save_evaluation(args.run_dir, args.split, out))
 
 
 def cmd_sample(args) -> None:
@@ -188,6 +181,13 @@ def _fit_parser(sub) -> None:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.add_argument(
         "--tensorboard", action="store_true", help="also write TensorBoard events (train.tensorboard)"
+    )
+    f.add_argument(
+        "--mlflow",
+        nargs="?",
+        const=True,
+        metavar="URI",
+        help="also log to MLflow: its default store, or the tracking URI given (train.mlflow)",
     )
     f.set_defaults(fn=cmd_fit)
 
@@ -310,6 +310,7 @@ def parser() -> argparse.ArgumentParser:
         for flag, kw in extra.items():
             s.add_argument(flag, **kw)
         s.set_defaults(fn=fn)
+    studies.add_commands(sub)
     ls = sub.add_parser("list", help="registered models and guides")
     ls.add_argument("--no-progress", action="store_true", help="accepted for uniformity (list shows no bar)")
     ls.set_defaults(fn=cmd_list)

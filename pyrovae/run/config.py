@@ -252,6 +252,8 @@ def load_config(path: str | Path) -> Config:
         raw = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from e
+    if isinstance(raw, dict):
+        raw.pop("sweep", None)  # what `pyrovae sweep` varies (pyrovae.run.sweep); the rest is one run
     config = config_from_dict(raw)
     if import_paths(config):  # its modules may sit beside it: recorded for every later command
         here = str(path.resolve().parent)
@@ -272,11 +274,12 @@ def with_module_folders(config: Config) -> Config:
     return config.replace(paths=list(dict.fromkeys([*config.paths, *found])))
 
 
-def _setting(item: str | tuple[str, Any]) -> tuple[str, Any]:
+def parse_setting(item: str | tuple[str, Any], example: str = "train.epochs=3") -> tuple[str, Any]:
+    """``"section.key=value"`` as (key, value), the value read as TOML, else taken as a string."""
     if not isinstance(item, str):
         return item
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value, e.g. train.epochs=3")
+        raise ConfigError(f"{item!r} must look like section.key=value, e.g. {example}")
     key, text = item.split("=", 1)
     try:
         return key.strip(), tomllib.loads(f"v = {text}")["v"]
@@ -290,7 +293,7 @@ def apply_overrides(raw: Mapping[str, Any], settings: Iterable[str | tuple[str, 
     ``(key, value)`` pairs. The one way to override a config: the command line's flags and
     ``--set`` both come here; :func:`config_from_dict` then checks the result."""
     raw = json.loads(json.dumps(raw))
-    for key, value in map(_setting, settings):
+    for key, value in map(parse_setting, settings):
         node = raw
         *parents, leaf = key.split(".")
         for part in parents:

@@ -4,7 +4,9 @@ not printed (:mod:`pyrovae.run.console` prints it). Every function reads one
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pyro
 import torch
@@ -16,9 +18,20 @@ from pyrovae.hooks import Takes
 from pyrovae.inference import ais, bidirectional, estimators, weights
 from pyrovae.inference.checks import check_inputs
 from pyrovae.inference.scoring import class_report_data, evaluate_data
+from pyrovae.run import tracking
 from pyrovae.run.experiment import Run
 from pyrovae.run.recipes import EvaluationData, evaluation_data
+from pyrovae.runtime import distributed
 from pyrovae.runtime.seeds import keeps_streams
+from pyrovae.training import checkpoint as ckpt_io
+from pyrovae.training.rundir import RunDir
+
+
+def fingerprint(x: torch.Tensor) -> str:
+    """A short SHA-256 of a tensor's values: equal for the same images, binarized the same way."""
+    import hashlib
+
+    return hashlib.sha256(x.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 @keeps_streams
@@ -55,6 +68,7 @@ def evaluate(
         "pixels": run.config.data.pixels,
         "step": run.checkpoint["step"],
         "device": str(run.device),
+        "images": fingerprint(args[0]),  # the observed pixels: runs with equal ones can be paired
     }
     if masses:
         return out | point_mass_report(run, data, masses)
@@ -224,3 +238,49 @@ def evaluate_bdmc(
         "per_datapoint": {k: getattr(s, k).detach().cpu() for k in ("lower", "upper")}
         | ({} if r.importance is None else {"importance": r.importance.detach().cpu()}),
     }
+
+
+def evaluate_run(
+    run: Run,
+    data: EvaluationData,
+    *,
+    num_samples: int | None = None,
+    refine_steps: int | None = None,
+    with_ais: bool = False,
+    bdmc: int | None = None,
+    annealing: dict | None = None,
+    compile: str = "auto",
+    progress: bool | None = False,
+) -> dict:
+    """What ``pyrovae evaluate`` computes: :func:`evaluate` on every rank, then on the main rank
+    the refined proposals (``refine_steps``, default the config's ``eval_refine``), AIS
+    (``with_ais``) and BDMC on ``bdmc`` datapoints (both with the options ``annealing``), each under
+    its name in the result."""
+    out = evaluate(run, data, num_samples=num_samples, compile=compile, progress=progress)
+    if not distributed.is_main():
+        return out
+    steps = run.config.eval_refine if refine_steps is None else refine_steps
+    if steps:
+        out["refine"] = evaluate_refined(run, data, steps, num_samples=num_samples, progress=progress)
+    if with_ais:
+        out["ais"] = evaluate_ais(run, data, progress=progress, **(annealing or {}))
+    if bdmc:
+        out["bdmc"] = evaluate_bdmc(run, data, bdmc, progress=progress, **(annealing or {}))
+    return out
+
+
+def save_evaluation(run_dir: str | Path, split: str, out: dict) -> list[Path]:
+    """Write an :func:`evaluate_run` result as ``eval_SPLIT.json`` and its per-datapoint values as
+    ``eval_SPLIT.pt`` (both atomically), and log it to the run's MLflow run if it has one;
+    returns the two paths."""
+    files = RunDir(run_dir)
+    out, values = dict(out), {}
+    for k in ("ais", "bdmc", "refine"):
+        if k in out:
+            out[k] = dict(out[k])
+            values[k] = out[k].pop("per_datapoint")
+    values["is"] = out.pop("per_datapoint")
+    ckpt_io.atomic_write_text(files.evaluation(split), json.dumps(out, indent=2) + "\n")
+    ckpt_io.atomic_save(values, files.evaluation(split, values=True))
+    tracking.log_evaluation(run_dir, split, out, [files.evaluation(split)])  # with train.mlflow
+    return [files.evaluation(split), files.evaluation(split, values=True)]

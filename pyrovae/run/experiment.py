@@ -77,21 +77,26 @@ def fit_config(
 def _fit(config, model, guide, train_data, val_data, files, device, resume, progress, callbacks) -> FitResult:
     record = {"config": config.to_dict(), "x_shape": list(train_data.shape)}
     shown = train_data if val_data is None else val_data
-    attached = fit_callbacks(config.train.tensorboard, files.path, model, guide, shown, config.seed)
-    return fit(
-        model,
-        guide,
-        train_data,
-        val_data,
-        config=config.train,
-        seed=config.seed,
-        device=device,
-        run_dir=files.path,
-        record=record,
-        resume=resume,
-        progress=progress,
-        callbacks=[*callbacks, *attached],
-    )
+    attached = fit_callbacks(config, files.path, model, guide, shown)
+    try:
+        return fit(
+            model,
+            guide,
+            train_data,
+            val_data,
+            config=config.train,
+            seed=config.seed,
+            device=device,
+            run_dir=files.path,
+            record=record,
+            resume=resume,
+            progress=progress,
+            callbacks=[*callbacks, *attached],
+        )
+    finally:  # what a writer holds is sent, also when the run stops
+        for callback in attached:
+            if hasattr(callback, "close"):
+                callback.close()
 
 
 def start_from(model, guide, run_dir: str | Path, train_only: list[str]) -> None:
@@ -136,6 +141,8 @@ RESUMABLE = (
     "train.max_steps",
     "train.log_every",
     "train.tensorboard",
+    "train.mlflow",
+    "train.mlflow_experiment",
     "data.root",
     "device",
     "run_dir",

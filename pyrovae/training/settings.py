@@ -176,6 +176,10 @@ class TrainConfig:
     #: also write TensorBoard events into the run directory (pyrovae[tensorboard]); read by
     #: ``pyrovae fit`` / ``fit_config``, which attach the callback (``pyrovae.fit`` takes callbacks)
     tensorboard: bool = False
+    #: also log to MLflow (pyrovae[mlflow]): true for MLflow's default (MLFLOW_TRACKING_URI, else its
+    #: local store), or a tracking URI such as "http://host:5000"; see pyrovae.run.tracking
+    mlflow: bool | str = False
+    mlflow_experiment: str = "pyrovae"  #: the MLflow experiment the run is logged under
 
     def objective_options(self) -> dict:
         """The settings of the objective this run trains with (:data:`pyrovae.training.catalog.OPTIONS`)."""
