@@ -40,9 +40,9 @@ def cmd_sweep(args) -> None:
             extra = f" ({outcome['error']})" if state == "failed" else ""
             console.say(f"{state:>9}  {run.name}{extra}")
         return
-    base, spec, folder = (None, None, Path(args.resume)) if args.resume else sweep_of(args)
     if not args.resume and not args.config:
         raise ConfigError("pyrovae sweep needs a CONFIG file, --resume SWEEP_DIR or --status SWEEP_DIR")
+    base, spec, folder = (None, None, Path(args.resume)) if args.resume else sweep_of(args)
     stored = sweep.SweepDir(folder).read()["base"] if args.resume else base
     if stored["train"].get("mlflow"):  # the sweep's own MLflow run: its runs nest under it
         params = {"sweep": sweep.SweepDir(folder).read()["sweep"] if args.resume else spec.__dict__}
