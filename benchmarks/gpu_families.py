@@ -167,7 +167,7 @@ def ladder_summary(ctx: Context, output: str) -> str:
 
 def sweep_script(ctx: Context, seconds: float) -> str:
     args = ["--out", ctx.work / "sweep", "--only", "parallel", "--workers", "2", "--device", ctx.device]
-    return ctx.py("benchmarks/sweep.py", *args, *(["--dry"] if ctx.dry else ["--seeds", "2"]))
+    return ctx.py("benchmarks/sweep.py", *args, *(["--dry"] if ctx.dry else []), "--seeds", "2")
 
 
 def sweep_summary(ctx: Context, output: str) -> str:

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from pyrovae.run import compare
+
 CONFIG = """
 seed = 0
 device = "{device}"
@@ -100,15 +102,13 @@ def main(argv=None) -> None:
     if len(seconds) == 2:
         print(f"\nserial / parallel: {seconds['serial'] / seconds['parallel']:.2f}x")
     shown = out / next(iter(seconds))
-    print("\n" + pyrovae("compare", str(shown)).stdout.split("\n", 1)[1])
+    print("\n" + compare.markdown(compare.study([str(shown)])) + "\n")
     paired_table(shown, args.seeds)
     print(f"\ncommand: python benchmarks/sweep.py{' --dry' * args.dry}; cores: {os.cpu_count()}")
 
 
 def paired_table(folder: Path, seeds: int) -> None:
     """Each seed's IWAE run against its ELBO run: the paired and unpaired standard errors."""
-    from pyrovae.run import compare
-
     print("| seed | log p(x): iwae - elbo | paired se | unpaired se | unpaired / paired |")
     print("| --- | --- | --- | --- | --- |")
     for seed in range(seeds):
