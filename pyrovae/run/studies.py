@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 
 from pyrovae.errors import ConfigError
@@ -43,10 +44,10 @@ def cmd_sweep(args) -> None:
     if not args.resume and not args.config:
         raise ConfigError("pyrovae sweep needs a CONFIG file, --resume SWEEP_DIR or --status SWEEP_DIR")
     base, spec, folder = (None, None, Path(args.resume)) if args.resume else sweep_of(args)
-    stored = sweep.SweepDir(folder).read()["base"] if args.resume else base
-    if stored["train"].get("mlflow"):  # the sweep's own MLflow run: its runs nest under it
-        params = {"sweep": sweep.SweepDir(folder).read()["sweep"] if args.resume else spec.__dict__}
-        tracking.open_run(folder, stored["train"]["mlflow"], stored["train"]["mlflow_experiment"], params)
+    stored = sweep.SweepDir(folder).read() if args.resume else {"base": base, "sweep": asdict(spec)}
+    train = stored["base"]["train"]
+    if train.get("mlflow"):  # the sweep's own MLflow run: its runs nest under it
+        tracking.open_run(folder, train["mlflow"], train["mlflow_experiment"], {"sweep": stored["sweep"]})
     rows = sweep.start(
         folder,
         base,
