@@ -68,18 +68,26 @@ class DiagonalGaussianGuide(ImageModule):
             pyro.sample(LATENT, q)
 
 
+def flow_head(latent_dim, min_scale, flow, depth, hidden, context, gated, order) -> PosteriorFlow:
+    """The head of a Gaussian guide from its ``flow*`` options (:class:`PosteriorFlow`)."""
+    return PosteriorFlow(latent_dim, flow, depth, hidden, context, min_scale, gated=gated, order=order)
+
+
 @register_guide("mlp")
 class MLPGuide(DiagonalGaussianGuide):
     """Gaussian encoder: flatten x, MLP with layers ``hidden``; ``flow`` "iaf" or "householder"
     moves the Gaussian by ``flow_depth`` transforms (networks ``flow_hidden``) conditioned on
-    ``flow_context`` further encoder outputs (:class:`pyrovae.blocks.flows.PosteriorFlow`);
+    ``flow_context`` further encoder outputs (0: none), an IAF affine or ``flow_gated``, its
+    networks' variable order ``flow_order`` (:class:`pyrovae.blocks.flows.PosteriorFlow`);
     ``deterministic`` makes q(z|x) the point mass at mu(x), a WAE's encoder."""
 
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, hidden: Sequence[int] = (400,),
                  activation: str = "relu", min_scale: float = 1e-4, flow: str = "none", flow_depth: int = 2,
-                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32,
-                 deterministic: bool = False):  # fmt: skip
-        head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
+                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32, flow_gated: bool = False,
+                 flow_order: str = "random", deterministic: bool = False):  # fmt: skip
+        head = flow_head(
+            latent_dim, min_scale, flow, flow_depth, flow_hidden, flow_context, flow_gated, flow_order
+        )
         net = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, head.features], activation))
         super().__init__(x_shape, latent_dim, net, min_scale, head, deterministic)
 
@@ -93,8 +101,11 @@ class ConvGuide(DiagonalGaussianGuide):
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (32, 64),
                  hidden: Sequence[int] = (256,), activation: str = "relu", min_scale: float = 1e-4,
                  flow: str = "none", flow_depth: int = 2, flow_hidden: Sequence[int] = (320, 320),
-                 flow_context: int = 32, deterministic: bool = False):  # fmt: skip
-        head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
+                 flow_context: int = 32, flow_gated: bool = False, flow_order: str = "random",
+                 deterministic: bool = False):  # fmt: skip
+        head = flow_head(
+            latent_dim, min_scale, flow, flow_depth, flow_hidden, flow_context, flow_gated, flow_order
+        )
         net = ConvEncoder(x_shape, head.features, channels, hidden, activation)
         super().__init__(x_shape, latent_dim, net, min_scale, head, deterministic)
 
@@ -109,7 +120,10 @@ class ResNetGuide(DiagonalGaussianGuide):
     def __init__(self, x_shape: Sequence[int], latent_dim: int, *, channels: Sequence[int] = (64, 128),
                  blocks: int = 2, activation: str = "relu", min_scale: float = 1e-4, flow: str = "none",
                  flow_depth: int = 2, flow_hidden: Sequence[int] = (320, 320),
-                 flow_context: int = 32, deterministic: bool = False):  # fmt: skip
-        head = PosteriorFlow(latent_dim, flow, flow_depth, flow_hidden, flow_context, min_scale)
+                 flow_context: int = 32, flow_gated: bool = False, flow_order: str = "random",
+                 deterministic: bool = False):  # fmt: skip
+        head = flow_head(
+            latent_dim, min_scale, flow, flow_depth, flow_hidden, flow_context, flow_gated, flow_order
+        )
         net = ResNetEncoder(x_shape, head.features, channels, blocks, activation)
         super().__init__(x_shape, latent_dim, net, min_scale, head, deterministic)

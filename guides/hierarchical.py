@@ -20,19 +20,24 @@ class TwoLayerGuide(ImageModule):
     """q(z1, z2 | x) = N(z1; mu(x), diag sigma(x)^2) N(z2; mu(z1), diag sigma(z1)^2)
     (Burda et al. 2015, sec. 5), for the model ``vae2``; ``flow`` "iaf" or "householder" moves
     each layer's Gaussian by a flow conditioned on that layer's input (options ``flow_depth``,
-    ``flow_hidden``, ``flow_context``: :class:`pyrovae.blocks.flows.PosteriorFlow`)."""
+    ``flow_hidden``, ``flow_context``, ``flow_gated``, ``flow_order``:
+    :class:`pyrovae.blocks.flows.PosteriorFlow`)."""
 
     latent_sites = ("z1", "z2")
 
     def __init__(self, x_shape: Sequence[int], latent_dim: Sequence[int] = (100, 50), *,
                  hidden: Sequence[int] = (200, 200), hidden_top: Sequence[int] = (100, 100),
                  activation: str = "tanh", min_scale: float = 1e-4, flow: str = "none", flow_depth: int = 2,
-                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32):  # fmt: skip
+                 flow_hidden: Sequence[int] = (320, 320), flow_context: int = 32, flow_gated: bool = False,
+                 flow_order: str = "random"):  # fmt: skip
         super().__init__(x_shape, latent_dim)
         d1, d2 = self.latent_dim
         self.min_scale = min_scale
         self.heads = nn.ModuleList(
-            PosteriorFlow(d, flow, flow_depth, flow_hidden, flow_context, min_scale) for d in (d1, d2)
+            PosteriorFlow(
+                d, flow, flow_depth, flow_hidden, flow_context, min_scale, gated=flow_gated, order=flow_order
+            )
+            for d in (d1, d2)
         )
         features = [h.features for h in self.heads]
         self.bottom = nn.Sequential(nn.Flatten(), mlp([math.prod(x_shape), *hidden, features[0]], activation))

@@ -19,12 +19,23 @@ from pyrovae.registry import build_guide
 FLOWS = ["iaf", "householder"]
 
 
-@pytest.mark.parametrize("flow", FLOWS)
-def test_log_q_is_the_change_of_variables(flow):
+VARIANTS = [
+    ("iaf", {}),  # affine, conditioned on 5 encoder outputs, random order
+    ("iaf", {"flow_gated": True}),
+    ("iaf", {"flow_context": 0}),
+    ("iaf", {"flow_context": 0, "flow_gated": True, "flow_order": "sequential"}),
+    ("householder", {}),
+]
+
+
+@pytest.mark.parametrize("flow, options", VARIANTS)
+def test_log_q_is_the_change_of_variables(flow, options):
     """log q(z_T | x) = log N(z_0) - log |det dz_T/dz_0|, the determinant of the Jacobian taken by
-    autograd; at the guide's own draws (cached) and at values it did not draw (inverted)."""
+    autograd; at the guide's own draws (cached) and at values it did not draw (inverted); for
+    every form of the IAF (affine or gated, with or without context, in either order)."""
     torch.manual_seed(0)
-    guide = MLPGuide((1, 2, 3), 4, hidden=[16], flow=flow, flow_depth=3, flow_hidden=[24], flow_context=5)
+    options = {"flow_context": 5, **options}
+    guide = MLPGuide((1, 2, 3), 4, hidden=[16], flow=flow, flow_depth=3, flow_hidden=[24], **options)
     guide = guide.double()
     x = torch.rand(5, 1, 2, 3, dtype=torch.float64)
     q = guide.posterior(x)
@@ -173,6 +184,32 @@ def test_bad_flow_options_and_the_vamp_prior_are_refused_by_name():
     with pytest.raises(ModelError, match="the VampPrior mixes the guide's Gaussians"):
         model.attach_guide(MLPGuide((1, 2, 2), 2, flow="iaf"))
     assert math.isfinite(MLPGuide((1, 2, 2), 2).params(torch.zeros(1, 1, 2, 2))[1].sum().item())
+    with pytest.raises(ConfigError, match="unknown guide flow_order 'reversed'"):
+        MLPGuide((1, 2, 2), 2, flow="iaf", flow_order="reversed")
+    with pytest.raises(ConfigError, match="guide.flow_gated must be true or false"):
+        MLPGuide((1, 2, 2), 2, flow="iaf", flow_gated="yes")
+    with pytest.raises(ConfigError, match="guide.flow_context must be an integer >= 1"):
+        MLPGuide((1, 2, 2), 2, flow="householder", flow_context=0)
+
+
+def test_a_checkpoint_keeps_the_form_of_its_iaf():
+    """An IAF's checkpoint says whether it is gated: loaded into the other form, it is refused
+    with the setting to use; one written before the form was recorded is the gated one."""
+    gated = MLPGuide((1, 2, 2), 2, flow="iaf", flow_gated=True).state_dict()
+    with pytest.raises(
+        ConfigError,
+        match="this checkpoint's IAF is gated and this guide's affine: set guide.flow_gated = true",
+    ):
+        MLPGuide((1, 2, 2), 2, flow="iaf").load_state_dict(gated)
+    older = {k: v for k, v in gated.items() if not k.endswith("gate")}
+    MLPGuide((1, 2, 2), 2, flow="iaf", flow_gated=True).load_state_dict(older)
+    with pytest.raises(ConfigError, match="set guide.flow_gated = true"):
+        MLPGuide((1, 2, 2), 2, flow="iaf").load_state_dict(older)
+    affine = MLPGuide((1, 2, 2), 2, flow="iaf").state_dict()
+    with pytest.raises(
+        ConfigError, match="IAF is affine and this guide's gated: set guide.flow_gated = false"
+    ):
+        MLPGuide((1, 2, 2), 2, flow="iaf", flow_gated=True).load_state_dict(affine)
 
 
 @pytest.mark.parametrize("flow", FLOWS)

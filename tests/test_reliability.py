@@ -32,6 +32,7 @@ from pyrovae.run.config import Component, Config, config_from_dict
 from pyrovae.run.recipes import build
 from pyrovae.training import checkpoint as ckpt_io
 from pyrovae.training.catalog import make_objective
+from pyrovae.training.segments import read_segments, totals
 from pyrovae.training.settings import TrainConfig
 
 CONFIGS = Path(__file__).parents[1] / "configs"
@@ -313,6 +314,13 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path, device):
             torch.testing.assert_close(state[key][name], value, rtol=0, atol=0)
     assert rows == ref_rows  # every metrics row once, as in the uninterrupted run
     assert len(list((run / "checkpoints").glob("step-*.pt"))) == 3  # train.keep_checkpoints
+    # one segment per process, each from the step its checkpoint held, with its wall and CPU time
+    segments = read_segments(run / "segments.jsonl")
+    assert [s["segment"] for s in segments] == [1, 2, 3, 4, 5]
+    assert [s["resumed"] for s in segments] == [False, True, True, True, True]
+    assert [s["step_from"] for s in segments[1:]] == [s["step"] for s in segments[:-1]]
+    assert segments[-1]["step"] == 120 and all(s["wall_s"] > 0 and s["cpu_s"] > 0 for s in segments)
+    assert totals(segments)["cpu_h"] == pytest.approx(sum(s["cpu_s"] for s in segments) / 3600)
 
 
 def small_run(tmp_path, **train):

@@ -33,11 +33,12 @@ from pyrovae.inference.weights import (
 )
 from pyrovae.runtime.compile import Compiled
 from pyrovae.runtime.progress import bar
+from pyrovae.runtime.seeds import set_rng_state
 from pyrovae.runtime.threads import Tuner
 
 
-def spans(total: int, size: int):
-    for start in range(0, total, size):
+def spans(total: int, size: int, first: int = 0):
+    for start in range(first, total, size):
         yield start, min(size, total - start)
 
 
@@ -189,6 +190,8 @@ def pieces(
     progress=None,
     enumerated=True,
     tuner=None,
+    start_at=0,
+    streams=None,
 ) -> Iterator:
     """Yield ``(data start, data size, particle start, k, piece)`` over all chunks, ``piece``
     being ``reduce(terms)`` (or ``reduce_traces(guide_trace, model_trace, particle_dim, k)``)
@@ -198,7 +201,9 @@ def pieces(
     :class:`pyrovae.runtime.threads.Tuner` times each chunk to choose the CPU threads (without
     one, a Tuner of its own does on CPU, and torch's threads are restored when the chunks end;
     ``PYROVAE_TUNE_THREADS=0`` or ``torch.set_num_threads`` through
-    :func:`pyrovae.runtime.threads.configure` keeps them fixed)."""
+    :func:`pyrovae.runtime.threads.configure` keeps them fixed). A pass resumed from the data
+    chunk at datapoint ``start_at`` sets the random ``streams`` recorded there
+    (:func:`pyrovae.runtime.seeds.rng_state`) before its first chunk."""
     n = data_size(args, kwargs)
     pc, dc = chunk_sizes(
         model, guide, args, kwargs, num_samples, particle_chunk, data_chunk, max_rows, enumerated
@@ -213,8 +218,11 @@ def pieces(
     tuner = Tuner(enabled=device.type == "cpu") if own else tuner
     if compile == "none":
         tuner.warm = 0  # an eager chunk has nothing to capture: the first one is timed too
-    with tuner if own else nullcontext(), bar(label, total, unit="chunk", show=bool(progress)) as b:
-        for start, size in spans(n, dc):
+    done = (start_at // dc) * math.ceil(num_samples / pc)
+    if streams is not None:
+        set_rng_state(streams)
+    with tuner if own else nullcontext(), bar(label, total, "chunk", done, show=bool(progress)) as b:
+        for start, size in spans(n, dc, start_at):
             a, k = slice_args(args, kwargs, n, start, start + size)
             if nesting is None:
                 nesting = plate_nesting(model, guide, a, k)
@@ -271,18 +279,32 @@ def fold_terms(
     """Per-datapoint summaries over all K particles without keeping them: ``stats(terms)`` maps
     the terms of k particles to (m, n); ``combine(a, b)`` merges the summaries of two particle
     chunks (sums add, log-sum-exps ``logaddexp``). Returns (m, N); memory O(m N) whatever K.
-    Options as :func:`map_terms`."""
+    Options as :func:`map_terms`, and ``store``: where the finished data chunks are kept
+    (``load() -> dict | None`` and ``save(done, out, particle_chunk, data_chunk, threads)``;
+    :class:`pyrovae.run.kept.KeptChunks` keeps them in a file), so that a pass stopped anywhere
+    continues from its last kept chunk with the same chunks and random streams, to the same
+    values bit for bit."""
+    store = options.pop("store", None)
     kwargs = {k: options.pop(k) for k in list(options) if k not in _OPTIONS}
     n = data_size(args, kwargs)
-    out, acc = None, None
+    out, acc, kept = None, None, None if store is None else store.load()
+    if kept is not None:
+        out = kept["out"].to(next(t.device for t in args if isinstance(t, torch.Tensor)))
+        sizes = {"particle_chunk": kept["particle_chunk"], "data_chunk": kept["data_chunk"]}
+        options |= sizes | {"start_at": kept["done"], "streams": kept["streams"]}
+    pc, dc = options.get("particle_chunk"), options.get("data_chunk")
     for start, size, p_start, kk, piece in pieces(
         model, guide, args, kwargs, num_samples, reduce=stats, **options
     ):
+        pc, dc = pc or kk, dc or size
         acc = piece if p_start == 0 else combine(acc, piece)
         if p_start + kk == num_samples:
             if out is None:
                 out = acc.new_empty((acc.shape[0], n, *acc.shape[2:]))
             out[:, start : start + size] = acc
+            if store is not None:
+                tuner = options.get("tuner")
+                store.save(start + size, out, pc, dc, None if tuner is None else tuner.choice)
     return out
 
 
@@ -295,4 +317,6 @@ _OPTIONS = (
     "reduce_traces",
     "enumerated",
     "tuner",
+    "start_at",
+    "streams",
 )

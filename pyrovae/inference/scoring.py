@@ -71,6 +71,7 @@ def evaluate_data(
     bits_per_dim: bool = True,
     progress: bool | None = False,
     per_datapoint: bool = False,
+    store=None,
 ) -> dict:
     """ELBO, reconstruction, KL and importance-sampled log p(x) of the datapoints ``x`` (for a
     conditional model, ``model(x, *condition)``: log p(x | condition), or log p(y | x) for a
@@ -88,7 +89,9 @@ def evaluate_data(
     each rank evaluates a contiguous part of the datapoints with its own draws, and every rank
     gets the gathered result. ``layout`` records whether the data ran whole (a pair with
     per-datapoint state, :func:`pyrovae.inference.pairs.whole_data`) or in chunks. ``progress``
-    shows a bar with an ETA over the chunks (rank 0)."""
+    shows a bar with an ETA over the chunks (rank 0). ``store`` keeps this rank's finished chunks
+    (:func:`pyrovae.inference.chunks.fold_terms`): a pass started again with a store holding some
+    continues from them, on the threads they were computed with once those were chosen."""
     args = check_inputs(model, guide, x, *condition, images=images, num_samples=num_samples)
     rank, world = distributed.world()
     if world > x.shape[0]:
@@ -103,6 +106,9 @@ def evaluate_data(
     t0 = time.perf_counter()
     # the data were checked once above, not at every chunk; CPU threads chosen by timing chunks
     with pyro.validation_enabled(False), threads.Tuner(enabled=x.device.type == "cpu") as tuner:
+        kept = None if store is None else store.load()
+        if kept is not None and kept["threads"]:
+            tuner.fix(kept["threads"])
         terms = estimators.evaluate_terms(
             model,
             guide,
@@ -112,6 +118,7 @@ def evaluate_data(
             max_rows=max_rows,
             progress=bool(progress) and rank == 0 and "evaluate",
             tuner=tuner,
+            store=store,
         )
     terms = {k: distributed.gather_rows(v, sizes) for k, v in terms.items()}
     seconds = float(distributed.all_max(torch.tensor(time.perf_counter() - t0, device=x.device)))
@@ -130,10 +137,15 @@ def evaluate_data(
     out["discrete"] = bits_per_dim
     if per_datapoint:  # the values behind the means, on the CPU, one per datapoint
         out["per_datapoint"] = {k: v.detach().cpu() for k, v in terms.items()}
-    # bits/dim = -log2 p(x) / D (Salimans et al. 2017, sec. 3); uniform over 256 levels is 8
-    if bits_per_dim:
-        nats_per_bit_dim = x[0].numel() * math.log(2.0)
-        out["elbo_bits_per_dim"] = -out["elbo"]["mean"] / nats_per_bit_dim
-        out["log_likelihood_bits_per_dim"] = -out["log_likelihood"]["mean"] / nats_per_bit_dim
-        out["log_likelihood_bits_per_dim_stderr"] = out["log_likelihood"]["stderr"] / nats_per_bit_dim
-    return out
+    return out | (in_bits_per_dim(out, x[0].numel()) if bits_per_dim else {})
+
+
+def in_bits_per_dim(out: dict, dims: int) -> dict:
+    """The ELBO and log p(x) of ``out`` in bits per dimension, -log2 p(x) / D (Salimans et al.
+    2017, sec. 3; uniform over 256 levels is 8)."""
+    nats_per_bit_dim = dims * math.log(2.0)
+    return {
+        "elbo_bits_per_dim": -out["elbo"]["mean"] / nats_per_bit_dim,
+        "log_likelihood_bits_per_dim": -out["log_likelihood"]["mean"] / nats_per_bit_dim,
+        "log_likelihood_bits_per_dim_stderr": out["log_likelihood"]["stderr"] / nats_per_bit_dim,
+    }

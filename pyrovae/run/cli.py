@@ -20,6 +20,7 @@ from pyrovae.registry import available, plugins, summary
 from pyrovae.run import console, evaluation, experiment, studies, tracking
 from pyrovae.run.config import Config, load_config
 from pyrovae.run.diagnose import diagnose_run
+from pyrovae.run.kept import KEEP_EVERY
 from pyrovae.run.recipes import evaluation_data
 from pyrovae.runtime import distributed, threads
 from pyrovae.runtime.compile import MODES
@@ -97,6 +98,8 @@ def cmd_evaluate(args) -> None:
         annealing=how,
         compile=args.compile,
         progress=not args.no_progress,
+        run_dir=args.run_dir,
+        keep_every=args.keep_every,
     )
     if not distributed.is_main():
         return
@@ -224,6 +227,13 @@ EVALUATE_FLAGS = {
         default="auto",
         choices=list(MODES),
         help="how IS chunks and AIS paths run (auto = capture)",
+    ),
+    "--keep-every": dict(
+        type=float,
+        default=KEEP_EVERY,
+        metavar="SECONDS",
+        help="keep the finished IS chunks in the run directory this often; the same evaluation "
+        "started again continues from them",
     ),
 }
 

@@ -79,6 +79,12 @@ def evaluation(out: dict, takes: Takes) -> None:
         + threads.note(out.get("threads") if out["device"] == "cpu" else None)
         + (f" x {out['ranks']} ranks" if out.get("ranks", 1) > 1 else "")
     )
+    if "resumed_from" in out:
+        t = out["segments"]
+        print(
+            f"  continued from datapoint {out['resumed_from']} of {out['num_datapoints']} (its kept chunks); "
+            f"{t['segments']} processes, {t['wall_h']:.2f} h wall, {t['cpu_h']:.2f} CPU h in all"
+        )
     target = {Takes.QUADRANTS: "log p(y | x)", Takes.IMAGE_LABEL: "log p(x | y)"}.get(takes, "log p(x)")
     if "point_masses" in out:
         print(f"  nats per datapoint; q(z|x) is a point mass at {out['point_masses']} (deterministic)")

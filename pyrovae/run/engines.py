@@ -139,7 +139,9 @@ def run_point(task: dict) -> dict:
             if task.get("evaluate"):
                 run = experiment.load_run(files.path, device=device)
                 data = evaluation_data(run.config, "test", run.device, 0)
-                out = evaluation.evaluate_run(run, data, num_samples=task.get("eval_samples"))
+                out = evaluation.evaluate_run(
+                    run, data, num_samples=task.get("eval_samples"), run_dir=files.path
+                )
                 evaluation.save_evaluation(files.path, "test", out)
                 outcome["state"] = "evaluated"
     except Interrupted as e:

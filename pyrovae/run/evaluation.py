@@ -20,10 +20,12 @@ from pyrovae.inference.checks import check_inputs
 from pyrovae.inference.scoring import class_report_data, evaluate_data
 from pyrovae.run import tracking
 from pyrovae.run.experiment import Run
+from pyrovae.run.kept import KEEP_EVERY, KeptChunks, digest
 from pyrovae.run.recipes import EvaluationData, evaluation_data
 from pyrovae.runtime import distributed
 from pyrovae.runtime.seeds import keeps_streams
 from pyrovae.training import checkpoint as ckpt_io
+from pyrovae.training import segments
 from pyrovae.training.rundir import RunDir
 
 
@@ -45,6 +47,8 @@ def evaluate(
     compile: str = "auto",
     max_rows: int | None = None,
     progress: bool | None = False,
+    run_dir: str | Path | None = None,
+    keep_every: float = KEEP_EVERY,
 ) -> dict:
     """Per-datapoint ELBO (with its reconstruction and KL terms) and importance-sampled log p(x)
     on the evaluation ``data`` (by default ``split`` of the run's dataset binarized at ``seed``):
@@ -55,7 +59,10 @@ def evaluate(
     guide whose every site is a point mass over discrete values (a VQ-VAE's nearest codes) has
     an exact ELBO, log p(x, c*), which importance sampling from it repeats for any K: it is
     computed once (K = 1) and reported as the bound it is (``bound_only``). ``seed`` seeds the
-    draws (and, without ``data``, the binarization); by default the seed ``data`` was made with."""
+    draws (and, without ``data``, the binarization); by default the seed ``data`` was made with.
+    With ``run_dir``, the finished chunks are kept there every ``keep_every`` seconds
+    (:class:`~pyrovae.run.kept.KeptChunks`) and the same evaluation started again continues from
+    them to the same values; ``segments`` then sums the wall and CPU time of every process."""
     data = evaluation_data(run.config, split, run.device, seed or 0) if data is None else data
     seed = data.seed if seed is None else seed
     args = data.inputs(run.model)
@@ -73,21 +80,46 @@ def evaluate(
     if masses:
         return out | point_mass_report(run, data, masses)
     bound = weights.only_point_masses(run.model, run.guide, args)  # discrete codes: K = 1 is exact
+    k = 1 if bound else num_samples or run.config.eval_samples
+    store = None if run_dir is None else _store(run, run_dir, out, k, seed, compile, keep_every)
+    if store is not None and store.load() is not None:
+        out["resumed_from"] = store.load()["done"]
     out |= evaluate_data(
         run.model,
         run.guide,
         *args,
         images=data.split,
-        num_samples=1 if bound else num_samples or run.config.eval_samples,
+        num_samples=k,
         seed=seed,
         compile=compile,
         max_rows=max_rows,
         bits_per_dim=discrete and len(args) == 1 + hidden_labels,
         progress=progress,
         per_datapoint=True,
+        store=store,
     )
+    if store is not None and store.segments is not None:
+        out["segments"] = segments.totals(segments.read_segments(store.segments.path))
     out |= class_report_data(run.model, run.guide, data.split, data.seed)
     return {**out, "discrete": discrete, "bound_only": bound}
+
+
+def _store(run: Run, run_dir, out: dict, k: int, seed: int, compile: str, every: float) -> KeptChunks:
+    """The kept chunks of this rank's pass in ``run_dir``, and on rank 0 the segment of this process
+    (the segments start again with a pass that keeps nothing yet)."""
+    rank, world = distributed.world()
+    files = RunDir(run_dir)
+    key = {"weights": digest(run.model, run.guide), "images": out["images"], "split": out["split"]}
+    key |= {"num_samples": k, "seed": seed, "compile": compile, "rank": rank, "world": world}
+    path = files.kept(out["split"], rank if world > 1 else None)
+    store = KeptChunks(path, key, every, segments.Segments(files.evaluation_segments(out["split"])))
+    if rank != 0:
+        store.segments = None
+    elif store.load() is None:
+        store.segments.path.unlink(missing_ok=True)
+    if store.segments is not None:
+        store.segments.open(run.device, resumed=store.load() is not None)
+    return store
 
 
 @keeps_streams
@@ -251,12 +283,23 @@ def evaluate_run(
     annealing: dict | None = None,
     compile: str = "auto",
     progress: bool | None = False,
+    run_dir: str | Path | None = None,
+    keep_every: float = KEEP_EVERY,
 ) -> dict:
-    """What ``pyrovae evaluate`` computes: :func:`evaluate` on every rank, then on the main rank
+    """What ``pyrovae evaluate`` computes: :func:`evaluate` on every rank (its chunks kept in
+    ``run_dir`` to resume from), then on the main rank
     the refined proposals (``refine_steps``, default the config's ``eval_refine``), AIS
     (``with_ais``) and BDMC on ``bdmc`` datapoints (both with the options ``annealing``), each under
     its name in the result."""
-    out = evaluate(run, data, num_samples=num_samples, compile=compile, progress=progress)
+    out = evaluate(
+        run,
+        data,
+        num_samples=num_samples,
+        compile=compile,
+        progress=progress,
+        run_dir=run_dir,
+        keep_every=keep_every,
+    )
     if not distributed.is_main():
         return out
     steps = run.config.eval_refine if refine_steps is None else refine_steps
@@ -282,5 +325,7 @@ def save_evaluation(run_dir: str | Path, split: str, out: dict) -> list[Path]:
     values["is"] = out.pop("per_datapoint")
     ckpt_io.atomic_write_text(files.evaluation(split), json.dumps(out, indent=2) + "\n")
     ckpt_io.atomic_save(values, files.evaluation(split, values=True))
+    for kept in files.path.glob(f"{files.kept(split).stem}*.pt"):  # every rank's: the pass is done
+        kept.unlink()
     tracking.log_evaluation(run_dir, split, out, [files.evaluation(split)])  # with train.mlflow
     return [files.evaluation(split), files.evaluation(split, values=True)]

@@ -153,7 +153,15 @@ def resumed_config(stored: Config, settings) -> Config:
     """The stored config of a run with ``settings`` (``--set`` and the flags) applied; a key
     outside :data:`RESUMABLE` is refused by name, since the checkpoint was made under its value."""
     new = stored.override(*settings)
-    refused = [k for k in changes(stored, new) if k not in RESUMABLE]
+    changed = changes(stored, new)
+    refused = [k for k in changed if k not in RESUMABLE]
+    longer = [k for k in ("train.epochs", "train.max_steps") if k in changed]
+    if longer and stored.train.lr_schedule == "cosine":
+        raise ConfigError(
+            f'fit --resume cannot change {", ".join(longer)} of a run with train.lr_schedule = "cosine": '
+            "its checkpoint holds a cosine that reaches zero at the stored length, and the rate would "
+            "rise again after it; resume without it, or start a new run from this one (train.init_from)"
+        )
     if refused:
         raise ConfigError(
             f"fit --resume cannot change {', '.join(refused)}: the checkpoint was trained under the "

@@ -36,3 +36,21 @@ def keeps_streams(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def rng_state() -> dict:
+    """The random streams a seeded computation draws from: torch's (CPU and every CUDA device)
+    and Python's, as plain data a checkpoint holds (``weights_only`` loads it)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Set the streams :func:`rng_state` recorded."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

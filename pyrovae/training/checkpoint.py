@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import random
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -102,21 +101,6 @@ def load(path: str | os.PathLike, map_location=None) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a pyrovae checkpoint of format {FORMAT}")
     return ckpt
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def versions() -> dict:

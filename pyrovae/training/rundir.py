@@ -1,9 +1,11 @@
 """The run directory: every file a run holds, named in one place.
 
-Training writes ``metrics.jsonl``, ``versions.json``, ``checkpoints/step-N.pt``,
+Training writes ``metrics.jsonl``, ``versions.json``, ``segments.jsonl``, ``checkpoints/step-N.pt``,
 ``checkpoint.pt`` (the newest) and ``best.pt`` (the best validation figure); ``pyrovae fit``
 adds ``config.json``, ``curves.png`` and ``tensorboard/``; ``evaluate`` writes
-``eval_SPLIT.json`` (and the per-datapoint values in ``eval_SPLIT.pt``), ``diagnose`` the
+``eval_SPLIT.json`` (and the per-datapoint values in ``eval_SPLIT.pt``; while it runs, its
+finished chunks in ``eval_SPLIT.kept.pt`` and its processes' times in
+``eval_SPLIT.segments.jsonl``), ``diagnose`` the
 ``diagnostics.*`` files and ``khat_gap.png``; the figures are ``samples.png``,
 ``reconstructions.png``, ``latent.png``, ``manifold.png`` and ``completions.png``.
 """
@@ -28,6 +30,8 @@ class RunDir:
     config = property(lambda self: self.path / "config.json")
     metrics = property(lambda self: self.path / "metrics.jsonl")
     resumes = property(lambda self: self.path / "resumes.jsonl")  #: one line per `fit --resume`
+    #: one line per process that trained the run: its wall and CPU seconds (:mod:`pyrovae.training.segments`)
+    segments = property(lambda self: self.path / "segments.jsonl")
     versions = property(lambda self: self.path / "versions.json")
     curves = property(lambda self: self.path / "curves.png")
     checkpoint = property(lambda self: self.path / "checkpoint.pt")  #: the newest checkpoint
@@ -52,6 +56,15 @@ class RunDir:
     def evaluation(self, split: str, values: bool = False) -> Path:
         """``eval_SPLIT.json`` (the summary) or, with ``values``, ``eval_SPLIT.pt`` (per datapoint)."""
         return self.path / f"eval_{split}.{'pt' if values else 'json'}"
+
+    def kept(self, split: str, rank: int | None = None) -> Path:
+        """``eval_SPLIT.kept.pt`` (``eval_SPLIT.kept-rankR.pt`` under torchrun): the finished chunks
+        of an evaluation in progress, removed once ``eval_SPLIT.json`` is written."""
+        return self.path / f"eval_{split}.kept{'' if rank is None else f'-rank{rank}'}.pt"
+
+    def evaluation_segments(self, split: str) -> Path:
+        """``eval_SPLIT.segments.jsonl``: the wall and CPU time of each process that evaluated."""
+        return self.path / f"eval_{split}.segments.jsonl"
 
     def figure(self, name: str) -> Path:
         """One of :data:`FIGURES`, as PNG."""

@@ -17,6 +17,7 @@ from pyrovae.errors import Interrupted
 from pyrovae.training import checkpoint as ckpt_io
 from pyrovae.training.guard import describe_checkpoint
 from pyrovae.training.rundir import RunDir
+from pyrovae.training.segments import Segments
 from pyrovae.training.state import TrainState
 
 
@@ -33,6 +34,7 @@ class RunFiles:
         self.rows: list[dict] = []
         self.last: Path | None = None  #: the newest checkpoint written or resumed from
         self.resumed_threads: int | None = None  #: the CPU threads the resumed checkpoint recorded
+        self.segments = None if self.metrics is None else Segments(self.files.segments)
 
     @property
     def run_dir(self) -> Path | None:
@@ -59,6 +61,9 @@ class RunFiles:
         elif self.main:
             self._truncate(0)
             self.files.versions.write_text(json.dumps(ckpt_io.versions(), indent=2) + "\n")
+            self.files.segments.unlink(missing_ok=True)
+        if self.segments is not None:
+            self.segments.open(device, resumed=resume, step_from=self.state.step, epoch_from=self.state.epoch)
 
     def _truncate(self, count: int) -> None:
         if self.metrics is not None:
@@ -84,6 +89,7 @@ class RunFiles:
         state = self.state.state_dict()
         if self.main:
             self.last = ckpt_io.save_step(state, self.run_dir, self.state.step, keep=self.keep)
+            self.segments.update(step=self.state.step, epoch=self.state.epoch)
         else:
             self.last = self.files.step(self.state.step)
 

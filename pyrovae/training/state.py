@@ -17,6 +17,7 @@ import pyro
 import torch
 from torch import nn
 
+from pyrovae.runtime import seeds
 from pyrovae.runtime.distributed import Group, all_sum
 from pyrovae.training import checkpoint as ckpt_io
 
@@ -96,7 +97,7 @@ class TrainState:
 
     def state_dict(self) -> dict:
         """The checkpoint: every rank's random state and running sums are gathered (a collective)."""
-        ranks = self.group.gather({"rng": ckpt_io.rng_state(), "running": self.running.cpu()})
+        ranks = self.group.gather({"rng": seeds.rng_state(), "running": self.running.cpu()})
         modules = {
             k: m.state_dict() if isinstance(m, nn.Module) else {}
             for k, m in (("model", self.model), ("guide", self.guide))
@@ -136,7 +137,7 @@ class TrainState:
         ranks = [{"rng": r, "running": s} for r, s in zip(rngs, running)]
         if len(ranks) == self.group.size:
             mine = ranks[self.group.rank]
-            ckpt_io.set_rng_state(mine["rng"])
+            seeds.set_rng_state(mine["rng"])
             if mine.get("running") is not None:
                 self.running.copy_(mine["running"])
             return
