@@ -46,11 +46,17 @@ HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 def log_weights(model, guide, x: torch.Tensor, k: int, beta: float = 1.0) -> torch.Tensor:
-    """(k, N) log p(x | z) + beta (log p(z) - log q(z | x)), z ~ q, written by hand: the
+    """(k, N) log p(x | z) + beta (log p(z) - log q(z | x)) at k draws z ~ q(z | x)."""
+    loc = guide.params(x)[0]
+    return log_weights_at(model, guide, x, torch.randn(k, *loc.shape, dtype=loc.dtype), beta)
+
+
+def log_weights_at(model, guide, x: torch.Tensor, eps: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """The log weights of :func:`log_weights` at z = mu(x) + sigma(x) eps, written by hand: the
     VampPrior's log p(z) = logsumexp_c log N(z; mu(u_c), sigma(u_c)^2) - log C (Tomczak & Welling
     2018, eq. 9) by two matrix products, as any careful hand-written version would."""
     loc, scale = guide.params(x)
-    eps = torch.randn(k, *loc.shape, dtype=loc.dtype)
+    k = eps.shape[0]
     z = loc + scale * eps
     log_q = (-0.5 * eps * eps - scale.log() - HALF_LOG_2PI).sum(-1)
     ploc, pscale = guide.params(model.prior.inputs())

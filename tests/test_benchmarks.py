@@ -137,3 +137,34 @@ def test_capture_cost_py_fits_the_cost_and_the_saving_per_chunk():
     capture_cost = _load("capture_cost")
     intercept, slope = capture_cost.line_fit([10, 100, 400], [-0.2 + 0.001 * c for c in (10, 100, 400)])
     assert intercept == pytest.approx(-0.2) and slope == pytest.approx(0.001)
+
+
+def test_long_step_py_hand_written_weights_are_pyros():
+    """benchmarks/long_step.py's hand-written log weights of a VampPrior VAE equal the model's
+    and guide's own Pyro log densities at the same draws."""
+    import sys
+
+    from pyro import poutine
+
+    from pyrovae.guides import MLPGuide
+    from pyrovae.models import VAE
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        long_step = _load("long_step")
+    finally:
+        sys.path.pop(0)
+    torch.manual_seed(0)
+    model = VAE((1, 4, 4), 3, hidden=[8], activation="gated", prior="vamp", prior_options={"components": 4})
+    guide = MLPGuide((1, 4, 4), 3, hidden=[8], activation="gated")
+    model.attach_guide(guide)
+    x = torch.bernoulli(torch.full((5, 1, 4, 4), 0.4))
+    eps = torch.randn(1, 5, 3)
+    loc, scale = guide.params(x)
+    z = loc + scale * eps[0]
+    trace = poutine.trace(poutine.condition(model, data={"z": z})).get_trace(x)
+    trace.compute_log_prob()
+    log_q = guide.posterior(x).log_prob(z)
+    expected = trace.nodes["x"]["log_prob"] + 0.5 * (trace.nodes["z"]["log_prob"] - log_q)
+    got = long_step.log_weights_at(model, guide, x, eps, beta=0.5)[0]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-4)
