@@ -111,13 +111,11 @@ def _store(run: Run, run_dir, out: dict, k: int, seed: int, compile: str, every:
     files = RunDir(run_dir)
     key = {"weights": digest(run.model, run.guide), "images": out["images"], "split": out["split"]}
     key |= {"num_samples": k, "seed": seed, "compile": compile, "rank": rank, "world": world}
-    path = files.kept(out["split"], rank if world > 1 else None)
-    store = KeptChunks(path, key, every, segments.Segments(files.evaluation_segments(out["split"])))
-    if rank != 0:
-        store.segments = None
-    elif store.load() is None:
-        store.segments.path.unlink(missing_ok=True)
-    if store.segments is not None:
+    store = KeptChunks(files.kept(out["split"], rank if world > 1 else None), key, every)
+    if rank == 0:
+        store.segments = segments.Segments(files.evaluation_segments(out["split"]))
+        if store.load() is None:
+            store.segments.path.unlink(missing_ok=True)
         store.segments.open(run.device, resumed=store.load() is not None)
     return store
 

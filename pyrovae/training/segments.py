@@ -24,10 +24,11 @@ class Segments:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.current: dict | None = None
+        self._earlier: list[dict] = []  #: the segments before this process's, read once
         self._wall = self._cpu = 0.0
 
     def open(self, device: torch.device | str, **fields) -> dict:
-        done = read_segments(self.path)
+        self._earlier = done = read_segments(self.path)
         self._wall, self._cpu = time.perf_counter(), time.process_time()
         self.current = {
             "segment": len(done) + 1,
@@ -48,10 +49,10 @@ class Segments:
         self.current["wall_s"] = round(time.perf_counter() - self._wall, 3)
         self.current["cpu_s"] = round(time.process_time() - self._cpu, 3)
         self.current["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        self._write([s for s in read_segments(self.path) if s["segment"] != self.current["segment"]])
+        self._write(self._earlier)
 
-    def _write(self, others: list[dict]) -> None:
-        rows = sorted([*others, dict(self.current)], key=lambda s: s["segment"])
+    def _write(self, earlier: list[dict]) -> None:
+        rows = [*earlier, dict(self.current)]
         ckpt_io.atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
