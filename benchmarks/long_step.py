@@ -1,21 +1,24 @@
 """Where the hours of the long run go: its training step and evaluation chunk, pyrovae against a
-hand-written PyTorch loop of the same networks.
+hand-written PyTorch loop of the same networks, each at its steady rate.
 
 The model is ``configs/long/mnist_vamp_iwae.toml``'s (the VampPrior paper's one-layer VAE:
 two gated layers of 300 units each way, 40 latents, 500 pseudo-inputs) trained on the IWAE
-bound with k = 5. Rows:
+bound with k = 5. Rows, pyrovae and the plain loop alternated ``--repeats`` times in one process
+(medians; the ratio is the median of the paired ratios):
 
-- training steps per second: ``pyrovae.fit`` as the config trains (the marginal time of
-  ``--steps`` steps: a fit of warm-up + steps less a fit of warm-up alone, so the capture and
-  the thread probe are left out) against a plain loop that writes the same bound by hand (the
-  encoder's Gaussian, the VampPrior as a mixture over the pseudo-inputs' Gaussians, the
-  Bernoulli decoder, logsumexp over k) with the same modules, batches and Adam;
-- evaluation seconds per datapoint at K = ``--samples``: ``evaluate_data`` against the same
-  estimate written by hand, each in chunks of 2500 particles of one datapoint (pyrovae's CPU
-  chunk);
-- the busiest ops of pyrovae's step under ``torch.profiler``.
+- training steps per second: ``pyrovae.fit`` as the config trains, timed from its step
+  callbacks after ``--warmup`` steps (the capture and the first steps left out), against a plain
+  loop that writes the same bound by hand (the encoder's Gaussian, the VampPrior as a mixture
+  over the pseudo-inputs' Gaussians, the Bernoulli decoder, logsumexp over k) with the same
+  modules, batches and Adam;
+- evaluation seconds per datapoint at K = ``--samples``: the marginal time of ``evaluate_data``
+  (``--points`` more datapoints less 5; the threads fixed as ``--threads`` fixes them) against the
+  same estimate written by hand in the same chunks of 2500 particles of one datapoint; what a
+  call costs once (the memory probe, the capture's trace) is its own row;
+- the arithmetic of each, op by op under ``torch.profiler`` (self ms per step and per datapoint),
+  so that what is not arithmetic is the wall time less the ops' total.
 
-    python benchmarks/long_step.py --threads 1 --steps 200 --points 20 --append benchmarks/RESULTS.md
+    python benchmarks/long_step.py --threads 1 --append benchmarks/RESULTS.md
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import statistics
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pyro
 import torch
 import torch.nn.functional as F
-from profile_step import summarize  # benchmarks/ is on sys.path when run as a script
 from report import emit_measured
 from torch.profiler import ProfilerActivity, profile
 
@@ -38,6 +43,7 @@ from pyrovae.data.batches import Batches
 from pyrovae.inference.scoring import evaluate_data
 from pyrovae.run.config import load_config
 from pyrovae.run.recipes import build, evaluation_data, load_data
+from pyrovae.runtime.threads import configure
 from pyrovae.training.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,20 +84,7 @@ def fresh(seed: int = 14):
     return config, train, model, guide
 
 
-def fit_seconds(steps: int, train, model, guide, cfg: TrainConfig) -> float:
-    cfg = TrainConfig(**{**cfg.__dict__, "max_steps": steps, "log_every": steps})
-    t0 = time.perf_counter()
-    pyrovae.fit(model, guide, train, config=cfg, seed=0, device="cpu", progress=False)
-    return time.perf_counter() - t0
-
-
-def train_rates(a) -> dict:
-    config, train, model, guide = fresh()
-    cfg = config.train
-    marginal = fit_seconds(a.warmup + a.steps, train, model, guide, cfg)
-    config, train, model, guide = fresh()
-    marginal -= fit_seconds(a.warmup, train, model, guide, cfg)
-    config, train, model, guide = fresh()
+def plain_step(model, guide, train, cfg: TrainConfig) -> Callable[[], None]:
     opt = torch.optim.Adam([*model.parameters(), *guide.parameters()], lr=cfg.lr)
     batches = itertools.chain.from_iterable(
         Batches(train, cfg.batch_size).epoch(e) for e in itertools.count()
@@ -104,73 +97,145 @@ def train_rates(a) -> dict:
         loss.backward()
         opt.step()
 
+    return step
+
+
+def plain_rate(a, prof=None) -> float:
+    config, train, model, guide = fresh()
+    step = plain_step(model, guide, train, config.train)
     for _ in range(a.warmup):
         step()
-    t0 = time.perf_counter()
-    for _ in range(a.steps):
-        step()
-    return {"pyrovae": a.steps / marginal, "plain": a.steps / (time.perf_counter() - t0)}
+    with prof or nullcontext():
+        t0 = time.perf_counter()
+        for _ in range(a.steps):
+            step()
+        return a.steps / (time.perf_counter() - t0)
 
 
-def eval_rates(a) -> dict:
+def pyrovae_rate(a, prof=None, **settings) -> float:
+    """Steps per second between pyrovae's step ``warmup`` and its last, from its callbacks;
+    ``settings`` override the config's training settings (``objective="elbo"``)."""
+    config, train, model, guide = fresh()
+    seen = {}
+
+    def at(row):
+        if row["kind"] == "step":
+            seen[row["step"]] = time.perf_counter()
+            if prof is not None and row["step"] == a.warmup:
+                prof.start()
+
+    cfg = TrainConfig(
+        **{**config.train.__dict__, "max_steps": a.warmup + a.steps, "log_every": 1, **settings}
+    )
+    pyrovae.fit(model, guide, train, config=cfg, seed=0, device="cpu", progress=False, callbacks=[at])
+    if prof is not None:
+        prof.stop()
+    last = max(seen)
+    return (last - a.warmup) / (seen[last] - seen[a.warmup])
+
+
+def eval_seconds(a) -> dict:
+    """Marginal seconds per datapoint of pyrovae's evaluation and the plain one, and pyrovae's
+    once-per-call cost (the intercept of the two lengths' line)."""
     config, train, model, guide = fresh()
     model.eval(), guide.eval()
-    x = evaluation_data(config, "test", "cpu").head(a.points).inputs(model)[0]
-    evaluate_data(model, guide, x[:1], num_samples=a.samples, compile="none")  # warm
+    x = evaluation_data(config, "test", "cpu").head(a.points + 5).inputs(model)[0]
+
+    def ours(n):
+        t0 = time.perf_counter()
+        evaluate_data(model, guide, x[:n], num_samples=a.samples, compile=a.compile)
+        return time.perf_counter() - t0
+
+    short, long = ours(5), ours(a.points + 5)
     t0 = time.perf_counter()
-    evaluate_data(model, guide, x, num_samples=a.samples, compile=a.compile)
-    ours = (time.perf_counter() - t0) / a.points
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for i in range(a.points):
-            lw = torch.cat([log_weights(model, guide, x[i : i + 1], 2500) for _ in range(a.samples // 2500)])
-            torch.logsumexp(lw, 0)
-    return {"pyrovae": ours, "plain": (time.perf_counter() - t0) / a.points}
+    plain_scores(model, guide, x[: a.points], a.samples)
+    per = (long - short) / a.points
+    return {"pyrovae": per, "plain": (time.perf_counter() - t0) / a.points, "once": short - 5 * per}
 
 
-def busiest(a) -> list[tuple]:
-    config, train, model, guide = fresh()
-    prof = profile(activities=[ProfilerActivity.CPU])
+@torch.no_grad()
+def plain_scores(model, guide, x: torch.Tensor, samples: int) -> torch.Tensor:
+    """log p(x) of each datapoint, K = ``samples`` in chunks of 2500 particles, by hand."""
+    out = []
+    for i in range(x.shape[0]):
+        lw = torch.cat([log_weights(model, guide, x[i : i + 1], 2500) for _ in range(samples // 2500)])
+        out.append(torch.logsumexp(lw, 0) - math.log(samples))
+    return torch.cat(out)
 
-    def start(row):
-        if row["kind"] == "step" and row["step"] == a.warmup:
-            prof.start()
 
-    cfg = TrainConfig(**{**config.train.__dict__, "max_steps": a.warmup + 20, "log_every": a.warmup})
-    pyrovae.fit(model, guide, train, config=cfg, device="cpu", progress=False, callbacks=[start])
-    prof.stop()
-    return summarize(prof, 20, top=10)["top"]
+def aten_ms(fn: Callable[[], object]) -> float:
+    """Total self milliseconds of the aten ops ``fn()`` runs."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key.startswith("aten::")) / 1000
+
+
+def arithmetic(a) -> list[str]:
+    """Self ms of each op per training step, plain against pyrovae, their totals, and the total
+    per datapoint evaluated (pyrovae's the marginal one, as in :func:`eval_seconds`)."""
+    short = argparse.Namespace(**{**vars(a), "steps": min(a.steps, 30)})
+    tables = []
+    for rate in (plain_rate, pyrovae_rate):
+        prof = profile(activities=[ProfilerActivity.CPU])
+        rate(short, prof)
+        tables.append({e.key: e.self_cpu_time_total / 1000 / short.steps for e in prof.key_averages()})
+    ops = {k for t in tables for k in t if k.startswith("aten::")}
+    keys = sorted(ops, key=lambda k: -max(t.get(k, 0.0) for t in tables))[:8]
+    total = [sum(t.get(k, 0.0) for k in ops) for t in tables]
+    config, _, model, guide = fresh()
+    model.eval(), guide.eval()
+    n = min(a.points, 10)
+    x = evaluation_data(config, "test", "cpu").head(n + 5).inputs(model)[0]
+    ours = lambda m: aten_ms(
+        lambda: evaluate_data(model, guide, x[:m], num_samples=a.samples, compile=a.compile)
+    )  # noqa: E731
+    per = [aten_ms(lambda: plain_scores(model, guide, x[:n], a.samples)) / n, (ours(n + 5) - ours(5)) / n]
+    return [
+        "| op (self ms / training step) | hand-written | pyrovae |",
+        "| --- | ---: | ---: |",
+        *[f"| `{k}` | {tables[0].get(k, 0.0):.2f} | {tables[1].get(k, 0.0):.2f} |" for k in keys],
+        f"| all aten ops, ms / training step | {total[0]:.2f} | {total[1]:.2f} |",
+        f"| all aten ops, ms / datapoint evaluated | {per[0]:.1f} | {per[1]:.1f} |",
+    ]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=150)
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--points", type=int, default=20, help="test images timed")
+    p.add_argument("--points", type=int, default=30, help="test images timed beyond the first 5")
     p.add_argument("--samples", type=int, default=5000)
+    p.add_argument("--repeats", type=int, default=3, help="alternations of the two loops")
     p.add_argument(
         "--compile", default="capture", help="how pyrovae's chunks run (a long evaluation captures)"
     )
     p.add_argument("--append", help="append the tables to this markdown file")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    train, evals, top = train_rates(a), eval_rates(a), busiest(a)
+    configure(a.threads)  # as `--threads` fixes them: no thread tuning inside the timings
+    train = [(plain_rate(a), pyrovae_rate(a), pyrovae_rate(a, objective="elbo")) for _ in range(a.repeats)]
+    evals = [eval_seconds(a) for _ in range(a.repeats)]
+    med = statistics.median
+    steps = {"plain": med(t[0] for t in train), "pyrovae": med(t[1] for t in train)}
+    elbo = med(t[2] for t in train)
+    per = {k: med(e[k] for e in evals) for k in ("plain", "pyrovae", "once")}
     lines = [
-        "| loop | training steps / s | evaluation, s / datapoint (K = %d) |" % a.samples,
+        f"| loop | training steps / s | evaluation, s / datapoint (K = {a.samples}) |",
         "| --- | ---: | ---: |",
-        f"| hand-written PyTorch | {train['plain']:.2f} | {evals['plain']:.3f} |",
-        f"| pyrovae | {train['pyrovae']:.2f} | {evals['pyrovae']:.3f} |",
-        f"| pyrovae / hand-written | {train['pyrovae'] / train['plain']:.2f} | "
-        f"{evals['plain'] / evals['pyrovae']:.2f} (speed) |",
+        f"| hand-written PyTorch | {steps['plain']:.2f} | {per['plain']:.4f} |",
+        f"| pyrovae | {steps['pyrovae']:.2f} | {per['pyrovae']:.4f} |",
+        f"| pyrovae / hand-written (speed, paired median) | {med(t[1] / t[0] for t in train):.3f} | "
+        f"{med(e['plain'] / e['pyrovae'] for e in evals):.3f} |",
+        f"| pyrovae, once per call (memory probe, capture) | | {per['once']:.2f} s |",
+        f"| pyrovae on the ELBO instead (k = 1; IWAE k = 5 takes {elbo / steps['pyrovae']:.2f}x its step) "
+        f"| {elbo:.2f} | |",
         "",
-        "| pyrovae's busiest ops in a training step | calls / step | self ms / step |",
-        "| --- | ---: | ---: |",
-        *[f"| `{key[:60]}` | {calls:.1f} | {us / 1000:.2f} |" for key, calls, us in top],
+        *arithmetic(a),
     ]
     command = (
-        f"python benchmarks/long_step.py --threads {a.threads} --steps {a.steps} --points {a.points} "
-        f"--samples {a.samples} --compile {a.compile}"
+        f"python benchmarks/long_step.py --threads {a.threads} --steps {a.steps} --warmup {a.warmup} "
+        f"--points {a.points} "
+        f"--samples {a.samples} --repeats {a.repeats} --compile {a.compile}"
     )
     about = f"the long run's model ({CONFIG.relative_to(ROOT)}), batch 100, k = 5"
     emit_measured("cpu", about, command, lines, a.append)
