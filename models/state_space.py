@@ -8,12 +8,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.sites import DATA_PLATE
-
-
-def step_site(kind: str, t: int) -> str:
-    """The name of time step ``t``'s (from 1) latent (``kind = "z"``) or observed ("x") site."""
-    return f"{kind}_{t}"
+from pyrovae.sites import DATA_PLATE, step_site
 
 
 class LinearGaussianSSM(nn.Module):

@@ -10,8 +10,8 @@ import torch
 from pyro import poutine
 
 from pyrovae.inference.scoring import evaluate_data
-from pyrovae.models.state_space import LinearGaussianSSM, step_site
-from pyrovae.sites import DATA_PLATE
+from pyrovae.models.state_space import LinearGaussianSSM
+from pyrovae.sites import DATA_PLATE, step_site
 
 
 def sequences(n: int = 6, steps: int = 5, obs: int = 3, seed: int = 0):
