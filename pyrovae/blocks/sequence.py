@@ -84,3 +84,9 @@ class BackwardRNN(nn.Module):
         h0 = self.h0.expand(1, x.shape[0], -1).contiguous()
         out, _ = self.rnn(self.dropout(reverse_within(x, lengths)), h0)
         return reverse_within(out, lengths)
+
+
+def gaussian_head(net: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loc, scale) from ``net(h)``'s two halves, the scale through softplus and kept above 1e-4."""
+    loc, raw = net(h).chunk(2, -1)
+    return loc, F.softplus(raw) + 1e-4

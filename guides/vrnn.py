@@ -1,0 +1,37 @@
+"""The VRNN's guide: q(z_t | x_t, h_{t-1}) over the model's own recurrence."""
+
+from __future__ import annotations
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyrovae.blocks.sequence import gaussian_head
+from pyrovae.sites import DATA_PLATE, step_site
+
+
+class VRNNGuide(nn.Module):
+    """q(z_{1:T} | x) = prod_t N(z_t; enc([phi_x(x_t), h_{t-1}])) with h_{t-1} the model's GRU state
+    over x_{<t} and the guide's own draws z_{<t} (Chung et al. 2015, eq. 9). The recurrence and
+    feature networks are the model's (``model``, a :class:`pyrovae.models.vrnn.VRNN`), held
+    by reference: their parameters are trained once, as the model's."""
+
+    def __init__(self, model):
+        super().__init__()
+        hidden = model.hidden
+        object.__setattr__(self, "_model", model)  # not a submodule: its parameters stay the model's
+        self.encoder = nn.Sequential(
+            nn.Linear(hidden + model.rnn_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * model.z_dim)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+        model = self._model
+        fx = model.phi_x(x)
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            h = model.start(x.shape[0])
+            for t in pyro.markov(range(x.shape[1])):
+                feats = torch.cat([fx[:, t].expand(*h.shape[:-1], -1), h], -1)
+                loc, scale = gaussian_head(self.encoder, feats)
+                z = pyro.sample(step_site("z", t + 1), dist.Normal(loc, scale).to_event(1).mask(mask[:, t]))
+                h = model.advance(fx[:, t], model.phi_z(z), h, mask[:, t])
