@@ -9,6 +9,7 @@ import pytest
 import torch
 from pyro import poutine
 
+from pyrovae.inference.estimators import per_step_and_stderr
 from pyrovae.inference.scoring import evaluate_data
 from pyrovae.models.state_space import LinearGaussianSSM
 from pyrovae.sites import DATA_PLATE, step_site
@@ -84,3 +85,18 @@ def test_masked_steps_leave_no_trace_in_the_weights():
         return m.log_prob_sum() - g.log_prob_sum()
 
     torch.testing.assert_close(weights(x), weights(y))
+
+
+def test_per_step_report_weighs_every_step_alike():
+    """The per-step figure is total over total steps; its standard error is the ratio
+    estimator's, which matches the spread of the ratio over many resampled sets of sequences."""
+    torch.manual_seed(0)
+    lengths = torch.randint(5, 60, (4000,))
+    values = -1.3 * lengths + 2.0 * lengths.double().sqrt() * torch.randn(4000, dtype=torch.float64)
+    ratio, se = per_step_and_stderr(values, lengths)
+    assert ratio == pytest.approx(values.sum().item() / lengths.sum().item())
+    draws = []
+    for _ in range(400):
+        i = torch.randint(0, 4000, (4000,))
+        draws.append(per_step_and_stderr(values[i], lengths[i])[0])
+    assert se == pytest.approx(torch.tensor(draws).std().item(), rel=0.15)

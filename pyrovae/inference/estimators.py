@@ -149,3 +149,17 @@ def mean_and_stderr(values: torch.Tensor) -> tuple[float, float]:
     n = values.numel()
     se = values.std(unbiased=True).item() / math.sqrt(n) if n > 1 else float("nan")
     return values.mean().item(), se
+
+
+def per_step_and_stderr(values: torch.Tensor, lengths: torch.Tensor) -> tuple[float, float]:
+    """A per-sequence total read per time step, R = sum_i v_i / sum_i L_i (how sequence models
+    report log-likelihood: every step weighs the same, whatever its sequence's length), and the
+    ratio estimator's large-sample standard error sqrt(sum_i (v_i - R L_i)^2 / (N (N - 1))) / mean L
+    (Cochran 1977, Sampling Techniques, sec. 6.4)."""
+    values, lengths = values.double(), lengths.to(values.device).double()
+    n = values.numel()
+    ratio = values.sum() / lengths.sum()
+    if n < 2:
+        return ratio.item(), float("nan")
+    spread = ((values - ratio * lengths) ** 2).sum() / (n * (n - 1))
+    return ratio.item(), (spread.sqrt() / lengths.mean()).item()
