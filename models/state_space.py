@@ -42,8 +42,8 @@ class LinearGaussianSSM(nn.Module):
 
     def log_marginal(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Exact log p(x) per sequence, shape (N,): the sum over observed steps of the Kalman
-        filter's predictive densities N(x_t; C m_t|t-1 + c, C P_t|t-1 C^T + R) (PRML eqs.
-        13.84-13.89, the normalisers c_t), the covariance updated in Joseph form."""
+        filter's predictive densities N(x_t; C m_t|t-1 + c, C P_t|t-1 C^T + R) (Bishop 2006, PRML
+        sec. 13.3.1, the normalisers c_t), the covariance updated in Joseph form."""
         a, c = self.transition, self.emission
         eye = torch.eye(self.latent_dim, dtype=x.dtype, device=x.device)
         big_q, big_r = torch.diag(self.log_q.exp() ** 2), torch.diag(self.log_r.exp() ** 2)
