@@ -66,9 +66,9 @@ class LinearGaussianSSM(nn.Module):
             p = torch.where(step[:, None, None], p_new, p)
         return total
 
-    def joint_prior(self, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stacked z_{1:T} = M w, w ~ N(0, I_T (x) diag q^2): returns (M, Cov z), each
-        (T Z, T Z), block (t, s) of M being A^{t-s} for s <= t."""
+    def joint_prior(self, steps: int) -> torch.Tensor:
+        """Cov z of the stacked z_{1:T} = M w, w ~ N(0, I_T (x) diag q^2), (T Z, T Z), block (t, s)
+        of M being A^{t-s} for s <= t."""
         zdim, a = self.latent_dim, self.transition
         blocks = [torch.eye(zdim, dtype=a.dtype, device=a.device)]
         for _ in range(steps - 1):
@@ -77,14 +77,14 @@ class LinearGaussianSSM(nn.Module):
         rows = [torch.cat([blocks[t - s] if s <= t else zero for s in range(steps)], 1) for t in range(steps)]
         lift = torch.cat(rows, 0)
         noise = torch.diag((self.log_q.exp() ** 2).repeat(steps))
-        return lift, lift @ noise @ lift.T
+        return lift @ noise @ lift.T
 
     def posterior(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The exact posterior of the stacked z_{1:T} given the observed steps: (mean (N, T Z),
         lower Cholesky factor (N, T Z, T Z)), by Gaussian conditioning in information form
         (PRML eqs. 2.116-2.117); a masked step's x is unobserved, its z drawn from the prior."""
         n, steps, _ = x.shape
-        _, cov = self.joint_prior(steps)
+        cov = self.joint_prior(steps)
         r_inv = (self.log_r.exp() ** -2).repeat(steps)
         emit = torch.block_diag(*[self.emission] * steps)  # (T D, T Z)
         seen = mask.repeat_interleave(self.obs_dim, 1).to(x.dtype) * r_inv  # (N, T D)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from music21 import note, stream
@@ -87,6 +88,8 @@ def test_own_sequences_with_lengths_or_a_prefix_mask(tmp_path):
     assert got[1, 2:].abs().sum() == 0 and got[2, 1:].abs().sum() == 0
     torch.save({"x": x, "mask": prefix_mask(lengths, 4)}, tmp_path / "b.pt")
     torch.testing.assert_close(read_sequences(tmp_path / "b.pt")[0], got)
+    np.savez(tmp_path / "c.npz", x=x.numpy(), lengths=np.array([4, 2, 1]))
+    torch.testing.assert_close(read_sequences(tmp_path / "c.npz")[0], got)
 
 
 @pytest.mark.parametrize(
@@ -97,6 +100,7 @@ def test_own_sequences_with_lengths_or_a_prefix_mask(tmp_path):
         ({"x": torch.zeros(2, 3, 1), "lengths": torch.tensor([4, 1])}, "every length must lie in 1..3"),
         ({"x": torch.zeros(2, 3, 1), "mask": torch.tensor([[1, 0, 1], [1, 1, 1]])}, "must mark a prefix"),
         ({"x": torch.full((1, 2, 1), float("nan")), "lengths": torch.tensor([2])}, "NaN or inf"),
+        (torch.zeros(2, 3, 1), 'must hold a dict with "x"'),
     ],
 )
 def test_own_sequences_refuse_what_is_not_a_set_of_sequences(tmp_path, saved, message):

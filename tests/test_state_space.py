@@ -32,7 +32,7 @@ def test_kalman_filter_equals_the_joint_gaussian_of_the_observed_steps():
     model, x, mask, lengths = sequences()
     got = model.log_marginal(x, mask)
     for i, steps in enumerate(lengths.tolist()):
-        _, cov = model.joint_prior(steps)
+        cov = model.joint_prior(steps)
         emit = torch.block_diag(*[model.emission] * steps)
         noise = torch.diag((model.log_r.exp() ** 2).repeat(steps))
         marginal = dist.MultivariateNormal(model.bias.repeat(steps), emit @ cov @ emit.T + noise)

@@ -81,29 +81,35 @@ def read_folder(folder: Path, size: tuple[int, int] | None, channels: int | None
     return torch.from_numpy(np.stack(images)), torch.tensor(labels, dtype=torch.long)
 
 
-def _load_arrays(path: Path) -> tuple[object, object]:
-    """(images, labels or None) as stored in a .pt / .npy / .npz file."""
+def load_file(path: Path) -> object:
+    """What a .pt / .npy / .npz file holds (an .npz as a dict of its arrays); a file that is
+    missing, of another kind or unreadable is a :class:`~pyrovae.errors.DataError`."""
     if not path.exists():
         raise DataError(f"data file {path} does not exist; check data.path")
     try:
         if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
+            return np.load(path, allow_pickle=False)
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                image_key = next((k for k in ("images", "x", "data") if k in z), keys[0])
-                label_key = next((k for k in ("labels", "y", "targets") if k in z and k != image_key), None)
-                return z[image_key], None if label_key is None else z[label_key]
+                return {k: z[k] for k in z.keys()}
         if path.suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        else:
-            raise DataError(f"{path}: data.path must be a .pt, .npy or .npz file, got {path.suffix!r}")
-    except DataError:
-        raise
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a foreign file fails in many ways
         raise DataError(
             f"{path} could not be read ({type(e).__name__}: {e}); save it with torch.save or numpy.save"
         ) from e
+    raise DataError(f"{path}: data.path must be a .pt, .npy or .npz file, got {path.suffix!r}")
+
+
+def _load_arrays(path: Path) -> tuple[object, object]:
+    """(images, labels or None) as stored in a .pt / .npy / .npz file."""
+    obj = load_file(path)
+    if path.suffix == ".npz":
+        if not obj:
+            raise DataError(f"{path} holds no arrays; save them with numpy.savez(path, images=x)")
+        image_key = next((k for k in ("images", "x", "data") if k in obj), next(iter(obj)))
+        label_key = next((k for k in ("labels", "y", "targets") if k in obj and k != image_key), None)
+        return obj[image_key], None if label_key is None else obj[label_key]
     if isinstance(obj, dict):
         images = next((obj[k] for k in ("images", "x", "data") if k in obj), None)
         if images is None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from pyrovae.data.own import load_file
 from pyrovae.errors import DataError
 
 KEYS = 88  #: piano keys, A0 (MIDI 21) to C8 (MIDI 108)
@@ -123,12 +124,10 @@ def chorales(root: Path, limit: int | None = None) -> dict:
 
 
 def read_sequences(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """The user's sequences: a ``torch.save``d dict of ``"x"`` (N, T, D) and ``"lengths"``
-    (N,) or a prefix ``"mask"`` (N, T); returns (x zeroed past each end, lengths)."""
-    try:
-        raw = torch.load(path, map_location="cpu")
-    except Exception as e:  # noqa: BLE001
-        raise DataError(f"{path} cannot be read by torch.load ({type(e).__name__}: {e})") from e
+    """The user's sequences: a dict of ``"x"`` (N, T, D) and ``"lengths"`` (N,) or a prefix
+    ``"mask"`` (N, T), saved by ``torch.save`` (.pt) or ``numpy.savez`` (.npz); returns (x zeroed
+    past each end, lengths)."""
+    raw = load_file(Path(path))
     if not isinstance(raw, dict) or "x" not in raw or ("lengths" in raw) == ("mask" in raw):
         raise DataError(
             f'{path} must hold a dict with "x" (N, T, D) and one of "lengths" (N,) or "mask" (N, T); '
