@@ -8,19 +8,34 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyrovae.blocks.sequence import SequenceModel
+from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, step_site
 
 
-class LinearGaussianSSM(nn.Module):
+@register_model("linear_gaussian_ssm")
+class LinearGaussianSSM(SequenceModel):
     """z_0 = 0, z_t ~ N(A z_{t-1}, diag q^2), x_t ~ N(C z_t + c, diag r^2) for t = 1..T
     (Kalman 1960; Bishop 2006, PRML sec. 13.3), a DMM-shaped Pyro program over sequences
     ``x`` of shape (N, T, D) with a prefix ``mask`` (N, T) of the steps each sequence has:
     both the step's sites are masked after its end, so log p(x) is that of the observed steps.
     :meth:`log_marginal` is exact (the Kalman filter's one-step predictive densities),
-    and :meth:`exact_guide` samples the exact posterior, so every estimator can be checked."""
+    and :meth:`exact_guide` samples the exact posterior, so every estimator can be checked.
+    ``x_shape`` (T, D), given by configs from the data, sets ``obs_dim`` = D."""
 
-    def __init__(self, latent_dim: int, obs_dim: int, *, init_scale: float = 0.5):
+    binary = False  # Gaussian steps
+
+    def __init__(
+        self,
+        latent_dim: int = 2,
+        obs_dim: int = 3,
+        *,
+        init_scale: float = 0.5,
+        x_shape: tuple[int, ...] | None = None,
+    ):
         super().__init__()
+        obs_dim = obs_dim if x_shape is None else x_shape[-1]
+        self.x_dim = obs_dim
         self.latent_dim, self.obs_dim = latent_dim, obs_dim
         self.transition = nn.Parameter(0.8 * torch.eye(latent_dim))
         self.emission = nn.Parameter(init_scale * torch.randn(obs_dim, latent_dim))

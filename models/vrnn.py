@@ -7,21 +7,33 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyrovae.blocks.sequence import gaussian_head
+from pyrovae.blocks.nn import gaussian_head
+from pyrovae.blocks.sequence import SequenceModel
+from pyrovae.registry import register_model
 from pyrovae.sites import DATA_PLATE, step_site
 
 
-class VRNN(nn.Module):
+@register_model("vrnn")
+class VRNN(SequenceModel):
     """h_t = GRU([phi_x(x_t), phi_z(z_t)], h_{t-1}); z_t ~ N(prior(h_{t-1})), x_t ~
     Bernoulli(sigmoid(dec([phi_z(z_t), h_{t-1}]))) (Chung et al. 2015, eqs. 5-7), for the steps
     each sequence has: ``model(x, mask)`` with x (N, T, D) and mask (N, T) a prefix. The
     recurrence reads the draws z_{<t}, so the guide (:class:`pyrovae.guides.vrnn.VRNNGuide`) runs
     the same feature networks and GRU over its own draws: :meth:`features` and :meth:`advance`
-    are what both share."""
+    are what both share. ``x_shape`` (T, D), given by configs from the data, sets ``x_dim`` = D."""
 
-    def __init__(self, x_dim: int = 88, z_dim: int = 16, hidden: int = 64, rnn_dim: int = 128):
+    def __init__(
+        self,
+        x_dim: int = 88,
+        z_dim: int = 16,
+        hidden: int = 64,
+        rnn_dim: int = 128,
+        x_shape: tuple[int, ...] | None = None,
+    ):
         super().__init__()
+        x_dim = x_dim if x_shape is None else x_shape[-1]
         self.x_dim, self.z_dim, self.hidden, self.rnn_dim = x_dim, z_dim, hidden, rnn_dim
+        self.latent_dim = z_dim
         self.phi_x = nn.Sequential(nn.Linear(x_dim, hidden), nn.ReLU())
         self.phi_z = nn.Sequential(nn.Linear(z_dim, hidden), nn.ReLU())
         self.prior = nn.Sequential(nn.Linear(rnn_dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * z_dim))
@@ -47,7 +59,7 @@ class VRNN(nn.Module):
         with pyro.plate(DATA_PLATE, x.shape[0]):
             h = self.start(x.shape[0])
             for t in pyro.markov(range(x.shape[1])):
-                loc, scale = gaussian_head(self.prior, h)
+                loc, scale = gaussian_head(self.prior(h), self.z_dim)
                 z = pyro.sample(step_site("z", t + 1), dist.Normal(loc, scale).to_event(1).mask(mask[:, t]))
                 fz = self.phi_z(z)
                 logits = self.decoder(torch.cat([fz, h.expand(*fz.shape[:-1], -1)], -1))
@@ -57,3 +69,18 @@ class VRNN(nn.Module):
                     obs=x[:, t],
                 )
                 h = self.advance(fx[:, t], fz, h, mask[:, t])
+
+    @torch.no_grad()
+    def sample(self, num: int, steps: int) -> torch.Tensor:
+        """``num`` sequences of ``steps`` steps from the model, each step's keys drawn and fed back
+        into the recurrence (as the model reads its past steps); returns p(x_t | z_t, h_{t-1})'s
+        means (num, steps, x_dim)."""
+        h, out = self.start(num), []
+        every = torch.ones(num, dtype=torch.bool, device=h.device)
+        for _ in range(steps):
+            loc, scale = gaussian_head(self.prior(h), self.z_dim)
+            fz = self.phi_z(loc + scale * torch.randn_like(loc))
+            probs = torch.sigmoid(self.decoder(torch.cat([fz, h], -1)))
+            out.append(probs)
+            h = self.advance(self.phi_x(torch.bernoulli(probs)), fz, h, every)
+        return torch.stack(out, 1)

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Protocol
 
 import torch
 
-from pyrovae.errors import ModelError
+from pyrovae.errors import DataError, ModelError
 from pyrovae.sites import LATENT
 
 
@@ -29,6 +29,9 @@ class Takes(enum.StrEnum):
     #: (x, labels with -1 for unlabelled): ``fit`` batches labelled and unlabelled datapoints
     #: apart and evaluation hides the labels (semi-supervised)
     IMAGE_PARTIAL_LABEL = "image,partial_label"
+    #: (x (N, T, D), mask (N, T)): a sequence model; a sequence split's labels hold each
+    #: sequence's length, and :func:`inputs` makes the prefix mask from them
+    SEQUENCE = "sequence"
     ANY = "any"  #: a guide only: serves every model with its sites
 
 
@@ -94,7 +97,8 @@ class GuideHooks(Protocol):
     (as for models; :attr:`Takes.ANY` serves every model with its sites), and ``head`` with
     ``local_inputs(*args) -> Tensor`` (a guide of one site ``z`` whose q is ``head(local_inputs(*args))``:
     refinement then fits those inputs per datapoint, :mod:`pyrovae.diagnostics.refine`; without
-    them a local Gaussian is fitted).
+    them a local Gaussian is fitted); ``needs_model``, the names of the methods it calls on its
+    model (a registered guide then fits only models that have them).
 
     Either a model or a guide may define:
 
@@ -118,10 +122,49 @@ class GuideHooks(Protocol):
     def after_step(self) -> None: ...
 
 
+STEP_BUCKET = 8  #: a batch of sequences is cut to its longest, rounded up to a multiple of this
+
+
 def inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
-    """The arguments a model and its guide take for observed ``images``."""
+    """The arguments a model and its guide take for observed ``images`` (a sequence model's:
+    :func:`sequence_inputs`)."""
     fn = getattr(model, "inputs", None)
-    return (images,) if fn is None else tuple(fn(images, labels))
+    if fn is not None:
+        return tuple(fn(images, labels))
+    return sequence_inputs(images, labels) if takes(model) == Takes.SEQUENCE else (images,)
+
+
+def prefix_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """(N, T) bool: True at the steps t < length of each sequence."""
+    return torch.arange(steps, device=lengths.device) < lengths[:, None]
+
+
+def sequence_inputs(x: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, mask) for sequences x (N, T, D) of ``lengths`` steps: x cut to the longest of them,
+    rounded up to :data:`STEP_BUCKET` steps (so that a batch of short sequences costs what they
+    are, and captured graphs see few shapes), and the prefix mask; masked steps count nowhere."""
+    if lengths is None or lengths.shape != x.shape[:1]:
+        raise DataError(
+            "a sequence model takes (x, lengths): give one length per sequence (a sequence "
+            "dataset's labels hold them)"
+        )
+    lengths = lengths.to(x.device)
+    steps = min(x.shape[1], -(-int(lengths.max()) // STEP_BUCKET) * STEP_BUCKET)
+    return x[:, :steps], prefix_mask(lengths, steps)
+
+
+def trim_steps(model: Any, args: tuple) -> tuple:
+    """A sequence model's arguments ``(x, mask)`` for some of its sequences cut to the longest of
+    them (:func:`sequence_inputs`): a chunk of short sequences costs what they are. Other models'
+    arguments as they are."""
+    if takes(model) != Takes.SEQUENCE or len(args) != 2:
+        return args
+    return sequence_inputs(args[0], args[1].sum(-1))
+
+
+def sequence_steps(model: Any, args: tuple) -> torch.Tensor | None:
+    """The number of observed steps of each sequence in a sequence model's arguments, else None."""
+    return args[1].sum(-1) if takes(model) == Takes.SEQUENCE else None
 
 
 def evaluation_inputs(model: Any, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple:
@@ -159,8 +202,9 @@ def label_site(model: Any) -> str | None:
 
 
 def is_conditional(model: Any) -> bool:
-    """True when the model takes more than the images (it defines ``inputs``)."""
-    return getattr(model, "inputs", None) is not None
+    """True when the model takes more than the images (it defines ``inputs``, or takes
+    sequences and their lengths)."""
+    return getattr(model, "inputs", None) is not None or takes(model) == Takes.SEQUENCE
 
 
 def check_data(model: Any, x: torch.Tensor) -> None:

@@ -129,11 +129,13 @@ def register_guide(name: str):
 
 
 def fits(model_cls: Any, guide_cls: Any) -> bool:
-    """Whether a guide class can serve a model class: the same latent sites and the same
-    arguments (``takes``: "image" by default, "image,label", "quadrants"; a guide that takes
-    "any" serves every model with its sites)."""
+    """Whether a guide class can serve a model class: the same latent sites, the same
+    arguments (``takes``: "image" by default, "image,label", "quadrants", "sequence"; a guide
+    that takes "any" serves every model with its sites) and the methods the guide runs on its
+    model (``needs_model``: a guide over the model's own recurrence, the VRNN's)."""
     same_sites = set(latent_sites(model_cls)) == set(latent_sites(guide_cls))
-    return same_sites and takes(guide_cls) in (Takes.ANY, takes(model_cls))
+    has = all(hasattr(model_cls, name) for name in getattr(guide_cls, "needs_model", ()))
+    return same_sites and has and takes(guide_cls) in (Takes.ANY, takes(model_cls))
 
 
 def guides_for(model_name: str) -> list[str]:

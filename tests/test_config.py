@@ -13,11 +13,11 @@ CONFIGS = sorted((Path(__file__).parents[1] / "configs").rglob("*.toml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load_and_build(path):
-    from pyrovae.data.splits import SHAPES
+    from pyrovae.data.splits import image_shape
     from pyrovae.run.configcheck import validate
 
     cfg = load_config(path)
-    model, guide = build(cfg, SHAPES[cfg.data.name])
+    model, guide = build(cfg, image_shape(cfg.data.name))
     assert model.latent_dim == guide.latent_dim
     validate(cfg)  # options, pixels against likelihood, on the meta device
     assert config_from_dict(cfg.to_dict()) == cfg

@@ -11,8 +11,8 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 
 from pyrovae.blocks.sequence import BackwardRNN, reverse_within
-from pyrovae.data.sequences import prefix_mask
 from pyrovae.guides.dmm import CombinerGuide
+from pyrovae.hooks import prefix_mask
 from pyrovae.inference.scoring import evaluate_data
 from pyrovae.models.dmm import DMM
 from pyrovae.models.state_space import LinearGaussianSSM

@@ -44,7 +44,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_the_notebooks_are_there():
-    expected = {"quickstart", "own_model", "own_data", "diagnostics", "priors", "cvae"}
+    expected = {"quickstart", "own_model", "own_data", "diagnostics", "priors", "cvae", "sequences"}
     assert {p.stem for p in NOTEBOOKS} >= expected
 
 

@@ -15,10 +15,10 @@ from pyrovae.data.sequences import (
     chorale_steps,
     chorales,
     jsb,
-    prefix_mask,
     read_sequences,
 )
 from pyrovae.errors import DataError
+from pyrovae.hooks import prefix_mask
 
 
 def test_jsb_pickle_reads_into_rolls_with_lengths(tmp_path):

@@ -8,8 +8,8 @@ import torch
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyrovae.data.sequences import prefix_mask
 from pyrovae.guides.vrnn import VRNNGuide
+from pyrovae.hooks import prefix_mask
 from pyrovae.inference.weights import at_values, sum_sites, traces
 from pyrovae.models.vrnn import VRNN
 

@@ -1,11 +1,52 @@
 """The networks of the deep Markov model (Krishnan et al. 2017): its gated transition, its
-emitter, the guide's combiner and the backward RNN that summarises x_{t:T}."""
+emitter, the guide's combiner and the backward RNN that summarises x_{t:T}; and
+:class:`SequenceModel`, what the engine reads on a model of sequences."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from pyrovae.errors import DataError
+from pyrovae.hooks import Takes
+
+MIN_SCALE = 1e-4  #: added to every softplus scale: a scale that underflows to 0 has no density
+
+
+@dataclass(frozen=True)
+class StepLikelihood:
+    """The observation model of each step: ``discrete`` when log p(x) is a probability (bits/dim)."""
+
+    discrete: bool
+
+
+class SequenceModel(nn.Module):
+    """The hooks of a model over sequences ``x`` (N, T, ``x_dim``) with a prefix mask (N, T):
+    it takes :attr:`~pyrovae.hooks.Takes.SEQUENCE`, and its data check names a wrong feature
+    size and, for a Bernoulli per key (``binary``), values other than 0 and 1."""
+
+    takes = Takes.SEQUENCE
+    binary = True  #: Bernoulli observations: the data must be 0 / 1
+    x_dim: int
+
+    @property
+    def likelihood(self) -> StepLikelihood:
+        return StepLikelihood(discrete=self.binary)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        name = type(self).__name__
+        if x.dim() != 3 or x.shape[-1] != self.x_dim:
+            raise DataError(
+                f"{name} takes sequences (N, T, {self.x_dim}), got {tuple(x.shape)}; give a sequence "
+                f"dataset, or set the model's x_dim to the data's features"
+            )
+        if self.binary and ((x != 0) & (x != 1)).any():
+            raise DataError(
+                f"{name} models binary steps (a Bernoulli per feature); these data hold other values"
+            )
 
 
 class GatedTransition(nn.Module):
@@ -27,7 +68,7 @@ class GatedTransition(nn.Module):
         gate = torch.sigmoid(self.gate(z))
         proposed = self.proposed(z)
         loc = (1 - gate) * self.linear(z) + gate * proposed
-        return loc, F.softplus(self.scale(F.relu(proposed)))
+        return loc, F.softplus(self.scale(F.relu(proposed))) + MIN_SCALE
 
 
 class Emitter(nn.Module):
@@ -59,7 +100,7 @@ class Combiner(nn.Module):
 
     def forward(self, z: torch.Tensor, h_rnn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = 0.5 * (torch.tanh(self.z_to_h(z)) + h_rnn)
-        return self.loc(h), F.softplus(self.scale(h))
+        return self.loc(h), F.softplus(self.scale(h)) + MIN_SCALE
 
 
 def reverse_within(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -84,9 +125,3 @@ class BackwardRNN(nn.Module):
         h0 = self.h0.expand(1, x.shape[0], -1).contiguous()
         out, _ = self.rnn(self.dropout(reverse_within(x, lengths)), h0)
         return reverse_within(out, lengths)
-
-
-def gaussian_head(net: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loc, scale) from ``net(h)``'s two halves, the scale through softplus and kept above 1e-4."""
-    loc, raw = net(h).chunk(2, -1)
-    return loc, F.softplus(raw) + 1e-4

@@ -1,7 +1,8 @@
 """Data: splits held on the device, pixel modes and batches (:mod:`.splits`); the published
 on-disk formats (:mod:`.published`); the user's own folders and tensor files (:mod:`.own`);
-partly labelled data (:mod:`.labelled`); datasets with ground-truth factors (:mod:`.factors`);
-small files in each format for tests (:mod:`.fixtures`).
+partly labelled data (:mod:`.labelled`); sequences and their lengths (:mod:`.sequences`);
+datasets with ground-truth factors (:mod:`.factors`); small files in each format for tests
+(:mod:`.fixtures`).
 """
 
 from typing import TYPE_CHECKING
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 from pyrovae.facade import lazy
 
 if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when first used
-    from pyrovae.data import factors, fixtures, own, published
+    from pyrovae.data import factors, fixtures, own, published, sequences
     from pyrovae.data.batches import Batches
     from pyrovae.data.factors import FACTOR_NAMES, load_factors
     from pyrovae.data.labelled import LabelledBatches, keep_labels

@@ -1,5 +1,6 @@
 """Small datasets written in each published on-disk format, with random pixels: for tests,
-benchmarks run without the real data, and trying the loaders (:mod:`pyrovae.data.published`).
+benchmarks run without the real data, and trying the loaders (:mod:`pyrovae.data.published`,
+:mod:`pyrovae.data.sequences`).
 
 Every writer takes a data root and a seed and returns the uint8 arrays it wrote
 (``{"train": (images, labels), "test": (...)}`` in (N, C, H, W) as the loader returns them), so
@@ -133,3 +134,23 @@ def write_folder(folder: Path, classes=("cats", "dogs"), per_class: int = 6, siz
             Image.fromarray(array if channels == 3 else array[..., 0], mode).save(target / f"img{i:03d}.png")
             written.append(array.transpose(2, 0, 1))
     return np.stack(written)
+
+
+def write_jsb(root: Path, pieces=(24, 6, 6), steps=(4, 14), seed: int = 0) -> dict:
+    """``JSB Chorales.pickle`` in its published form (:func:`pyrovae.data.sequences.jsb`): ``pieces``
+    train / valid / test chorales of ``steps`` (least, most) quarter notes, each step a chord of three
+    or four MIDI pitches that moves by a step at a time (so that a sequence model has something to
+    learn); returns the pieces written."""
+    rng, out = np.random.default_rng(seed), {}
+    for split, count in zip(("train", "valid", "test"), pieces):
+        out[split] = []
+        for _ in range(count):
+            chord = np.sort(rng.choice(np.arange(48, 80), 4, replace=False))
+            piece = []
+            for _ in range(int(rng.integers(steps[0], steps[1] + 1))):
+                chord = np.clip(chord + rng.integers(-2, 3, 4), 21, 108)
+                piece.append(tuple(int(p) for p in np.unique(chord)))
+            out[split].append(piece)
+    Path(root).mkdir(parents=True, exist_ok=True)
+    (Path(root) / "JSB Chorales.pickle").write_bytes(pickle.dumps(out))
+    return out

@@ -199,25 +199,42 @@ def _read_own(name: str, path, size, channels, labels_path=None):
 
 def splits(name: str, path=None, test_path=None, labels_path=None, size=None, channels=None,
                test_fraction: float = 0.1) -> dict:  # fmt: skip
-    """Train and test parts of an image folder or tensor file (:mod:`pyrovae.data.own`): the test
-    part is ``test_path`` when given, else the last ``test_fraction`` of the data shuffled
-    with the fixed :data:`SPLIT_SEED`."""
-    images, labels = _read_own(name, path, size, channels, labels_path)
+    """Train and test parts of an image folder or tensor file (:mod:`pyrovae.data.own`):
+    :func:`train_and_test` of its (images, labels)."""
+
+    def read(where):
+        return _read_own(name, where, size, channels, labels_path if where == path else None)
+
+    return train_and_test(read, path, test_path, test_fraction)
+
+
+def train_and_test(read, path, test_path=None, test_fraction=0.1, alike_from=1, what="images") -> dict:
+    """``{"train": rows, "test": rows}`` of the tensors ``read(path)`` returns (the data first,
+    then others with one row per datapoint): the test part is ``read(test_path)`` when given (its
+    data alike from dim ``alike_from`` on, and of one dtype), else the last ``test_fraction`` of
+    the data shuffled with the fixed :data:`SPLIT_SEED` (:func:`hold_out`)."""
+    train = read(path)
     if test_path is not None:
-        test = _read_own(name, test_path, size, channels)
-        if test[0].shape[1:] != images.shape[1:] or test[0].dtype != images.dtype:
+        test = read(test_path)
+        a, b = train[0], test[0]
+        if a.shape[alike_from:] != b.shape[alike_from:] or a.dtype != b.dtype:
             raise DataError(
-                f"{test_path}: test images {tuple(test[0].shape[1:])} {test[0].dtype} differ from the "
-                f"training images {tuple(images.shape[1:])} {images.dtype} in {path}; make them alike"
+                f"{test_path}: test {what} {tuple(b.shape[alike_from:])} {b.dtype} differ from the training "
+                f"{what} {tuple(a.shape[alike_from:])} {a.dtype} in {path}; make them alike"
             )
-        return {"train": (images, labels), "test": test}
-    n = images.shape[0]
+        return {"train": train, "test": test}
+    rows, held = hold_out(train[0].shape[0], test_fraction, path)
+    return {"train": tuple(t[rows] for t in train), "test": tuple(t[held] for t in train)}
+
+
+def hold_out(n: int, test_fraction: float, path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, test rows) of ``n`` datapoints: the last ``test_fraction`` of them shuffled
+    with the fixed :data:`SPLIT_SEED` is the test part."""
     n_test = int(round(test_fraction * n))
     if not 1 <= n_test < n:
         raise DataError(
-            f"{path}: {n} images cannot be split with test_fraction = {test_fraction}; add images, "
+            f"{path}: {n} datapoints cannot be split with test_fraction = {test_fraction}; add data, "
             "or give data.test_path"
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED))
-    train, test = perm[: n - n_test], perm[n - n_test :]
-    return {"train": (images[train], labels[train]), "test": (images[test], labels[test])}
+    return perm[: n - n_test], perm[n - n_test :]

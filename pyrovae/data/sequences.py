@@ -1,21 +1,25 @@
 """Sequences: polyphonic piano rolls and the user's own (N, T, D) tensors, with their lengths.
 
 Every reader returns ``{split: (rolls, lengths)}``: ``rolls`` (N, T, D), zero past each
-sequence's end, ``lengths`` (N,) int64; :func:`prefix_mask` turns lengths into the (N, T) mask a
-sequence model takes, so that no padded step is ever counted.
+sequence's end, ``lengths`` (N,) int64; :func:`pyrovae.hooks.prefix_mask` turns lengths into the
+(N, T) mask a sequence model takes, so that no padded step is ever counted.
 
 - ``chorales``: the 371 four-part Bach chorales of music21's corpus (Riemenschneider's
   numbering, as ``music21.corpus.chorales.Iterator`` gives them) as 88-key rolls sampled at every
   quarter note (a key is on at step t when a note of that pitch sounds at quarter-note time t,
   ties joined); split
   by position i in that order: i % 5 == 3 validation, i % 5 == 4 test, the rest training (223 /
-  74 / 74). Built once (about a minute) and cached as ``chorales/music21_rolls.pt`` under the
-  data root.
+  74 / 74). Built once (about a minute) and cached as ``chorales/music21_rolls.pt`` in the
+  cache folder (:func:`pyrovae.data.splits.cache_dir`).
 - ``jsb``: the JSB Chorales pickle of Boulanger-Lewandowski et al. (2012), ``JSB Chorales.pickle``
   under the data root: ``{"train" | "valid" | "test": [[(MIDI pitches sounding), ...] per step]
   per piece]}``, its own split.
-- own sequences: a ``torch.save``d dict with ``"x"`` (N, T, D) and ``"lengths"`` (N,) or a
-  prefix ``"mask"`` (N, T) (:func:`read_sequences`).
+- ``sequences``, the user's own: a ``torch.save``d dict with ``"x"`` (N, T, D) and ``"lengths"``
+  (N,) or a prefix ``"mask"`` (N, T) (:func:`read_sequences`), the test part from ``test_path`` or
+  held out by ``test_fraction``.
+
+:func:`parts` gives each dataset's parts by name; ``chorales`` and ``jsb`` have their own
+validation split, the user's sequences lend the last ``val_size`` of the training part.
 """
 
 from __future__ import annotations
@@ -27,19 +31,51 @@ from pathlib import Path
 
 import torch
 
-from pyrovae.data.own import load_file
+from pyrovae.data.own import load_file, train_and_test
+from pyrovae.data.splits import Split, part
 from pyrovae.errors import DataError
+from pyrovae.hooks import prefix_mask
 
 KEYS = 88  #: piano keys, A0 (MIDI 21) to C8 (MIDI 108)
 LOWEST = 21  #: the MIDI number of the lowest key
 CHORALES_CACHE = Path("chorales") / "music21_rolls.pt"
 JSB_FILE = "JSB Chorales.pickle"
 SPLITS = ("train", "valid", "test")
+DATASETS = ("chorales", "jsb", "sequences")  #: sequence datasets (sequences: data.path = FILE)
 
 
-def prefix_mask(lengths: torch.Tensor, steps: int) -> torch.Tensor:
-    """(N, T) bool: True at the steps t < length of each sequence."""
-    return torch.arange(steps, device=lengths.device) < lengths[:, None]
+def as_split(x: torch.Tensor, lengths: torch.Tensor, pixels: str | None = None) -> Split:
+    """Sequences ``x`` (N, T, D) of ``lengths`` steps as the Split that :func:`pyrovae.fit` and the
+    estimators take (its ``labels`` hold the lengths). Binary uint8 sequences (piano rolls) are
+    kept as 0/1 levels; ``pixels`` defaults to "static" for them (observed as they are) and to
+    "continuous" for floats."""
+    binary = x.dtype == torch.uint8 and int(x.max()) <= 1
+    pixels = pixels or ("static" if binary else "continuous")
+    if pixels == "8bit":
+        raise DataError('sequences are not 8-bit images: set pixels = "static" (binary) or "continuous"')
+    if lengths.shape != x.shape[:1] or int(lengths.min()) < 1 or int(lengths.max()) > x.shape[1]:
+        raise DataError(f"give one length in 1..{x.shape[1]} (T) per sequence ({x.shape[0]})")
+    return Split(x, lengths.long().clone(), pixels, maximum=1 if binary else 255)
+
+
+def load(name: str, split: str, pixels: str, root: Path, cache: Path, val_size, source: dict) -> Split:
+    """``split`` of the sequence dataset ``name`` (:func:`parts`; the user's own lend the last
+    ``val_size`` training sequences to "val") as a Split of sequences and lengths (:func:`as_split`)."""
+    found = parts(name, root, cache, **source)
+    x, lengths = found[split] if split in found else part(*found["train"], name, split, val_size)
+    return as_split(x, lengths, pixels)
+
+
+def parts(name: str, root: Path, cache: Path, path=None, test_path=None, test_fraction=0.1, **_) -> dict:
+    """``{"train" | "val" | "test": (x, lengths)}`` of the sequence dataset ``name`` (the user's
+    own sequences have no "val": it is cut from "train")."""
+    if name != "sequences":
+        out = chorales(cache) if name == "chorales" else jsb(root)
+        return {"train": out["train"], "val": out["valid"], "test": out["test"]}
+    if path is None:
+        raise DataError('data.name = "sequences" needs data.path (a .pt / .npz file of "x" and "lengths")')
+    read = lambda where: read_sequences(Path(where).expanduser())  # noqa: E731
+    return train_and_test(read, path, test_path, test_fraction, alike_from=2, what="sequences")
 
 
 def stack_rolls(rolls: list[torch.Tensor], where: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,10 +135,10 @@ def chorale_steps(score) -> list[set[int]]:
     return steps
 
 
-def chorales(root: Path, limit: int | None = None) -> dict:
-    """The Bach chorales of music21's corpus as rolls (see the module's text), cached under
-    ``root``; ``limit`` builds only the first chorales (uncached, for tests)."""
-    cache = Path(root) / CHORALES_CACHE
+def chorales(cache: Path, limit: int | None = None) -> dict:
+    """The Bach chorales of music21's corpus as rolls (see the module's text), cached in the
+    folder ``cache``; ``limit`` builds only the first chorales (uncached, for tests)."""
+    cache = Path(cache) / CHORALES_CACHE
     if limit is None and cache.exists():
         return torch.load(cache)
     try:

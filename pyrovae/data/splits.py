@@ -32,12 +32,15 @@ from pyrovae.errors import DataError, unknown_name
 
 NAMED = ("mnist", "fashion_mnist", "binarized_mnist", "cifar10", "svhn", "celeba", "omniglot")
 NAMED += ("mnist_factors", "dsprites")  # with ground-truth factors: pyrovae.data.factors
-DATASETS = (*NAMED, "folder", "tensor")  #: folder: data.path = DIR; tensor: data.path = FILE
+#: folder: data.path = DIR; tensor: data.path = FILE; then the sequences (pyrovae.data.sequences)
+DATASETS = (*NAMED, "folder", "tensor", "chorales", "jsb", "sequences")
 PIXEL_MODES = ("dynamic", "static", "8bit", "continuous")  #: how stored images become observations
 CELEBA_SIZE = 64  #: CelebA images are cropped and resized to this square (pyrovae.data.published)
 SHAPES = {name: (1, 28, 28) for name in ("mnist", "fashion_mnist", "binarized_mnist", "omniglot")}
 SHAPES.update(cifar10=(3, 32, 32), svhn=(3, 32, 32), celeba=(3, CELEBA_SIZE, CELEBA_SIZE))
 SHAPES.update(mnist_factors=(1, 28, 28), dsprites=(1, 64, 64))
+#: piano rolls of 88 keys; 0 steps stands for any length (each batch is cut to its longest sequence)
+SHAPES.update(chorales=(0, 88), jsb=(0, 88))
 DEFAULT_VAL_SIZE = {"mnist": 10000, "fashion_mnist": 10000, "cifar10": 5000, "svhn": 5000, "celeba": 10000,
                     "omniglot": 1000}  # fmt: skip  # images held out of the training set; own data: a tenth
 DEFAULT_VAL_SIZE.update(mnist_factors=3000, dsprites=10000)
@@ -278,6 +281,8 @@ def load_split(name: str, split: str, *, pixels: str = "dynamic", root=None, val
     if split not in ("train", "val", "test"):
         raise unknown_name("split", split, ("train", "val", "test"))
     root = data_root(root)
+    if name in formats.sequences.DATASETS:
+        return formats.sequences.load(name, split, pixels, root, cache_dir(), val_size, source).to(device)
     if name == "binarized_mnist":
         if pixels != "static":
             raise DataError(
@@ -343,5 +348,9 @@ def raw_split(name: str, which: str, root: Path, source: dict) -> tuple[torch.Te
 
 def image_shape(name: str, root=None, **source) -> tuple[int, ...]:
     """The image shape (C, H, W) of dataset ``name``, without loading it (own data: see
-    :func:`pyrovae.data.own.image_shape`)."""
+    :func:`pyrovae.data.own.image_shape`); the user's own sequences' (T, D) of their training part."""
+    if name == "sequences":
+        return formats.sequences.load(
+            name, "train", "static", data_root(root), cache_dir(), None, source
+        ).shape
     return SHAPES[name] if name in SHAPES else formats.own.image_shape(name, **source)

@@ -13,11 +13,13 @@
 - :func:`refined_log_likelihood`: log p(x) and k-hat by importance sampling from the guide and
   from proposals refined per datapoint (:func:`refine`);
 - :func:`latent_activity`: active units (Burda et al. 2015, sec. 5.2: Cov_x(E_q[z_u]) > 0.01)
-  and the KL per latent dimension, with a posterior-collapse warning;
+  and the KL per latent dimension, with a posterior-collapse warning; :func:`step_activity`
+  for a sequence model's z_t, step by step;
 - disentanglement against ground-truth factors: :func:`mig`, :func:`dci`,
   :func:`factor_vae_score`, :func:`sap` (:mod:`pyrovae.diagnostics.disentanglement`);
 - latent plots: posterior means by label, the decoded manifold of a 2-D latent, traversals
-  and interpolations.
+  and interpolations; piano rolls drawn from and reconstructed by sequence models
+  (:mod:`pyrovae.diagnostics.rolls`, :func:`save_rolls`).
 
 Reading k-hat (Yao et al. 2018, sec. 2.2; Vehtari et al. 2024, sec. 3): below 0.5 the
 importance weights have finite variance and the IS estimate of log p(x) converges fast;
@@ -34,7 +36,9 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         ACTIVE_THRESHOLD,
         LatentActivity,
         PosteriorCollapseWarning,
+        StepActivity,
         latent_activity,
+        step_activity,
     )
     from pyrovae.diagnostics.amortization import amortization_gap
     from pyrovae.diagnostics.disentanglement import (
@@ -67,7 +71,7 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         posterior_means,
         traversals,
     )
-    from pyrovae.diagnostics.plots import plot_curves, save_grid, show_grid
+    from pyrovae.diagnostics.plots import plot_curves, save_grid, save_rolls, show_grid
     from pyrovae.diagnostics.refine import (
         LocalGaussian,
         LocalHead,
@@ -77,5 +81,6 @@ if TYPE_CHECKING:  # the exports: read by pyrovae.facade.lazy, each loaded when 
         refine,
         refined_log_likelihood,
     )
+    from pyrovae.diagnostics.rolls import sequence_reconstructions, sequence_samples
 
 __getattr__, __dir__, __all__ = lazy(__name__, __file__)

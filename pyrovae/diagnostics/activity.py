@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import pyro
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from pyrovae.diagnostics.draws import _layout, _sites
 from pyrovae.errors import ModelError
@@ -197,3 +198,96 @@ def _packer(latent: list[str], per_unit: dict[str, bool]) -> Callable:
         return torch.cat(cols, -1)
 
     return pack
+
+
+@dataclass
+class StepActivity:
+    """Active units of a sequence model's latent z_t at each time step t (:func:`step_activity`)."""
+
+    active: torch.Tensor  #: (T,) active units of z_t among the sequences that reach step t
+    units: int  #: units of each z_t
+    sequences: torch.Tensor  #: (T,) the sequences that reach step t
+    kl: torch.Tensor  #: (T,) E_q[KL(q(z_t | .) || p(z_t | z_{t-1}))] over the sequences that reach t
+    threshold: float
+    variance: torch.Tensor  #: (T, units) Cov_x E_q[z_{t,u} | x] over the sequences that reach t
+
+    def __str__(self) -> str:
+        a = self.active.double()
+        return (
+            f"{self.units} units per step, active (Cov_x E_q[z] > {self.threshold}) at steps 1..{len(a)}: "
+            f"median {a.median():.0f}, least {a.min():.0f}, most {a.max():.0f}; KL per step "
+            f"{(self.kl * self.sequences).sum() / self.sequences.sum():.2f} nats on average"
+        )
+
+
+def _unmasked(fn):
+    while isinstance(fn, pyro.distributions.MaskedDistribution):
+        fn = fn.base_dist
+    return fn
+
+
+@torch.no_grad()
+@keeps_streams
+def step_activity(
+    model,
+    guide,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    num_samples: int = 16,
+    threshold: float = ACTIVE_THRESHOLD,
+    seed: int = 0,
+) -> StepActivity:
+    """Active units per time step of a sequence model ``model(x, mask)`` with latents z_1..z_T,
+    in the order its guide samples them: unit u of z_t is active when Cov_x E_q[z_{t,u} | x] >
+    ``threshold`` over the sequences that reach step t (Burda et al. 2015, sec. 5.2, step by
+    step), E_q[z_t | x] averaged over ``num_samples`` draws of the guide (z_t's mean given its
+    draws of z_{<t}); the KL of step t is KL(q(z_t | .) || p(z_t | z_{t-1})) in closed form where
+    torch has it, else log q - log p at the draw, averaged likewise."""
+    check_inputs(model, guide, x, mask, num_samples=num_samples, name="diagnostics")
+    pyro.set_rng_seed(seed)
+    means, kls = 0.0, 0.0
+    with pyro.validation_enabled(False):
+        for _ in range(num_samples):
+            g = pyro.poutine.trace(guide).get_trace(x, mask)
+            m = pyro.poutine.trace(pyro.poutine.replay(model, trace=g)).get_trace(x, mask)
+            names = [n for n, s in g.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+            names = [n for n in names if not site_is_subsample(g.nodes[n])]
+            names = [n for n in names if n in m.nodes and not m.nodes[n]["is_observed"]]
+            q = [_unmasked(g.nodes[n]["fn"]) for n in names]
+            values = [g.nodes[n]["value"] for n in names]
+            step_means = torch.stack([_mean(fn, v) for fn, v in zip(q, values)], 1)
+            step_kl = torch.stack(
+                [_kl(fn, _unmasked(m.nodes[n]["fn"]), v) for n, fn, v in zip(names, q, values)], 1
+            )
+            means, kls = means + step_means / num_samples, kls + step_kl / num_samples
+    if means.shape[1] != mask.shape[1]:
+        raise ModelError(
+            f"the guide samples {means.shape[1]} latent sites for {mask.shape[1]} steps; "
+            "step_activity takes one latent site per time step"
+        )
+    reach = mask.sum(0)
+    variance, kl = [], []
+    for t in range(mask.shape[1]):
+        seen = means[mask[:, t], t].double()
+        variance.append(
+            seen.var(0) if seen.shape[0] > 1 else torch.zeros(seen.shape[-1], dtype=torch.float64)
+        )
+        kl.append(kls[mask[:, t], t].double().mean())
+    variance = torch.stack(variance).cpu()
+    active = (variance > threshold).sum(-1)
+    return StepActivity(active, means.shape[-1], reach.cpu(), torch.stack(kl).cpu(), threshold, variance)
+
+
+def _mean(fn, value: torch.Tensor) -> torch.Tensor:
+    try:
+        return fn.mean.expand(value.shape)
+    except NotImplementedError:  # a flow: the draw itself
+        return value
+
+
+def _kl(q, p, value: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.distributions.kl_divergence(q, p)
+    except NotImplementedError:
+        return q.log_prob(value) - p.log_prob(value)

@@ -124,3 +124,25 @@ def manifold_grid(decode, n: int = 20, device="cpu", dtype: torch.dtype = torch.
     zy, zx = torch.meshgrid(q.flip(0), q, indexing="ij")
     z = torch.stack([zx, zy], -1).reshape(-1, 2).to(device=device, dtype=dtype)
     return decode(z)
+
+
+def save_rolls(rolls: Sequence[torch.Tensor], path: str | Path, titles: Sequence[str] = ()) -> Path:
+    """Piano rolls (T_i, D), one panel each (time across, keys up), stacked in one PNG."""
+    fig = Figure(figsize=(8, 1.4 * len(rolls)), layout="constrained")
+    for i, roll in enumerate(rolls):
+        ax = fig.add_subplot(len(rolls), 1, i + 1)
+        ax.imshow(
+            roll.detach().float().cpu().T,
+            origin="lower",
+            aspect="auto",
+            cmap="gray_r",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+        )
+        ax.set_ylabel("key")
+        if i < len(titles):
+            ax.set_title(titles[i], fontsize=8)
+    ax.set_xlabel("step")
+    fig.savefig(path, dpi=100)
+    return Path(path)

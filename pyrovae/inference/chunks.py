@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pyrovae.hooks import owner_modules
+from pyrovae.hooks import Takes, owner_modules, takes, trim_steps
 from pyrovae.inference import weights
 from pyrovae.inference.pairs import check_pair, whole_data
 from pyrovae.inference.particles import decide
@@ -211,8 +211,8 @@ def pieces(
     nesting, fns = None, {}  # one function per chunk shape (at most two particle counts)
     label = progress if isinstance(progress, str) else "evaluate"
     total = math.ceil(n / dc) * math.ceil(num_samples / pc)
-    if compile == "auto" and total < AUTO_CAPTURE_CHUNKS:
-        compile = "none"
+    if compile == "auto" and (total < AUTO_CAPTURE_CHUNKS or takes(model) == Takes.SEQUENCE):
+        compile = "none"  # few chunks, or a recurrence: a capture per length would cost more than it saves
     device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
     own = tuner is None  # called from Python: threads timed as `pyrovae evaluate` times them
     tuner = Tuner(enabled=device.type == "cpu") if own else tuner
@@ -224,6 +224,7 @@ def pieces(
     with tuner if own else nullcontext(), bar(label, total, "chunk", done, show=bool(progress)) as b:
         for start, size in spans(n, dc, start_at):
             a, k = slice_args(args, kwargs, n, start, start + size)
+            a = trim_steps(model, a)  # sequences: this chunk's longest
             if nesting is None:
                 nesting = plate_nesting(model, guide, a, k)
             for p_start, kk in spans(num_samples, pc):

@@ -15,7 +15,7 @@ from pyrovae import hooks
 from pyrovae.data.splits import EVAL_BINARIZATION_SEED, Split
 from pyrovae.errors import ConfigError, ModelError, NonFiniteError
 from pyrovae.inference import clusters, estimators, pairs
-from pyrovae.inference.checks import check_inputs
+from pyrovae.inference.checks import as_split, check_inputs
 from pyrovae.runtime import distributed, threads
 from pyrovae.runtime.seeds import keeps_streams
 
@@ -68,7 +68,7 @@ def evaluate_data(
     seed: int = 0,
     compile: str = "auto",
     max_rows: int | None = None,
-    bits_per_dim: bool = True,
+    bits_per_dim: bool | None = None,
     progress: bool | None = False,
     per_datapoint: bool = False,
     store=None,
@@ -76,23 +76,27 @@ def evaluate_data(
     """ELBO, reconstruction, KL and importance-sampled log p(x) of the datapoints ``x`` (for a
     conditional model, ``model(x, *condition)``: log p(x | condition), or log p(y | x) for a
     structured-output model) from one pass of K = ``num_samples`` samples each: mean and
-    standard error over datapoints, in nats (and bits per dimension, for discrete pixels),
-    with the importance ESS and the seconds taken (and with ``per_datapoint`` the values
-    themselves, on the CPU). The data (``images`` when the arguments are derived from images:
-    best the Split they came from, whose pixel mode is then known) are checked first
+    standard error over datapoints, in nats (and bits per observed dimension, ``bits_per_dim``:
+    by default for a probability of unconditioned data), a sequence model's per time step too
+    (:func:`summary`), with the importance ESS and the seconds taken (and with ``per_datapoint``
+    the values themselves, on the CPU). The data (``images`` when the arguments are derived from
+    images: best the Split they came from, whose pixel mode is then known) are checked first
     (:class:`~pyrovae.errors.DataError`); a non-finite result is a
     :class:`~pyrovae.errors.NonFiniteError`. Chunks hold ``max_rows`` particle-datapoint pairs
     (default: sized from free memory, see :func:`pyrovae.inference.chunks.chunk_rows`) and run
-    through ``compile`` (see :mod:`pyrovae.runtime.compile`); on CPU, timing the chunks chooses
-    the threads (:class:`pyrovae.runtime.threads.Tuner`, reported as
-    ``threads``; torch's setting is restored after). Inside a torch.distributed process group
-    each rank evaluates a contiguous part of the datapoints with its own draws, and every rank
-    gets the gathered result. ``layout`` records whether the data ran whole (a pair with
-    per-datapoint state, :func:`pyrovae.inference.pairs.whole_data`) or in chunks. ``progress``
-    shows a bar with an ETA over the chunks (rank 0). ``store`` keeps this rank's finished chunks
-    (:func:`pyrovae.inference.chunks.fold_terms`): a pass started again with a store holding some
-    continues from them, on the threads they were computed with once those were chosen."""
+    through ``compile`` (see :mod:`pyrovae.runtime.compile`); on CPU, timing the chunks chooses the
+    threads (:class:`pyrovae.runtime.threads.Tuner`, reported as ``threads``). Inside a
+    torch.distributed process group each rank evaluates a contiguous part of the datapoints with
+    its own draws, and every rank gets the gathered result. ``layout`` records whether the data
+    ran whole (a pair with per-datapoint state, :func:`pyrovae.inference.pairs.whole_data`) or in
+    chunks. ``progress`` shows a bar with an ETA over the chunks (rank 0). ``store`` keeps this
+    rank's finished chunks (:func:`pyrovae.inference.chunks.fold_terms`): a pass started again
+    with a store holding some continues from them, on the threads they were computed with."""
     args = check_inputs(model, guide, x, *condition, images=images, num_samples=num_samples)
+    steps = hooks.sequence_steps(model, args)
+    if bits_per_dim is None:  # a probability of the data themselves (a sequence's mask is no condition)
+        discrete = hooks.likelihood_is_discrete(model, as_split(x if images is None else images).pixels)
+        bits_per_dim = discrete and (not condition or steps is not None)
     rank, world = distributed.world()
     if world > x.shape[0]:
         raise ConfigError(f"{x.shape[0]} datapoints cannot be shared among {world} ranks")
@@ -100,11 +104,8 @@ def evaluate_data(
     if whole and world > 1:
         raise ModelError(f"the pair holds per-datapoint state ({whole}): evaluate it in one process")
     sizes = distributed.shard_sizes(x.shape[0], world)
-    pyro.set_rng_seed(
-        distributed.rank_seed(seed, rank)
-    )  # under torch.distributed: this rank's part, own draws
+    pyro.set_rng_seed(distributed.rank_seed(seed, rank))  # under torch.distributed: this rank's draws
     t0 = time.perf_counter()
-    # the data were checked once above, not at every chunk; CPU threads chosen by timing chunks
     with pyro.validation_enabled(False), threads.Tuner(enabled=x.device.type == "cpu") as tuner:
         kept = None if store is None else store.load()
         if kept is not None and kept["threads"]:
@@ -130,19 +131,35 @@ def evaluate_data(
     out: dict[str, Any] = {"num_datapoints": x.shape[0], "num_samples": num_samples, "seconds": seconds}
     out["threads"] = tuner.threads  # the CPU threads its chunks ended with
     out["layout"] = "whole data" if whole else "chunks"  # per-datapoint state: never sliced
-    for key in ("elbo", "reconstruction", "kl", "log_likelihood"):
-        mean, se = estimators.mean_and_stderr(terms[key])
-        out[key] = {"mean": mean, "stderr": se}
-    out["ess"] = {"mean": terms["ess"].mean().item(), "min": terms["ess"].min().item()}
+    out |= summary(terms, steps)
     out["discrete"] = bits_per_dim
     if per_datapoint:  # the values behind the means, on the CPU, one per datapoint
         out["per_datapoint"] = {k: v.detach().cpu() for k, v in terms.items()}
-    return out | (in_bits_per_dim(out, x[0].numel()) if bits_per_dim else {})
+    dims = x[0].numel() if steps is None else steps.double().mean().item() * args[0].shape[-1]
+    return out | (in_bits_per_dim(out, dims) if bits_per_dim else {})
 
 
-def in_bits_per_dim(out: dict, dims: int) -> dict:
+def summary(terms: dict[str, torch.Tensor], steps: torch.Tensor | None = None) -> dict:
+    """Mean and standard error of each per-datapoint term and the importance ESS; with the
+    observed ``steps`` of each sequence, each term per time step as well
+    (:func:`~pyrovae.inference.estimators.per_step_and_stderr`)."""
+    keys = ("elbo", "reconstruction", "kl", "log_likelihood")
+    out: dict[str, Any] = {
+        k: dict(zip(("mean", "stderr"), estimators.mean_and_stderr(terms[k]))) for k in keys
+    }
+    out["ess"] = {"mean": terms["ess"].mean().item(), "min": terms["ess"].min().item()}
+    if steps is not None:  # a sequence model: each term per observed time step
+        per = {
+            k: dict(zip(("mean", "stderr"), estimators.per_step_and_stderr(terms[k], steps))) for k in keys
+        }
+        out["per_step"] = {"steps": int(steps.sum()), **per}
+    return out
+
+
+def in_bits_per_dim(out: dict, dims: float) -> dict:
     """The ELBO and log p(x) of ``out`` in bits per dimension, -log2 p(x) / D (Salimans et al.
-    2017, sec. 3; uniform over 256 levels is 8)."""
+    2017, sec. 3; uniform over 256 levels is 8), D the observed dimensions per datapoint (for
+    sequences, their mean: the ratio of totals)."""
     nats_per_bit_dim = dims * math.log(2.0)
     return {
         "elbo_bits_per_dim": -out["elbo"]["mean"] / nats_per_bit_dim,

@@ -112,6 +112,8 @@ def cmd_sample(args) -> None:
     run = _load(args)
     pyro.set_rng_seed(args.seed)
     out = Path(args.out or RunDir(args.run_dir).figure("samples"))
+    if _sequences(run, args, "samples"):
+        return
     if args.condition is not None:
         if hooks.num_classes(run.model) is None:
             raise PyrovaeError(
@@ -125,8 +127,18 @@ def cmd_sample(args) -> None:
     console.wrote([out])
 
 
+def _sequences(run, args, part: str) -> bool:
+    """Draw a sequence model's rolls (samples or reconstructions) into its run directory."""
+    if hooks.takes(run.model) != hooks.Takes.SEQUENCE:
+        return False
+    console.wrote(experiment.draw_figures(run, args.run_dir, parts=(part,)))
+    return True
+
+
 def cmd_reconstruct(args) -> None:
     run = _load(args)
+    if _sequences(run, args, "reconstructions"):
+        return
     x = evaluation_data(run.config, "test", run.device).images[: args.num]
     out = Path(args.out or RunDir(args.run_dir).figure("reconstructions"))
     plots.save_grid(experiment.reconstructions(run, x), out)

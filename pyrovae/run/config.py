@@ -23,7 +23,8 @@ from pyrovae.training.settings import TrainConfig
 class DataConfig:
     """``[data]``: the dataset, its pixel mode, the data root and the splits' sizes."""
 
-    #: mnist | fashion_mnist | binarized_mnist | cifar10 | svhn | celeba | omniglot | folder | tensor
+    #: mnist | fashion_mnist | binarized_mnist | cifar10 | svhn | celeba | omniglot | mnist_factors |
+    #: dsprites | folder | tensor; sequences: chorales | jsb | sequences (own, data.path = FILE)
     name: str = "mnist"
     #: dynamic | static | 8bit | continuous; in a config file without it, the mode the model's
     #: likelihood models (8bit for the 8-bit likelihoods, continuous for the densities)
@@ -54,7 +55,7 @@ class DataConfig:
             isinstance(size, (list, tuple)) and len(size) == 2 and all(int_in(v, 1, 65536) for v in size)
         )
         fraction_ok = positive(self.test_fraction) and self.test_fraction < 1
-        what = "image folder" if self.name == "folder" else "tensor file"
+        what = {"folder": "image folder", "sequences": "file of sequences"}.get(self.name, "tensor file")
         require(
             "data",
             {
@@ -72,7 +73,7 @@ class DataConfig:
                 "test_fraction": (self.test_fraction, fraction_ok, "a number in (0, 1)"),
                 "path": (
                     self.path,
-                    self.path is not None or self.name not in ("folder", "tensor"),
+                    self.path is not None or self.name not in ("folder", "tensor", "sequences"),
                     f"the {what} for data.name = {self.name!r}",
                 ),
             },
@@ -81,7 +82,7 @@ class DataConfig:
     def source(self) -> dict:
         """The own-data options, for :func:`pyrovae.data.load_split`."""
         keys = ("path", "test_path", "labels_path", "size", "channels", "test_fraction")
-        return {k: getattr(self, k) for k in keys} if self.name in ("folder", "tensor") else {}
+        return {k: getattr(self, k) for k in keys} if self.name in ("folder", "tensor", "sequences") else {}
 
 
 MAX_EVAL_SAMPLES = 10_000_000  #: importance samples per datapoint in an evaluation (chunked)

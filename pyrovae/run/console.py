@@ -17,8 +17,8 @@ def _bands(a: dict) -> str:
     return " ".join(f"{b:.2f}" for b in a.get("acceptance_bands", []))
 
 
-def _fmt(term: dict) -> str:
-    return f"{term['mean']:.2f} +- {term['stderr']:.2f}"
+def _fmt(term: dict, digits: int = 2) -> str:
+    return f"{term['mean']:.{digits}f} +- {term['stderr']:.{digits}f}"
 
 
 def say(line: str) -> None:
@@ -55,6 +55,13 @@ def _likelihood_lines(out: dict, target: str) -> None:
     if not out.get("bound_only"):
         ess = out["ess"]
         print(f"  importance ESS  {ess['mean']:.1f} on average, {ess['min']:.1f} at least, of K")
+    if "per_step" in out:
+        p = out["per_step"]
+        print(f"  per time step, total over all {p['steps']} observed steps (ratio estimator's SE):")
+        if not out.get("bound_only"):
+            print(f"    {target:<16}{_fmt(p['log_likelihood'], 3)}")
+        for key, name in (("elbo", "ELBO"), ("reconstruction", "reconstruction"), ("kl", "KL")):
+            print(f"    {name:<16}{_fmt(p[key], 3)}")
     if "elbo_bits_per_dim" in out:
         print(
             f"  bits per dim    {out['log_likelihood_bits_per_dim']:.4f} +- "
@@ -142,6 +149,8 @@ def diagnosis(out: dict) -> None:
         print(f"  k-hat > 0.7 (unreliable)          {100 * out['k_hat_bad']:.1f}%")
         print(f"  gap log p(x) - ELBO               {_fmt(out['gap'])} nats")
         print(f"  importance ESS / S                {out['ess_fraction']:.3f} on average")
+    if "active_units_per_step" in out:
+        print(f"  latents per time step: {out['active_units_per_step']['summary']}")
     for name, a in out["active_units"].items():
         kl = "" if a["kl"] is None else f", KL {sum(a['kl']):.2f} nats"
         print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}{a.get('note', '')}")

@@ -23,6 +23,7 @@ from pyrovae.diagnostics import (
     posterior_quality,
     quality_summary,
     sap,
+    step_activity,
     worst,
 )
 from pyrovae.inference import estimators, weights
@@ -45,14 +46,15 @@ def diagnose_run(
     progress: bool | None = False,
 ) -> dict:
     """The diagnostics of a trained run (:func:`pyrovae.run.experiment.load_run`) on the first
-    ``limit`` datapoints of the evaluation ``data`` (by default ``split`` binarized at
-    ``seed``): ``diagnostics.csv`` (the :func:`posterior_quality` table), ``khat_gap.png`` and
-    ``diagnostics.json`` (the :func:`quality_summary`, active units, and, for ``amortization``
-    > 0, the mean gaps of that many datapoints; with ``disentanglement``, the metrics of
-    :func:`disentanglement_scores`) in ``out_dir``; returns the summary with the per-datapoint
-    table under ``per_datapoint``. A guide with point-mass sites (a deterministic encoder) has
-    no importance weights, and one that is a point mass at discrete codes (a VQ-VAE) has equal
-    ones: the k-hat table and the gaps are then listed as unavailable, by name."""
+        ``limit`` datapoints of the evaluation ``data`` (by default ``split`` binarized at
+        ``seed``): ``diagnostics.csv`` (the :func:`posterior_quality` table), ``khat_gap.png`` and
+        ``diagnostics.json`` (the :func:`quality_summary`, active units (a sequence model's per time
+    step, :func:`step_activity`), and, for ``amortization``
+        > 0, the mean gaps of that many datapoints; with ``disentanglement``, the metrics of
+        :func:`disentanglement_scores`) in ``out_dir``; returns the summary with the per-datapoint
+        table under ``per_datapoint``. A guide with point-mass sites (a deterministic encoder) has
+        no importance weights, and one that is a point mass at discrete codes (a VQ-VAE) has equal
+        ones: the k-hat table and the gaps are then listed as unavailable, by name."""
     files = RunDir(out_dir)
     data = (evaluation_data(run.config, split, run.device, seed) if data is None else data).head(limit)
     args = data.inputs(run.model)  # a semi-supervised model sums its class out
@@ -71,7 +73,11 @@ def diagnose_run(
             out["unavailable"]["amortization"] = why
     else:
         out, table = _quality(run, args, data, files, num_samples, progress)
-    out |= _activity(run, args, data, progress)
+    out |= (
+        _steps(run, args, data)
+        if hooks.sequence_steps(run.model, args) is not None
+        else _activity(run, args, data, progress)
+    )
     if amortization > 0 and not (masses or codes):
         out["amortization"] = _gaps(run, args, data, amortization, num_samples)
     if disentanglement:
@@ -122,6 +128,18 @@ def _activity(run: Run, args: tuple, data: EvaluationData, progress) -> dict:
         for name, a in activity.items()
     }
     return {"active_units": units, "warnings": [str(w.message) for w in caught]}
+
+
+def _steps(run: Run, args: tuple, data: EvaluationData) -> dict:
+    """A sequence model's active units and KL step by step (:func:`step_activity`)."""
+    a = step_activity(run.model, run.guide, *args, seed=data.seed)
+    steps = {
+        "units": a.units,
+        "active": a.active.tolist(),
+        "sequences": a.sequences.tolist(),
+        "kl": a.kl.tolist(),
+    }
+    return {"active_units_per_step": steps | {"summary": str(a)}, "active_units": {}, "warnings": []}
 
 
 def _gaps(run: Run, args: tuple, data: EvaluationData, amortization: int, num_samples: int) -> dict:

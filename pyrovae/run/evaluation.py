@@ -93,7 +93,8 @@ def evaluate(
         seed=seed,
         compile=compile,
         max_rows=max_rows,
-        bits_per_dim=discrete and len(args) == 1 + hidden_labels,
+        bits_per_dim=discrete
+        and (len(args) == 1 + hidden_labels or hooks.sequence_steps(run.model, args) is not None),
         progress=progress,
         per_datapoint=True,
         store=store,

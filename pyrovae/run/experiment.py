@@ -20,7 +20,9 @@ import torch
 from pyrovae import hooks
 from pyrovae.diagnostics import batched_posterior_means as posterior_means
 from pyrovae.diagnostics import generate, plots
+from pyrovae.diagnostics import rolls as rolls_of
 from pyrovae.errors import CheckpointError, ConfigError
+from pyrovae.hooks import Takes
 from pyrovae.registry import search_paths
 from pyrovae.run.callbacks import fit_callbacks
 from pyrovae.run.config import Config, config_from_dict, with_module_folders
@@ -277,6 +279,8 @@ def draw_figures(
             args = hooks.inputs(run.model, x[:8])
             paths.append(plots.save_completions(run.model, *args, files.figure("completions")))
         return paths
+    if hooks.takes(run.model) == Takes.SEQUENCE:
+        return sequence_figures(run, files, x, data.labels, parts)
     if hooks.is_conditional(run.model):  # a label-conditioned model: a row of samples per class
         if "samples" in parts:
             rows = [run.model.sample(8, condition=c) for c in range(hooks.num_classes(run.model))]
@@ -299,4 +303,29 @@ def draw_figures(
         if z.is_floating_point() and z.dim() == 2 and z.shape[-1] == 2 and hasattr(run.model, "decode"):
             grid = plots.manifold_grid(run.model.decode, 20, run.device)
             paths.append(plots.save_grid(grid, files.figure("manifold"), nrow=20))
+    return paths
+
+
+def sequence_figures(run: Run, files: RunDir, x: torch.Tensor, lengths: torch.Tensor, parts) -> list[Path]:
+    """A sequence model's figures: samples.png, eight rolls from the prior as long as the median
+    sequence, and reconstructions.png, four sequences each above its reconstruction (no latent
+    scatter: its latents are per time step; asked for it alone, a ConfigError says so)."""
+    if tuple(parts) == ("latent",):
+        raise ConfigError(
+            "a sequence model has latents per time step, not one code per datapoint to scatter; "
+            "see its rolls: pyrovae sample / reconstruct RUN_DIR"
+        )
+    paths = []
+    if "samples" in parts:
+        steps = int(lengths.float().median())
+        rolls = rolls_of.sequence_samples(run.model, 8, steps, x.shape[-1], run.device)
+        paths.append(
+            plots.save_rolls(list(rolls), files.figure("samples"), [f"prior draw {i + 1}" for i in range(8)])
+        )
+    if "reconstructions" in parts:
+        args = hooks.inputs(run.model, x[:4], lengths[:4])
+        recon = rolls_of.sequence_reconstructions(run.model, run.guide, *args)
+        pairs = [r[: int(n)] for i, n in enumerate(lengths[:4]) for r in (args[0][i], recon[i])]
+        titles = [f"{what} {i + 1}" for i in range(4) for what in ("sequence", "reconstruction")]
+        paths.append(plots.save_rolls(pairs, files.figure("reconstructions"), titles))
     return paths

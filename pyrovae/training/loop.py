@@ -161,6 +161,10 @@ def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Com
     if not objective.capturable:
         warn_eager(mode, objective.eager_reason)
         mode = "none"
+    if mode == "auto" and takes(model) == Takes.SEQUENCE:
+        # a recurrence's arithmetic outweighs Pyro's bookkeeping: its replay gains ~2% a step and
+        # each batch length costs seconds of capture (benchmarks/dmm_speed.py)
+        mode = "none"
 
     def loss(*args):
         *data, beta = args
@@ -194,6 +198,7 @@ def beta_at(step: int, cfg: TrainConfig, total_steps: int) -> float:
         schedule=cfg.kl_schedule,
         beta=cfg.beta,
         warmup_steps=cfg.warmup_steps,
+        beta_start=cfg.beta_start,
         total_steps=total_steps,
         cycles=cfg.cycles,
         cycle_ratio=cfg.cycle_ratio,

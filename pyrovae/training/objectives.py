@@ -370,6 +370,7 @@ def kl_weight(
     schedule: str = "constant",
     beta: float = 1.0,
     warmup_steps: int = 0,
+    beta_start: float = 0.0,
     total_steps: int = 1,
     cycles: int = 4,
     cycle_ratio: float = 0.5,
@@ -377,15 +378,17 @@ def kl_weight(
     """The KL weight at training step ``step`` (0-based).
 
     - ``constant``: beta.
-    - ``linear``: beta * min(1, (step + 1) / warmup_steps), the warm-up of Bowman et al. (2016)
-      and Sonderby et al. (2016).
+    - ``linear``: from ``beta_start`` up to beta over ``warmup_steps``, b0 + (beta - b0) * min(1,
+      (step + 1) / warmup_steps), the warm-up of Bowman et al. (2016) and Sonderby et al. (2016)
+      (b0 = 0; Krishnan et al. 2017 and Pyro's DMM example start at 0.2).
     - ``cyclical``: Fu et al. (2019), eq. 4: ``cycles`` cycles over ``total_steps``; in each,
       tau in [0, 1) rises linearly and the weight is beta * min(1, tau / cycle_ratio).
     """
     if schedule == "constant":
         return beta
     if schedule == "linear":
-        return beta if warmup_steps <= 0 else beta * min(1.0, (step + 1) / warmup_steps)
+        rise = 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+        return beta_start + (beta - beta_start) * rise
     if schedule == "cyclical":
         if cycles < 1 or not 0 < cycle_ratio <= 1:
             raise ConfigError("cyclical KL schedule needs cycles >= 1 and 0 < cycle_ratio <= 1")

@@ -66,6 +66,7 @@ class TrainConfig:
     beta: float = 1.0  #: KL weight (beta-VAE); its schedule below
     kl_schedule: str = "constant"  #: constant | linear | cyclical
     warmup_steps: int = 0  #: linear schedule: steps to reach beta
+    beta_start: float = 0.0  #: linear schedule: the KL weight it rises from (0.2 in Pyro's DMM example)
     cycles: int = 4  #: cyclical schedule: number of cycles
     cycle_ratio: float = 0.5  #: cyclical schedule: fraction of a cycle spent rising
     val_samples: int = 1  #: particles per datapoint for the validation ELBO
@@ -126,6 +127,11 @@ class TrainConfig:
                 "skip_patience": (self.skip_patience, at_least(self.skip_patience, 1), "an integer >= 1"),
                 "beta": (self.beta, at_least(self.beta, 0), "a finite number >= 0"),
                 "warmup_steps": (self.warmup_steps, at_least(self.warmup_steps, 0), "an integer >= 0"),
+                "beta_start": (
+                    self.beta_start,
+                    at_least(self.beta_start, 0) and self.beta_start <= self.beta,
+                    "a number in [0, beta]",
+                ),
                 "cycles": (self.cycles, at_least(self.cycles, 1), "an integer >= 1"),
                 "cycle_ratio": (
                     self.cycle_ratio,
