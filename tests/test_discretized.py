@@ -180,8 +180,10 @@ def test_evaluate_reports_eight_bits_per_dim_for_the_uniform_model():
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", pdist.Normal(torch.zeros(x.shape[0], 2), 1.0).to_event(1))
 
-    x = torch.randint(0, 256, (6, 3, 4, 5)).float() / 255
-    out = evaluate_data(model, guide, x, num_samples=7, compile="none")
+    levels = torch.randint(0, 256, (6, 3, 4, 5), dtype=torch.uint8)  # 8-bit data: bits/dim by default
+    x = levels.float() / 255
+    assert not evaluate_data(model, guide, x, num_samples=7, compile="none")["discrete"]  # floats: a density?
+    out = evaluate_data(model, guide, x, images=levels, num_samples=7, compile="none")
     assert out["discrete"]
     assert out["log_likelihood_bits_per_dim"] == pytest.approx(8.0, abs=1e-5)
     assert out["elbo_bits_per_dim"] == pytest.approx(8.0, abs=1e-5)

@@ -115,6 +115,8 @@ def test_mean_and_stderr():
 def test_kl_schedules():
     assert kl_weight(10, schedule="constant", beta=0.5) == 0.5
     assert [kl_weight(s, schedule="linear", warmup_steps=4) for s in range(6)] == [0.25, 0.5, 0.75, 1, 1, 1]
+    from_floor = [kl_weight(s, schedule="linear", warmup_steps=4, beta_start=0.2) for s in range(5)]
+    assert from_floor == pytest.approx([0.4, 0.6, 0.8, 1.0, 1.0])  # Pyro's DMM example: from 0.2
     # Fu et al. (2019): 4 cycles over 100 steps, rising over the first half of each.
     cyc = [kl_weight(s, schedule="cyclical", total_steps=100, cycles=4, cycle_ratio=0.5) for s in range(100)]
     assert cyc[0] == 0 and cyc[25] == 0 and cyc[50] == 0

@@ -21,6 +21,7 @@ from pyrovae.inference.scoring import evaluate_data
 from pyrovae.models.state_space import LinearGaussianSSM
 from pyrovae.run import cli, evaluation, recipes
 from pyrovae.run.config import config_from_dict
+from pyrovae.run.diagnose import diagnose_run
 from pyrovae.run.experiment import fit_config, load_run
 from pyrovae.training.settings import TrainConfig
 
@@ -91,6 +92,11 @@ def test_a_dmm_config_on_jsb_trains_captured_resumes_exactly_and_reports_per_ste
     x, mask = recipes.evaluation_data(a.config, "test").inputs(a.model)
     recon = sequence_reconstructions(a.model, a.guide, x, mask)
     assert recon.shape == x.shape and (recon[~mask] == 0).all() and ((recon >= 0) & (recon <= 1)).all()
+    diagnosed = diagnose_run(a, tmp_path / "whole", num_samples=30, amortization=2)
+    assert (
+        diagnosed["num_datapoints"] == 6 and len(diagnosed["active_units_per_step"]["active"]) == x.shape[1]
+    )
+    assert "sequence model" in diagnosed["unavailable"]["amortization"] and "amortization" not in diagnosed
     drawn = sequence_samples(a.model, 3, 5, 88)
     assert drawn.shape == (3, 5, 88) and ((drawn > 0) & (drawn < 1)).all()  # Bernoulli means
 

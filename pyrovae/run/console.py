@@ -154,6 +154,8 @@ def diagnosis(out: dict) -> None:
     for name, a in out["active_units"].items():
         kl = "" if a["kl"] is None else f", KL {sum(a['kl']):.2f} nats"
         print(f"  active units of {name:<16}  {a['active']} of {a['units']}{kl}{a.get('note', '')}")
+    if "amortization" in out.get("unavailable", {}) and "point_masses" not in out:
+        print(f"  amortization gap: {out['unavailable']['amortization']}")
     if "amortization" in out:
         am = out["amortization"]
         print(

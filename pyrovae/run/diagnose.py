@@ -31,6 +31,12 @@ from pyrovae.run.experiment import Run
 from pyrovae.run.recipes import EvaluationData, evaluation_data
 from pyrovae.training.rundir import RunDir
 
+#: why ``pyrovae diagnose --amortization`` refuses a sequence model
+SEQUENCE_GAPS = (
+    "not split for a sequence model: the local q fitted per datapoint is a Gaussian per site, z_t "
+    "apart from z_{t-1}, poorer than the amortized chain, so its gap bounds no approximation gap"
+)
+
 
 def diagnose_run(
     run: Run,
@@ -73,12 +79,11 @@ def diagnose_run(
             out["unavailable"]["amortization"] = why
     else:
         out, table = _quality(run, args, data, files, num_samples, progress)
-    out |= (
-        _steps(run, args, data)
-        if hooks.sequence_steps(run.model, args) is not None
-        else _activity(run, args, data, progress)
-    )
-    if amortization > 0 and not (masses or codes):
+    sequence = hooks.sequence_steps(run.model, args) is not None
+    out |= _steps(run, args, data) if sequence else _activity(run, args, data, progress)
+    if amortization > 0 and sequence:
+        out.setdefault("unavailable", {})["amortization"] = SEQUENCE_GAPS
+    elif amortization > 0 and not (masses or codes):
         out["amortization"] = _gaps(run, args, data, amortization, num_samples)
     if disentanglement:
         out["disentanglement"] = disentanglement_scores(run, data, seed)

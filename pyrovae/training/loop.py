@@ -162,8 +162,8 @@ def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Com
         warn_eager(mode, objective.eager_reason)
         mode = "none"
     if mode == "auto" and takes(model) == Takes.SEQUENCE:
-        # a recurrence's arithmetic outweighs Pyro's bookkeeping: its replay gains ~2% a step and
-        # each batch length costs seconds of capture (benchmarks/dmm_speed.py)
+        # a recurrence's arithmetic outweighs Pyro's bookkeeping: its replay gains a few per cent
+        # a step, and each batch length costs seconds of capture (benchmarks/dmm_speed.py)
         mode = "none"
 
     def loss(*args):
