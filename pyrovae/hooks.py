@@ -162,6 +162,13 @@ def trim_steps(model: Any, args: tuple) -> tuple:
     return sequence_inputs(args[0], args[1].sum(-1))
 
 
+def auto_compile(model: Any, mode: str) -> str:
+    """``mode``, but ``"none"`` for ``"auto"`` on a sequence model: its recurrence's arithmetic
+    outweighs Pyro's bookkeeping, so a replayed graph gains a few per cent a step while each new
+    sequence length costs seconds of capture (``benchmarks/dmm_speed.py``)."""
+    return "none" if mode == "auto" and takes(model) == Takes.SEQUENCE else mode
+
+
 def sequence_steps(model: Any, args: tuple) -> torch.Tensor | None:
     """The number of observed steps of each sequence in a sequence model's arguments, else None."""
     return args[1].sum(-1) if takes(model) == Takes.SEQUENCE else None

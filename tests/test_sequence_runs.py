@@ -87,6 +87,8 @@ def test_a_dmm_config_on_jsb_trains_captured_resumes_exactly_and_reports_per_ste
     assert "per time step, total over all" in capsys.readouterr().out
     for command, figure in (("sample", "samples.png"), ("reconstruct", "reconstructions.png")):
         assert cli.main([command, str(tmp_path / "whole")]) == 0 and (tmp_path / "whole" / figure).exists()
+    assert cli.main(["sample", str(tmp_path / "whole"), "--out", str(tmp_path / "rolls.png")]) == 0
+    assert (tmp_path / "rolls.png").exists()
     assert cli.main(["latent", str(tmp_path / "whole")]) != 0
     assert "latents per time step" in capsys.readouterr().err
     x, mask = recipes.evaluation_data(a.config, "test").inputs(a.model)

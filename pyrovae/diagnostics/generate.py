@@ -37,14 +37,18 @@ def _image(trace, like: torch.Tensor) -> torch.Tensor:
             f"the model observes {len(observed)} sites; drawing images needs one (or give the model "
             "sample(num) and decode(z) methods)"
         )
-    fn = observed[0]["fn"]
-    try:
-        value = fn.mean
-    except NotImplementedError:
-        value = fn.sample()
+    value = mean_or_draw(observed[0]["fn"])
     return (
         value.reshape(like.shape[0], *like.shape[1:]).clamp(0, 1) if value.numel() == like.numel() else value
     )
+
+
+def mean_or_draw(fn) -> torch.Tensor:
+    """The mean of the distribution ``fn``, or a draw from it where it has none."""
+    try:
+        return fn.mean
+    except NotImplementedError:
+        return fn.sample()
 
 
 def site_names(model, guide, x: torch.Tensor) -> list[str]:

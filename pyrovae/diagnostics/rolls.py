@@ -13,6 +13,7 @@ from __future__ import annotations
 import pyro.poutine as poutine
 import torch
 
+from pyrovae.diagnostics.generate import mean_or_draw
 from pyrovae.errors import ModelError
 
 
@@ -22,11 +23,7 @@ def _steps(trace, num: int) -> torch.Tensor:
     for site in trace.nodes.values():
         if site["type"] != "sample" or not site["is_observed"]:
             continue
-        try:
-            value = site["fn"].mean
-        except NotImplementedError:
-            value = site["fn"].sample()
-        out.append(value.reshape(num, -1))
+        out.append(mean_or_draw(site["fn"]).reshape(num, -1))
     if not out:
         raise ModelError("the model observes no site; a sequence model observes each step x_t")
     return torch.stack(out, 1)

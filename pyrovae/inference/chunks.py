@@ -20,7 +20,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pyrovae.hooks import Takes, owner_modules, takes, trim_steps
+from pyrovae.hooks import auto_compile, owner_modules, trim_steps
 from pyrovae.inference import weights
 from pyrovae.inference.pairs import check_pair, whole_data
 from pyrovae.inference.particles import decide
@@ -211,8 +211,9 @@ def pieces(
     nesting, fns = None, {}  # one function per chunk shape (at most two particle counts)
     label = progress if isinstance(progress, str) else "evaluate"
     total = math.ceil(n / dc) * math.ceil(num_samples / pc)
-    if compile == "auto" and (total < AUTO_CAPTURE_CHUNKS or takes(model) == Takes.SEQUENCE):
-        compile = "none"  # few chunks, or a recurrence: a capture per length would cost more than it saves
+    compile = auto_compile(model, compile)
+    if compile == "auto" and total < AUTO_CAPTURE_CHUNKS:
+        compile = "none"
     device = next(t.device for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor))
     own = tuner is None  # called from Python: threads timed as `pyrovae evaluate` times them
     tuner = Tuner(enabled=device.type == "cpu") if own else tuner

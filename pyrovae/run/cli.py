@@ -128,10 +128,12 @@ def cmd_sample(args) -> None:
 
 
 def _sequences(run, args, part: str) -> bool:
-    """Draw a sequence model's rolls (samples or reconstructions) into its run directory."""
+    """Draw a sequence model's rolls (samples or reconstructions): into the run directory, or
+    moved to ``--out``."""
     if hooks.takes(run.model) != hooks.Takes.SEQUENCE:
         return False
-    console.wrote(experiment.draw_figures(run, args.run_dir, parts=(part,)))
+    (path,) = experiment.draw_figures(run, args.run_dir, parts=(part,))
+    console.wrote([path if args.out is None else path.replace(args.out)])
     return True
 
 

@@ -161,10 +161,7 @@ def make_loss(objective, model, guide, params, mode: str, example: tuple) -> Com
     if not objective.capturable:
         warn_eager(mode, objective.eager_reason)
         mode = "none"
-    if mode == "auto" and takes(model) == Takes.SEQUENCE:
-        # a recurrence's arithmetic outweighs Pyro's bookkeeping: its replay gains a few per cent
-        # a step, and each batch length costs seconds of capture (benchmarks/dmm_speed.py)
-        mode = "none"
+    mode = hooks.auto_compile(model, mode)
 
     def loss(*args):
         *data, beta = args
